@@ -1,0 +1,719 @@
+"""Procedural dermoscopy renderer behind the embedded `synthetic_lesions` dataset.
+
+Every example is drawn from a seed: a diagnosis is sampled first (priors roughly 0.6 nevus,
+0.2 melanoma, 0.2 seborrheic keratosis), then ABCD-style cues (asymmetry, border irregularity,
+colours, diameter, ...) from overlapping class-conditional distributions, so the label is
+learnable but not perfectly. The cues drive a renderer that imitates ISIC-archive dermoscopy:
+pinkish/beige skin with shading and texture, a lesion with coloured zones, pigment network,
+globules or milia-like cysts, occlusions (hair, ruler ticks, gel bubbles, calibration
+stickers) and the dark circular field of view of a dermoscope.
+
+Pure numpy + OpenCV (no TensorFlow), deterministic: the same (seed, config) gives identical
+bytes. Each part of the picture draws from its own random stream, so switching an occlusion
+off (probability 0) or on (probability 1) changes only that occlusion, never the lesion: the
+same seed renders the same lesion with and without hair, which is handy for hair removal.
+Geometry is sampled in image-relative units, so one seed gives the same scene at every size
+(only the finest textures and pixel noise differ).
+
+Masks: `mask` is the hard lesion contour (anti-aliased at `supersample` x and thresholded at
+50% coverage) restricted to the visible field of view, unaffected by occlusions. Occlusion
+masks mark pixels at least 25% covered by a (visible) occluder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import cv2
+import numpy as np
+
+DIAGNOSES = ("nevus", "melanoma", "seborrheic_keratosis")  # class index = position
+MALIGNANT = {"nevus": False, "melanoma": True, "seborrheic_keratosis": False}
+
+# Dermoscopic colours (RGB on light skin; darkened on darker skin). Index order is used by cues.
+COLOUR_NAMES = ("light_brown", "dark_brown", "black", "blue_grey", "red_pink")
+_PALETTE = np.array(
+    [
+        (178, 118, 80),  # light brown
+        (102, 58, 38),  # dark brown
+        (40, 30, 32),  # black
+        (110, 122, 148),  # blue-grey
+        (206, 110, 116),  # red / pink
+    ],
+    np.float32,
+)
+_SK_TAN = np.array((170, 116, 76), np.float32)  # seborrheic keratosis: lighter, waxy tan
+_CYST_RGB = np.array((246, 240, 214), np.float32)  # milia-like cysts: bright, yellowish white
+_WAX_RGB = np.array((236, 214, 188), np.float32)  # warm whitish haze of keratoses
+_REF_SKIN_LUMA = 195.0
+
+_OCCLUSION_THRESHOLD = 0.25  # coverage at which a pixel counts as occluded
+_FOV_VISIBLE = 0.3  # field-of-view transmission below which the lesion is not annotated
+_CONTOUR_POINTS = 720
+
+
+@dataclasses.dataclass(frozen=True)
+class RenderConfig:
+  """Rendering knobs; defaults are what the `synthetic_lesions` dataset uses.
+
+  Attributes:
+    image_size: output side S in pixels (square images); 32-512 supported.
+    hair_probability: chance that an image has hairs (count 1-30, mostly few).
+    ruler_probability: chance of ruler tick marks along one edge.
+    bubble_probability: chance of gel bubbles.
+    sticker_probability: chance of a coloured calibration sticker near a corner.
+    vignette_probability: chance of a dark dermoscope field-of-view border.
+    class_priors: diagnosis probabilities, in DIAGNOSES order.
+    label: if set, force this diagnosis index instead of sampling it.
+    low_contrast_probability: chance of a faint, hard-to-segment lesion.
+    supersample: anti-aliasing factor for hard edges (lesion contour, occluders); None picks
+      4 up to 128 px and 2 above (cheaper, and large images need less).
+    noise_level: scale of sensor noise (0 disables it).
+  """
+  image_size: int = 128
+  hair_probability: float = 0.5
+  ruler_probability: float = 0.15
+  bubble_probability: float = 0.2
+  sticker_probability: float = 0.1
+  vignette_probability: float = 0.7
+  class_priors: tuple[float, float, float] = (0.6, 0.2, 0.2)
+  label: int | None = None
+  low_contrast_probability: float = 0.1
+  supersample: int | None = None
+  noise_level: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _ClassModel:
+  """Class-conditional cue distributions; they overlap on purpose."""
+  diameter: tuple[float, float]  # normal (mean, sd) of lesion diameter / image width
+  asymmetry: tuple[float, float]  # beta(a, b)
+  irregularity: tuple[float, float]  # beta(a, b)
+  num_colours: tuple[float, ...]  # P(1..5 colours)
+  colour_weights: tuple[float, ...]  # preference over COLOUR_NAMES
+  border_blur: tuple[float, float]  # uniform range, px at 128 px
+  contrast: tuple[float, float]  # uniform range of lesion opacity
+  network_probability: float
+  atypia: tuple[float, float]  # beta(a, b): irregularity of the pigment network
+  globule_probability: float
+  cyst_probability: float
+  fissure_probability: float
+
+
+_CLASS_MODELS = (
+    _ClassModel(  # nevus: small, symmetric, regular, one or two browns
+        diameter=(0.32, 0.08), asymmetry=(2.0, 5.0), irregularity=(2.0, 5.5),
+        num_colours=(0.30, 0.45, 0.18, 0.06, 0.01),
+        colour_weights=(0.45, 0.42, 0.04, 0.03, 0.06),
+        border_blur=(1.0, 3.0), contrast=(0.6, 1.0), network_probability=0.6,
+        atypia=(2.0, 5.0), globule_probability=0.35, cyst_probability=0.05,
+        fissure_probability=0.0),
+    _ClassModel(  # melanoma: larger, asymmetric, irregular, many colours incl. blue-grey/black
+        diameter=(0.44, 0.09), asymmetry=(4.0, 2.5), irregularity=(4.0, 2.5),
+        num_colours=(0.03, 0.14, 0.30, 0.33, 0.20),
+        colour_weights=(0.22, 0.25, 0.20, 0.18, 0.15),
+        border_blur=(0.5, 3.0), contrast=(0.6, 1.0), network_probability=0.55,
+        atypia=(4.0, 3.0), globule_probability=0.5, cyst_probability=0.0,
+        fissure_probability=0.0),
+    _ClassModel(  # seborrheic keratosis: mid-size, sharp border, tan, waxy, cysts
+        diameter=(0.38, 0.08), asymmetry=(2.5, 4.0), irregularity=(2.5, 4.0),
+        num_colours=(0.25, 0.45, 0.25, 0.05, 0.0),
+        colour_weights=(0.50, 0.35, 0.07, 0.05, 0.03),
+        border_blur=(0.3, 1.2), contrast=(0.7, 1.0), network_probability=0.1,
+        atypia=(2.0, 4.0), globule_probability=0.5, cyst_probability=0.75,
+        fissure_probability=0.6),
+)
+
+
+# How secondary colours are arranged, P(style) per appearance class and colour (COLOUR_NAMES
+# order): nevi have central/peripheral zones and regular globules, melanomas eccentric blotches
+# and irregular dots, keratoses blotches and comedo-like dots.
+_STYLES = ("centre", "ring", "blotch", "dots")
+_STYLE_PROBABILITIES = (
+    ((0.1, 0.6, 0.3, 0.0), (0.55, 0.15, 0.1, 0.2), (0.3, 0.0, 0.0, 0.7), (0.7, 0.0, 0.3, 0.0),
+     (0.2, 0.4, 0.4, 0.0)),
+    ((0.0, 0.4, 0.6, 0.0), (0.15, 0.0, 0.6, 0.25), (0.0, 0.0, 0.55, 0.45), (0.1, 0.0, 0.7, 0.2),
+     (0.0, 0.3, 0.7, 0.0)),
+    ((0.2, 0.2, 0.6, 0.0), (0.15, 0.0, 0.45, 0.4), (0.0, 0.0, 0.3, 0.7), (0.2, 0.0, 0.8, 0.0),
+     (0.0, 0.3, 0.7, 0.0)),
+)
+
+# P(appearance class | diagnosis): rows are diagnoses, columns the class model cues are drawn from.
+_APPEARANCE = (
+    (0.92, 0.06, 0.02),  # nevus: sometimes dysplastic (melanoma-like) or papillomatous
+    (0.12, 0.88, 0.0),  # melanoma: early ones look like nevi
+    (0.06, 0.02, 0.92),  # seborrheic keratosis: flat ones look like nevi
+)
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers.
+
+
+def _smoothstep(edge0: float, edge1: float, x: np.ndarray) -> np.ndarray:
+  """Hermite step from 0 at edge0 to 1 at edge1 (edge0 > edge1 gives a falling step)."""
+  t = np.clip((x - edge0) * (1.0 / (edge1 - edge0)), 0.0, 1.0)
+  return t * t * (3.0 - 2.0 * t)
+
+
+@functools.lru_cache(maxsize=8)
+def _pixel_centres(size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Pixel-centre coordinates as broadcastable (S, 1) and (1, S) arrays; cached per size."""
+  c = np.arange(size, dtype=np.float32) + 0.5
+  y, x = c[:, None].copy(), c[None, :].copy()
+  y.flags.writeable = False
+  x.flags.writeable = False
+  return y, x
+
+
+def _child(rng: np.random.Generator) -> np.random.Generator:
+  """A generator for a draw whose size depends on the image size.
+
+  It takes one number from `rng` whatever the size, so later draws from `rng` (positions of
+  dots, cysts, ...) are the same at every image size.
+  """
+  return np.random.default_rng(int(rng.integers(2**63)))
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:
+  """Zero-mean, roughly unit-variance noise with blobs about size / cells px across."""
+  cells = max(int(cells), 2)
+  # White noise on a grid 4x finer than the features, blurred there and then upsampled:
+  # upsampling a coarse grid directly (value noise) leaves axis-aligned blocky artefacts.
+  n = min(4 * cells, size)
+  sigma = n / (2.0 * cells)
+  pad = int(math.ceil(2 * sigma))
+  grid = _child(rng).standard_normal((n + 2 * pad, n + 2 * pad), dtype=np.float32)
+  grid = cv2.GaussianBlur(grid, (0, 0), sigma)[pad:pad + n, pad:pad + n]
+  field = grid if n == size else cv2.resize(grid, (size, size), interpolation=cv2.INTER_CUBIC)
+  # Blurred unit white noise has standard deviation 1 / (2 sqrt(pi) sigma).
+  return field * np.float32(2.0 * math.sqrt(math.pi) * sigma)
+
+
+def _canvas_points(points: np.ndarray, factor: int) -> np.ndarray:
+  """Output-pixel coordinates (x, y) -> fixed-point (shift=4) coordinates on a factor x canvas."""
+  return np.round((np.asarray(points, np.float64) * factor - 0.5) * 16.0).astype(np.int32)
+
+
+def _downsample(canvas: np.ndarray, size: int) -> np.ndarray:
+  """Area-averages a supersampled uint8 canvas to size x size float32 values in [0, 1]."""
+  small = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA)
+  return small.astype(np.float32) * np.float32(1.0 / 255.0)
+
+
+def _beta(rng: np.random.Generator, ab: tuple[float, float]) -> float:
+  return float(rng.beta(*ab))
+
+
+# ----------------------------------------------------------------------------------------------
+# Cues and geometry (image-relative units, independent of the output size).
+
+
+def _sample_cues(rng: np.random.Generator, label: int, config: RenderConfig) -> dict[str, Any]:
+  """Draws the cues that the renderer turns into pixels.
+
+  Cues come from the model of an appearance class, which is usually the diagnosis but not
+  always: dysplastic nevi look like melanoma, early melanomas like nevi, flat seborrheic
+  keratoses like nevi. These look-alikes bound the achievable accuracy, as in real dermoscopy.
+  """
+  look = int(rng.choice(3, p=_APPEARANCE[label]))
+  m = _CLASS_MODELS[look]
+  cues: dict[str, Any] = {"appearance": float(look)}
+  cues["diameter"] = float(np.clip(rng.normal(*m.diameter), 0.15, 0.6))
+  cues["asymmetry"] = _beta(rng, m.asymmetry)
+  cues["border_irregularity"] = _beta(rng, m.irregularity)
+  n = int(rng.choice(5, p=m.num_colours)) + 1
+  chosen = rng.choice(5, size=n, replace=False, p=m.colour_weights)
+  cues["colours"] = sorted(int(c) for c in chosen)
+  cues["num_colours"] = float(n)
+  cues["border_blur"] = float(rng.uniform(*m.border_blur))
+  low_contrast = rng.random() < config.low_contrast_probability
+  cues["contrast"] = float(rng.uniform(0.35, 0.5) if low_contrast else rng.uniform(*m.contrast))
+  cues["network"] = float(rng.uniform(0.35, 0.9)) if rng.random() < m.network_probability else 0.0
+  cues["network_atypia"] = _beta(rng, m.atypia)
+  cues["globules"] = float(rng.random() < m.globule_probability)
+  cues["cysts"] = float(rng.random() < m.cyst_probability)
+  cues["fissures"] = float(rng.random() < m.fissure_probability)
+  return cues
+
+
+def _lesion_contour(rng: np.random.Generator, cues: dict[str, Any]) -> np.ndarray:
+  """Radius table r(theta) / image width over _CONTOUR_POINTS angles from theta = 0.
+
+  r(theta) = r0 (1 + sum_k a_k cos(k theta + phi_k)): k = 2 is symmetric elongation; the odd
+  low orders carry asymmetry; orders 4..20 carry border irregularity (notches, bumps).
+  """
+  r0 = cues["diameter"] / 2.0
+  theta = np.linspace(0.0, 2.0 * np.pi, _CONTOUR_POINTS, endpoint=False)
+  phases = rng.uniform(0.0, 2.0 * np.pi, size=21)
+  amp = np.zeros(21)
+  amp[2] = rng.uniform(0.0, 0.18)
+  a = cues["asymmetry"]
+  amp[1] = a * 0.14 * rng.uniform(0.5, 1.0)
+  amp[3] = a * 0.16 * rng.uniform(0.5, 1.0)
+  k = np.arange(4, 21)
+  b = cues["border_irregularity"]
+  # Decay ~1/k keeps the contour a blob; a large b makes it ragged with deep notches.
+  amp[4:] = (0.02 + 0.30 * b**1.5) / k**0.95 * rng.uniform(0.2, 1.0, size=k.size)
+  series = np.cos(np.outer(theta, np.arange(21)) + phases) @ amp
+  return (r0 * np.maximum(1.0 + series, 0.35)).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Layers.
+
+
+def _render_skin(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float, float]:
+  """Skin of a random tone with shading, redness, texture and skin lines; returns luma too."""
+  tone = float(rng.beta(1.6, 3.0))  # 0 = very light, 1 = dark
+  light = np.array((238, 198, 186), np.float32)
+  medium = np.array((214, 162, 134), np.float32)
+  dark = np.array((150, 100, 74), np.float32)
+  base = light + (medium - light) * min(tone * 2, 1.0) + (dark - medium) * max(tone * 2 - 1, 0.0)
+  # Cameras differ: some images look pinker, some more yellow/beige.
+  base = base * np.array((1.0, 1.0 + rng.normal(0, 0.03), 1.0 + rng.normal(0, 0.05)), np.float32)
+  shade = 1.0 + 0.035 * _smooth_noise(rng, size, 3)
+  redness = _smoothstep(-0.5, 1.8, _smooth_noise(rng, size, 4)) * np.float32(rng.uniform(0, 0.1))
+  # Fine skin texture (a few px) and faint skin furrows (zero crossings of band-pass noise).
+  texture = 1.0 + np.float32(rng.uniform(0.01, 0.03)) * _smooth_noise(rng, size, max(size // 3, 4))
+  lines_noise = _smooth_noise(rng, size, 10)
+  skin_lines = (1.0 - _smoothstep(0.0, 0.08, np.abs(lines_noise))) * np.float32(
+      rng.uniform(0.0, 0.04))
+  lum = shade * texture * (1.0 - skin_lines)
+  skin = np.empty((size, size, 3), np.float32)
+  skin[..., 0] = base[0] * lum
+  skin[..., 1] = base[1] * lum * (1.0 - 0.55 * redness)
+  skin[..., 2] = base[2] * lum * (1.0 - 0.4 * redness)
+  luma = float(base @ np.array((0.299, 0.587, 0.114), np.float32))
+  return skin, luma, tone
+
+
+def _worley_edge_distance(rng: np.random.Generator, size: int, cell: float,
+                          jitter: float) -> np.ndarray:
+  """Distance (px) to the nearest Voronoi boundary of jittered grid seeds: a honeycomb."""
+  g = int(math.ceil(size / cell)) + 3
+  idx = np.arange(g, dtype=np.float32) - 1.0
+  seeds = np.stack(np.meshgrid(idx, idx, indexing="ij"), axis=-1) + 0.5
+  seeds[1::2, :, 1] += 0.5  # staggered rows: hexagonal cells, not a square plaid
+  seeds = (seeds + jitter * (_child(rng).random((g, g, 2), dtype=np.float32) - 0.5)) * np.float32(
+      cell)
+  y, x = _pixel_centres(size)
+  ci = (y / cell).astype(np.int32) + 1
+  cj = (x / cell).astype(np.int32) + 1
+  d1 = np.full((size, size), np.inf, np.float32)
+  d2 = np.full((size, size), np.inf, np.float32)
+  for di in (-1, 0, 1):
+    for dj in (-1, 0, 1):
+      p = seeds[ci + di, cj + dj]
+      d = np.hypot(p[..., 0] - y, p[..., 1] - x)
+      d2 = np.minimum(d2, np.maximum(d1, d))
+      d1 = np.minimum(d1, d)
+  return 0.5 * (d2 - d1)
+
+
+def _disc_coverage(size: int, factor: int, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+  """Anti-aliased coverage of filled discs (output-px centres (x, y) and radii)."""
+  canvas = np.zeros((size * factor, size * factor), np.uint8)
+  pts = _canvas_points(centres, factor)
+  rr = np.round(np.asarray(radii) * factor * 16.0).astype(np.int64)
+  for (cx, cy), r in zip(pts, rr):
+    cv2.circle(canvas, (int(cx), int(cy)), max(int(r), 8), 255, -1, cv2.LINE_AA, 4)
+  return _downsample(canvas, size)
+
+
+def _points_in_lesion(rng: np.random.Generator, n: int, centre: np.ndarray, rtab: np.ndarray,
+                      rho_range: tuple[float, float], size: int) -> np.ndarray:
+  """n points (x, y) in output px at normalised radius in rho_range of the lesion contour."""
+  theta = rng.uniform(0.0, 2.0 * np.pi, n)
+  rho = np.sqrt(rng.uniform(rho_range[0]**2, rho_range[1]**2, n))  # uniform over area
+  r = rtab[(theta / (2.0 * np.pi) * _CONTOUR_POINTS).astype(int) % _CONTOUR_POINTS]
+  return centre + (rho * r * size)[:, None] * np.stack([np.cos(theta), np.sin(theta)], -1)
+
+
+def _render_lesion(rng: np.random.Generator, cues: dict[str, Any], look: int, size: int,
+                   factor: int, centre: np.ndarray, rtab: np.ndarray, rho: np.ndarray,
+                   theta: np.ndarray, skin_luma: float) -> np.ndarray:
+  """Lesion colour (S, S, 3): base colour, zones/blotches, network, dots, cysts, texture."""
+  s128 = size / 128.0
+  # Lesions on darker skin are darker too; brightness and hue vary per image.
+  scale = float(np.clip(skin_luma / _REF_SKIN_LUMA, 0.6, 1.08)) * rng.uniform(0.88, 1.12)
+  palette = _PALETTE * np.float32(scale) * (1 + rng.normal(0, 0.04, (5, 3))).astype(np.float32)
+  colours = list(cues["colours"])
+  # The base is the lightest brown present (pink or blue-grey only without browns); the other
+  # colours are zones drawn on top, darker ones last.
+  base_order = [0, 1, 4, 3, 2]
+  colours.sort(key=base_order.index)
+  colours[1:] = sorted(colours[1:], key=[0, 4, 1, 3, 2].index)
+  base_rgb = palette[colours[0]]
+  if look == 2:  # seborrheic keratosis: waxy tan base instead of light brown
+    base_rgb = _SK_TAN * np.float32(scale * rng.uniform(0.9, 1.1)) if colours[0] == 0 else base_rgb
+  lesion = np.empty((size, size, 3), np.float32)
+  lesion[:] = base_rgb
+  asym = cues["asymmetry"]
+  # Zones are drawn in a warped radial coordinate: organic outlines, shifted to one side when
+  # the lesion is asymmetric.
+  skew = np.float32(asym * 0.6) * np.cos(theta - np.float32(rng.uniform(0, 2 * np.pi)))
+  rho_w = rho * (1.0 + skew) + 0.16 * _smooth_noise(rng, size, 6)
+  for c in colours[1:]:
+    style = _choose_style(rng, look, c)
+    strength = np.float32(rng.uniform(0.7, 1.0))
+    if style == "centre":
+      t = rng.uniform(0.3, 0.65)
+      m = _smoothstep(t + 0.12, t - 0.12, rho_w)
+    elif style == "ring":
+      t = rng.uniform(0.6, 0.85)
+      m = _smoothstep(t - 0.1, t + 0.1, rho_w)
+    elif style == "blotch":
+      bias = np.float32(0.5 + asym) * rho * np.cos(theta - np.float32(rng.uniform(0, 2 * np.pi)))
+      field = _smooth_noise(rng, size, 7) + bias
+      t = rng.uniform(0.2, 1.0)
+      m = _smoothstep(t - 0.5, t + 0.5, field)
+    else:  # dots / globules / peppering
+      n = int(rng.poisson(rng.uniform(6, 30) * (cues["diameter"] / 0.3)**2)) + 3
+      lo = rng.uniform(0.0, 0.5) if look == 1 else rng.uniform(0.3, 0.7)
+      pts = _points_in_lesion(rng, n, centre, rtab, (lo, 0.95), size)
+      radii = rng.uniform(0.6, 1.8, n) * s128 * (1.4 if c != 3 else 0.8)
+      m = _disc_coverage(size, factor, pts, np.maximum(radii, 0.45))
+    lesion += (m * strength)[..., None] * (palette[c] - lesion)
+
+  # Pigment network: honeycomb of dark lines; typical ones fade out towards the border,
+  # atypical ones are coarse, uneven and broken.
+  if cues["network"] > 0:
+    atypia = cues["network_atypia"]
+    cell = max(size / rng.uniform(26, 40) * (1 + 0.5 * atypia), 2.6)
+    edge = _worley_edge_distance(rng, size, cell, jitter=0.6 + 0.3 * atypia)
+    width = cell * (0.26 + 0.14 * atypia) * (1.0 + atypia * 0.5 * _smooth_noise(rng, size, 10))
+    lines = 1.0 - _smoothstep(0.0, 1.0, edge / np.maximum(width, 0.4))
+    if atypia > 0.5:
+      lines *= _smoothstep(-0.8, -0.2, _smooth_noise(rng, size, 8))
+    else:
+      lines *= _smoothstep(1.05, 0.55, rho)
+    # Lines are brown pigment (darker for atypical networks), not a grey shadow.
+    line_rgb = palette[1] * np.float32(1.0 - 0.35 * atypia)
+    strength = np.float32(cues["network"] * (0.55 + 0.3 * atypia))
+    lesion += (lines * strength)[..., None] * (line_rgb - lesion)
+
+  if cues["globules"]:
+    n = int(rng.poisson(rng.uniform(5, 25) * (cues["diameter"] / 0.3)**2)) + 2
+    if look == 1:  # irregular: anywhere, various sizes
+      pts = _points_in_lesion(rng, n, centre, rtab, (0.1, 1.0), size)
+      radii = rng.uniform(0.6, 2.4, n) * s128
+    elif look == 0:  # regular: a ring of similar globules towards the periphery
+      pts = _points_in_lesion(rng, n, centre, rtab, (0.6, 0.92), size)
+      radii = rng.uniform(1.0, 1.6, n) * s128
+    else:  # seborrheic keratosis: a few comedo-like openings
+      n = n // 2 + 1
+      pts = _points_in_lesion(rng, n, centre, rtab, (0.0, 0.9), size)
+      radii = rng.uniform(0.6, 1.3, n) * s128
+    dark = palette[2] if 2 in colours and look == 1 else palette[1] * 0.85
+    m = _disc_coverage(size, factor, pts, np.maximum(radii, 0.45))
+    if size >= 96:  # globules have soft edges
+      m = cv2.GaussianBlur(m, (0, 0), 0.5 * s128)
+    lesion += (m * np.float32(rng.uniform(0.45, 0.85)))[..., None] * (dark - lesion)
+
+  if cues["fissures"]:  # cerebriform ridges and furrows of seborrheic keratoses
+    n = _smooth_noise(rng, size, max(int(size / (6.0 * s128 + 1)), 6))
+    furrows = 1.0 - _smoothstep(0.0, 0.25, np.abs(n))
+    lesion *= (1.0 - np.float32(rng.uniform(0.25, 0.45)) * furrows)[..., None]
+
+  if look == 2:  # waxy look: a slight whitish haze, less saturated
+    lesion += np.float32(rng.uniform(0.0, 0.08)) * (_WAX_RGB - lesion)
+
+  if cues["cysts"]:  # milia-like cysts: small bright dots
+    n = int(rng.poisson(rng.uniform(4, 12) * (cues["diameter"] / 0.3)**2)) + 2
+    pts = _points_in_lesion(rng, n, centre, rtab, (0.0, 0.9), size)
+    m = _disc_coverage(size, factor, pts, np.maximum(rng.uniform(0.8, 1.8, n) * s128, 0.5))
+    lesion += (m * np.float32(rng.uniform(0.7, 1.0)))[..., None] * (_CYST_RGB * scale - lesion)
+
+  texture = 1.0 + np.float32(rng.uniform(0.04, 0.1)) * _smooth_noise(rng, size, max(size // 6, 4))
+  lesion *= texture[..., None]
+  return lesion
+
+
+def _choose_style(rng: np.random.Generator, look: int, colour: int) -> str:
+  """How a secondary colour is arranged inside the lesion (by appearance class and colour)."""
+  return _STYLES[int(rng.choice(len(_STYLES), p=_STYLE_PROBABILITIES[look][colour]))]
+
+
+def _draw_hairs(rng: np.random.Generator, size: int, factor: int, fov_centre: np.ndarray,
+                fov_radius: float) -> tuple[np.ndarray, np.ndarray, int]:
+  """Curved dark hairs: premultiplied colour (S, S, 3), coverage (S, S) and the hair count."""
+  # Mostly a few hairs; heavy hair (a hard case) is rare.
+  heavy = rng.random()
+  if heavy < 0.7:
+    count = int(rng.integers(1, 7))
+  elif heavy < 0.92:
+    count = int(rng.integers(6, 16))
+  else:
+    count = int(rng.integers(15, 31))
+  w = size * factor
+  colour_canvas = np.zeros((w, w, 3), np.uint8)
+  cover_canvas = np.zeros((w, w), np.uint8)
+  base = np.array((32, 24, 20), np.float64) * rng.uniform(0.7, 2.4)
+  for _ in range(count):
+    # Anchor the middle of the hair in the field of view so that every hair is visible.
+    mid_angle = rng.uniform(0, 2 * np.pi)
+    mid = fov_centre + np.sqrt(rng.random()) * 0.85 * fov_radius * np.array(
+        (np.cos(mid_angle), np.sin(mid_angle)))
+    mid = np.clip(mid, 0.05 * size, 0.95 * size)  # towards the centre: stays in the view
+    angle = rng.uniform(0, 2 * np.pi)
+    length = rng.uniform(0.3, 1.4) * size
+    direction = np.array((np.cos(angle), np.sin(angle)))
+    start, end = mid - direction * length / 2, mid + direction * length / 2
+    normal = np.array((-direction[1], direction[0]))
+    bend = (start + end) / 2 + normal * rng.normal(0, 0.18) * length
+    t = np.linspace(0.0, 1.0, 24)[:, None]
+    curve = (1 - t)**2 * start + 2 * (1 - t) * t * bend + t**2 * end  # quadratic Bezier
+    thickness = max(rng.uniform(0.8, 2.0) * size / 128.0, 0.75)
+    thick_px = max(int(round(thickness * factor)), 1)
+    colour = tuple(float(v) for v in np.clip(base * rng.uniform(0.8, 1.25), 0, 255))
+    pts = [_canvas_points(curve, factor)]
+    cv2.polylines(colour_canvas, pts, False, colour, thick_px, cv2.LINE_AA, 4)
+    cv2.polylines(cover_canvas, pts, False, 255, thick_px, cv2.LINE_AA, 4)
+  colour = cv2.resize(colour_canvas, (size, size), interpolation=cv2.INTER_AREA)
+  return colour.astype(np.float32), _downsample(cover_canvas, size), count
+
+
+def _draw_ruler(rng: np.random.Generator, size: int, factor: int, inset: float) -> np.ndarray:
+  """Coverage of ruler tick marks (1 mm spacing, longer every 5 and 10, numerals) on one edge."""
+  w = size * factor
+  canvas = np.zeros((w, w), np.uint8)
+  spacing = size / rng.uniform(12, 24)
+  y0 = inset + rng.uniform(0.01, 0.05) * size
+  thick = max(int(round(max(rng.uniform(0.8, 1.4) * size / 128.0, 0.8) * factor)), 1)
+  short = rng.uniform(0.025, 0.04) * size
+  x = rng.uniform(0, spacing) - spacing * 10
+  i = int(rng.integers(0, 10))
+  number = int(rng.integers(0, 5))
+  segments = []
+  font_scale = 0.0012 * size * factor * rng.uniform(0.8, 1.1)
+  while x < size * 1.2:
+    length = short * (2.2 if i % 10 == 0 else 1.5 if i % 5 == 0 else 1.0)
+    segments.append(_canvas_points([(x, y0), (x, y0 + length)], factor))
+    if i % 10 == 0:
+      org = (int((x + 0.01 * size) * factor), int((y0 + length + 0.06 * size) * factor))
+      cv2.putText(canvas, str(number), org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 255,
+                  max(thick // 2, 1), cv2.LINE_AA)
+      number += 1
+    x += spacing
+    i += 1
+  cv2.polylines(canvas, segments, False, 255, thick, cv2.LINE_AA, 4)
+  if rng.random() < 0.5:  # baseline of the scale
+    cv2.polylines(canvas, [_canvas_points([(-size, y0), (2 * size, y0)], factor)], False, 255,
+                  thick, cv2.LINE_AA, 4)
+  # Put it on a random edge, slightly tilted.
+  angle = 90.0 * int(rng.integers(0, 4)) + rng.normal(0, 4)
+  rot = cv2.getRotationMatrix2D((w / 2 - 0.5, w / 2 - 0.5), angle, 1.0)
+  canvas = cv2.warpAffine(canvas, rot, (w, w), flags=cv2.INTER_LINEAR)
+  return _downsample(canvas, size)
+
+
+def _draw_bubbles(rng: np.random.Generator, size: int, factor: int, fov_centre: np.ndarray,
+                  fov_radius: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Gel bubbles: (disc coverage, bright rim + highlight coverage, dark outer edge coverage)."""
+  n = int(rng.geometric(0.35))
+  n = min(n, 10)
+  radii = size * np.where(rng.random(n) < 0.15, rng.uniform(0.08, 0.18, n),
+                          rng.uniform(0.015, 0.06, n))
+  ang = rng.uniform(0, 2 * np.pi, n)
+  dist = np.sqrt(rng.uniform(0, 1, n)) * fov_radius * 0.9
+  centres = fov_centre + dist[:, None] * np.stack([np.cos(ang), np.sin(ang)], -1)
+  # The field of view can be wider than the frame; pulling the centres in keeps them in both.
+  centres = np.clip(centres, 0.05 * size, 0.95 * size)
+  w = size * factor
+  disc = np.zeros((w, w), np.uint8)
+  rim = np.zeros((w, w), np.uint8)
+  edge = np.zeros((w, w), np.uint8)
+  line = max(int(round(max(0.6 * size / 128.0, 0.5) * factor)), 1)
+  pts = _canvas_points(centres, factor)
+  hl = _canvas_points(centres - 0.4 * radii[:, None], factor)
+  for (cx, cy), (hx, hy), r in zip(pts, hl, radii):
+    rf = int(round(r * factor * 16))
+    cv2.circle(disc, (int(cx), int(cy)), rf, 255, -1, cv2.LINE_AA, 4)
+    cv2.circle(rim, (int(cx), int(cy)), rf, 200, line, cv2.LINE_AA, 4)
+    cv2.circle(rim, (int(hx), int(hy)), max(int(rf * 0.18), 8), 255, -1, cv2.LINE_AA, 4)
+    cv2.circle(edge, (int(cx), int(cy)), rf + line * 16, 255, line, cv2.LINE_AA, 4)
+  return _downsample(disc, size), _downsample(rim, size), _downsample(edge, size)
+
+
+def _draw_sticker(rng: np.random.Generator, size: int, factor: int, fov_centre: np.ndarray,
+                  fov_radius: float) -> tuple[np.ndarray, np.ndarray]:
+  """A saturated calibration sticker near a corner: (colour image (S, S, 3), coverage)."""
+  colours = ((225, 40, 45), (40, 175, 75), (45, 85, 205), (240, 205, 40), (245, 130, 30))
+  rgb = np.array(colours[int(rng.integers(0, len(colours)))], np.float32)
+  corner = np.pi / 4 + np.pi / 2 * int(rng.integers(0, 4)) + rng.normal(0, 0.15)
+  radius = rng.uniform(0.05, 0.1) * size
+  reach = min(fov_radius - radius * 1.2, 0.62 * size)
+  centre = fov_centre + reach * np.array((np.cos(corner), np.sin(corner)))
+  centre = np.clip(centre, 0.6 * radius, size - 0.6 * radius)  # mostly inside the frame
+  w = size * factor
+  canvas = np.zeros((w, w), np.uint8)
+  if rng.random() < 0.7:
+    c = _canvas_points(centre[None], factor)[0]
+    cv2.circle(canvas, (int(c[0]), int(c[1])), int(radius * factor * 16), 255, -1, cv2.LINE_AA, 4)
+  else:
+    box = cv2.boxPoints(((float(centre[0]), float(centre[1])),
+                         (2 * radius, 2 * radius * rng.uniform(0.5, 1.0)), rng.uniform(0, 90)))
+    cv2.fillPoly(canvas, [_canvas_points(box, factor)], 255, cv2.LINE_AA, 4)
+  cover = _downsample(canvas, size)
+  y, x = _pixel_centres(size)
+  # Printed stickers are glossy: a gentle brightness gradient across them.
+  g = 1.0 + 0.15 * ((x - centre[0]) + (y - centre[1])) / (radius * 2)
+  return rgb * np.clip(g, 0.75, 1.2)[..., None], cover
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry point.
+
+
+def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str, Any]:
+  """Renders one synthetic dermoscopy example.
+
+  Args:
+    seed: any non-negative int; the same (seed, config) always gives identical output.
+    config: rendering knobs.
+
+  Returns:
+    dict with 'image' uint8 (S, S, 3) RGB; 'mask', 'hair_mask', 'occlusion_mask' uint8 (S, S)
+    in {0, 255} (occlusion = hair | ruler | bubbles | sticker); 'label' int index into
+    DIAGNOSES; 'malignant' int 0/1; 'cues' dict of floats: the ABCD cues used to draw it
+    ('asymmetry', 'border_irregularity', 'num_colours', 'diameter' as a fraction of the image
+    width, one-hot 'has_<colour>' flags) plus other drawing parameters ('border_blur' in px at
+    128 px, 'contrast', 'network', 'network_atypia', 'globules', 'cysts', 'fissures', and the
+    nuisances 'skin_tone', 'vignette', 'num_hairs', ...).
+  """
+  size = int(config.image_size)
+  if size < 16:
+    raise ValueError(f"image_size must be at least 16, got {size}")
+  factor = config.supersample or (4 if size <= 128 else 2)
+  # One independent stream per part of the picture (see the module docstring).
+  (rng_cues, rng_lesion, rng_skin, rng_view, rng_hair, rng_ruler, rng_bubble, rng_sticker,
+   rng_noise) = (np.random.default_rng([seed, k]) for k in range(9))
+
+  u = rng_cues.random()  # drawn even when the label is forced, to keep the stream aligned
+  if config.label is None:
+    cdf = np.cumsum(np.asarray(config.class_priors, np.float64))
+    label = min(int(np.searchsorted(cdf / cdf[-1], u, side="right")), len(DIAGNOSES) - 1)
+  elif 0 <= config.label < len(DIAGNOSES):
+    label = int(config.label)
+  else:
+    raise ValueError(f"label must index DIAGNOSES {DIAGNOSES}, got {config.label}")
+  cues = _sample_cues(rng_cues, label, config)
+  rtab = _lesion_contour(rng_cues, cues)
+  offset = np.clip(rng_cues.normal(0, 0.06, 2), -0.12, 0.12)
+  centre = (0.5 + offset) * size
+
+  # Field of view (sampled up front: occluders are placed inside it).
+  has_vignette = rng_view.random() < config.vignette_probability
+  if rng_view.random() < 0.35:
+    fov_r = rng_view.uniform(0.44, 0.56)  # the whole circle shows
+  else:
+    fov_r = rng_view.uniform(0.58, 0.74)  # only the corners are cut
+  fov_centre = (0.5 + rng_view.normal(0, 0.03, 2)) * size
+  fov_aspect = rng_view.uniform(0.9, 1.1)
+  fov_angle = rng_view.uniform(0, np.pi)
+  fov_edge = rng_view.uniform(0.01, 0.04)
+  falloff = rng_view.uniform(0.03, 0.18) if has_vignette else rng_view.uniform(0.0, 0.1)
+  grad_amp = rng_view.uniform(-0.1, 0.1)
+  grad_dir = rng_view.uniform(0, 2 * np.pi)
+  white_balance = np.exp(rng_view.normal(0, 0.035, 3)).astype(np.float32)
+  black_level = rng_view.uniform(2, 14)
+  if not has_vignette:
+    fov_r, fov_aspect, fov_centre = 0.75, 1.0, np.array((0.5, 0.5)) * size
+  fov_inner = fov_r * size / max(fov_aspect, 1.0)  # smallest radius of the field of view
+
+  # Lesion geometry at pixel level.
+  y, x = _pixel_centres(size)
+  dy, dx = y - np.float32(centre[1]), x - np.float32(centre[0])
+  theta = np.arctan2(dy, dx)
+  bins = ((theta + np.float32(np.pi)) * np.float32(_CONTOUR_POINTS / (2 * np.pi))).astype(np.int32)
+  # Internal zones use a radial coordinate relative to a smoothed outline (orders <= 3): the
+  # ragged contour itself would give them spoke-like straight edges.
+  spectrum = np.fft.rfft(rtab)
+  spectrum[4:] = 0
+  smooth = np.fft.irfft(spectrum, _CONTOUR_POINTS).astype(np.float32) * np.float32(size)
+  smooth = np.roll(smooth, -_CONTOUR_POINTS // 2)  # bins start at theta = -pi
+  rho = np.hypot(dx, dy) / smooth[bins % _CONTOUR_POINTS]
+  ang = np.linspace(0, 2 * np.pi, _CONTOUR_POINTS, endpoint=False)
+  contour = centre + (rtab * size)[:, None] * np.stack([np.cos(ang), np.sin(ang)], -1)
+  canvas = np.zeros((size * factor, size * factor), np.uint8)
+  cv2.fillPoly(canvas, [_canvas_points(contour, factor)], 255, cv2.LINE_8, 4)
+  coverage = _downsample(canvas, size)
+
+  skin, skin_luma, tone = _render_skin(rng_skin, size)
+  lesion = _render_lesion(rng_lesion, cues, int(cues["appearance"]), size, factor, centre, rtab,
+                          rho, theta, skin_luma)
+  sigma = cues["border_blur"] * size / 128.0
+  alpha = cv2.GaussianBlur(coverage, (0, 0), sigma) if sigma > 0.25 else coverage
+  fade = np.float32(rng_lesion.uniform(0.0, 0.3))
+  alpha = alpha * np.float32(cues["contrast"]) * (1.0 - fade * np.minimum(rho, 1.0)**2)
+  image = skin + alpha[..., None] * (lesion - skin)
+
+  # Occluders, in physical order: hairs on the skin, gel bubbles, then ruler and sticker.
+  hair = np.zeros((size, size), np.float32)
+  num_hairs = 0.0
+  if rng_hair.random() < config.hair_probability:
+    hair_rgb, hair, count = _draw_hairs(rng_hair, size, factor, fov_centre, fov_inner)
+    image = image * (1.0 - hair[..., None]) + hair_rgb
+    num_hairs = float(count)
+  bubble = np.zeros((size, size), np.float32)
+  if rng_bubble.random() < config.bubble_probability:
+    bubble, rim, edge = _draw_bubbles(rng_bubble, size, factor, fov_centre, fov_inner)
+    image += (bubble * np.float32(rng_bubble.uniform(0.05, 0.18)))[..., None] * (255.0 - image)
+    image *= (1.0 - 0.3 * edge)[..., None]
+    image += (rim * np.float32(rng_bubble.uniform(0.5, 0.85)))[..., None] * (255.0 - image)
+  ruler = np.zeros((size, size), np.float32)
+  if rng_ruler.random() < config.ruler_probability:
+    # Keep the ticks inside the field of view whichever edge they end up on.
+    inset = max(0.0, max(*fov_centre, *(size - fov_centre)) - fov_inner)
+    ruler = _draw_ruler(rng_ruler, size, factor, inset)
+    ink = np.array((20, 20, 24), np.float32) * np.float32(rng_ruler.uniform(0.6, 2.0))
+    image += (ruler * np.float32(rng_ruler.uniform(0.75, 0.95)))[..., None] * (ink - image)
+  sticker = np.zeros((size, size), np.float32)
+  if rng_sticker.random() < config.sticker_probability:
+    sticker_rgb, sticker = _draw_sticker(rng_sticker, size, factor, fov_centre, fov_inner)
+    image += sticker[..., None] * (sticker_rgb - image)
+
+  # Optics: illumination gradient, vignette falloff, dark field-of-view border, white balance.
+  gx, gy = np.cos(grad_dir), np.sin(grad_dir)
+  light = 1.0 + np.float32(grad_amp) * ((x - size / 2) * np.float32(gx) +
+                                        (y - size / 2) * np.float32(gy)) / np.float32(size)
+  ex, ey = x - np.float32(fov_centre[0]), y - np.float32(fov_centre[1])
+  ca, sa = np.float32(np.cos(fov_angle)), np.float32(np.sin(fov_angle))
+  r_ell = np.hypot((ex * ca + ey * sa) * np.float32(fov_aspect), -ex * sa + ey * ca)
+  r_fov = np.float32(fov_r * size)
+  light = light * (1.0 - np.float32(falloff) * np.minimum(r_ell / r_fov, 1.0)**2)
+  if has_vignette:
+    visible = _smoothstep(r_fov, r_fov - np.float32(fov_edge * size), r_ell)
+  else:
+    visible = np.ones((size, size), np.float32)
+  image = image * (light * visible)[..., None] * white_balance
+  image += (1.0 - visible)[..., None] * np.float32(black_level)
+  if config.noise_level > 0:
+    sd = np.float32(rng_noise.uniform(0.8, 2.5) * config.noise_level)
+    image += rng_noise.standard_normal((size, size, 3), dtype=np.float32) * sd
+  image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+
+  lesion_mask = coverage >= 0.5
+  if has_vignette:
+    lesion_mask &= visible >= _FOV_VISIBLE
+  hair_mask = hair * visible >= _OCCLUSION_THRESHOLD
+  occlusion = np.maximum(np.maximum(hair, bubble), np.maximum(ruler, sticker)) * visible
+  occlusion_mask = (occlusion >= _OCCLUSION_THRESHOLD) | hair_mask
+
+  cues_out = {k: float(v) for k, v in cues.items() if k != "colours"}
+  for i, name in enumerate(COLOUR_NAMES):
+    cues_out[f"has_{name}"] = float(i in cues["colours"])
+  cues_out.update(skin_tone=tone, vignette=float(has_vignette), num_hairs=num_hairs,
+                  centre_x=float(centre[0] / size), centre_y=float(centre[1] / size))
+  return {
+      "image": image,
+      "mask": lesion_mask.astype(np.uint8) * np.uint8(255),
+      "hair_mask": hair_mask.astype(np.uint8) * np.uint8(255),
+      "occlusion_mask": occlusion_mask.astype(np.uint8) * np.uint8(255),
+      "label": label,
+      "malignant": int(MALIGNANT[DIAGNOSES[label]]),
+      "cues": cues_out,
+  }

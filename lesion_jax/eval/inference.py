@@ -1,0 +1,27 @@
+"""Batched inference over a dataset: host batches in, (host batch, host outputs) out."""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator
+
+import jax
+import numpy as np
+
+from lesion_jax.train import sharding
+
+
+def predict_over(predict: Callable[[Any, jax.Array], jax.Array], state: Any,
+                 batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh
+                 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
+  """Runs a jitted `predict(state, images)` over every batch; yields (batch, outputs) on the host.
+
+  The next batch is dispatched before the previous outputs are fetched, so host-side work on the
+  results overlaps with device compute.
+  """
+  previous = None
+  for batch in batches:
+    outputs = predict(state, sharding.shard_batch({"image": batch["image"]}, mesh)["image"])
+    if previous is not None:
+      yield previous[0], sharding.to_host(previous[1])
+    previous = (batch, outputs)
+  if previous is not None:
+    yield previous[0], sharding.to_host(previous[1])

@@ -1,0 +1,380 @@
+"""Segmentation and classification metrics shared by every experiment (host-side numpy).
+
+Segmentation follows the ISIC 2017/2018 challenge conventions: every metric is computed per
+image from that image's pixel counts and then averaged over images (not pooled over pixels).
+
+Per-image definitions, with tp/fp/fn/tn counted over the image's pixels:
+
+  jaccard     = tp / (tp + fp + fn)            1.0 when pred and target are both empty
+  dice        = 2 tp / (2 tp + fp + fn)        1.0 when pred and target are both empty
+  accuracy    = (tp + tn) / pixels
+  sensitivity = tp / (tp + fn)                 1.0 when the target is empty (nothing to miss)
+  specificity = tn / (tn + fp)                 1.0 when the target covers the whole image
+
+So an empty prediction for a non-empty target scores jaccard = dice = sensitivity = 0, and a
+non-empty prediction for an empty target scores jaccard = dice = 0, sensitivity = 1.
+"jaccard_thresholded" is the ISIC 2018 score: a per-image Jaccard below `threshold_ja` (0.65)
+counts as 0, one at or above it counts as is, then the mean is taken.
+
+Classification (`classification_scores`):
+
+  * Binary problems (probs (N,) = P(class 1), or (N, 2)): precision/recall/f1/sensitivity/
+    specificity/roc_auc/average_precision are those of the positive class 1. Predicted label is
+    the argmax; for probs (N,) that is class 1 when P > 0.5.
+  * Multi-class: precision/recall/f1 are macro averages over all C classes (as scikit-learn's
+    `average="macro"` with `labels=range(C)`); sensitivity, specificity, roc_auc,
+    average_precision and specificity_at_sensitivity are macro means of the one-vs-rest values
+    over the classes where they are defined.
+  * Precision/recall/f1 with a zero denominator are 0 (scikit-learn's `zero_division=0`).
+    Everything else that is undefined (e.g. ROC AUC with one class in `labels`) is None, and
+    `notes` says why. The result contains only Python scalars, lists, dicts and None.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+import warnings
+
+import numpy as np
+from sklearn import exceptions as sk_exceptions
+from sklearn import metrics as sk_metrics
+
+SEGMENTATION_KEYS = ("jaccard", "dice", "accuracy", "sensitivity", "specificity")
+DEFAULT_SENSITIVITIES = (0.82, 0.89, 0.95)
+
+
+# ----------------------------------------------------------------------------------------------
+# Segmentation
+
+
+def _as_mask_batch(x: Any, name: str) -> np.ndarray:
+  """(N, H, W) bool from a bool-like (N, H, W) or (N, H, W, 1) array."""
+  x = np.asarray(x)
+  if x.ndim == 4 and x.shape[-1] == 1:
+    x = x[..., 0]
+  if x.ndim != 3:
+    raise ValueError(f"{name} must have shape (N, H, W) or (N, H, W, 1), got {x.shape}")
+  if x.dtype == bool:
+    return x
+  if np.issubdtype(x.dtype, np.floating):
+    # A probability map passed by mistake would otherwise count every non-zero pixel as lesion.
+    if not np.all((x == 0) | (x == 1)):
+      raise ValueError(f"{name} is a float array with values other than 0 and 1; binarize it first")
+  return x != 0
+
+
+def segmentation_counts(pred: Any, target: Any) -> dict[str, np.ndarray]:
+  """Per-image pixel counts {"tp", "fp", "fn", "tn"}, each int64 of shape (N,)."""
+  p = _as_mask_batch(pred, "pred")
+  t = _as_mask_batch(target, "target")
+  if p.shape != t.shape:
+    raise ValueError(
+        f"pred and target shapes differ: {np.shape(pred)} vs {np.shape(target)}")
+  pixels = p.shape[1] * p.shape[2]
+  if pixels == 0:
+    raise ValueError(f"masks have no pixels: shape {np.shape(pred)}")
+  tp = np.count_nonzero(p & t, axis=(1, 2)).astype(np.int64)
+  fp = np.count_nonzero(p, axis=(1, 2)).astype(np.int64) - tp
+  fn = np.count_nonzero(t, axis=(1, 2)).astype(np.int64) - tp
+  tn = pixels - tp - fp - fn
+  return {"tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def _ratio(num: np.ndarray, den: np.ndarray, empty_value: float) -> np.ndarray:
+  num = np.asarray(num, np.float64)
+  den = np.asarray(den, np.float64)
+  out = np.full(num.shape, empty_value, np.float64)
+  np.divide(num, den, out=out, where=den > 0)
+  return out
+
+
+def scores_from_counts(counts: Mapping[str, Any]) -> dict[str, np.ndarray]:
+  """Per-image scores (float64 (N,)) from per-image counts, with the module's empty conventions."""
+  tp, fp, fn, tn = (np.asarray(counts[k], np.int64) for k in ("tp", "fp", "fn", "tn"))
+  return {
+      "jaccard": _ratio(tp, tp + fp + fn, 1.0),
+      "dice": _ratio(2 * tp, 2 * tp + fp + fn, 1.0),
+      "accuracy": _ratio(tp + tn, tp + fp + fn + tn, 1.0),
+      "sensitivity": _ratio(tp, tp + fn, 1.0),
+      "specificity": _ratio(tn, tn + fp, 1.0),
+  }
+
+
+def per_image_segmentation_scores(pred: Any, target: Any) -> dict[str, np.ndarray]:
+  """Per-image jaccard, dice, accuracy, sensitivity, specificity (float64 arrays of shape (N,))."""
+  return scores_from_counts(segmentation_counts(pred, target))
+
+
+def summarize_segmentation(per_image: Mapping[str, np.ndarray],
+                           threshold_ja: float = 0.65) -> dict[str, float | int | None]:
+  """Means over images of per-image scores, plus the ISIC 2018 thresholded Jaccard."""
+  ja = np.asarray(per_image["jaccard"], np.float64)
+  n = int(ja.shape[0])
+  if n == 0:
+    return {**{k: None for k in SEGMENTATION_KEYS}, "jaccard_thresholded": None, "num_images": 0}
+  out: dict[str, float | int | None] = {
+      k: float(np.mean(per_image[k])) for k in SEGMENTATION_KEYS}
+  out["jaccard_thresholded"] = float(np.mean(np.where(ja < threshold_ja, 0.0, ja)))
+  out["num_images"] = n
+  return out
+
+
+def segmentation_scores(pred: Any, target: Any,
+                        threshold_ja: float = 0.65) -> dict[str, float | int | None]:
+  """Mean per-image segmentation scores: jaccard, jaccard_thresholded, dice, accuracy,
+  sensitivity, specificity, num_images (scores are None when there are no images)."""
+  return summarize_segmentation(per_image_segmentation_scores(pred, target), threshold_ja)
+
+
+class SegmentationAccumulator:
+  """Streaming `segmentation_scores` over batches; keeps only 4 counts per image."""
+
+  def __init__(self, threshold_ja: float = 0.65):
+    self.threshold_ja = threshold_ja
+    self._counts: list[dict[str, np.ndarray]] = []
+
+  def reset(self) -> None:
+    self._counts = []
+
+  def update(self, pred: Any, target: Any, weights: Any = None) -> None:
+    """Adds a batch; `weights` (N,) of 0/1 marks padding examples (0) to ignore."""
+    counts = segmentation_counts(pred, target)
+    if weights is not None:
+      w = np.asarray(weights).reshape(-1)
+      n = counts["tp"].shape[0]
+      if w.shape[0] != n:
+        raise ValueError(f"weights has {w.shape[0]} entries for a batch of {n} masks "
+                         f"(weights shape {np.shape(weights)})")
+      if not np.all((w == 0) | (w == 1)):
+        raise ValueError("weights must be 0 (padding) or 1 (real example)")
+      keep = w == 1
+      counts = {k: v[keep] for k, v in counts.items()}
+    self._counts.append(counts)
+
+  def counts(self) -> dict[str, np.ndarray]:
+    """Per-image counts of all non-padding images, in update order."""
+    return {k: np.concatenate([c[k] for c in self._counts]) if self._counts
+            else np.zeros((0,), np.int64) for k in ("tp", "fp", "fn", "tn")}
+
+  def per_image(self) -> dict[str, np.ndarray]:
+    """Per-image scores of all non-padding images, in update order."""
+    return scores_from_counts(self.counts())
+
+  def result(self) -> dict[str, float | int | None]:
+    """Same keys and values as `segmentation_scores` over everything added."""
+    return summarize_segmentation(self.per_image(), self.threshold_ja)
+
+
+# ----------------------------------------------------------------------------------------------
+# Classification
+
+
+def _binary_inputs(labels_binary: Any, scores: Any) -> tuple[np.ndarray, np.ndarray]:
+  y = np.asarray(labels_binary).reshape(-1)
+  s = np.asarray(scores, np.float64).reshape(-1)
+  if y.shape != s.shape:
+    raise ValueError(f"labels and scores sizes differ: {np.shape(labels_binary)} vs "
+                     f"{np.shape(scores)}")
+  if not np.all((y == 0) | (y == 1)):
+    raise ValueError("binary labels must be 0 or 1")
+  if not np.all(np.isfinite(s)):
+    raise ValueError("scores contain NaN or infinite values")
+  return y.astype(np.int64), s
+
+
+def specificity_at_sensitivity(labels_binary: Any, scores: Any, sensitivity: float) -> float:
+  """Highest specificity over score thresholds whose sensitivity is >= `sensitivity`.
+
+  The ISIC 2017 Part 3 metric. A threshold t predicts positive when score >= t; tied scores
+  can't be split. Returns NaN when labels lack positives or negatives.
+  """
+  if not 0.0 <= sensitivity <= 1.0:
+    raise ValueError(f"sensitivity must be in [0, 1], got {sensitivity}")
+  y, s = _binary_inputs(labels_binary, scores)
+  num_pos = int(y.sum())
+  num_neg = int(y.shape[0] - num_pos)
+  if num_pos == 0 or num_neg == 0:
+    return float("nan")
+  order = np.argsort(-s, kind="stable")
+  s, y = s[order], y[order]
+  # Operating points are the ends of runs of equal scores (descending), after "predict none".
+  ends = np.r_[np.flatnonzero(np.diff(s) != 0), y.shape[0] - 1]
+  tps = np.r_[0, np.cumsum(y)[ends]]
+  fps = np.r_[0, np.cumsum(1 - y)[ends]]
+  tpr = tps / num_pos
+  spec = 1.0 - fps / num_neg
+  return float(np.max(spec[tpr >= sensitivity]))
+
+
+def roc_curve_points(labels_binary: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(fpr, tpr, thresholds) of the ROC curve; with a single class present, the undefined
+  axis is NaN (as scikit-learn returns) and no warning is raised."""
+  y, s = _binary_inputs(labels_binary, scores)
+  if y.shape[0] == 0:
+    raise ValueError("no examples")
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", sk_exceptions.UndefinedMetricWarning)
+    fpr, tpr, thresholds = sk_metrics.roc_curve(y, s)
+  return fpr, tpr, thresholds
+
+
+def _sens_key(s: float) -> str:
+  return f"{s:g}"
+
+
+def _mean_defined(values: Sequence[float | None]) -> float | None:
+  defined = [v for v in values if v is not None]
+  return float(np.mean(defined)) if defined else None
+
+
+def _one_vs_rest(y: np.ndarray, score: np.ndarray, sensitivities: Sequence[float]
+                 ) -> tuple[dict[str, Any], dict[str, str]]:
+  """Ranking metrics of one binary problem; None (plus a reason) where undefined."""
+  num_pos = int(y.sum())
+  num_neg = int(y.shape[0] - num_pos)
+  out: dict[str, Any] = {}
+  notes: dict[str, str] = {}
+  if num_pos and num_neg:
+    out["roc_auc"] = float(sk_metrics.roc_auc_score(y, score))
+    out["specificity_at_sensitivity"] = {
+        _sens_key(t): specificity_at_sensitivity(y, score, t) for t in sensitivities}
+  else:
+    missing = "positive" if num_pos == 0 else "negative"
+    reason = f"no {missing} examples in labels"
+    out["roc_auc"] = None
+    out["specificity_at_sensitivity"] = {_sens_key(t): None for t in sensitivities}
+    notes["roc_auc"] = notes["specificity_at_sensitivity"] = reason
+  if num_pos:
+    out["average_precision"] = float(sk_metrics.average_precision_score(y, score))
+  else:
+    out["average_precision"] = None
+    notes["average_precision"] = "no positive examples in labels"
+  return out, notes
+
+
+def classification_scores(labels: Any, probs: Any, class_names: Sequence[str] | None = None,
+                          sensitivities: Sequence[float] = DEFAULT_SENSITIVITIES
+                          ) -> dict[str, Any]:
+  """Classification metrics as a JSON-ready dict; see the module docstring for conventions.
+
+  Args:
+    labels: int (N,) true classes.
+    probs: float (N, C) class probabilities, or (N,) = P(class 1) for a binary problem.
+    class_names: C names (default "0", "1", ...); keys of "per_class".
+    sensitivities: target sensitivities for "specificity_at_sensitivity".
+
+  Returns:
+    accuracy, misclassification_rate, precision, recall, f1, sensitivity, specificity,
+    roc_auc, average_precision, specificity_at_sensitivity {"0.82": ...}, confusion_matrix
+    (rows = true class), per_class {name: {precision, recall, f1, support, sensitivity,
+    specificity, roc_auc, average_precision, specificity_at_sensitivity}}, class_names,
+    num_classes, num_examples, notes {metric: why it is None or partial}.
+  """
+  labels_arr = np.asarray(labels)
+  probs_arr = np.asarray(probs, np.float64)
+  if probs_arr.ndim == 2 and probs_arr.shape[1] == 1:
+    probs_arr = probs_arr[:, 0]
+  if probs_arr.ndim == 1:
+    # Binary shorthand: P(class 1). Column 0 is its complement, so argmax = (P > 0.5).
+    probs_arr = np.stack([1.0 - probs_arr, probs_arr], axis=1)
+    preds = (probs_arr[:, 1] > 0.5).astype(np.int64)
+  elif probs_arr.ndim == 2:
+    preds = np.argmax(probs_arr, axis=1).astype(np.int64)
+  else:
+    raise ValueError(f"probs must have shape (N,) or (N, C), got {np.shape(probs)}")
+  n, num_classes = probs_arr.shape
+  if labels_arr.ndim != 1 or labels_arr.shape[0] != n:
+    raise ValueError(f"labels shape {labels_arr.shape} does not match probs shape "
+                     f"{np.shape(probs)}")
+  if n == 0:
+    raise ValueError("no examples to score")
+  if num_classes < 2:
+    raise ValueError(f"need at least 2 classes, got probs shape {np.shape(probs)}")
+  if not np.all(np.isfinite(probs_arr)):
+    raise ValueError("probs contain NaN or infinite values")
+  if labels_arr.dtype == bool:
+    labels_arr = labels_arr.astype(np.int64)
+  if not np.all(np.equal(np.mod(labels_arr, 1), 0)):
+    raise ValueError("labels must be integers")
+  y = labels_arr.astype(np.int64)
+  if y.min() < 0 or y.max() >= num_classes:
+    raise ValueError(f"labels must be in [0, {num_classes}), got range [{y.min()}, {y.max()}]")
+  names = [str(c) for c in range(num_classes)] if class_names is None else [
+      str(c) for c in class_names]
+  if len(names) != num_classes:
+    raise ValueError(f"{len(names)} class names for {num_classes} classes")
+  if len(set(names)) != num_classes:
+    raise ValueError(f"class names must be unique, got {names}")
+  binary = num_classes == 2
+  class_ids = list(range(num_classes))
+
+  cm = sk_metrics.confusion_matrix(y, preds, labels=class_ids)
+  precision, recall, f1, support = sk_metrics.precision_recall_fscore_support(
+      y, preds, labels=class_ids, zero_division=0.0)
+  notes: dict[str, str] = {}
+  per_class: dict[str, dict[str, Any]] = {}
+  for c, name in enumerate(names):
+    tp = int(cm[c, c])
+    fn = int(cm[c].sum()) - tp
+    fp = int(cm[:, c].sum()) - tp
+    tn = n - tp - fn - fp
+    entry: dict[str, Any] = {
+        "precision": float(precision[c]),
+        "recall": float(recall[c]),
+        "f1": float(f1[c]),
+        "support": int(support[c]),
+        "sensitivity": tp / (tp + fn) if tp + fn else None,
+        "specificity": tn / (tn + fp) if tn + fp else None,
+    }
+    if entry["sensitivity"] is None:
+      notes[f"per_class/{name}/sensitivity"] = "no examples of this class in labels"
+    if entry["specificity"] is None:
+      notes[f"per_class/{name}/specificity"] = "no examples of other classes in labels"
+    ranking, ranking_notes = _one_vs_rest((y == c).astype(np.int64), probs_arr[:, c],
+                                          sensitivities)
+    entry.update(ranking)
+    notes.update({f"per_class/{name}/{k}": v for k, v in ranking_notes.items()})
+    per_class[name] = entry
+
+  accuracy = float(np.mean(preds == y))
+  out: dict[str, Any] = {
+      "accuracy": accuracy,
+      "misclassification_rate": 1.0 - accuracy,
+      "confusion_matrix": cm.astype(int).tolist(),
+      "per_class": per_class,
+      "class_names": names,
+      "num_classes": num_classes,
+      "num_examples": int(n),
+  }
+  ranked_keys = ("sensitivity", "specificity", "roc_auc", "average_precision")
+  if binary:
+    pos = per_class[names[1]]
+    out.update({k: pos[k] for k in ("precision", "recall", "f1", *ranked_keys)})
+    out["specificity_at_sensitivity"] = dict(pos["specificity_at_sensitivity"])
+    for k in (*ranked_keys, "specificity_at_sensitivity"):
+      if f"per_class/{names[1]}/{k}" in notes:
+        notes[k] = notes[f"per_class/{names[1]}/{k}"]
+  else:
+    out["precision"] = float(np.mean(precision))
+    out["recall"] = float(np.mean(recall))
+    out["f1"] = float(np.mean(f1))
+    for k in ranked_keys:
+      values = [per_class[name][k] for name in names]
+      out[k] = _mean_defined(values)
+      _note_macro(notes, k, values)
+    sas = {}
+    for t in sensitivities:
+      values = [per_class[name]["specificity_at_sensitivity"][_sens_key(t)] for name in names]
+      sas[_sens_key(t)] = _mean_defined(values)
+      _note_macro(notes, f"specificity_at_sensitivity/{_sens_key(t)}", values)
+    out["specificity_at_sensitivity"] = sas
+  out["notes"] = notes
+  return out
+
+
+def _note_macro(notes: dict[str, str], key: str, values: Sequence[float | None]) -> None:
+  defined = sum(v is not None for v in values)
+  if defined == 0:
+    notes[key] = "undefined for every class (see per_class notes)"
+  elif defined < len(values):
+    notes[key] = f"macro mean over the {defined} of {len(values)} classes where it is defined"

@@ -1,0 +1,119 @@
+"""File output used by every experiment: atomic writes of JSON, PNG and raw bytes.
+
+Everything a run writes goes through here, so an interrupted run never leaves a half-written file:
+we write to a temporary file in the same directory and `os.replace` it into place.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+  """Writes `data` to `path` so that readers see either the old file or the complete new one."""
+  path = os.fspath(path)
+  directory = os.path.dirname(path) or "."
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file normal permissions
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def _to_builtin(value: Any) -> Any:
+  if isinstance(value, dict):
+    return {str(k): _to_builtin(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_to_builtin(v) for v in value]
+  if isinstance(value, np.ndarray) or hasattr(value, "__array__") and not isinstance(value, str):
+    arr = np.asarray(value)
+    return arr.item() if arr.ndim == 0 else arr.tolist()
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+  """Atomically writes `obj` as indented, key-sorted JSON (numpy and jax values converted)."""
+  text = json.dumps(_to_builtin(obj), indent=2, sort_keys=True)
+  atomic_write_bytes(path, (text + "\n").encode())
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  with open(path) as f:
+    return json.load(f)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+  """PNG bytes of an RGB (H, W, 3) or single-channel (H, W) uint8 image."""
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  image = np.asarray(image)
+  if image.dtype != np.uint8:
+    raise ValueError(f"encode_png needs uint8, got {image.dtype}")
+  if image.ndim == 3 and image.shape[-1] == 3:
+    image = image[..., ::-1]  # OpenCV writes BGR
+  elif image.ndim == 3 and image.shape[-1] == 1:
+    image = image[..., 0]
+  ok, buf = cv2.imencode(".png", np.ascontiguousarray(image))
+  if not ok:
+    raise ValueError(f"could not encode an image of shape {image.shape} as PNG")
+  return buf.tobytes()
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+  """Atomically writes an RGB or single-channel uint8 image as PNG."""
+  atomic_write_bytes(path, encode_png(image))
+
+
+class ImageError(ValueError):
+  """An input image that cannot be used; the message names the file and the problem."""
+
+
+def read_rgb_image(path: str | os.PathLike, min_size: int = 1) -> np.ndarray:
+  """Reads an image file as uint8 RGB (H, W, 3), or raises ImageError naming file and reason.
+
+  Dermoscopy methods here rely on colour, so grayscale and images with an alpha channel are
+  refused rather than silently converted. 16-bit images are scaled to 8 bits.
+  """
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  path = os.fspath(path)
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise ImageError(f"{path}: cannot read file ({e.strerror or e})") from e
+  if not data:
+    raise ImageError(f"{path}: file is empty")
+  image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  if image is None:
+    raise ImageError(f"{path}: not a decodable image (corrupt or unsupported format)")
+  if image.dtype == np.uint16:
+    image = (image // 257).astype(np.uint8)
+  elif image.dtype != np.uint8:
+    raise ImageError(f"{path}: unsupported pixel type {image.dtype}")
+  if image.ndim == 2 or image.shape[-1] == 1:
+    raise ImageError(f"{path}: grayscale image; dermoscopy needs RGB colour")
+  if image.shape[-1] == 4:
+    raise ImageError(f"{path}: image has an alpha channel (RGBA); save it as RGB")
+  if image.shape[-1] != 3:
+    raise ImageError(f"{path}: unexpected {image.shape[-1]} channels")
+  h, w = image.shape[:2]
+  if min(h, w) < min_size:
+    raise ImageError(f"{path}: image is {w}x{h} px, smaller than the minimum {min_size} px")
+  return np.ascontiguousarray(image[..., ::-1])

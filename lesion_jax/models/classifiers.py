@@ -1,0 +1,149 @@
+"""Image classifiers of the papers: LeNet-5, the modified AlexNet, ResNet-18/50.
+
+All take (N, H, W, 3) float inputs and return (N, num_classes) logits; `train` switches dropout
+and BatchNorm statistics.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+CLASSIFIERS = ("lenet5", "alexnet", "resnet18", "resnet50")
+
+
+class LeNet5(nn.Module):
+  """LeCun et al. 1998: two 5×5 conv + pool stages (6, 16 maps), dense 120 → 84 → classes.
+  Inputs of any size are average-pooled to 32×32 first, the size LeNet-5 was designed for."""
+  num_classes: int = 2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = x.astype(self.dtype)
+    if x.shape[1] != 32 or x.shape[2] != 32:
+      x = jax.image.resize(x, (x.shape[0], 32, 32, x.shape[3]), "linear", antialias=True)
+    x = nn.relu(nn.Conv(6, (5, 5), padding="VALID", dtype=self.dtype)(x))
+    x = nn.avg_pool(x, (2, 2), (2, 2))
+    x = nn.relu(nn.Conv(16, (5, 5), padding="VALID", dtype=self.dtype)(x))
+    x = nn.avg_pool(x, (2, 2), (2, 2))
+    x = x.reshape(x.shape[0], -1)
+    x = nn.relu(nn.Dense(120, dtype=self.dtype)(x))
+    x = nn.relu(nn.Dense(84, dtype=self.dtype)(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class AlexNet(nn.Module):
+  """AlexNet's five conv layers with the mask-then-AlexNet paper's head: dense 1000, 1000, 500,
+  then classes, dropout 0.6. Padding is SAME so inputs from 64 px up reach a valid feature map;
+  `width` scales the conv channels (1.0 = 96, 256, 384, 384, 256)."""
+  num_classes: int = 2
+  dropout: float = 0.6
+  width: float = 1.0
+  dense: Sequence[int] = (1000, 1000, 500)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    c = lambda n: max(8, int(n * self.width))
+    conv = partial(nn.Conv, padding="SAME", dtype=self.dtype)
+    pool = lambda y: nn.max_pool(y, (3, 3), (2, 2), padding="SAME")
+    x = x.astype(self.dtype)
+    stride = 4 if x.shape[1] >= 128 else 2  # keep small inputs from vanishing
+    x = pool(nn.relu(conv(c(96), (11, 11), strides=(stride, stride))(x)))
+    x = pool(nn.relu(conv(c(256), (5, 5))(x)))
+    x = nn.relu(conv(c(384), (3, 3))(x))
+    x = nn.relu(conv(c(384), (3, 3))(x))
+    x = pool(nn.relu(conv(c(256), (3, 3))(x)))
+    x = jnp.mean(x, axis=(1, 2)) if x.shape[1] > 6 else x.reshape(x.shape[0], -1)
+    for units in self.dense:
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = nn.relu(nn.Dense(units, dtype=self.dtype)(x))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+class ResNetBlock(nn.Module):
+  filters: int
+  strides: tuple[int, int] = (1, 1)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype)
+    y = nn.Conv(self.filters, (3, 3), self.strides, padding="SAME", use_bias=False, dtype=self.dtype)(x)
+    y = nn.relu(norm()(y))
+    y = nn.Conv(self.filters, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(y)
+    y = norm(scale_init=nn.initializers.zeros)(y)
+    if x.shape != y.shape:
+      x = norm()(nn.Conv(self.filters, (1, 1), self.strides, use_bias=False, dtype=self.dtype)(x))
+    return nn.relu(x + y)
+
+
+class BottleneckBlock(nn.Module):
+  filters: int
+  strides: tuple[int, int] = (1, 1)
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype)
+    y = nn.relu(norm()(nn.Conv(self.filters, (1, 1), use_bias=False, dtype=self.dtype)(x)))
+    y = nn.Conv(self.filters, (3, 3), self.strides, padding="SAME", use_bias=False, dtype=self.dtype)(y)
+    y = nn.relu(norm()(y))
+    y = nn.Conv(self.filters * 4, (1, 1), use_bias=False, dtype=self.dtype)(y)
+    y = norm(scale_init=nn.initializers.zeros)(y)
+    if x.shape != y.shape:
+      x = norm()(nn.Conv(self.filters * 4, (1, 1), self.strides, use_bias=False, dtype=self.dtype)(x))
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """He et al. 2016. `stage_sizes` (2,2,2,2) with basic blocks is ResNet-18; (3,4,6,3) with
+  bottleneck blocks ResNet-50. Inputs under 128 px get a 3×3 stride-1 stem without max-pool
+  (as for CIFAR), so small images keep their detail."""
+  stage_sizes: Sequence[int]
+  block: Any
+  num_classes: int = 2
+  width: int = 64
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    x = x.astype(self.dtype)
+    if x.shape[1] >= 128:
+      x = nn.Conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False, dtype=self.dtype)(x)
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+    else:
+      x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
+    for i, n in enumerate(self.stage_sizes):
+      for j in range(n):
+        strides = (2, 2) if i > 0 and j == 0 else (1, 1)
+        x = self.block(self.width * 2 ** i, strides, dtype=self.dtype)(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
+
+
+def ResNet18(num_classes: int = 2, width: int = 64, dtype=jnp.float32) -> ResNet:  # pylint: disable=invalid-name
+  return ResNet((2, 2, 2, 2), ResNetBlock, num_classes, width, dtype)
+
+
+def ResNet50(num_classes: int = 2, width: int = 64, dtype=jnp.float32) -> ResNet:  # pylint: disable=invalid-name
+  return ResNet((3, 4, 6, 3), BottleneckBlock, num_classes, width, dtype)
+
+
+def build_classifier(name: str, num_classes: int, width: float = 1.0, dtype=jnp.float32) -> nn.Module:
+  """A classifier by name; `width` scales AlexNet channels and ResNet base width (64·width)."""
+  if name == "lenet5":
+    return LeNet5(num_classes, dtype=dtype)
+  if name == "alexnet":
+    return AlexNet(num_classes, width=width, dtype=dtype)
+  if name == "resnet18":
+    return ResNet18(num_classes, max(8, int(64 * width)), dtype)
+  if name == "resnet50":
+    return ResNet50(num_classes, max(8, int(64 * width)), dtype)
+  raise ValueError(f"unknown classifier {name!r}; choose one of {CLASSIFIERS}")

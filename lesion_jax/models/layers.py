@@ -1,0 +1,83 @@
+"""Building blocks shared by the segmentation and generation models."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+UPSAMPLE_MODES = ("depth_to_space", "transpose", "resize_conv")
+NORMS = ("none", "batch", "group", "layer")
+
+
+def depth_to_space(x: jax.Array, block: int = 2) -> jax.Array:
+  """(N, H, W, C*b*b) -> (N, H*b, W*b, C), the pixel-shuffle rearrangement."""
+  n, h, w, c = x.shape
+  oc = c // (block * block)
+  x = x.reshape(n, h, w, block, block, oc)
+  x = x.transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(n, h * block, w * block, oc)
+
+
+def make_norm(kind: str, train: bool, dtype: Dtype = jnp.float32, name: str | None = None) -> Callable[[jax.Array], jax.Array]:
+  """A normalisation layer by name; 'none' is the identity (the original U-Net has no norm)."""
+  if kind == "none":
+    return lambda x: x
+  if kind == "batch":
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype, name=name)
+  if kind == "group":
+    return nn.GroupNorm(num_groups=None, group_size=8, dtype=dtype, name=name)
+  if kind == "layer":
+    return nn.LayerNorm(dtype=dtype, name=name)
+  raise ValueError(f"unknown norm {kind!r}; choose one of {NORMS}")
+
+
+class ConvBlock(nn.Module):
+  """`num_convs` × (3×3 conv → norm → ReLU), optionally dilated."""
+  features: int
+  norm: str = "none"
+  num_convs: int = 2
+  dilation: int = 1
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    for i in range(self.num_convs):
+      x = nn.Conv(self.features, (3, 3), padding="SAME", kernel_dilation=self.dilation,
+                  use_bias=self.norm == "none", dtype=self.dtype, name=f"conv{i}")(x)
+      x = make_norm(self.norm, train, self.dtype, name=f"norm{i}")(x)
+      x = nn.relu(x)
+    return x
+
+
+class Upsample2x(nn.Module):
+  """Learned 2× up-sampling to `features` channels.
+
+  'transpose' is the papers' 2×2 stride-2 transposed convolution. 'depth_to_space' is a 1×1 conv to
+  4·features channels followed by a pixel shuffle: the *same* function class as the 2×2 stride-2
+  transposed conv (each output pixel of a 2×2/2 transposed conv sees exactly one input pixel), but
+  XLA on CPU runs it as a plain matmul instead of a slow transposed convolution. 'resize_conv' is
+  nearest-neighbour up-sampling followed by a 3×3 conv.
+  """
+  features: int
+  mode: str = "depth_to_space"
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    if self.mode == "transpose":
+      return nn.ConvTranspose(self.features, (2, 2), strides=(2, 2), dtype=self.dtype, name="up")(x)
+    if self.mode == "depth_to_space":
+      x = nn.Conv(4 * self.features, (1, 1), dtype=self.dtype, name="up")(x)
+      return depth_to_space(x, 2)
+    if self.mode == "resize_conv":
+      x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+      return nn.Conv(self.features, (3, 3), padding="SAME", dtype=self.dtype, name="up")(x)
+    raise ValueError(f"unknown upsample mode {self.mode!r}; choose one of {UPSAMPLE_MODES}")
+
+
+def max_pool_2x(x: jax.Array) -> jax.Array:
+  """2×2 max-pool with stride 2 (input height/width must be even)."""
+  return nn.max_pool(x, (2, 2), strides=(2, 2))

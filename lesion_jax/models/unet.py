@@ -1,0 +1,54 @@
+"""U-Net (Ronneberger et al. 2015) as used by the lesion-segmentation papers: 4 down / 4 up levels."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lesion_jax.models import layers
+
+
+class UNet(nn.Module):
+  """Encoder-decoder with skip connections; returns per-pixel logits (N, H, W, num_outputs).
+
+  Attributes:
+    features: width of the first level; level i has features·2^i channels, the bottleneck
+      features·2^levels (16·features for 4 levels, as in the papers).
+    levels: number of down-sampling (and up-sampling) steps; H and W must divide by 2^levels.
+    norm: 'none' (original U-Net), 'batch', 'group' or 'layer'.
+    upsample: see `layers.Upsample2x`.
+    bottleneck_dilations: dilation rates of extra convs in the bottleneck (the dilated U-Net of
+      the purification paper uses (1, 2, 4, 8)); empty for the plain U-Net.
+  """
+  features: int = 16
+  levels: int = 4
+  num_outputs: int = 1
+  norm: str = "none"
+  upsample: str = "depth_to_space"
+  bottleneck_dilations: tuple[int, ...] = ()
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    factor = 2 ** self.levels
+    if x.shape[1] % factor or x.shape[2] % factor:
+      raise ValueError(f"UNet with {self.levels} levels needs height and width divisible by "
+                       f"{factor}, got {x.shape[1]}x{x.shape[2]}")
+    x = x.astype(self.dtype)
+    skips = []
+    for i in range(self.levels):
+      x = layers.ConvBlock(self.features * 2 ** i, self.norm, dtype=self.dtype, name=f"down{i}")(x, train)
+      skips.append(x)
+      x = layers.max_pool_2x(x)
+    x = layers.ConvBlock(self.features * 2 ** self.levels, self.norm, dtype=self.dtype, name="bottleneck")(x, train)
+    for j, rate in enumerate(self.bottleneck_dilations):
+      x = x + layers.ConvBlock(self.features * 2 ** self.levels, self.norm, num_convs=1, dilation=rate,
+                               dtype=self.dtype, name=f"dilated{j}")(x, train)
+    for i in reversed(range(self.levels)):
+      x = layers.Upsample2x(self.features * 2 ** i, self.upsample, dtype=self.dtype, name=f"up{i}")(x)
+      x = jnp.concatenate([x, skips[i]], axis=-1)
+      x = layers.ConvBlock(self.features * 2 ** i, self.norm, dtype=self.dtype, name=f"dec{i}")(x, train)
+    logits = nn.Conv(self.num_outputs, (1, 1), dtype=self.dtype, name="logits")(x)
+    return logits.astype(jnp.float32)

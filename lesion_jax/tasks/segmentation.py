@@ -1,0 +1,238 @@
+"""Segmentation task: config, model, training through the shared loop, evaluation, restoring."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import logging
+
+from lesion_jax import checkpoint, io
+from lesion_jax.data import pipeline
+from lesion_jax.data.augment import AugmentConfig
+from lesion_jax.eval import figures, inference, metrics, postprocess
+from lesion_jax.models.unet import UNet
+from lesion_jax.train import loop, sharding, steps
+from lesion_jax.train.state import TrainState, create_train_state, make_optimizer
+
+SEGMENTERS = ("unet", "dilated_unet")
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmenterConfig:
+  """Everything that defines a segmentation run (experiments map their flags onto it 1:1)."""
+  input: pipeline.InputConfig = pipeline.InputConfig()
+  model: str = "unet"
+  features: int = 16
+  levels: int = 4
+  norm: str = "batch"
+  upsample: str = "depth_to_space"
+  dtype: str = "float32"
+  loss: str = "bce"
+  optimizer: str = "adam"
+  learning_rate: float = 1e-3
+  lr_schedule: str = "cosine"  # or "constant", as in the papers
+  warmup_steps: int = 100
+  num_steps: int = 2000
+  eval_every: int = 500
+  log_every: int = 50
+  train_split: str = "train"
+  val_split: str = "validation"
+  threshold: float = 0.5
+  postprocess: bool = True  # fill holes + keep the largest component before scoring
+  # Train (and pick the best checkpoint) on these stored masks instead of the ground truth, e.g.
+  # K-means pseudo-masks (self-learning); test scores always use the ground truth.
+  mask_artifacts: str | None = None
+
+  def training_input(self) -> pipeline.InputConfig:
+    if not self.mask_artifacts:
+      return self.input
+    return dataclasses.replace(self.input, joins=(pipeline.ArtifactJoin("mask", self.mask_artifacts),))
+
+  @classmethod
+  def from_flat_dict(cls, values: dict[str, Any]) -> "SegmenterConfig":
+    """From flat flag values (config.json); unknown keys are ignored, missing ones default."""
+    return _from_flat_dict(cls, values)
+
+
+def _from_flat_dict(cls, values: dict[str, Any]):
+  input_fields = {f.name for f in dataclasses.fields(pipeline.InputConfig)}
+  own = {f.name for f in dataclasses.fields(cls)} - {"input"}
+  inputs = {k: v for k, v in values.items() if k in input_fields and k != "augment"}
+  if not values.get("augment", True):
+    inputs["augment"] = AugmentConfig.off()
+  return cls(input=pipeline.InputConfig(**inputs), **{k: v for k, v in values.items() if k in own})
+
+
+def build_model(config: SegmenterConfig) -> UNet:
+  if config.model not in SEGMENTERS:
+    raise ValueError(f"unknown segmentation model {config.model!r}; choose one of {SEGMENTERS}")
+  return UNet(features=config.features, levels=config.levels, norm=config.norm,
+              upsample=config.upsample, dtype=jnp.dtype(config.dtype),
+              bottleneck_dilations=(1, 2, 4, 8) if config.model == "dilated_unet" else ())
+
+
+def learning_rate_schedule(config) -> optax.Schedule:
+  if config.lr_schedule == "constant":
+    return optax.constant_schedule(config.learning_rate)
+  if config.lr_schedule == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, min(config.warmup_steps, config.num_steps // 2),
+                                              max(config.num_steps, 1), end_value=0.01 * config.learning_rate)
+  raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; choose constant or cosine")
+
+
+def init_state(config: SegmenterConfig, rng: jax.Array) -> TrainState:
+  size = config.input.image_size
+  tx = make_optimizer(config.optimizer, learning_rate_schedule(config))
+  return create_train_state(build_model(config), tx, rng, jnp.zeros((1, size, size, 3), jnp.float32))
+
+
+@dataclasses.dataclass
+class SegmentationResult:
+  """Scores over a split, with the per-image values and a few examples for figures."""
+  scores: dict[str, Any]
+  per_image: dict[str, np.ndarray]
+  ids: list[str]
+  examples: dict[str, np.ndarray]  # image (uint8), mask, pred for the first `keep_examples`
+
+
+def binarize_predictions(probs: np.ndarray, threshold: float, clean: bool) -> np.ndarray:
+  """(N, H, W) probabilities → bool masks, optionally hole-filled with the largest component kept."""
+  masks = probs > threshold
+  if clean:
+    masks = np.stack([postprocess.clean_mask(m) for m in masks]) if len(masks) else masks
+  return masks
+
+
+def evaluate(state: TrainState, config: SegmenterConfig, batches: Iterator[dict[str, np.ndarray]],
+             mesh: jax.sharding.Mesh, predict=None, keep_examples: int = 0) -> SegmentationResult:
+  """Segmentation scores (ISIC conventions, metrics.py) of `state` over `batches`."""
+  predict = predict or sharding.jit_predict_step(steps.segmentation_predict_step, state, mesh)
+  acc = metrics.SegmentationAccumulator()
+  ids: list[str] = []
+  kept: dict[str, list[np.ndarray]] = {"image": [], "mask": [], "pred": []}
+  for batch, probs in inference.predict_over(predict, state, batches, mesh):
+    pred = binarize_predictions(probs, config.threshold, config.postprocess)
+    acc.update(pred, batch["mask"][..., 0] > 0.5, batch["weight"])
+    real = batch["weight"] > 0
+    ids.extend(i.decode() if isinstance(i, bytes) else str(i) for i in batch["id"][real])
+    room = keep_examples - len(kept["image"])
+    if room > 0:
+      take = np.flatnonzero(real)[:room]
+      kept["image"].extend(figures.to_uint8_rgb((im + 1) / 2) for im in batch["image"][take])
+      kept["mask"].extend(batch["mask"][take, ..., 0] > 0.5)
+      kept["pred"].extend(pred[take])
+  return SegmentationResult(acc.result(), acc.per_image(), ids,
+                            {k: np.asarray(v) for k, v in kept.items()})
+
+
+def train(config: SegmenterConfig, workdir: str, seed: int | None = None,
+          mesh: jax.sharding.Mesh | None = None) -> TrainState:
+  """Trains (or resumes) in `workdir`, keeping the best checkpoint by validation Jaccard, and
+  returns the best state."""
+  mesh = mesh or sharding.make_mesh()
+  seed = config.input.seed if seed is None else seed
+  rng_init, rng_train = jax.random.split(jax.random.key(seed))
+  state = init_state(config, rng_init)
+  builder = pipeline.get_builder(config.input.dataset, config.input.data_dir, config.input.manual_dir)
+  train_input = config.training_input()
+  eval_input = dataclasses.replace(train_input, augment=AugmentConfig.off())
+  predict = sharding.jit_predict_step(steps.segmentation_predict_step, sharding.replicate(state, mesh), mesh)
+
+  def validate(s: TrainState) -> dict[str, float]:
+    result = evaluate(s, config, pipeline.eval_batches(eval_input, config.val_split, builder), mesh, predict)
+    return {f"val/{k}": v for k, v in result.scores.items() if k != "num_images"}
+
+  loop_config = loop.LoopConfig(
+      num_steps=config.num_steps, batch_size=config.input.batch_size, eval_every=config.eval_every,
+      log_every=config.log_every, best_metric="val/jaccard", best_mode="max")
+  loop.train(state, steps.make_segmentation_train_step(config.loss),
+             lambda start: pipeline.train_batches(train_input, start, config.train_split, builder),
+             validate, workdir, loop_config, rng_train, mesh)
+  return restore(workdir, config, "best", mesh)
+
+
+def restore(workdir: str, config: SegmenterConfig, which: checkpoint.Which = "best",
+            mesh: jax.sharding.Mesh | None = None) -> TrainState:
+  """The segmenter saved in `workdir` (its best checkpoint by default), replicated on `mesh`."""
+  mesh = mesh or sharding.make_mesh()
+  template = init_state(config, jax.random.key(0))
+  with checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), "val/jaccard", read_only=True) as ckpts:
+    step = ckpts.best_step() if which == "best" else ckpts.latest_step() if which == "latest" else which
+    state = ckpts.restore(template, which)
+  logging.info("Restored segmenter from %s (step %s).", workdir, step)
+  return sharding.replicate(state, mesh)
+
+
+def load_config(workdir: str) -> SegmenterConfig:
+  """The SegmenterConfig of a run, from its `config.json`."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} the --workdir of a train_segmenter run?")
+  return SegmenterConfig.from_flat_dict(io.read_json(path))
+
+
+def score_split(state: TrainState, config: SegmenterConfig, workdir: str, split: str = "test",
+                    mesh: jax.sharding.Mesh | None = None, prefix: str | None = None) -> dict[str, Any]:
+  """Scores `state` on `split`; writes figures (overlays, per-image JA histogram, curves) into
+  `workdir`/figures and returns the metrics prefixed with the split name."""
+  mesh = mesh or sharding.make_mesh()
+  eval_input = dataclasses.replace(config.input, augment=AugmentConfig.off())
+  result = evaluate(state, config, pipeline.eval_batches(eval_input, split), mesh, keep_examples=16)
+  prefix = prefix or split
+  fig_dir = os.path.join(workdir, "figures")
+  if len(result.examples["image"]):
+    ja = result.per_image["jaccard"][: len(result.examples["image"])]
+    figures.save_overlay_grid(os.path.join(fig_dir, f"{prefix}_overlays.png"), result.examples["image"],
+                              result.examples["pred"], result.examples["mask"],
+                              titles=[f"{i}  JA {j:.2f}" for i, j in zip(result.ids, ja)])
+  if len(result.per_image["jaccard"]):
+    figures.save_histogram(os.path.join(fig_dir, f"{prefix}_jaccard_hist.png"),
+                           {prefix: result.per_image["jaccard"]}, xlabel="per-image Jaccard")
+  history_path = os.path.join(workdir, "history.json")
+  if os.path.exists(history_path):
+    figures.save_curves(os.path.join(fig_dir, "curves.png"), io.read_json(history_path))
+  return {f"{prefix}/{k}": v for k, v in result.scores.items()}
+
+
+def segment_images(state: TrainState, config: SegmenterConfig, images: list[np.ndarray],
+                   mesh: jax.sharding.Mesh | None = None, predict=None) -> list[np.ndarray]:
+  """Lesion probability maps for uint8 RGB images of any size, each at its image's resolution.
+
+  Images are preprocessed exactly as in training (pipeline.preprocess_image) and run in batches
+  of `config.input.batch_size` (padded, so one compiled shape serves every batch).
+  """
+  mesh = mesh or sharding.make_mesh()
+  predict = predict or sharding.jit_predict_step(steps.segmentation_predict_step, state, mesh)
+  size, batch_size = config.input.image_size, config.input.batch_size
+  inputs = [pipeline.preprocess_image(im, size) for im in images]
+  batches = (pipeline.pad_batch({"image": np.stack(inputs[i:i + batch_size])}, batch_size)
+             for i in range(0, len(inputs), batch_size))
+  probs = [p for batch, out in inference.predict_over(predict, state, batches, mesh)
+           for p, w in zip(out, batch["weight"]) if w > 0]
+  return [postprocess.resize_prob(p, im.shape[0], im.shape[1]) for p, im in zip(probs, images)]
+
+
+def lesion_crops(segmenter_workdir: str, dataset: str, splits: list[str], size: int,
+                 data_dir: str | None = None, manual_dir: str | None = None,
+                 artifact_dir: str | None = None, margin: float = 0.1, mesh=None) -> str:
+  """Segments and crops every image of `splits` with the best checkpoint of a segmenter run
+  (resumable); returns the crop store directory, to join as the classifier's images."""
+  from lesion_jax.artifacts import crops, store  # pylint: disable=g-import-not-at-top
+  mesh = mesh or sharding.make_mesh()
+  seg_config = load_config(segmenter_workdir)
+  state = restore(segmenter_workdir, seg_config, "best", mesh)
+  step = int(jax.device_get(state.step))
+  builder = pipeline.get_builder(dataset, data_dir, manual_dir)
+  root = artifact_dir or store.default_root(data_dir)
+  cstore = crops.crop_store(root, builder.info.full_name, segmenter_workdir, step, size, margin)
+  predict = sharding.jit_predict_step(steps.segmentation_predict_step, state, mesh)
+  segment = lambda images: segment_images(state, seg_config, images, mesh, predict)
+  for split in splits:
+    crops.crop_split(builder, split, cstore, segment, size, margin, threshold=seg_config.threshold,
+                     clean=seg_config.postprocess)
+  return cstore.directory

@@ -1,0 +1,135 @@
+"""The one training loop, shared by every trainer (segmenter, classifier, inpainter, GAN, LFN).
+
+    state = loop.train(state, train_step, batches_from, evaluate, workdir, LoopConfig(...), rng)
+
+- `train_step(state, batch, rng) -> (state, metrics)` is a pure function; it is jitted here once,
+  with the state donated and the batch sharded over the device mesh.
+- `batches_from(start_step)` returns an iterator of host (numpy) batches starting at `start_step`,
+  so a resumed run sees the same data it would have seen without the interruption.
+- `evaluate(state) -> dict` computes validation metrics on the host side; its result is logged and
+  stored with the checkpoint, which is kept if it is among the latest or the best.
+- Re-running with the same workdir resumes from the latest checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable, Iterator, Literal
+
+import jax
+import numpy as np
+from absl import logging
+
+from lesion_jax import checkpoint
+from lesion_jax.train import sharding
+from lesion_jax.train.state import TrainState
+from lesion_jax.train.summary import MetricWriter
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+  num_steps: int
+  batch_size: int  # global batch size, for images/s
+  eval_every: int = 500
+  log_every: int = 50
+  best_metric: str | None = None  # e.g. "val/jaccard"; None keeps only the latest checkpoint
+  best_mode: Literal["max", "min"] = "max"
+  keep_latest: int = 1
+  keep_best: int = 1
+
+
+def format_duration(seconds: float) -> str:
+  if not math.isfinite(seconds):
+    return "?"
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+def checkpoints_for(workdir: str, config: LoopConfig) -> checkpoint.Checkpoints:
+  return checkpoint.Checkpoints(f"{workdir}/checkpoints", config.best_metric, config.best_mode,
+                                config.keep_latest, config.keep_best)
+
+
+def train(state: TrainState, train_step: Callable, batches_from: Callable[[int], Iterator[dict]],
+          evaluate: Callable[[TrainState], dict[str, float]] | None, workdir: str,
+          config: LoopConfig, rng: jax.Array, mesh: jax.sharding.Mesh | None = None,
+          writer: MetricWriter | None = None) -> TrainState:
+  """Trains until `config.num_steps`, resuming from `workdir`/checkpoints if a run was cut short.
+
+  Returns the final state (the best checkpoint is restored separately, by the caller, with
+  `checkpoint.Checkpoints.restore(template, 'best')`).
+  """
+  mesh = mesh or sharding.make_mesh()
+  sharding.check_batch_size(config.batch_size, mesh)
+  ckpts = checkpoints_for(workdir, config)
+  own_writer = writer is None
+  writer = writer or MetricWriter(workdir)
+  start_step = 0
+  if ckpts.latest_step() is not None:
+    state = ckpts.restore(state, "latest")
+    start_step = int(jax.device_get(state.step))
+    writer.truncate(start_step)
+    logging.info("Resumed from %s at step %d.", ckpts.directory, start_step)
+  state = sharding.replicate(state, mesh)
+  step_fn = sharding.jit_train_step(train_step, state, mesh)
+
+  if start_step >= config.num_steps:
+    logging.info("Already trained for %d steps; nothing to do.", start_step)
+  else:
+    state = _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rng, mesh,
+                       start_step)
+  ckpts.wait()
+  ckpts.close()
+  if own_writer:
+    writer.close()
+  else:
+    writer.flush()
+  return state
+
+
+def _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rng, mesh,
+               start_step: int) -> TrainState:
+  batches = batches_from(start_step)
+  pending: list[dict[str, jax.Array]] = []
+  window_start, window_steps, train_time = time.perf_counter(), 0, 0.0
+  for step in range(start_step + 1, config.num_steps + 1):
+    try:
+      host_batch = next(batches)
+    except StopIteration as e:
+      raise RuntimeError(f"the training input ran out at step {step}; it must repeat") from e
+    batch = sharding.shard_batch(host_batch, mesh)
+    state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
+    pending.append(metrics)
+    window_steps += 1
+
+    if step % config.log_every == 0 or step == config.num_steps:
+      host = jax.device_get(pending)  # one sync per log line, not per step
+      means = {f"train/{k}": float(np.mean([m[k] for m in host])) for k in host[0]}
+      elapsed = time.perf_counter() - window_start
+      train_time += elapsed
+      ips = window_steps * config.batch_size / max(elapsed, 1e-9)
+      means["train/images_per_second"] = ips
+      writer.scalars(step, means)
+      eta = (config.num_steps - step) * elapsed / max(window_steps, 1)
+      shown = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in means.items()
+                       if k != "train/images_per_second")
+      if not math.isfinite(means.get("train/loss", 0.0)):
+        raise FloatingPointError(f"training diverged at step {step}: loss is {means['train/loss']}")
+      logging.info("step %d/%d | %s | %.1f img/s | ETA %s", step, config.num_steps, shown, ips,
+                   format_duration(eta))
+      pending, window_steps = [], 0
+      window_start = time.perf_counter()
+
+    if step % config.eval_every == 0 or step == config.num_steps:
+      eval_start = time.perf_counter()
+      eval_metrics = dict(evaluate(state)) if evaluate is not None else {}
+      writer.scalars(step, eval_metrics)
+      ckpts.save(step, state, eval_metrics or None)
+      writer.flush()
+      shown = " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items())
+      logging.info("eval at step %d: %s (%.1fs)", step, shown or "-", time.perf_counter() - eval_start)
+      window_start += time.perf_counter() - eval_start  # keep eval out of images/s
+  return state

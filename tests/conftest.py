@@ -1,0 +1,18 @@
+"""Shared fixtures. The tiny synthetic dataset (32 px, 64/16/16 examples) is generated once per
+test session into a temporary TFDS data_dir; nothing is downloaded."""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+TINY = "synthetic_lesions/tiny"
+REAL_SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "isic2017_sample")
+
+
+@pytest.fixture(scope="session")
+def tiny_data_dir(tmp_path_factory) -> str:
+  from lesion_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  pipeline.get_builder(TINY, data_dir)
+  return data_dir

@@ -1,0 +1,104 @@
+"""End to end through the command lines: train a few steps → checkpoints → evaluate from the
+checkpoint with identical metrics → resume training → predict on files, one of them corrupt."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from tests.conftest import TINY
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_FLAGS = ["--image_size=32", "--batch_size=8", "--features=4", "--levels=2", "--eval_every=2",
+              "--log_every=2"]
+
+
+def run(module, *args, check=True):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+  return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_dir, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  proc = run("experiments.train_segmenter", f"--workdir={workdir}", f"--dataset={TINY}",
+             f"--data_dir={tiny_data_dir}", "--num_steps=4", *TINY_FLAGS)
+  return workdir, proc
+
+
+def test_train_writes_the_run_record(trained):
+  workdir, proc = trained
+  for name in ("config.json", "metrics.json", "history.json", "figures/test_overlays.png",
+               "figures/curves.png"):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints")))  # at least one step saved
+  metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+  for key in ("test/jaccard", "test/jaccard_thresholded", "test/dice", "test/sensitivity",
+              "test/specificity", "test/accuracy"):
+    assert 0.0 <= metrics[key] <= 1.0, key
+  assert metrics["test/num_images"] == 16
+  config = json.load(open(os.path.join(workdir, "config.json")))
+  assert config["num_steps"] == 4 and config["dataset"] == TINY
+  assert "img/s" in proc.stderr and "ETA" in proc.stderr  # the progress line
+
+
+def test_evaluate_from_checkpoint_reproduces_metrics(trained):
+  workdir, _ = trained
+  run("experiments.evaluate", f"--workdir={workdir}", "--split=test")
+  train_metrics = json.load(open(os.path.join(workdir, "metrics.json")))
+  eval_metrics = json.load(open(os.path.join(workdir, "eval_test.json")))
+  for key, value in train_metrics.items():
+    assert eval_metrics[key] == value, key  # identical, not approximately equal
+  assert os.path.exists(os.path.join(workdir, "figures", "eval_test_overlays.png"))
+
+
+def test_rerun_resumes_from_latest_checkpoint(trained, tiny_data_dir):
+  workdir, _ = trained
+  proc = run("experiments.train_segmenter", f"--workdir={workdir}", f"--dataset={TINY}",
+             f"--data_dir={tiny_data_dir}", "--num_steps=6", *TINY_FLAGS)
+  assert "Resumed from" in proc.stderr and "at step 4" in proc.stderr
+  assert "step 6/6" in proc.stderr and "step 2/6" not in proc.stderr
+  assert "6" in os.listdir(os.path.join(workdir, "checkpoints"))
+  # Changing a flag that defines the run is refused instead of silently mixing runs.
+  bad = run("experiments.train_segmenter", f"--workdir={workdir}", f"--dataset={TINY}",
+            f"--data_dir={tiny_data_dir}", "--num_steps=6", "--loss=dice", *TINY_FLAGS, check=False)
+  assert bad.returncode != 0 and "other flags" in bad.stderr
+
+
+def test_predict_segments_good_files_and_reports_bad_ones(trained, tmp_path):
+  workdir, _ = trained
+  images = tmp_path / "images"
+  images.mkdir()
+  rng = np.random.default_rng(0)
+  cv2.imwrite(str(images / "a_good.png"), rng.integers(0, 255, (40, 56, 3), dtype=np.uint8))
+  cv2.imwrite(str(images / "b_good.jpg"), rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+  (images / "c_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 this is not really a jpeg")
+  cv2.imwrite(str(images / "d_gray.png"), rng.integers(0, 255, (48, 48), dtype=np.uint8))
+  cv2.imwrite(str(images / "e_rgba.png"), rng.integers(0, 255, (48, 48, 4), dtype=np.uint8))
+  cv2.imwrite(str(images / "f_tiny.png"), rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+  out = tmp_path / "out"
+  proc = run("experiments.predict", f"--workdir={workdir}", f"--images={images}/*", f"--out={out}")
+  rows = {os.path.basename(r["file"]): r for r in csv.DictReader(open(out / "predictions.csv"))}
+  assert len(rows) == 6
+  for name, (h, w) in {"a_good.png": (40, 56), "b_good.jpg": (64, 64)}.items():
+    assert rows[name]["status"] == "ok"
+    mask = cv2.imread(str(out / (name.split(".")[0] + ".png")), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (h, w) and set(np.unique(mask)) <= {0, 255}
+    assert os.path.exists(out / (name.split(".")[0] + "_overlay.png"))
+    assert int(rows[name]["lesion_pixels"]) == int((mask > 0).sum())
+  expected = {"c_corrupt.jpg": "not a decodable image", "d_gray.png": "grayscale",
+              "e_rgba.png": "alpha channel", "f_tiny.png": "smaller than the minimum"}
+  for name, reason in expected.items():
+    assert rows[name]["status"] == "error" and reason in rows[name]["error"], rows[name]
+    assert name in rows[name]["error"]  # the message names the file
+    assert name in proc.stderr  # and the log says so too
+  assert "Segmented 2 of 6 images" in proc.stdout

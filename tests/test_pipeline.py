@@ -1,0 +1,86 @@
+"""The tf.data pipeline: shapes and value ranges, predict-time preprocessing equals eval-time,
+augmentation only in training, and the image reader's refusals."""
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from lesion_jax import io
+from lesion_jax.data import pipeline
+from lesion_jax.data.augment import AugmentConfig
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def config(tiny_data_dir):
+  return pipeline.InputConfig(dataset=TINY, data_dir=tiny_data_dir, image_size=32, batch_size=4)
+
+
+def test_train_batches_shapes_ranges_and_masks(config):
+  batch = next(pipeline.train_batches(config))
+  assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.float32
+  assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
+  assert batch["mask"].shape == (4, 32, 32, 1)
+  assert set(np.unique(batch["mask"])) <= {0.0, 1.0} and batch["mask"].sum() > 0
+  assert batch["id"].dtype.kind in "OS"
+
+
+def test_resizing_to_another_size(config):
+  batch = next(pipeline.eval_batches(dataclasses.replace(config, image_size=48), "validation"))
+  assert batch["image"].shape == (4, 48, 48, 3) and batch["mask"].shape == (4, 48, 48, 1)
+
+
+def test_predict_preprocessing_equals_eval_pipeline(config):
+  builder = pipeline.get_builder(TINY, config.data_dir)
+  raw = next(iter(tfds.as_numpy(builder.as_dataset(split="test", shuffle_files=False))))
+  batch = next(pipeline.eval_batches(dataclasses.replace(config, image_size=48), "test"))
+  assert batch["id"][0] == raw["id"]
+  np.testing.assert_allclose(pipeline.preprocess_image(raw["image"], 48), batch["image"][0], atol=1e-6)
+
+
+def test_eval_is_not_augmented_but_train_is(config):
+  eval_a = next(pipeline.eval_batches(config, "train"))
+  eval_b = next(pipeline.eval_batches(config, "train"))
+  np.testing.assert_array_equal(eval_a["image"], eval_b["image"])
+  plain = next(pipeline.train_batches(dataclasses.replace(config, augment=AugmentConfig.off())))
+  augmented = next(pipeline.train_batches(config))
+  np.testing.assert_array_equal(plain["id"], augmented["id"])  # same examples, same order
+  assert not np.allclose(plain["image"], augmented["image"])
+
+
+def test_classification_batches_carry_labels(config):
+  cfg = dataclasses.replace(config, task="classification", label_key="malignant")
+  batch = next(pipeline.train_batches(cfg))
+  assert batch["label"].shape == (4,) and set(np.unique(batch["label"])) <= {0, 1}
+  assert "mask" not in batch
+
+
+def test_read_rgb_image_refuses_bad_files(tmp_path):
+  rng = np.random.default_rng(0)
+  good = tmp_path / "good.png"
+  image = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+  cv2.imwrite(str(good), image[..., ::-1])
+  np.testing.assert_array_equal(io.read_rgb_image(good), image)  # RGB order, not BGR
+  deep = tmp_path / "deep.png"
+  cv2.imwrite(str(deep), (image.astype(np.uint16) * 257)[..., ::-1])
+  np.testing.assert_array_equal(io.read_rgb_image(deep), image)
+  cases = {"missing.png": "cannot read", "empty.png": "empty", "bad.jpg": "not a decodable",
+           "gray.png": "grayscale", "rgba.png": "alpha", "small.png": "smaller than"}
+  (tmp_path / "empty.png").write_bytes(b"")
+  (tmp_path / "bad.jpg").write_bytes(b"garbage")
+  cv2.imwrite(str(tmp_path / "gray.png"), image[..., 0])
+  cv2.imwrite(str(tmp_path / "rgba.png"), np.dstack([image, image[..., :1]]))
+  cv2.imwrite(str(tmp_path / "small.png"), image[:4, :4])
+  for name, reason in cases.items():
+    with pytest.raises(io.ImageError, match=reason) as e:
+      io.read_rgb_image(tmp_path / name, min_size=8)
+    assert name in str(e.value)
+
+
+def test_atomic_writes_leave_no_temporaries(tmp_path):
+  io.write_json(tmp_path / "a" / "m.json", {"x": np.float32(0.5), "y": np.arange(3)})
+  assert io.read_json(tmp_path / "a" / "m.json") == {"x": 0.5, "y": [0, 1, 2]}
+  io.write_png(tmp_path / "a" / "m.png", np.zeros((4, 4), np.uint8))
+  assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["m.json", "m.png"]

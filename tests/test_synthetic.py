@@ -1,0 +1,193 @@
+"""Tests for the synthetic dermoscopy renderer and the `synthetic_lesions` TFDS builder."""
+import cv2
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+import lesion_jax.data.builders  # pylint: disable=unused-import  # registers the builders
+from lesion_jax.data import synthetic
+from lesion_jax.data.builders import synthetic_lesions
+
+_OCCLUDERS = ("hair", "ruler", "bubble", "sticker")
+
+
+def _config(size: int = 32, on: tuple[str, ...] = (), vignette: float = 0.7,
+            **kwargs) -> synthetic.RenderConfig:
+  """Config with exactly the occluders in `on` forced on and the others off."""
+  probs = {f"{name}_probability": float(name in on) for name in _OCCLUDERS}
+  return synthetic.RenderConfig(image_size=size, vignette_probability=vignette, **probs, **kwargs)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_shapes_dtypes_and_values(size):
+  for seed in range(4):
+    ex = synthetic.render_example(seed, synthetic.RenderConfig(image_size=size))
+    assert ex["image"].shape == (size, size, 3) and ex["image"].dtype == np.uint8
+    for key in ("mask", "hair_mask", "occlusion_mask"):
+      assert ex[key].shape == (size, size) and ex[key].dtype == np.uint8
+      assert set(np.unique(ex[key])) <= {0, 255}
+    assert isinstance(ex["label"], int) and 0 <= ex["label"] < len(synthetic.DIAGNOSES)
+    assert ex["malignant"] == int(synthetic.MALIGNANT[synthetic.DIAGNOSES[ex["label"]]])
+    assert all(isinstance(v, float) for v in ex["cues"].values())
+    for cue in ("asymmetry", "border_irregularity", "num_colours", "diameter"):
+      assert cue in ex["cues"]
+
+
+def test_same_seed_is_identical_and_different_seeds_differ():
+  config = synthetic.RenderConfig(image_size=64)
+  a, b, c = (synthetic.render_example(s, config) for s in (7, 7, 8))
+  for key in ("image", "mask", "hair_mask", "occlusion_mask"):
+    assert a[key].tobytes() == b[key].tobytes()
+  assert a["cues"] == b["cues"] and a["label"] == b["label"]
+  assert not np.array_equal(a["image"], c["image"])
+  assert not np.array_equal(a["mask"], c["mask"])
+
+
+@pytest.mark.parametrize("size", [48, 100, 512])
+def test_other_sizes_render(size):
+  ex = synthetic.render_example(3, _config(size, on=_OCCLUDERS))
+  assert ex["image"].shape == (size, size, 3)
+  assert ex["mask"].any() and ex["hair_mask"].any()
+
+
+def test_lesion_mask_is_a_central_blob():
+  for seed in range(40):
+    ex = synthetic.render_example(seed, synthetic.RenderConfig(image_size=32))
+    mask = ex["mask"] > 0
+    assert 0.01 < mask.mean() < 0.6, seed
+    assert mask[8:24, 8:24].any(), seed  # roughly central
+
+
+def test_each_occluder_gets_masked_when_forced_on():
+  for size in (32, 64):
+    for seed in range(3):
+      for name in _OCCLUDERS:
+        ex = synthetic.render_example(seed, _config(size, on=(name,)))
+        assert ex["occlusion_mask"].any(), (size, seed, name)
+        assert ex["hair_mask"].any() == (name == "hair"), (size, seed, name)
+
+
+def test_hair_mask_is_inside_occlusion_mask():
+  for seed in range(10):
+    ex = synthetic.render_example(seed, _config(64, on=_OCCLUDERS))
+    hair, occ = ex["hair_mask"] > 0, ex["occlusion_mask"] > 0
+    assert hair.any() and not (hair & ~occ).any()
+    assert (occ & ~hair).any()  # ruler, bubbles and sticker are there too
+
+
+def test_no_occlusions_when_all_probabilities_are_zero():
+  for seed in range(10):
+    ex = synthetic.render_example(seed, _config(64))
+    assert not ex["occlusion_mask"].any() and not ex["hair_mask"].any()
+
+
+def test_hair_changes_only_hair_pixels():
+  # Each part of the scene has its own random stream: adding hair leaves the lesion and skin alone.
+  for seed in range(5):
+    clean = synthetic.render_example(seed, _config(64, vignette=0.0))
+    hairy = synthetic.render_example(seed, _config(64, on=("hair",), vignette=0.0))
+    assert np.array_equal(clean["mask"], hairy["mask"])
+    assert clean["cues"]["diameter"] == hairy["cues"]["diameter"]
+    near_hair = cv2.dilate(hairy["hair_mask"], np.ones((3, 3), np.uint8)) > 0
+    assert np.array_equal(clean["image"][~near_hair], hairy["image"][~near_hair])
+    assert not np.array_equal(clean["image"][near_hair], hairy["image"][near_hair])
+
+
+def test_forced_label():
+  for label in range(3):
+    ex = synthetic.render_example(0, synthetic.RenderConfig(image_size=32, label=label))
+    assert ex["label"] == label
+
+
+def test_class_conditional_cues_differ_in_the_intended_direction():
+  config = _config(32)
+  examples = [synthetic.render_example(1000 + s, config) for s in range(240)]
+  labels = np.array([ex["label"] for ex in examples])
+  counts = np.bincount(labels, minlength=3)
+  assert 0.45 < counts[0] / len(labels) < 0.75 and counts[1] >= 25 and counts[2] >= 25
+
+  def mean(cue, label):
+    return np.mean([ex["cues"][cue] for ex in examples if ex["label"] == label])
+
+  nev, mel, sk = 0, 1, 2
+  assert mean("num_colours", mel) > mean("num_colours", nev) + 0.7
+  assert mean("diameter", mel) > mean("diameter", nev) + 0.05
+  assert mean("asymmetry", mel) > mean("asymmetry", nev) + 0.15
+  assert mean("border_irregularity", mel) > mean("border_irregularity", nev) + 0.15
+  assert mean("has_blue_grey", mel) > mean("has_blue_grey", nev) + 0.2
+  assert mean("has_black", mel) > mean("has_black", nev) + 0.2
+  assert mean("cysts", sk) > mean("cysts", nev) + 0.4
+  assert mean("border_blur", sk) < mean("border_blur", nev) - 0.5
+  # The rendered masks follow the cues: melanomas are bigger than nevi in pixels too.
+  area = lambda label: np.mean([(ex["mask"] > 0).mean() for ex in examples if ex["label"] == label])
+  assert area(mel) > 1.3 * area(nev)
+  # ...but with overlap: some nevi look worse than the average melanoma.
+  nevus_colours = [ex["cues"]["num_colours"] for ex in examples if ex["label"] == nev]
+  assert max(nevus_colours) >= mean("num_colours", mel)
+
+
+# ------------------------------------------------------------------------------------------------
+# TFDS builder.
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tfds")
+  tfds.builder("synthetic_lesions/tiny", data_dir=path).download_and_prepare()
+  return path
+
+
+def test_tiny_builder_splits(data_dir):
+  expected = {"train": 64, "validation": 16, "test": 16}
+  ids = []
+  for split, count in expected.items():
+    ds = tfds.load("synthetic_lesions/tiny", split=split, data_dir=data_dir, download=False)
+    examples = list(tfds.as_numpy(ds))
+    assert len(examples) == count
+    for ex in examples:
+      assert ex["image"].shape == (32, 32, 3) and ex["image"].dtype == np.uint8
+      for key in ("mask", "hair_mask", "occlusion_mask"):
+        assert ex[key].shape == (32, 32, 1) and set(np.unique(ex[key])) <= {0, 255}
+      assert 0 <= ex["label"] < 3 and ex["malignant"] == int(ex["label"] == 1)
+      assert ex["id"].decode().startswith(f"synth_{split}_")
+      ids.append(ex["id"].decode())
+  assert len(set(ids)) == len(ids) == sum(expected.values())
+
+
+def test_tiny_builder_matches_the_renderer(data_dir):
+  # Stored examples can be regenerated from (config seed, split, index) without TFDS.
+  ds = tfds.load("synthetic_lesions/tiny", split="validation", data_dir=data_dir, download=False)
+  stored = {ex["id"].decode(): ex for ex in tfds.as_numpy(ds)}
+  fresh = synthetic_lesions.make_example(32, 0, "validation", 5)
+  ex = stored[fresh["id"]]
+  for key in ("image", "mask", "hair_mask", "occlusion_mask"):
+    np.testing.assert_array_equal(ex[key], fresh[key])
+  assert ex["label"] == fresh["label"]
+
+
+def test_builder_info(data_dir):
+  builder = tfds.builder("synthetic_lesions", data_dir=data_dir)
+  assert builder.builder_config.name == "s64"  # the default
+  assert builder.info.features["label"].names == list(synthetic.DIAGNOSES)
+  assert builder.info.features["malignant"].names == ["benign", "malignant"]
+  assert [c.name for c in synthetic_lesions.SyntheticLesions.BUILDER_CONFIGS] == [
+      "s64", "s128", "s256", "tiny"]
+
+
+def test_custom_config_object(data_dir):
+  config = synthetic_lesions.SyntheticLesionsConfig(
+      name="custom", image_size=40, num_train=3, num_validation=2, num_test=2, seed=5)
+  builder = tfds.builder("synthetic_lesions", config=config, data_dir=data_dir)
+  builder.download_and_prepare()
+  assert "custom" in str(builder.data_dir)
+  assert builder.info.splits["train"].num_examples == 3
+  ex = next(iter(tfds.as_numpy(builder.as_dataset(split="test"))))
+  assert ex["image"].shape == (40, 40, 3) and ex["mask"].shape == (40, 40, 1)
+  fresh = synthetic_lesions.make_example(40, 5, "test", int(ex["id"].decode()[-6:]))
+  np.testing.assert_array_equal(ex["image"], fresh["image"])
+
+
+def test_example_seeds_never_collide_across_splits():
+  seeds = {synthetic_lesions.example_seed(s, split, i)
+           for s in range(3) for split in ("train", "validation", "test") for i in range(50)}
+  assert len(seeds) == 3 * 3 * 50
