@@ -1,0 +1,629 @@
+"""Shared machinery of the builders that read hand-downloaded dermoscopy archives.
+
+Every real-data builder (`isic2016`, `isic2017`, `isic2018`, `ph2`, `ham10000`) is a
+`DermoscopyBuilder`: it only indexes its archive (`_index`: which image, mask and label belong to
+which id and split) and this module does the rest, the same way for all of them:
+
+* Features. `id` (Text, the official image id, also the example key), `image` (uint8 RGB), and
+  when the config has them `mask` (single-channel PNG, values {0, 255}, same height and width as
+  the image), `label` (the dataset's diagnosis classes) and `malignant` (benign / malignant). A
+  config has a key only if every example of it has that data: a config without masks has no
+  `mask` key at all, rather than a placeholder mask that would silently train a segmenter on
+  empty targets (`pipeline` then fails with a KeyError on 'mask' for segmentation).
+* Configs. `512` (default; long side at most 512 px, aspect kept, never enlarged) and `full`
+  (native resolution: source JPEGs are stored byte for byte). Masks are resized by area
+  averaging and thresholded at 0.5, to exactly the image's size.
+* Validation. A missing folder or file of the archive raises `ManualDataError` naming the
+  expected path and pointing at MANUAL_DOWNLOAD_INSTRUCTIONS. A bad example (corrupt or
+  non-RGB image, unreadable mask, mask size different from the image, a label row without its
+  image, an image without its label or mask) raises `BadExampleError` with the id and the reason;
+  with `skip_bad_examples=True` it is skipped instead, logged with its id and reason, counted,
+  and recorded in the prepared dataset's `info.metadata`: "skipped_counts" (split → number) and
+  "skipped_examples" (split → id → reason; under Beam older than 2.58, only the problems found
+  before Beam ran, the others being in the workers' logs).
+* Apache Beam. Without Beam options examples are generated in-process. When the user passes a
+  Beam runner or Beam options (`tfds build ... --beam_pipeline_options=...` or
+  `DownloadConfig(beam_options=...)`), `_generate_examples` returns a `beam.PTransform` instead,
+  so decoding, validation and resizing run on the Beam workers. apache-beam is imported only
+  then (`pip install apache-beam`); it is not a dependency of this package.
+
+The skip flag is a builder argument, not part of the config: it is a preparation policy and
+reaches TFDS name strings, e.g. `tfds.builder("isic2017/512/skip_bad_examples=True")`.
+"""
+from __future__ import annotations
+
+import abc
+import collections
+import dataclasses
+import functools
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
+
+from absl import logging
+from etils import epath
+import numpy as np
+import tensorflow_datasets as tfds
+
+from lesion_jax import io
+
+JPEG_QUALITY = 95  # of re-encoded (resized) JPEG images
+DEFAULT_MAX_SIZE = 512
+
+# HAM10000 / ISIC 2018 Task 3 classes, in the column order of the official ISIC 2018 Task 3 CSVs
+# (so predictions map straight onto the submission format), named by HAM10000's `dx` codes.
+HAM_CLASSES = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")
+HAM_MALIGNANT = frozenset({"mel", "bcc", "akiec"})
+
+_MALIGNANT_NAMES = ["benign", "malignant"]
+
+
+class ManualDataError(FileNotFoundError):
+  """A folder or file of the hand-downloaded archive is missing (or unusable as a whole)."""
+
+
+class BadExampleError(ValueError):
+  """One example cannot be built; `example_id` and `reason` say which and why."""
+
+  def __init__(self, example_id: str, reason: str, context: str = ""):
+    self.example_id = example_id
+    self.reason = reason
+    prefix = f"{context}: " if context else ""
+    super().__init__(f"{prefix}example {example_id}: {reason}")
+
+
+@dataclasses.dataclass
+class LesionConfig(tfds.core.BuilderConfig):
+  """A stored variant: image size (`max_size` = longest side, None = native) and which keys."""
+  max_size: int | None = DEFAULT_MAX_SIZE
+  masks: bool = True
+  labels: bool = True
+
+
+def size_configs(prefix: str = "", what: str = "", masks: bool = True,
+                 labels: bool = True) -> list[LesionConfig]:
+  """The `<prefix>512` (reduced, listed first) and `<prefix>full` configs of one content."""
+  what = what + " " if what else ""
+  return [
+      LesionConfig(name=f"{prefix}{DEFAULT_MAX_SIZE}", masks=masks, labels=labels,
+                   max_size=DEFAULT_MAX_SIZE,
+                   description=f"{what}Long side at most {DEFAULT_MAX_SIZE} px (aspect kept)."),
+      LesionConfig(name=f"{prefix}full", masks=masks, labels=labels, max_size=None,
+                   description=f"{what}Native resolution."),
+  ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Record:
+  """What one example is made of: the image, the mask (or None) and the non-image features."""
+  id: str
+  image: str
+  mask: str | None = None
+  values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+  """An example found unusable while indexing the archive (before any image is decoded)."""
+  id: str
+  reason: str
+
+
+@dataclasses.dataclass
+class SplitIndex:
+  """The examples of one split, and the problems found while indexing it."""
+  records: list[Record] = dataclasses.field(default_factory=list)
+  problems: list[Problem] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadSpec:
+  """How examples are stored: `max_size` (None = native) and the image encoding."""
+  max_size: int | None
+  image_format: str  # "jpeg" or "png"
+
+
+# ---------------------------------------------------------------------------------------------
+# Locating the archive's files.
+
+
+def instructions_hint(dataset: str) -> str:
+  return (f"Download and unpack the archives as described in the {dataset} builder's "
+          f"MANUAL_DOWNLOAD_INSTRUCTIONS (lesion_jax.data.builders.{dataset}), and pass that "
+          "folder as manual_dir.")
+
+
+def require(path: epath.Path, dataset: str, what: str = "") -> epath.Path:
+  """`path` if it exists, else a ManualDataError naming it."""
+  if not path.exists():
+    what = f" ({what})" if what else ""
+    raise ManualDataError(f"{dataset}: expected {path}{what}, which does not exist. "
+                          + instructions_hint(dataset))
+  return path
+
+
+def manual_dir_of(dl_manager: tfds.download.DownloadManager, dataset: str) -> epath.Path:
+  """The manual_dir, or a ManualDataError when it is not given, missing or empty."""
+  try:
+    return dl_manager.manual_dir
+  except AssertionError as e:  # TFDS signals a missing/empty manual_dir this way
+    raise ManualDataError(f"{dataset}: {e}") from e
+
+
+def present_splits(manual_dir: epath.Path, dataset: str,
+                   needs: Mapping[str, Sequence[str]]) -> list[str]:
+  """Splits whose files (paths relative to `manual_dir`) are all there, in `needs` order.
+
+  A split none of whose files exist is not generated (logged); one with only some of them is an
+  error naming the missing ones; no split at all is an error listing everything expected.
+  """
+  present, absent = [], []
+  for split, paths in needs.items():
+    exists = [(manual_dir / p).exists() for p in paths]
+    if all(exists):
+      present.append(split)
+    elif any(exists):
+      missing = [str(manual_dir / p) for p, e in zip(paths, exists) if not e]
+      raise ManualDataError(
+          f"{dataset}: split {split!r} is incomplete: {', '.join(missing)} missing (the other "
+          f"files of that split are there). " + instructions_hint(dataset))
+    else:
+      absent.append(split)
+  if not present:
+    expected = "; ".join(f"{s}: {', '.join(p)}" for s, p in needs.items())
+    raise ManualDataError(f"{dataset}: no split found in {manual_dir}. Expected ({expected}). "
+                          + instructions_hint(dataset))
+  for split in absent:
+    logging.warning("%s: split %r is NOT generated: none of %s exist in %s.", dataset, split,
+                    ", ".join(needs[split]), manual_dir)
+  return present
+
+
+def index_files(folder: epath.Path, pattern: str, dataset: str) -> dict[str, epath.Path]:
+  """id → file for the files of `folder` whose names fully match `pattern` (group 1 = id).
+
+  Other files (licences, ISIC 2017 superpixel maps, macOS `._*` files) are ignored; a folder with
+  no matching file at all is reported as a ManualDataError.
+  """
+  require(folder, dataset)
+  regex = re.compile(pattern)
+  found = {}
+  for path in folder.iterdir():
+    m = regex.fullmatch(path.name)
+    if m:
+      found[m.group(1)] = path
+  if not found:
+    raise ManualDataError(f"{dataset}: {folder} holds no file named like {pattern!r}. "
+                          + instructions_hint(dataset))
+  return found
+
+
+def read_table(path: epath.Path, dataset: str,
+               columns: Sequence[str] | None = None) -> list[tuple[int, Any]]:
+  """(line number, row) of a CSV file's non-empty rows: dicts when the file has a header with
+  (at least) `columns`, lists when `columns` is None (no header)."""
+  import csv  # pylint: disable=g-import-not-at-top
+
+  require(path, dataset)
+  with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate a BOM
+    if columns is None:
+      return [(n, row) for n, row in enumerate(csv.reader(f), 1) if any(c.strip() for c in row)]
+    reader = csv.DictReader(f)
+    header = [c.strip() for c in reader.fieldnames or []]
+    missing = [c for c in columns if c not in header]
+    if missing:
+      raise ManualDataError(f"{dataset}: {path} has columns {header}, expected {list(columns)} "
+                            f"(missing {missing}). " + instructions_hint(dataset))
+    rows = []
+    for n, row in enumerate(reader, 2):
+      row = {(k or "").strip(): (v or "").strip() if isinstance(v, str) else v
+             for k, v in row.items()}
+      if any(isinstance(v, str) and v for v in row.values()):
+        rows.append((n, row))
+    return rows
+
+
+class LabelTable:
+  """Per-id values parsed from a label file, and the rows that could not be used."""
+
+  def __init__(self, source: str | os.PathLike):
+    self.source = os.fspath(source)
+    self.values: dict[str, dict[str, Any]] = {}
+    self.problems: list[Problem] = []
+
+  def add(self, line: int, example_id: str, values: dict[str, Any]) -> None:
+    if example_id in self.values:
+      self.bad(line, example_id, "duplicate row for this id")
+      del self.values[example_id]  # ambiguous: neither row is used
+    elif not any(p.id == example_id for p in self.problems):
+      self.values[example_id] = values
+
+  def bad(self, line: int, example_id: str, reason: str) -> None:
+    self.problems.append(Problem(example_id, f"{self.source} line {line}: {reason}"))
+
+
+def match(images: Mapping[str, epath.Path], masks: Mapping[str, epath.Path] | None = None,
+          labels: LabelTable | None = None, *, image_dir: str | os.PathLike = "",
+          mask_dir: str | os.PathLike = "", problems: Sequence[Problem] = (),
+          expected_image: Callable[[str], str] | None = None) -> SplitIndex:
+  """Joins images, masks and label rows by id. An id that lacks any of the three (where masks /
+  labels are given) becomes a Problem saying what is missing and where it was expected; ids of
+  unusable label rows, and of the given `problems`, are reported once, as they are."""
+  index = SplitIndex(problems=(list(labels.problems) if labels is not None else [])
+                     + list(problems))
+  values = labels.values if labels is not None else None
+  label_source = labels.source if labels is not None else ""
+  reported = {p.id for p in index.problems}
+  ids = set(images) | set(masks or ()) | set(values or ())
+  for i in sorted(ids - reported):
+    if i not in images:
+      source = f"label row in {label_source}" if values is not None and i in values else (
+          f"mask {masks[i]}" if masks is not None and i in masks else "entry")
+      expected = expected_image(i) if expected_image else f"{image_dir}/{i}.*"
+      index.problems.append(Problem(i, f"{source} has no image (expected {expected})"))
+    elif masks is not None and i not in masks:
+      index.problems.append(Problem(i, f"image {images[i]} has no mask in {mask_dir}"))
+    elif values is not None and i not in values:
+      index.problems.append(Problem(i, f"image {images[i]} has no label row in {label_source}"))
+    else:
+      index.records.append(Record(id=i, image=os.fspath(images[i]),
+                                  mask=os.fspath(masks[i]) if masks is not None else None,
+                                  values=dict(values[i]) if values is not None else {}))
+  return index
+
+
+def stable_fraction(key: str) -> float:
+  """A number in [0, 1) fixed by `key` alone: for split assignments that must never change."""
+  digest = hashlib.sha256(key.encode("utf-8")).digest()
+  return (int.from_bytes(digest[:8], "big") >> 11) / 2.0**53  # 53 bits: exact in a float
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading, checking and resizing one example.
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+  """A lesion mask file as bool (H, W), or io.ImageError naming the file and the problem.
+
+  Accepts single-channel or grey (equal-channel) images, 8 or 16 bit; values {0, 1} are taken as
+  they are, anything else is thresholded at half the range (so JPEG noise falls on its side).
+  """
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  path = os.fspath(path)
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise io.ImageError(f"{path}: cannot read mask file ({e.strerror or e})") from e
+  mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+  if mask is None:
+    raise io.ImageError(f"{path}: not a decodable mask image (corrupt, empty or unsupported)")
+  if mask.dtype not in (np.uint8, np.uint16):
+    raise io.ImageError(f"{path}: unsupported mask pixel type {mask.dtype}")
+  if mask.ndim == 3:
+    colour = mask[..., :3]
+    if np.any(colour != colour[..., :1]):
+      raise io.ImageError(f"{path}: mask has colour (its channels differ); expected a "
+                          "single-channel binary mask")
+    mask = colour[..., 0]
+  if mask.max() <= 1:
+    return mask == 1
+  return mask > np.iinfo(mask.dtype).max // 2
+
+
+def target_size(height: int, width: int, max_size: int | None) -> tuple[int, int]:
+  """(height, width) with the long side at most `max_size`, aspect kept, never enlarged."""
+  if max_size is None or max(height, width) <= max_size:
+    return height, width
+  scale = max_size / max(height, width)
+  return max(1, int(height * scale + 0.5)), max(1, int(width * scale + 0.5))
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """uint8 RGB resized to (height, width) by area averaging (no aliasing when shrinking)."""
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  if image.shape[:2] == tuple(size):
+    return image
+  return cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_AREA)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """bool mask resized to (height, width): area average of {0, 1}, thresholded at 0.5."""
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  if mask.shape[:2] == tuple(size):
+    return mask
+  area = cv2.resize(mask.astype(np.float32), (size[1], size[0]), interpolation=cv2.INTER_AREA)
+  return area >= 0.5
+
+
+def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+  """JPEG bytes of a uint8 RGB image."""
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(image[..., ::-1]),
+                         [cv2.IMWRITE_JPEG_QUALITY, quality])
+  if not ok:
+    raise ValueError(f"could not encode an image of shape {image.shape} as JPEG")
+  return buf.tobytes()
+
+
+def is_plain_rgb_jpeg(data: bytes) -> bool:
+  """True for an 8-bit, 3-component, Huffman-coded JPEG: bytes TensorFlow's decoder reads as
+  RGB. CMYK, 12-bit or arithmetic-coded files (which OpenCV reads but TF does not) are False."""
+  if data[:2] != b"\xff\xd8":
+    return False
+  i = 2
+  while i + 4 <= len(data):
+    if data[i] != 0xFF:
+      return False
+    marker = data[i + 1]
+    if marker == 0xFF:  # fill byte
+      i += 1
+      continue
+    if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # markers without a length
+      i += 2
+      continue
+    if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+      if i + 10 > len(data):
+        return False
+      return marker in (0xC0, 0xC1, 0xC2) and data[i + 4] == 8 and data[i + 9] == 3
+    if marker == 0xDA:  # scan data before any frame header
+      return False
+    i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+  return False
+
+
+def load_example(record: Record, spec: LoadSpec) -> dict[str, Any]:
+  """The stored example of `record`: checked, resized and encoded, or a BadExampleError."""
+  try:
+    image = io.read_rgb_image(record.image)
+  except io.ImageError as e:
+    raise BadExampleError(record.id, f"bad image: {e}") from e
+  height, width = image.shape[:2]
+  size = target_size(height, width, spec.max_size)
+  example = {"id": record.id, **record.values}
+  if record.mask is not None:
+    try:
+      mask = read_mask(record.mask)
+    except io.ImageError as e:
+      raise BadExampleError(record.id, f"bad mask: {e}") from e
+    if mask.shape != (height, width):
+      raise BadExampleError(
+          record.id, f"mask {record.mask} is {mask.shape[1]}x{mask.shape[0]} px but its image "
+          f"{record.image} is {width}x{height} px")
+    example["mask"] = io.encode_png(resize_mask(mask, size).astype(np.uint8) * 255)
+  if spec.image_format == "jpeg":
+    with open(record.image, "rb") as f:
+      raw = f.read()
+    # Unresized JPEGs are stored as they are: no second lossy encoding at native size.
+    example["image"] = raw if size == (height, width) and is_plain_rgb_jpeg(raw) else (
+        encode_jpeg(resize_image(image, size)))
+  else:
+    example["image"] = io.encode_png(resize_image(image, size))
+  return example
+
+
+# ---------------------------------------------------------------------------------------------
+# Skip-and-count bookkeeping.
+
+
+class SkipLog:
+  """The examples skipped so far (split → id → reason), each logged as it is skipped."""
+
+  def __init__(self, dataset: str):
+    self.dataset = dataset
+    self.skipped: dict[str, dict[str, str]] = collections.defaultdict(dict)
+
+  def add(self, split: str, example_id: str, reason: str) -> None:
+    logging.warning("%s %s: skipping bad example %s: %s", self.dataset, split, example_id, reason)
+    self.skipped[split][example_id] = reason
+
+  def count(self, split: str | None = None) -> int:
+    if split is not None:
+      return len(self.skipped.get(split, {}))
+    return sum(len(v) for v in self.skipped.values())
+
+  def summary(self) -> str:
+    if not self.count():
+      return f"{self.dataset}: no bad examples skipped."
+    parts = [f"{split}: {len(ids)} ({', '.join(sorted(ids))})"
+             for split, ids in sorted(self.skipped.items()) if ids]
+    return f"{self.dataset}: skipped {self.count()} bad examples; " + "; ".join(parts)
+
+
+def _skip_hint() -> str:
+  return ("Fix or remove the file, or prepare with skip_bad_examples=True to skip bad examples "
+          "(they are logged, counted and listed in info.metadata['skipped_examples']).")
+
+
+def _iter_examples(records: Iterable[Record], spec: LoadSpec, split: str, context: str,
+                   skips: SkipLog | None) -> Iterator[tuple[str, dict[str, Any]]]:
+  """In-process generation; `skips` None means fail on the first bad example."""
+  for record in records:
+    try:
+      example = load_example(record, spec)
+    except BadExampleError as e:
+      if skips is None:
+        raise BadExampleError(e.example_id, f"{e.reason}. {_skip_hint()}", context) from e
+      skips.add(split, e.example_id, e.reason)
+      continue
+    yield record.id, example
+  if skips is not None and skips.count(split):
+    logging.warning("%s: %d bad examples skipped in total in this split: %s", context,
+                    skips.count(split), ", ".join(sorted(skips.skipped[split])))
+
+
+def _beam_load(record: Record, spec: LoadSpec, split: str, context: str, namespace: str,
+               skip: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+  """Beam worker: one record → its example, or nothing (counted in a Beam counter) if skipped."""
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+
+  try:
+    yield record.id, load_example(record, spec)
+  except BadExampleError as e:
+    if not skip:
+      raise BadExampleError(e.example_id, f"{e.reason}. {_skip_hint()}", context) from e
+    logging.warning("%s: skipping bad example %s: %s", context, e.example_id, e.reason)
+    beam.metrics.Metrics.counter(namespace, f"skipped_{split}").inc()
+    if hasattr(beam.metrics.Metrics, "string_set"):  # Beam >= 2.58: the ids reach the driver
+      beam.metrics.Metrics.string_set(namespace, f"skipped_ids_{split}").add(
+          f"{e.example_id}\t{e.reason}")
+
+
+def beam_examples(records: Sequence[Record], spec: LoadSpec, split: str, context: str,
+                  namespace: str, skip: bool):
+  """A `beam.PTransform` producing the (key, example) pairs of `records` on the Beam workers."""
+  try:
+    import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError(f"{context}: Beam generation was requested (a Beam runner or Beam "
+                      "options were given) but apache-beam is not installed: "
+                      "pip install apache-beam") from e
+  load = functools.partial(_beam_load, spec=spec, split=split, context=context,
+                           namespace=namespace, skip=skip)
+  return beam.Create(list(records)) | beam.FlatMap(load)
+
+
+# ---------------------------------------------------------------------------------------------
+# The builder.
+
+
+class DermoscopyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the builders of hand-downloaded dermoscopy archives (see the module docstring).
+
+  Subclasses set the class attributes below, BUILDER_CONFIGS (LesionConfigs) and
+  MANUAL_DOWNLOAD_INSTRUCTIONS, and implement `_index`.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  BUILDER_CONFIG_CLASS = LesionConfig
+  DESCRIPTION: str = ""
+  CITATION: str = ""
+  HOMEPAGE: str = ""
+  IMAGE_FORMAT: str = "jpeg"  # encoding of stored images
+  LABEL_NAMES: tuple[str, ...] = ()
+  OFFICIAL_SIZES: dict[str, int] = {}  # split → images in the full official release
+
+  def __init__(self, *, skip_bad_examples: bool = False, **kwargs: Any):
+    """`skip_bad_examples`: skip (log, count, record) bad examples instead of failing."""
+    super().__init__(**kwargs)
+    self.skip_bad_examples = skip_bad_examples
+    self._use_beam = False
+    self._skips = SkipLog(self.name)
+
+  def _extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
+    """Dataset-specific features beyond the shared keys (none by default)."""
+    return {}
+
+  @abc.abstractmethod
+  def _index(self, manual_dir: epath.Path) -> dict[str, SplitIndex]:
+    """Split name → its records and indexing problems, in the order splits are generated."""
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    c = self.builder_config
+    features: dict[str, Any] = {
+        "id": tfds.features.Text(),
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format=self.IMAGE_FORMAT),
+    }
+    if c.masks:
+      features["mask"] = tfds.features.Image(shape=(None, None, 1), encoding_format="png")
+    if c.labels:
+      features["label"] = tfds.features.ClassLabel(names=list(self.LABEL_NAMES))
+      features["malignant"] = tfds.features.ClassLabel(names=_MALIGNANT_NAMES)
+    features.update(self._extra_features())
+    # Built directly (not dataset_info_from_configs) so no package README/CITATIONS is picked up.
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=self.DESCRIPTION,
+        features=tfds.features.FeaturesDict(features),
+        supervised_keys=("image", "label") if c.labels else None,
+        homepage=self.HOMEPAGE or None,
+        citation=self.CITATION,
+        metadata=tfds.core.MetadataDict(),
+    )
+
+  def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager,
+                            download_config: tfds.download.DownloadConfig) -> None:
+    # TFDS itself switches to Beam only when `_generate_examples` returns a PTransform; we return
+    # one exactly when the user asked for Beam by giving a runner or options.
+    self._use_beam = (download_config.beam_runner is not None
+                      or download_config.beam_options is not None)
+    self._skips = SkipLog(self.name)
+    super()._download_and_prepare(dl_manager, download_config)
+    if not self._use_beam:  # under Beam, _process_pipeline_result records the skips
+      logging.log(logging.WARNING if self._skips.count() else logging.INFO, "%s",
+                  self._skips.summary())
+      self.info.metadata["skipped_counts"] = {s: len(ids) for s, ids in
+                                              sorted(self._skips.skipped.items()) if ids}
+      self.info.metadata["skipped_examples"] = {s: dict(sorted(ids.items()))
+                                                for s, ids in self._skips.skipped.items() if ids}
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    manual_dir = manual_dir_of(dl_manager, self.name)
+    generators = {}
+    for split, index in self._index(manual_dir).items():
+      context = f"{self.name}/{self.builder_config.name} {split}"
+      self._check_problems(split, index.problems, context)
+      official, n = self.OFFICIAL_SIZES.get(split), len(index.records)
+      if official and n != official:
+        logging.warning("%s: %d examples; the full official release has %d (a subset?).",
+                        context, n, official)
+      else:
+        logging.info("%s: %d examples.", context, n)
+      generators[split] = self._generate_examples(split=split, records=index.records)
+    return generators
+
+  def _check_problems(self, split: str, problems: Sequence[Problem], context: str) -> None:
+    if not problems:
+      return
+    if not self.skip_bad_examples:
+      first = problems[0]
+      more = (f" ({len(problems)} such problems in this split: "
+              f"{', '.join(p.id for p in problems[:10])}{', ...' if len(problems) > 10 else ''})"
+              if len(problems) > 1 else "")
+      raise BadExampleError(first.id, f"{first.reason}{more}. {_skip_hint()}", context)
+    for p in problems:
+      self._skips.add(split, p.id, p.reason)
+
+  def _generate_examples(self, split: str, records: Sequence[Record]):
+    """A generator of (id, example), or under Beam a PTransform producing the same pairs."""
+    spec = LoadSpec(max_size=self.builder_config.max_size, image_format=self.IMAGE_FORMAT)
+    context = f"{self.name}/{self.builder_config.name} {split}"
+    if self._use_beam:
+      return beam_examples(records, spec, split, context, namespace=self.name,
+                           skip=self.skip_bad_examples)
+    return _iter_examples(records, spec, split, context,
+                          self._skips if self.skip_bad_examples else None)
+
+  def _process_pipeline_result(self, pipeline_result) -> None:
+    """After a Beam run: log and record how many examples the workers skipped, per split."""
+    from apache_beam.metrics.metric import MetricsFilter  # pylint: disable=g-import-not-at-top
+
+    metrics = pipeline_result.metrics().query(MetricsFilter().with_namespace(self.name))
+    counts = collections.Counter({s: len(ids) for s, ids in self._skips.skipped.items()})
+    examples = {s: dict(ids) for s, ids in self._skips.skipped.items()}  # found while indexing
+    for result in metrics["counters"]:
+      name = result.key.metric.name
+      if name.startswith("skipped_"):
+        counts[name[len("skipped_"):]] += result.committed or result.attempted or 0
+    for result in metrics.get("string_sets", []):  # absent before Beam 2.58
+      name = result.key.metric.name
+      if name.startswith("skipped_ids_"):
+        for entry in result.committed or result.attempted or ():
+          example_id, _, reason = entry.partition("\t")
+          examples.setdefault(name[len("skipped_ids_"):], {})[example_id] = reason
+    counts = {s: n for s, n in sorted(counts.items()) if n}
+    if counts:
+      logging.warning("%s: skipped bad examples per split: %s; %s", self.name, counts,
+                      {s: sorted(ids) for s, ids in sorted(examples.items())})
+    else:
+      logging.info("%s: no bad examples skipped.", self.name)
+    self.info.metadata["skipped_counts"] = counts
+    self.info.metadata["skipped_examples"] = {s: dict(sorted(ids.items()))
+                                              for s, ids in sorted(examples.items()) if ids}
