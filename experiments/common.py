@@ -25,6 +25,23 @@ def quiet_library_logs() -> None:
   logging.get_absl_handler().addFilter(_LibraryInfoFilter())
 
 
+flags.DEFINE_enum("distributed", "auto", ["auto", "on", "off"],
+                  "Multi-host: 'auto' joins when --coordinator_address is set or SLURM / Cloud TPU "
+                  "multi-host is detected.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host runs).")
+flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host; auto-detected on TPU/SLURM).")
+flags.DEFINE_integer("process_id", None, "This process's index (multi-host; auto-detected on TPU/SLURM).")
+
+_RUN_FLAGS_NOT_CONFIG = {"distributed", "coordinator_address", "num_processes", "process_id"}
+
+
+def init_distributed() -> None:
+  """Call first in every main: joins a multi-host run when asked or detected."""
+  from lesion_jax.train import sharding  # pylint: disable=g-import-not-at-top
+  sharding.initialize_distributed(FLAGS.distributed, FLAGS.coordinator_address, FLAGS.num_processes,
+                                  FLAGS.process_id)
+
+
 def define_workdir_flag() -> None:
   flags.DEFINE_string("workdir", None, "Run directory: config.json, metrics.json, checkpoints/, "
                       "TensorBoard events and figures/ go here. Re-running with the same workdir resumes.")
@@ -40,6 +57,8 @@ def define_data_flags(image_size: int = 64, batch_size: int = 16) -> None:
   flags.DEFINE_integer("batch_size", batch_size, "Global batch size (split across devices).")
   flags.DEFINE_integer("seed", 0, "Seed for initialisation, shuffling and augmentation.")
   flags.DEFINE_bool("augment", True, "Flips, rotation about the lesion centroid, random crops.")
+  flags.DEFINE_float("color_jitter", 0.0, "Brightness/contrast/saturation jitter strength (0 = off); "
+                     "helps real photographs taken under varying light.")
 
 
 def define_loop_flags(num_steps: int, eval_every: int, learning_rate: float) -> None:
@@ -54,6 +73,7 @@ def flag_values(names: Iterable[str] | None = None) -> dict[str, Any]:
   """The values of the experiment's own flags (those defined under experiments/), by name."""
   own = {f.name for module, fs in FLAGS.flags_by_module_dict().items()
          if module.startswith("experiments") or module in ("__main__", sys.argv[0]) for f in fs}
+  own -= _RUN_FLAGS_NOT_CONFIG  # how a run is launched, not what it computes
   if names is not None:
     own &= set(names)
   return {name: FLAGS[name].value for name in sorted(own)}

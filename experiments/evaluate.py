@@ -9,6 +9,8 @@ import os
 
 from absl import app, flags
 
+from experiments import common
+
 from lesion_jax import io
 from lesion_jax.tasks import segmentation
 
@@ -21,6 +23,7 @@ flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
 
 def main(argv):
   del argv
+  common.init_distributed()
   config = segmentation.load_config(FLAGS.workdir)
   which = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
   state = segmentation.restore(FLAGS.workdir, config, which)

@@ -39,6 +39,7 @@ flags.DEFINE_string("artifact_dir", None, "Where crops are stored (default: <dat
 
 def main(argv):
   del argv
+  common.init_distributed()
   values = common.flag_values()
   values["label_key"] = values.pop("target")
   if FLAGS.input == "segmented":

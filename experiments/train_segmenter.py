@@ -35,11 +35,14 @@ flags.DEFINE_string("test_split", "test", "Split scored at the end.")
 flags.DEFINE_enum("labels", "ground_truth", ["ground_truth", "kmeans"],
                   "Train on the dataset's masks, or on K-means pseudo-masks (self-learning: no "
                   "manual labels; computed and stored first if missing). Test scores use ground truth.")
+flags.DEFINE_bool("drop_uncertain", True, "With --labels=kmeans: leave out pseudo-masks whose "
+                  "polarity decision was flagged uncertain.")
 common.define_kmeans_flags()
 
 
 def main(argv):
   del argv
+  common.init_distributed()
   values = common.flag_values()
   if FLAGS.labels == "kmeans":
     values["mask_artifacts"] = common.ensure_kmeans_masks([FLAGS.train_split, FLAGS.val_split])

@@ -17,8 +17,17 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def is_primary_process() -> bool:
+  """True on the one process that writes run outputs (always, on a single host)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.process_index() == 0
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-  """Writes `data` to `path` so that readers see either the old file or the complete new one."""
+  """Writes `data` to `path` so that readers see either the old file or the complete new one.
+  In a multi-host run only the primary process writes, so hosts never race on shared files."""
+  if not is_primary_process():
+    return
   path = os.fspath(path)
   directory = os.path.dirname(path) or "."
   os.makedirs(directory, exist_ok=True)

@@ -7,7 +7,18 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
 
 TINY = "synthetic_lesions/tiny"
-REAL_SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "isic2017_sample")
+
+
+def _find_real_sample() -> str:
+  """The real ISIC 2017 sample (read in place, never copied): $LESION_JAX_ISIC2017_SAMPLE, the
+  `shared/data` folder beside this checkout, or the workplace's /work/shared/data."""
+  candidates = [os.environ.get("LESION_JAX_ISIC2017_SAMPLE", ""),
+                os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "isic2017_sample"),
+                "/work/shared/data/isic2017_sample"]
+  return next((os.path.abspath(c) for c in candidates if c and os.path.isdir(c)), os.path.abspath(candidates[1]))
+
+
+REAL_SAMPLE = _find_real_sample()
 
 
 @pytest.fixture(scope="session")

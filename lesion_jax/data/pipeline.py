@@ -21,6 +21,10 @@ from lesion_jax import data as _data  # noqa: F401  (hides accelerators from Ten
 from lesion_jax.data.augment import AugmentConfig, augment
 
 TASKS = ("segmentation", "classification")
+# The dataset functions here have no Python control flow on tensors: AutoGraph has nothing to
+# convert, and its attempts only print warnings about lambdas.
+tf.autograph.set_verbosity(0)
+_plain = tf.autograph.experimental.do_not_convert
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,6 +34,7 @@ class ArtifactJoin:
   instead of images."""
   feature: str
   directory: str
+  drop_flagged: bool = False  # leave out examples whose artifact record says "uncertain"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,23 +97,39 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str, per_process: bool 
   return ds
 
 
+def _record(directory: str, image_id: str) -> dict[str, Any]:
+  from lesion_jax import io  # pylint: disable=g-import-not-at-top
+  from lesion_jax.artifacts import store  # pylint: disable=g-import-not-at-top
+  path = os.path.join(directory, store.safe_name(image_id) + ".json")
+  return io.read_json(path) if os.path.exists(path) else {}
+
+
 def join_artifact(ds: tf.data.Dataset, join: ArtifactJoin, split: str) -> tf.data.Dataset:
   """Swaps `join.feature` for the artifact file `<directory>/<safe id>.png` of each example.
   Every id must have its artifact: a missing one is reported up front with the command to run."""
   from lesion_jax.artifacts import store  # pylint: disable=g-import-not-at-top
-  ids = [i.decode() for i in ds.map(lambda ex: ex["id"]).as_numpy_iterator()]
+  ids = [i.decode() for i in ds.map(_plain(lambda ex: ex["id"])).as_numpy_iterator()]
   missing = [i for i in ids if not os.path.exists(os.path.join(join.directory, store.safe_name(i) + ".png"))]
   if missing:
     raise FileNotFoundError(
         f"{len(missing)} of {len(ids)} examples of split {split!r} have no artifact in "
         f"{join.directory} (first: {missing[:3]}); run experiments.annotate for this split first")
   prefix = join.directory.rstrip("/") + "/"
+  if join.drop_flagged:
+    flagged = [i for i in ids if _record(join.directory, i).get("uncertain")]
+    if len(flagged) == len(ids):
+      raise ValueError(f"every artifact of split {split!r} in {join.directory} is flagged uncertain")
+    if flagged:
+      table = tf.lookup.StaticHashTable(
+          tf.lookup.KeyValueTensorInitializer(tf.constant(flagged), tf.ones(len(flagged), tf.int32)), 0)
+      ds = ds.filter(_plain(lambda ex: table.lookup(ex["id"]) == 0))
+      ds = ds.apply(tf.data.experimental.assert_cardinality(len(ids) - len(flagged)))
 
   def swap(example):
     name = tf.strings.regex_replace(example["id"], store.UNSAFE_PATTERN, "_")
     return dict(example, **{join.feature: tf.io.read_file(prefix + name + ".png")})
 
-  return ds.map(swap, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.map(_plain(swap), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
 def normalize_image(image01):
@@ -132,6 +153,18 @@ def resize_mask(mask_uint8: tf.Tensor, size: int) -> tf.Tensor:
 def preprocess_image(image_uint8, size: int) -> np.ndarray:
   """Model input for one uint8 RGB image (numpy): exactly what the pipelines feed the model."""
   return normalize_image(resize_image(tf.convert_to_tensor(image_uint8), size)).numpy()
+
+
+def check_features(builder: tfds.core.DatasetBuilder, config: InputConfig) -> None:
+  """Fails early, naming the dataset, when it lacks what the task needs."""
+  features = builder.info.features
+  joined = {j.feature for j in config.joins}
+  name = builder.info.full_name
+  if config.task == "segmentation" and config.mask_key not in features and config.mask_key not in joined:
+    raise ValueError(f"{name} has no {config.mask_key!r} feature (features: {sorted(features)}); "
+                     "pick a config with masks, or train on pseudo-masks (--labels=kmeans)")
+  if config.task == "classification" and config.label_key not in features:
+    raise ValueError(f"{name} has no {config.label_key!r} feature (features: {sorted(features)})")
 
 
 def _decode(example: dict[str, tf.Tensor], config: InputConfig, image_keys: list[str]) -> dict[str, tf.Tensor]:
@@ -184,6 +217,7 @@ def train_dataset(config: InputConfig, split: str = "train", start_step: int = 0
   if config.task not in TASKS:
     raise ValueError(f"unknown task {config.task!r}; choose one of {TASKS}")
   builder = builder or get_builder(config.dataset, config.data_dir, config.manual_dir)
+  check_features(builder, config)
   base = read_split(builder, split, joins=config.joins)
   n = int(base.cardinality().numpy())
   if n <= 0:
@@ -194,10 +228,10 @@ def train_dataset(config: InputConfig, split: str = "train", start_step: int = 0
   seed = config.seed
   if balanced:
     classes = num_classes(builder, config.label_key)
-    labels = np.fromiter(base.map(lambda ex: ex[config.label_key]).as_numpy_iterator(), np.int64)
+    labels = np.fromiter(base.map(_plain(lambda ex: ex[config.label_key])).as_numpy_iterator(), np.int64)
     counts = np.bincount(labels, minlength=classes)
     present = [c for c in range(classes) if counts[c]]
-    streams = [_epochs(base.filter(lambda ex, c=c: ex[config.label_key] == c), min(int(counts[c]), buffer),
+    streams = [_epochs(base.filter(_plain(lambda ex, c=c: ex[config.label_key] == c)), min(int(counts[c]), buffer),
                        seed + 7919 * (c + 1)) for c in present]
     ds = tf.data.Dataset.sample_from_datasets(streams, [1.0 / len(present)] * len(present),
                                               seed=seed, stop_on_empty_dataset=False).skip(first)
@@ -210,18 +244,29 @@ def train_dataset(config: InputConfig, split: str = "train", start_step: int = 0
     example = _decode(example, config, image_keys)
     return _augment_and_normalize(example, tf.stack([tf.constant(seed, tf.int64), index]), config)
 
-  ds = ds.enumerate(start=first).map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = ds.enumerate(start=first).map(_plain(prepare), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(config: InputConfig, split: str,
                  builder: tfds.core.DatasetBuilder | None = None) -> tf.data.Dataset:
-  """The whole split once, in order, not augmented, batched (last batch may be short)."""
+  """The whole split once, in order, not augmented, batched (last batch may be short). Segmentation
+  batches also carry 'mask_encoded', the stored mask's PNG bytes at the image's own resolution."""
   builder = builder or get_builder(config.dataset, config.data_dir, config.manual_dir)
+  check_features(builder, config)
   image_keys = _image_keys(builder)
-  ds = read_split(builder, split, joins=config.joins).map(lambda ex: _finish(_decode(ex, config, image_keys)),
-                                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  encoded_mask = config.task == "segmentation" and (
+      config.mask_key in image_keys or any(j.feature == config.mask_key for j in config.joins))
+
+  def prepare(example):
+    out = _finish(_decode(example, config, image_keys))
+    if encoded_mask:  # the stored mask at its own resolution, for scoring as the challenges do
+      out["mask_encoded"] = example[config.mask_key]
+    return out
+
+  ds = read_split(builder, split, joins=config.joins).map(_plain(prepare), num_parallel_calls=tf.data.AUTOTUNE,
+                                                          deterministic=True)
   return ds.batch(config.batch_size // jax.process_count()).prefetch(tf.data.AUTOTUNE)
 
 

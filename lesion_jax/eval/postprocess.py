@@ -195,3 +195,11 @@ def crop_to_mask(image: Any, mask: Any, size: int, margin: float = 0.1, black_ou
   ch, cw = crop.shape[:2]
   interp = cv2.INTER_AREA if ch >= size and cw >= size else cv2.INTER_LINEAR
   return cv2.resize(np.ascontiguousarray(crop), (size, size), interpolation=interp)
+
+
+def decode_mask(encoded: bytes) -> np.ndarray:
+  """bool (H, W) from the PNG bytes of a {0, 255} (or {0, 1}) mask."""
+  mask = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_GRAYSCALE)
+  if mask is None:
+    raise ValueError("could not decode mask bytes")
+  return mask > (127 if mask.max() > 1 else 0)

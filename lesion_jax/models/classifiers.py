@@ -102,8 +102,8 @@ class BottleneckBlock(nn.Module):
 
 class ResNet(nn.Module):
   """He et al. 2016. `stage_sizes` (2,2,2,2) with basic blocks is ResNet-18; (3,4,6,3) with
-  bottleneck blocks ResNet-50. Inputs under 128 px get a 3×3 stride-1 stem without max-pool
-  (as for CIFAR), so small images keep their detail."""
+  bottleneck blocks ResNet-50. Inputs under 128 px get a 3×3 stem without max-pool (stride 2
+  from 64 px, 1 below, as for CIFAR), so small images keep their detail."""
   stage_sizes: Sequence[int]
   block: Any
   num_classes: int = 2
@@ -113,13 +113,13 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = x.astype(self.dtype)
-    if x.shape[1] >= 128:
-      x = nn.Conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False, dtype=self.dtype)(x)
-      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
+    stem_norm = lambda y: nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(y))
+    if x.shape[1] >= 128:  # the ImageNet stem: /4
+      x = stem_norm(nn.Conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False, dtype=self.dtype)(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
-    else:
-      x = nn.Conv(self.width, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)
-      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(x))
+    else:  # small inputs: a 3×3 stem, stride 2 from 64 px (/2), stride 1 below (CIFAR-style)
+      stride = 2 if x.shape[1] >= 64 else 1
+      x = stem_norm(nn.Conv(self.width, (3, 3), (stride, stride), padding="SAME", use_bias=False, dtype=self.dtype)(x))
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)

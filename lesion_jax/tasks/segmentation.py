@@ -47,11 +47,13 @@ class SegmenterConfig:
   # Train (and pick the best checkpoint) on these stored masks instead of the ground truth, e.g.
   # K-means pseudo-masks (self-learning); test scores always use the ground truth.
   mask_artifacts: str | None = None
+  drop_uncertain: bool = True  # with mask_artifacts: skip pseudo-masks flagged uncertain
 
   def training_input(self) -> pipeline.InputConfig:
     if not self.mask_artifacts:
       return self.input
-    return dataclasses.replace(self.input, joins=(pipeline.ArtifactJoin("mask", self.mask_artifacts),))
+    join = pipeline.ArtifactJoin("mask", self.mask_artifacts, drop_flagged=self.drop_uncertain)
+    return dataclasses.replace(self.input, joins=(join,))
 
   @classmethod
   def from_flat_dict(cls, values: dict[str, Any]) -> "SegmenterConfig":
@@ -65,6 +67,8 @@ def _from_flat_dict(cls, values: dict[str, Any]):
   inputs = {k: v for k, v in values.items() if k in input_fields and k != "augment"}
   if not values.get("augment", True):
     inputs["augment"] = AugmentConfig.off()
+  elif values.get("color_jitter"):
+    inputs["augment"] = AugmentConfig(color=float(values["color_jitter"]))
   return cls(input=pipeline.InputConfig(**inputs), **{k: v for k, v in values.items() if k in own})
 
 
@@ -117,8 +121,15 @@ def evaluate(state: TrainState, config: SegmenterConfig, batches: Iterator[dict[
   kept: dict[str, list[np.ndarray]] = {"image": [], "mask": [], "pred": []}
   for batch, probs in inference.predict_over(predict, state, batches, mesh):
     pred = binarize_predictions(probs, config.threshold, config.postprocess)
-    acc.update(pred, batch["mask"][..., 0] > 0.5, batch["weight"])
     real = batch["weight"] > 0
+    if "mask_encoded" in batch:  # score at each image's own resolution, as the ISIC challenges do
+      for i in np.flatnonzero(real):
+        truth = postprocess.decode_mask(batch["mask_encoded"][i])
+        native = binarize_predictions(postprocess.resize_prob(probs[i], *truth.shape)[None],
+                                      config.threshold, config.postprocess)
+        acc.update(native, truth[None])
+    else:
+      acc.update(pred, batch["mask"][..., 0] > 0.5, batch["weight"])
     ids.extend(i.decode() if isinstance(i, bytes) else str(i) for i in batch["id"][real])
     room = keep_examples - len(kept["image"])
     if room > 0:

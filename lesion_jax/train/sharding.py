@@ -12,6 +12,28 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 DATA_AXIS = "data"
 
 
+def initialize_distributed(mode: str = "auto", coordinator_address: str | None = None,
+                           num_processes: int | None = None, process_id: int | None = None) -> None:
+  """Joins a multi-host run before any JAX computation.
+
+  mode 'off': single process. 'on': `jax.distributed.initialize` with the given coordinator,
+  process count and id (each may be None where JAX detects it: Cloud TPU, SLURM, Kubernetes).
+  'auto': 'on' when a coordinator address is given or a cluster environment is detected
+  (SLURM with more than one task, Cloud TPU multi-host), else 'off'.
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  if mode not in ("auto", "on", "off"):
+    raise ValueError(f"distributed mode must be auto, on or off, got {mode!r}")
+  if mode == "auto":
+    slurm = int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    tpu = bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))
+    mode = "on" if coordinator_address or slurm or tpu else "off"
+  if mode == "off":
+    return
+  jax.distributed.initialize(coordinator_address=coordinator_address, num_processes=num_processes,
+                             process_id=process_id)
+
+
 def make_mesh(num_devices: int | None = None) -> Mesh:
   """A mesh over all (or the first `num_devices`) devices, across every host, with one 'data' axis."""
   devices = jax.devices()

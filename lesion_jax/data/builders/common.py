@@ -21,11 +21,21 @@ which id and split) and this module does the rest, the same way for all of them:
   and recorded in the prepared dataset's `info.metadata`: "skipped_counts" (split → number) and
   "skipped_examples" (split → id → reason; under Beam older than 2.58, only the problems found
   before Beam ran, the others being in the workers' logs).
-* Apache Beam. Without Beam options examples are generated in-process. When the user passes a
-  Beam runner or Beam options (`tfds build ... --beam_pipeline_options=...` or
-  `DownloadConfig(beam_options=...)`), `_generate_examples` returns a `beam.PTransform` instead,
-  so decoding, validation and resizing run on the Beam workers. apache-beam is imported only
-  then (`pip install apache-beam`); it is not a dependency of this package.
+* Apache Beam, for the big archives. Without Beam options examples are generated in-process.
+  When the user passes a Beam runner or Beam options, `_generate_examples` returns a
+  `beam.PTransform` instead (TFDS's own Beam support), so decoding, validation and resizing run
+  on the Beam workers; the archive is only indexed on the driver. apache-beam is imported only
+  then; it is not a dependency of this package. `pip install apache-beam`, then e.g.
+
+    options = beam.options.pipeline_options.PipelineOptions([
+        "--runner=DirectRunner", "--direct_num_workers=4",
+        "--direct_running_mode=multi_processing"])  # or Dataflow, Flink, Spark options
+    tfds.builder("isic2018/task1_full", data_dir=...).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(manual_dir=..., beam_options=options))
+
+  or `tfds build isic2018/task1_full --imports=lesion_jax.data.builders --manual_dir=...
+  --beam_pipeline_options="runner=DirectRunner,direct_num_workers=4"` (the `tfds` command
+  also needs its own extras, e.g. mlcroissant). Workers must be able to import lesion_jax.
 
 The skip flag is a builder argument, not part of the config: it is a preparation policy and
 reaches TFDS name strings, e.g. `tfds.builder("isic2017/512/skip_bad_examples=True")`.

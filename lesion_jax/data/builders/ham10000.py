@@ -17,7 +17,7 @@ Splits. HAM10000 has no official split. `train` / `validation` / `test` are draw
 the images of one lesion are never in two splits: a SHA-256 hash of "ham10000:<lesion_id>" puts
 about 80% / 10% / 10% of the lesions into train / validation / test. The assignment depends on
 the lesion id alone (not on the other rows, numpy or TFDS versions), so it never changes. Image
-counts per split vary a little around 80/10/10, as lesions have 1 to 6 images.
+counts per split vary a little around 80/10/10, as lesions have one or several images.
 
 Features. `id` (image_id), `image` (JPEG, 600x450 px originals), `lesion_id` (Text, for grouped
 cross-validation within train), `label` in ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")

@@ -1,6 +1,6 @@
 """TFDS builder `ph2`: the PH2 dermoscopy database (Hospital Pedro Hispano, Matosinhos).
 
-The archive. 200 dermoscopy images (768x560 px, 8-bit RGB BMP) of melanocytic lesions: 80
+The archive. 200 dermoscopy images (about 768x560 px, 8-bit RGB BMP) of melanocytic lesions: 80
 common nevi, 80 atypical nevi and 40 melanomas, each with a manual lesion segmentation and a
 clinical diagnosis (plus dermoscopic criteria, not used here).
 
@@ -23,7 +23,7 @@ test a model trained elsewhere.
 Features. `id` (e.g. "IMD003"), `image` (PNG: the sources are lossless), `mask` (PNG {0, 255}),
 `label` in ("common_nevus", "atypical_nevus", "melanoma") and `malignant` (= melanoma).
 
-Configs. `512` (default): long side at most 512 px (512x373); `full`: native 768x560. Bad
+Configs. `512` (default): long side at most 512 px (about 512x373); `full`: native size. Bad
 examples fail preparation unless the builder gets `skip_bad_examples=True`; Beam generation: see
 `lesion_jax.data.builders.common`.
 
