@@ -120,7 +120,7 @@ def ensure_kmeans_masks(splits: list[str]) -> str:
   config = kmeans_config_from_flags()
   root = FLAGS.artifact_dir or store.default_root(FLAGS.data_dir)
   kstore = annotate.kmeans_store(root, builder.info.full_name, config)
-  for split in dict.fromkeys(splits):
+  for split in dict.fromkeys(s for s in splits if s):
     summary = annotate.annotate_split(builder, split, kstore, config,
                                       figure_dir=os.path.join(kstore.directory, "figures"))
     ja = f", JA vs ground truth {summary.scores['jaccard']:.4f}" if summary.scores else ""

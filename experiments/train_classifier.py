@@ -47,7 +47,7 @@ def main(argv):
       raise app.UsageError("--input=segmented needs --segmenter_workdir (a train_segmenter run)")
     values["image_artifacts"] = segmentation.lesion_crops(
         FLAGS.segmenter_workdir, FLAGS.dataset,
-        list(dict.fromkeys([FLAGS.train_split, FLAGS.val_split, FLAGS.test_split])),
+        [s for s in dict.fromkeys([FLAGS.train_split, FLAGS.val_split, FLAGS.test_split]) if s],
         FLAGS.image_size, FLAGS.data_dir, FLAGS.manual_dir, FLAGS.artifact_dir, FLAGS.crop_margin)
   common.start_run(FLAGS.workdir, values)
   config = classification.ClassifierConfig.from_flat_dict(values)

@@ -102,3 +102,44 @@ def test_predict_segments_good_files_and_reports_bad_ones(trained, tmp_path):
     assert name in rows[name]["error"]  # the message names the file
     assert name in proc.stderr  # and the log says so too
   assert "Segmented 2 of 6 images" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def classifier(trained, tiny_data_dir, tmp_path_factory):
+  segmenter_dir, _ = trained
+  workdir = str(tmp_path_factory.mktemp("cls"))
+  run("experiments.train_classifier", f"--workdir={workdir}", f"--dataset={TINY}",
+      f"--data_dir={tiny_data_dir}", "--image_size=32", "--batch_size=8", "--num_steps=2",
+      "--eval_every=2", "--log_every=1", "--model=lenet5", "--input=segmented",
+      f"--segmenter_workdir={segmenter_dir}", "--folds=2", "--balanced")
+  return workdir
+
+
+def test_classifier_cross_validation_record(classifier):
+  metrics = json.load(open(os.path.join(classifier, "metrics.json")))
+  assert metrics["folds"] == 2 and metrics["cv/num_examples"] == 64  # every train image held out once
+  for key in ("cv/accuracy", "cv/f1", "cv/misclassification_rate", "cv/sensitivity", "cv/specificity",
+              "cv/precision", "cv/roc_auc", "test/accuracy_fold_mean", "train/accuracy_fold_mean"):
+    assert key in metrics, key
+  assert len(metrics["cv/confusion_matrix"]) == 2
+  for fold in (0, 1):
+    assert os.path.exists(os.path.join(classifier, f"fold_{fold}", "metrics.json"))
+  assert os.path.exists(os.path.join(classifier, "figures", "cv_roc.png"))
+
+
+def test_predict_adds_measurements_and_class_probabilities(trained, classifier, tmp_path):
+  workdir, _ = trained
+  rng = np.random.default_rng(1)
+  image = np.full((48, 48, 3), (200, 160, 150), np.uint8)
+  cv2.circle(image, (24, 24), 10, (60, 40, 30), -1)
+  cv2.imwrite(str(tmp_path / "lesion.png"), (image + rng.integers(0, 5, image.shape)).astype(np.uint8))
+  out = tmp_path / "out"
+  run("experiments.predict", f"--workdir={workdir}", f"--images={tmp_path}/*.png", f"--out={out}",
+      f"--classifier_workdir={classifier}")
+  row = next(csv.DictReader(open(out / "predictions.csv")))
+  assert row["status"] == "ok"
+  assert float(row["p_benign"]) + float(row["p_malignant"]) == pytest.approx(1.0, abs=1e-4)
+  assert row["predicted"] in ("benign", "malignant")
+  for key in ("area", "perimeter", "diameter", "major_axis", "asymmetry_major", "compactness", "num_colours"):
+    assert row[key] != "", key
+  assert float(row["area"]) == pytest.approx(float(row["lesion_pixels"]))

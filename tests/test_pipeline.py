@@ -84,3 +84,27 @@ def test_atomic_writes_leave_no_temporaries(tmp_path):
   assert io.read_json(tmp_path / "a" / "m.json") == {"x": 0.5, "y": [0, 1, 2]}
   io.write_png(tmp_path / "a" / "m.png", np.zeros((4, 4), np.uint8))
   assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["m.json", "m.png"]
+
+
+def test_fold_splits_hold_every_example_out_once():
+  from lesion_jax.tasks.classification import fold_splits  # pylint: disable=g-import-not-at-top
+  assert fold_splits("train", 10, 5, 0) == ("train[2:]", "train[0:2]")
+  assert fold_splits("train", 10, 5, 2) == ("train[:4]+train[6:]", "train[4:6]")
+  assert fold_splits("train", 10, 5, 4) == ("train[:8]", "train[8:10]")
+  with pytest.raises(ValueError):
+    fold_splits("train", 10, 5, 5)
+
+
+def test_balanced_sampling_evens_out_classes(config):
+  cfg = dataclasses.replace(config, task="classification", label_key="malignant", batch_size=32)
+  labels = np.concatenate([b["label"] for _, b in zip(range(4), pipeline.train_batches(cfg, balanced=True))])
+  plain = np.concatenate([b["label"] for _, b in zip(range(4), pipeline.train_batches(cfg))])
+  assert abs(labels.mean() - 0.5) < 0.15 and plain.mean() < 0.35  # ~20 % malignant without balancing
+  resumed = next(pipeline.train_batches(cfg, start_step=2, balanced=True))
+  again = [b for _, b in zip(range(3), pipeline.train_batches(cfg, balanced=True))][2]
+  np.testing.assert_array_equal(resumed["id"], again["id"])  # balanced streams resume exactly too
+
+
+def test_missing_feature_is_reported_with_the_dataset_name(config):
+  with pytest.raises(ValueError, match="has no 'lesion_outline' feature"):
+    next(pipeline.train_batches(dataclasses.replace(config, mask_key="lesion_outline")))

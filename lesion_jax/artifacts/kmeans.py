@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from typing import Any
 
 import cv2
@@ -41,6 +42,8 @@ class KMeansConfig:
   score_size: int = 64  # candidate lesions are scored at this resolution (the winner at full)
   vignette_lightness: float = 20.0  # L* below which corner-connected pixels are vignette
   border_band: float = 0.04  # width of the field-of-view border band, fraction of the side
+  border_penalty: float = 4.0  # how strongly components along the border are discounted
+  area_weight: float = 0.6  # favours the more inclusive split (lesions have lighter rims)
   darkness_bonus: float = 0.1  # score advantage of the darker side (lesions are usually darker)
   uncertain_margin: float = 0.25  # score gap to the best opposite-polarity candidate
   min_area: float = 0.01  # lesion fraction of the field of view outside [min, max] is uncertain
@@ -49,9 +52,10 @@ class KMeansConfig:
 
   @property
   def version(self) -> str:
-    """Names these parameters in artifact paths, so different settings never mix."""
-    return (f"k{self.k}-it{self.iterations}-xy{self.coord_weight:g}-h{self.hair_filter:g}-s{self.work_size}-f{self.fit_points}-c{self.score_size}"
-            f"-v{self.vignette_lightness:g}-b{self.border_band:g}-d{self.darkness_bonus:g}")
+    """Names these parameters in artifact paths, so different settings never mix: the main ones
+    readably, all of them through a hash."""
+    digest = hashlib.sha1(repr(dataclasses.astuple(self)).encode()).hexdigest()[:8]
+    return f"k{self.k}-xy{self.coord_weight:g}-s{self.work_size}-{digest}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,6 +188,22 @@ def _border_band(fov: np.ndarray, width: int) -> np.ndarray:
   return fov & ~inner.astype(bool)
 
 
+def lesion_component(region: np.ndarray, band: np.ndarray, border_penalty: float) -> np.ndarray:
+  """The connected component of `region` (holes filled) most likely to be the lesion: the largest
+  after discounting components that lie along the field-of-view border, where shadows, vignette
+  fall-off and stickers sit: score = area · (1 − fraction of the component inside the border
+  band)^border_penalty. A large lesion that touches the border keeps most of its score."""
+  filled = postprocess.fill_holes(region)
+  n, labels, stats, _ = cv2.connectedComponentsWithStats(filled.astype(np.uint8), connectivity=8)
+  if n <= 2:
+    return filled
+  in_band = np.bincount(labels[band], minlength=n)
+  areas = stats[:, cv2.CC_STAT_AREA].astype(np.float64)
+  scores = areas * (1.0 - in_band / np.maximum(areas, 1)) ** border_penalty
+  scores[0] = -1.0  # background
+  return labels == int(np.argmax(scores))
+
+
 def merge_clusters(labels: np.ndarray, lab: np.ndarray, fov: np.ndarray, config: KMeansConfig
                    ) -> tuple[np.ndarray, bool, tuple[str, ...], dict[str, Any]]:
   """Cluster map (H, W) → (lesion mask, uncertain, reasons, facts) at the working resolution.
@@ -211,10 +231,11 @@ def merge_clusters(labels: np.ndarray, lab: np.ndarray, fov: np.ndarray, config:
   for j in range(1, len(order)):
     dark = np.isin(small_labels, order[:j])
     for polarity, region in (("dark", dark), ("light", small_fov & ~dark)):
-      cleaned = postprocess.clean_mask(region & small_fov)
+      cleaned = lesion_component(region & small_fov, band, config.border_penalty)
       contact = (cleaned & band).sum() / band_total
       area = cleaned.sum() / fov_total
-      score = separations[j - 1] - contact + (config.darkness_bonus if polarity == "dark" else 0.0)
+      score = (separations[j - 1] - contact + config.area_weight * area
+               + (config.darkness_bonus if polarity == "dark" else 0.0))
       if not config.min_area <= area <= config.max_area:
         score -= 1.0  # implausible sizes only win when nothing else is possible
       candidates.append((score, polarity, j, contact, area))
@@ -222,7 +243,8 @@ def merge_clusters(labels: np.ndarray, lab: np.ndarray, fov: np.ndarray, config:
   score, polarity, j, contact, area = candidates[0]
   rival = next(c for c in candidates if c[1] != polarity)  # best candidate of the other polarity
   dark = np.isin(labels, order[:j])
-  mask = postprocess.clean_mask((dark if polarity == "dark" else ~dark) & fov)
+  full_band = _border_band(fov, max(1, round(config.border_band * labels.shape[0])))
+  mask = lesion_component((dark if polarity == "dark" else ~dark) & fov, full_band, config.border_penalty)
   separation = separations[j - 1]
   reasons = []
   if score - rival[0] < config.uncertain_margin:

@@ -25,3 +25,14 @@ def predict_over(predict: Callable[[Any, jax.Array], jax.Array], state: Any,
     previous = (batch, outputs)
   if previous is not None:
     yield previous[0], sharding.to_host(previous[1])
+
+
+def predict_arrays(predict: Callable[[Any, jax.Array], jax.Array], state: Any, inputs: list[np.ndarray],
+                   batch_size: int, mesh: jax.sharding.Mesh) -> list[np.ndarray]:
+  """`predict` over a list of same-shape model inputs, in padded batches of `batch_size` (one
+  compiled shape for all); returns one output per input, in order."""
+  from lesion_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+  batches = (pipeline.pad_batch({"image": np.stack(inputs[i:i + batch_size])}, batch_size)
+             for i in range(0, len(inputs), batch_size))
+  return [out for batch, outs in predict_over(predict, state, batches, mesh)
+          for out, w in zip(outs, batch["weight"]) if w > 0]

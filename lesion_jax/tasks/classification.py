@@ -37,7 +37,7 @@ class ClassifierConfig:
   log_every: int = 50
   balanced: bool = False  # class-balanced sampling
   train_split: str = "train"
-  val_split: str = "validation"
+  val_split: str = "validation"  # "" = no validation: keep the last checkpoint
   best_metric: str = "roc_auc"  # picks the checkpoint; accuracy when AUC is undefined
   image_artifacts: str | None = None  # lesion crops (segmented input) instead of raw images
 
@@ -103,18 +103,23 @@ def train(config: ClassifierConfig, workdir: str, mesh=None) -> TrainState:
 
   loop_config = loop.LoopConfig(num_steps=config.num_steps, batch_size=data.batch_size,
                                 eval_every=config.eval_every, log_every=config.log_every,
-                                best_metric="val/best_metric", best_mode="max")
+                                best_metric=_best_metric(config), best_mode="max")
   loop.train(state, steps.make_classification_train_step(config.label_smoothing),
              lambda start: pipeline.train_batches(data, start, config.train_split, builder, config.balanced),
-             validate, workdir, loop_config, rng_train, mesh)
+             validate if config.val_split else None, workdir, loop_config, rng_train, mesh)
   return restore(workdir, config, len(names), "best", mesh)
+
+
+def _best_metric(config: ClassifierConfig) -> str | None:
+  """Checkpoints are ranked on the validation split; without one the latest is "best"."""
+  return "val/best_metric" if config.val_split else None
 
 
 def restore(workdir: str, config: ClassifierConfig, num_classes: int, which: checkpoint.Which = "best",
             mesh=None) -> TrainState:
   mesh = mesh or sharding.make_mesh()
   template = init_state(config, num_classes, jax.random.key(0))
-  with checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), "val/best_metric", read_only=True) as c:
+  with checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), _best_metric(config), read_only=True) as c:
     state = c.restore(template, which)
   return sharding.replicate(state, mesh)
 
@@ -212,3 +217,20 @@ def _save_history_figure(workdir: str) -> None:
   path = os.path.join(workdir, "history.json")
   if os.path.exists(path):
     figures.save_curves(os.path.join(workdir, "figures", "curves.png"), io.read_json(path))
+
+
+def load_config(workdir: str) -> ClassifierConfig:
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} the --workdir of a train_classifier run?")
+  return ClassifierConfig.from_flat_dict(io.read_json(path))
+
+
+def classify_images(state: TrainState, config: ClassifierConfig, images: list[np.ndarray],
+                    mesh=None) -> list[np.ndarray]:
+  """Class probabilities for uint8 RGB model inputs (raw images, or lesion crops for a classifier
+  trained on segmented input), preprocessed exactly as in training."""
+  mesh = mesh or sharding.make_mesh()
+  predict = sharding.jit_predict_step(steps.classification_predict_step, state, mesh)
+  inputs = [pipeline.preprocess_image(im, config.input.image_size) for im in images]
+  return inference.predict_arrays(predict, state, inputs, config.input.batch_size, mesh)

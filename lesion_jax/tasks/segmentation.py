@@ -41,7 +41,7 @@ class SegmenterConfig:
   eval_every: int = 500
   log_every: int = 50
   train_split: str = "train"
-  val_split: str = "validation"
+  val_split: str = "validation"  # "" = no validation: keep the last checkpoint (nothing selected)
   threshold: float = 0.5
   postprocess: bool = True  # fill holes + keep the largest component before scoring
   # Train (and pick the best checkpoint) on these stored masks instead of the ground truth, e.g.
@@ -160,11 +160,16 @@ def train(config: SegmenterConfig, workdir: str, seed: int | None = None,
 
   loop_config = loop.LoopConfig(
       num_steps=config.num_steps, batch_size=config.input.batch_size, eval_every=config.eval_every,
-      log_every=config.log_every, best_metric="val/jaccard", best_mode="max")
+      log_every=config.log_every, best_metric=_best_metric(config), best_mode="max")
   loop.train(state, steps.make_segmentation_train_step(config.loss),
              lambda start: pipeline.train_batches(train_input, start, config.train_split, builder),
-             validate, workdir, loop_config, rng_train, mesh)
+             validate if config.val_split else None, workdir, loop_config, rng_train, mesh)
   return restore(workdir, config, "best", mesh)
+
+
+def _best_metric(config: SegmenterConfig) -> str | None:
+  """Checkpoints are ranked by validation JA; without a validation split the latest is "best"."""
+  return "val/jaccard" if config.val_split else None
 
 
 def restore(workdir: str, config: SegmenterConfig, which: checkpoint.Which = "best",
@@ -172,7 +177,7 @@ def restore(workdir: str, config: SegmenterConfig, which: checkpoint.Which = "be
   """The segmenter saved in `workdir` (its best checkpoint by default), replicated on `mesh`."""
   mesh = mesh or sharding.make_mesh()
   template = init_state(config, jax.random.key(0))
-  with checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), "val/jaccard", read_only=True) as ckpts:
+  with checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), _best_metric(config), read_only=True) as ckpts:
     step = ckpts.best_step() if which == "best" else ckpts.latest_step() if which == "latest" else which
     state = ckpts.restore(template, which)
   logging.info("Restored segmenter from %s (step %s).", workdir, step)
@@ -219,12 +224,8 @@ def segment_images(state: TrainState, config: SegmenterConfig, images: list[np.n
   """
   mesh = mesh or sharding.make_mesh()
   predict = predict or sharding.jit_predict_step(steps.segmentation_predict_step, state, mesh)
-  size, batch_size = config.input.image_size, config.input.batch_size
-  inputs = [pipeline.preprocess_image(im, size) for im in images]
-  batches = (pipeline.pad_batch({"image": np.stack(inputs[i:i + batch_size])}, batch_size)
-             for i in range(0, len(inputs), batch_size))
-  probs = [p for batch, out in inference.predict_over(predict, state, batches, mesh)
-           for p, w in zip(out, batch["weight"]) if w > 0]
+  inputs = [pipeline.preprocess_image(im, config.input.image_size) for im in images]
+  probs = inference.predict_arrays(predict, state, inputs, config.input.batch_size, mesh)
   return [postprocess.resize_prob(p, im.shape[0], im.shape[1]) for p, im in zip(probs, images)]
 
 

@@ -70,7 +70,7 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
   has_masks = "mask" in builder.info.features
   root = config.artifact_dir or store.default_root(config.data_dir)
   fig_dir = os.path.join(workdir, "figures")
-  splits = list(dict.fromkeys([config.train_split, config.val_split, config.test_split]))
+  splits = list(dict.fromkeys(s for s in (config.train_split, config.val_split, config.test_split) if s))
 
   # 1. Annotation: K-means pseudo-masks for every split (scored against ground truth if any).
   t = time.perf_counter()
@@ -96,7 +96,7 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
     unet = segmentation.evaluate(seg_state, seg_config, pipeline.eval_batches(
         dataclasses.replace(seg_input, augment=AugmentConfig.off()), config.test_split, builder), mesh,
         keep_examples=8)
-    km = _kmeans_scores_at(kstore, builder, config.test_split, seg_input.image_size, unet.ids)
+    km = _kmeans_scores_at(kstore, builder, config.test_split, unet.ids)
     seg_report = {"kmeans": km["scores"], "unet": unet.scores,
                   "kmeans_uncertain": annotation[config.test_split].uncertain}
     figures.save_histogram(os.path.join(fig_dir, "jaccard_kmeans_vs_unet.png"),
@@ -169,8 +169,9 @@ def _write_segmenter_config(seg_dir: str, seg_config: segmentation.SegmenterConf
   io.write_json(os.path.join(seg_dir, "config.json"), _flat(seg_config))
 
 
-def _kmeans_scores_at(kstore, builder, split: str, size: int, ids: list[str]) -> dict[str, Any]:
-  """K-means pseudo-masks scored exactly like the U-Net: at the evaluation size, same ids/order."""
+def _kmeans_scores_at(kstore, builder, split: str, ids: list[str]) -> dict[str, Any]:
+  """K-means pseudo-masks scored exactly like the U-Net: against the stored ground truth at each
+  image's own resolution, over the same ids in the same order."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   truth = {}
   for ex in tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False).map(
@@ -178,9 +179,7 @@ def _kmeans_scores_at(kstore, builder, split: str, size: int, ids: list[str]) ->
     truth[ex["id"].decode()] = ex["mask"][..., 0] > 0
   acc = metrics.SegmentationAccumulator()
   for image_id in ids:
-    pred = postprocess.resize_mask(kstore.read_mask(image_id), size, size)
-    target = postprocess.resize_mask(truth[image_id], size, size)
-    acc.update(pred[None], target[None])
+    acc.update(kstore.read_mask(image_id)[None], truth[image_id][None])
   return {"scores": acc.result(), "per_image": acc.per_image()["jaccard"]}
 
 

@@ -81,8 +81,11 @@ def train(state: TrainState, train_step: Callable, batches_from: Callable[[int],
   else:
     state = _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rng, mesh,
                        start_step)
+  finish = time.perf_counter()
   ckpts.wait()
   ckpts.close()
+  if time.perf_counter() - finish > 5:
+    logging.info("Checkpoint writes finished after %.1fs.", time.perf_counter() - finish)
   if own_writer:
     writer.close()
   else:
