@@ -10,7 +10,6 @@ import os
 from absl import app, flags
 
 from experiments import common
-from lesion_jax import io
 from lesion_jax.artifacts import annotate, store
 from lesion_jax.data import pipeline
 

@@ -1,7 +1,6 @@
 """Run by tests/test_sharding.py in a subprocess with 8 fake CPU devices:
 trains the same few steps on 1 device and on 8, and restores the 8-device checkpoint on 1.
 Prints one JSON line with the comparisons."""
-import dataclasses
 import json
 import os
 import sys

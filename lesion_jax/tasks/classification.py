@@ -14,7 +14,7 @@ from lesion_jax import checkpoint, io
 from lesion_jax.data import pipeline
 from lesion_jax.data.augment import AugmentConfig
 from lesion_jax.eval import figures, inference, metrics
-from lesion_jax.models.classifiers import CLASSIFIERS, build_classifier
+from lesion_jax.models.classifiers import build_classifier
 from lesion_jax.tasks.segmentation import _from_flat_dict, learning_rate_schedule
 from lesion_jax.train import loop, sharding, steps
 from lesion_jax.train.state import TrainState, create_train_state, make_optimizer

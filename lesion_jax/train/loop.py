@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import jax
 import numpy as np

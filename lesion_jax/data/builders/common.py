@@ -637,3 +637,17 @@ class DermoscopyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     self.info.metadata["skipped_counts"] = counts
     self.info.metadata["skipped_examples"] = {s: dict(sorted(ids.items()))
                                               for s, ids in sorted(examples.items()) if ids}
+
+
+def index_isic_part1(manual_dir: epath.Path, dataset: str,
+                     needs: Mapping[str, tuple[str, str, str]], mask_pattern: str,
+                     read_labels: Callable[[epath.Path], Any]) -> dict[str, SplitIndex]:
+  """The ISIC 2016/2017 layout: per split an image folder (ISIC_xxxxxxx.jpg), a Part 1 mask
+  folder (`mask_pattern`) and a Part 3 label CSV, given as `needs[split] = (images, masks, csv)`."""
+  out = {}
+  for split in present_splits(manual_dir, dataset, needs):
+    image_dir, mask_dir, csv = (manual_dir / p for p in needs[split])
+    out[split] = match(index_files(image_dir, r"(ISIC_\d+)\.jpg", dataset),
+                       index_files(mask_dir, mask_pattern, dataset),
+                       read_labels(csv), image_dir=image_dir, mask_dir=mask_dir)
+  return out

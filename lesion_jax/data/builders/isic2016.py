@@ -101,11 +101,4 @@ The Part 3 image folders are not needed (they hold the same images as Part 1).
 
   def _index(self, manual_dir: epath.Path) -> dict[str, common.SplitIndex]:
     needs = {split: _paths(part) for split, part in _SPLITS.items()}
-    out = {}
-    for split in common.present_splits(manual_dir, self.name, needs):
-      image_dir, mask_dir, csv = (manual_dir / p for p in needs[split])
-      out[split] = common.match(
-          common.index_files(image_dir, r"(ISIC_\d+)\.jpg", self.name),
-          common.index_files(mask_dir, r"(ISIC_\d+)_Segmentation\.png", self.name),
-          read_labels(csv), image_dir=image_dir, mask_dir=mask_dir)
-    return out
+    return common.index_isic_part1(manual_dir, self.name, needs, r"(ISIC_\d+)_Segmentation\.png", read_labels)

@@ -111,11 +111,4 @@ folders may stay (they are ignored).
 
   def _index(self, manual_dir: epath.Path) -> dict[str, common.SplitIndex]:
     needs = {split: _paths(part) for split, part in _SPLITS.items()}
-    out = {}
-    for split in common.present_splits(manual_dir, self.name, needs):
-      image_dir, mask_dir, csv = (manual_dir / p for p in needs[split])
-      out[split] = common.match(
-          common.index_files(image_dir, r"(ISIC_\d+)\.jpg", self.name),
-          common.index_files(mask_dir, r"(ISIC_\d+)_segmentation\.png", self.name),
-          read_labels(csv), image_dir=image_dir, mask_dir=mask_dir)
-    return out
+    return common.index_isic_part1(manual_dir, self.name, needs, r"(ISIC_\d+)_segmentation\.png", read_labels)
