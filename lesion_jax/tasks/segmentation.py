@@ -120,7 +120,6 @@ def evaluate(state: TrainState, config: SegmenterConfig, batches: Iterator[dict[
   ids: list[str] = []
   kept: dict[str, list[np.ndarray]] = {"image": [], "mask": [], "pred": []}
   for batch, probs in inference.predict_over(predict, state, batches, mesh):
-    pred = binarize_predictions(probs, config.threshold, config.postprocess)
     real = batch["weight"] > 0
     if "mask_encoded" in batch:  # score at each image's own resolution, as the ISIC challenges do
       for i in np.flatnonzero(real):
@@ -129,14 +128,15 @@ def evaluate(state: TrainState, config: SegmenterConfig, batches: Iterator[dict[
                                       config.threshold, config.postprocess)
         acc.update(native, truth[None])
     else:
-      acc.update(pred, batch["mask"][..., 0] > 0.5, batch["weight"])
+      acc.update(binarize_predictions(probs, config.threshold, config.postprocess),
+                 batch["mask"][..., 0] > 0.5, batch["weight"])
     ids.extend(i.decode() if isinstance(i, bytes) else str(i) for i in batch["id"][real])
     room = keep_examples - len(kept["image"])
-    if room > 0:
+    if room > 0:  # examples for figures, at the model's input size
       take = np.flatnonzero(real)[:room]
       kept["image"].extend(figures.to_uint8_rgb((im + 1) / 2) for im in batch["image"][take])
       kept["mask"].extend(batch["mask"][take, ..., 0] > 0.5)
-      kept["pred"].extend(pred[take])
+      kept["pred"].extend(binarize_predictions(probs[take], config.threshold, config.postprocess))
   return SegmentationResult(acc.result(), acc.per_image(), ids,
                             {k: np.asarray(v) for k, v in kept.items()})
 
