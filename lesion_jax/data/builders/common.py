@@ -69,6 +69,18 @@ HAM_MALIGNANT = frozenset({"mel", "bcc", "akiec"})
 
 _MALIGNANT_NAMES = ["benign", "malignant"]
 
+# Cited by the ham10000 builder and by isic2018 (whose Task 3 images are HAM10000's).
+HAM10000_CITATION = """\
+@article{tschandl2018ham10000,
+  title={The HAM10000 dataset, a large collection of multi-source dermatoscopic images of common
+         pigmented skin lesions},
+  author={Tschandl, Philipp and Rosendahl, Cliff and Kittler, Harald},
+  journal={Scientific Data},
+  volume={5},
+  pages={180161},
+  year={2018}
+}"""
+
 
 class ManualDataError(FileNotFoundError):
   """A folder or file of the hand-downloaded archive is missing (or unusable as a whole)."""

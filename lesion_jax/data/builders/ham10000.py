@@ -81,16 +81,7 @@ class Ham10000(common.DermoscopyBuilder):
   HOMEPAGE = "https://doi.org/10.7910/DVN/DBW86T"
   DESCRIPTION = ("HAM10000 dermoscopy images with seven diagnoses, split 80/10/10 by lesion; "
                  "seg_* configs add the lesion masks of Tschandl et al.")
-  CITATION = """\
-@article{tschandl2018ham10000,
-  title={The HAM10000 dataset, a large collection of multi-source dermatoscopic images of common
-         pigmented skin lesions},
-  author={Tschandl, Philipp and Rosendahl, Cliff and Kittler, Harald},
-  journal={Scientific Data},
-  volume={5},
-  pages={180161},
-  year={2018}
-}"""
+  CITATION = common.HAM10000_CITATION
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download HAM10000 from the Harvard Dataverse (https://doi.org/10.7910/DVN/DBW86T) and unpack it
 into manual_dir, so that it holds:

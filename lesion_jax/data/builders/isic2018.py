@@ -94,15 +94,7 @@ class Isic2018(common.DermoscopyBuilder):
   journal={arXiv preprint arXiv:1902.03368},
   year={2019}
 }
-@article{tschandl2018ham10000,
-  title={The HAM10000 dataset, a large collection of multi-source dermatoscopic images of common
-         pigmented skin lesions},
-  author={Tschandl, Philipp and Rosendahl, Cliff and Kittler, Harald},
-  journal={Scientific Data},
-  volume={5},
-  pages={180161},
-  year={2018}
-}"""
+""" + common.HAM10000_CITATION
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download the ISIC 2018 challenge archives from https://challenge.isic-archive.com/data/#2018
 and unzip them into manual_dir. For the task1_* configs (splits Training → train,
