@@ -9,6 +9,8 @@ absolute times drift; the printed ratio is JAX images/s over PyTorch images/s (>
 Also prints the fraction of this machine's measured float32 matmul peak that each step achieves
 (FLOPs from XLA's cost analysis). PyTorch is found in this interpreter, or in --torch_python
 (`pip install torch==2.13.0` takes the local CPU wheel); without it the ratio line says so.
+The U-Net is also timed in a subprocess with XLA's own CPU defaults (LESION_JAX_XLA_DEFAULTS=0,
+see lesion_jax/__init__.py), to show what lesion_jax's XLA flag buys.
 """
 from __future__ import annotations
 
@@ -70,6 +72,16 @@ def measure_torch(python: str, reference: str, batch: int, size: int, width: int
   return float(match.group(1)) / 1e3 if match else None
 
 
+def measure_xla_defaults() -> float | None:
+  """U-Net seconds per step in a fresh process without lesion_jax's XLA:CPU flag."""
+  env = dict(os.environ, LESION_JAX_XLA_DEFAULTS="0")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--unet_only"], env=env,
+                        capture_output=True, text=True, timeout=900)
+  match = re.search(r"unet_ms=([\d.]+)", proc.stdout)
+  return float(match.group(1)) / 1e3 if match else None
+
+
 def find_torch(python_flag: str | None) -> str | None:
   candidates = [python_flag] if python_flag else [sys.executable]
   for python in candidates:
@@ -83,8 +95,13 @@ def main() -> None:
   parser.add_argument("--torch_python", default=os.environ.get("TORCH_PYTHON"),
                       help="Python interpreter that has torch (default: this one).")
   parser.add_argument("--rounds", type=int, default=3, help="Alternating JAX/PyTorch rounds.")
+  parser.add_argument("--unet_only", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
   batch, size, width = 8, 128, 16
+  if args.unet_only:  # the subprocess of measure_xla_defaults
+    seconds, _ = measure_jax(UNet(features=width, levels=4, norm="none"), batch, size, "segmentation")
+    print(f"unet_ms={seconds * 1e3:.2f}")
+    return
   print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{len(jax.devices())}; "
         f"{os.cpu_count()} CPU cores")
   peak = common.matmul_peak_gflops()
@@ -97,6 +114,7 @@ def main() -> None:
   jax_best = {k: float("inf") for k in unets}
   flops = {}
   torch_best = float("inf")
+  defaults_best = float("inf")
   for _ in range(args.rounds):
     for name, model in unets.items():
       seconds, flops[name] = measure_jax(model, batch, size, "segmentation")
@@ -104,14 +122,22 @@ def main() -> None:
     if torch_python and reference:
       t = measure_torch(torch_python, reference, batch, size, width)
       torch_best = min(torch_best, t) if t else torch_best
+    d = measure_xla_defaults()
+    defaults_best = min(defaults_best, d) if d else defaults_best
   for name in unets:
     s = jax_best[name]
     print(f"U-Net ({name} up-sampling) batch {batch} {size}px width {width}: {s * 1e3:.1f} ms/step, "
           f"{batch / s:.1f} img/s, {flops[name] / s / 1e9:.0f} GFLOP/s = {flops[name] / s / 1e9 / peak:.0%} of matmul peak")
+  if defaults_best < float("inf"):
+    print(f"U-Net (depth_to_space) with XLA's default CPU convolutions (LESION_JAX_XLA_DEFAULTS=0): "
+          f"{defaults_best * 1e3:.1f} ms/step, {batch / defaults_best:.1f} img/s")
   if torch_best < float("inf"):
     print(f"PyTorch reference U-Net: {torch_best * 1e3:.1f} ms/step, {batch / torch_best:.1f} img/s")
     for name in unets:
       print(f"ratio JAX/PyTorch images/s, U-Net {name}: {torch_best / jax_best[name]:.2f}")
+    if defaults_best < float("inf"):
+      print(f"ratio JAX/PyTorch images/s, U-Net depth_to_space with XLA's default CPU convolutions: "
+            f"{torch_best / defaults_best:.2f}")
   else:
     why = "no reference script found" if not reference else "torch is not installed"
     print(f"ratio JAX/PyTorch: skipped ({why}; pip install torch==2.13.0, or pass --torch_python)")

@@ -1,0 +1,81 @@
+"""The Flax modules: shapes, the U-Net's faster layers against their textbook forms, classifiers."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lesion_jax.models import layers
+from lesion_jax.models.classifiers import CLASSIFIERS, build_classifier
+from lesion_jax.models.unet import UNet
+
+
+def test_max_pool_2x_matches_reduce_window_pool_and_its_gradient():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 6, 3)), jnp.float32)  # no ties
+  reference = lambda y: nn.max_pool(y, (2, 2), strides=(2, 2))
+  np.testing.assert_array_equal(layers.max_pool_2x(x), reference(x))
+  weights = jnp.asarray(np.random.default_rng(1).normal(size=(2, 4, 3, 3)), jnp.float32)
+  grad = jax.grad(lambda y: jnp.sum(layers.max_pool_2x(y) * weights))(x)
+  grad_reference = jax.grad(lambda y: jnp.sum(reference(y) * weights))(x)
+  np.testing.assert_allclose(grad, grad_reference, rtol=0, atol=1e-6)
+  # Exactly one input per 2x2 window receives the window's gradient.
+  assert int(jnp.sum(grad != 0)) == 2 * 4 * 3 * 3
+
+
+def test_max_pool_2x_rejects_odd_sizes():
+  with pytest.raises(ValueError, match="even height and width"):
+    layers.max_pool_2x(jnp.zeros((1, 5, 4, 1)))
+
+
+def test_depth_to_space_upsample_is_a_2x2_stride_2_transposed_conv():
+  """The docstring's claim: same function class, here with the weights mapped one to one."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 3, 4, 5)), jnp.float32)
+  transpose = layers.Upsample2x(6, "transpose")
+  params_t = transpose.init(jax.random.key(0), x)["params"]
+  kernel_t = params_t["up"]["kernel"]  # (2, 2, in, out)
+  # Output pixel (2i+a, 2j+b) of the transposed conv sees input (i, j) through kernel_t[a, b]
+  # (flipped: lax's transposed conv correlates); pixel shuffle reads channel (a*2+b)*out+o.
+  kernel_d = jnp.flip(kernel_t, (0, 1)).transpose(2, 0, 1, 3).reshape(5, 4 * 6)
+  bias_d = jnp.tile(params_t["up"]["bias"], 4)
+  params_d = {"up": {"kernel": kernel_d, "bias": bias_d}}
+  out_t = transpose.apply({"params": params_t}, x)
+  out_d = layers.Upsample2x(6, "depth_to_space").apply({"params": params_d}, x)
+  assert out_d.shape == out_t.shape == (2, 6, 8, 6)
+  np.testing.assert_allclose(out_d, out_t, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("upsample", layers.UPSAMPLE_MODES)
+def test_unet_shapes_and_size_check(upsample):
+  model = UNet(features=4, levels=3, num_outputs=2, norm="batch", upsample=upsample)
+  x = jnp.zeros((2, 16, 24, 3))
+  variables = model.init(jax.random.key(0), x)
+  logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  assert logits.shape == (2, 16, 24, 2) and logits.dtype == jnp.float32
+  with pytest.raises(ValueError, match="divisible by 8"):
+    model.init(jax.random.key(0), jnp.zeros((1, 20, 16, 3)))
+
+
+def test_unet_bfloat16_compute_float32_params():
+  model = UNet(features=4, levels=2, dtype=jnp.bfloat16)
+  x = jnp.ones((1, 8, 8, 3))
+  variables = model.init(jax.random.key(0), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables["params"]))
+  assert model.apply(variables, x).dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", CLASSIFIERS)
+def test_classifiers_give_logits_per_class(name):
+  model = build_classifier(name, 3, width=0.125 if name.startswith("resnet") else 1.0)
+  x = jnp.zeros((2, 32, 32, 3))
+  variables = model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)}, x)
+  logits = model.apply(variables, x)
+  assert logits.shape == (2, 3)
+  assert bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_unknown_names_fail_clearly():
+  with pytest.raises(ValueError, match="unknown upsample"):
+    layers.Upsample2x(4, "bilinear").init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)))
+  with pytest.raises(ValueError):
+    build_classifier("vgg16", 2)
