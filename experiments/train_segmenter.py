@@ -15,7 +15,7 @@ from lesion_jax.tasks import segmentation
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
 common.define_data_flags(image_size=64, batch_size=16)
-common.define_loop_flags(num_steps=1500, eval_every=500, learning_rate=2e-3)
+common.define_loop_flags(num_steps=2000, eval_every=500, learning_rate=2e-3)
 flags.DEFINE_enum("model", "unet", list(segmentation.SEGMENTERS), "Segmentation network.")
 flags.DEFINE_integer("features", 16, "Width of the first U-Net level (doubles per level).")
 flags.DEFINE_integer("levels", 4, "Down/up-sampling levels.")
