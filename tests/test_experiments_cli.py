@@ -59,6 +59,12 @@ def test_evaluate_from_checkpoint_reproduces_metrics(trained):
   for key, value in train_metrics.items():
     assert eval_metrics[key] == value, key  # identical, not approximately equal
   assert os.path.exists(os.path.join(workdir, "figures", "eval_test_overlays.png"))
+  # Flip test-time augmentation scores into files of its own, leaving eval_test.json as it was.
+  run("experiments.evaluate", f"--workdir={workdir}", "--split=test", "--tta")
+  tta_metrics = json.load(open(os.path.join(workdir, "eval_test_tta.json")))
+  assert tta_metrics["tta"] is True and tta_metrics["test/num_images"] == 16
+  assert 0.0 <= tta_metrics["test/jaccard"] <= 1.0
+  assert json.load(open(os.path.join(workdir, "eval_test.json"))) == eval_metrics
 
 
 def test_rerun_resumes_from_latest_checkpoint(trained, tiny_data_dir):

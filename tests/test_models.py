@@ -79,3 +79,21 @@ def test_unknown_names_fail_clearly():
     layers.Upsample2x(4, "bilinear").init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)))
   with pytest.raises(ValueError):
     build_classifier("vgg16", 2)
+
+
+def test_flip_tta_prediction_is_flip_equivariant():
+  import optax  # pylint: disable=g-import-not-at-top
+  from lesion_jax.train import steps  # pylint: disable=g-import-not-at-top
+  from lesion_jax.train.state import create_train_state  # pylint: disable=g-import-not-at-top
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), jnp.float32)
+  state = create_train_state(UNet(features=4, levels=2, norm="batch"), optax.sgd(0.1),
+                             jax.random.key(0), images[:1])
+  plain = jax.jit(steps.segmentation_predict_step)
+  tta = jax.jit(steps.segmentation_predict_step_flip_tta)
+  mirrored = jnp.flip(images, 2)
+  # A single pass of a random U-Net is not mirror-symmetric; the flip average is, by construction.
+  assert float(jnp.max(jnp.abs(plain(state, mirrored) - jnp.flip(plain(state, images), 2)))) > 1e-4
+  np.testing.assert_allclose(tta(state, mirrored), jnp.flip(tta(state, images), 2), atol=1e-6)
+  by_hand = sum(jnp.flip(plain(state, jnp.flip(images, a)), a) if a else plain(state, images)
+                for a in ((), (1,), (2,), (1, 2))) / 4
+  np.testing.assert_allclose(tta(state, images), by_hand, atol=1e-6)

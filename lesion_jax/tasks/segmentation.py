@@ -193,12 +193,17 @@ def load_config(workdir: str) -> SegmenterConfig:
 
 
 def score_split(state: TrainState, config: SegmenterConfig, workdir: str, split: str = "test",
-                    mesh: jax.sharding.Mesh | None = None, prefix: str | None = None) -> dict[str, Any]:
+                mesh: jax.sharding.Mesh | None = None, prefix: str | None = None,
+                tta: bool = False) -> dict[str, Any]:
   """Scores `state` on `split`; writes figures (overlays, per-image JA histogram, curves) into
-  `workdir`/figures and returns the metrics prefixed with the split name."""
+  `workdir`/figures and returns the metrics prefixed with the split name. `tta` averages the
+  probabilities over the four flips of each image (steps.segmentation_predict_step_flip_tta)."""
   mesh = mesh or sharding.make_mesh()
   eval_input = dataclasses.replace(config.input, augment=AugmentConfig.off())
-  result = evaluate(state, config, pipeline.eval_batches(eval_input, split), mesh, keep_examples=16)
+  step = steps.segmentation_predict_step_flip_tta if tta else steps.segmentation_predict_step
+  predict = sharding.jit_predict_step(step, state, mesh)
+  result = evaluate(state, config, pipeline.eval_batches(eval_input, split), mesh, predict=predict,
+                    keep_examples=16)
   prefix = prefix or split
   fig_dir = os.path.join(workdir, "figures")
   if len(result.examples["image"]):

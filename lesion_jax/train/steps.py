@@ -84,6 +84,17 @@ def segmentation_predict_step(state: TrainState, images: jax.Array) -> jax.Array
   return jax.nn.sigmoid(logits[..., 0])
 
 
+def segmentation_predict_step_flip_tta(state: TrainState, images: jax.Array) -> jax.Array:
+  """`segmentation_predict_step` averaged over the 4 horizontal/vertical flips of each image
+  (test-time augmentation; each flip is undone before averaging, so maps stay aligned)."""
+  total = jnp.zeros(images.shape[:3], jnp.float32)
+  for axes in ((), (1,), (2,), (1, 2)):
+    flipped = jnp.flip(images, axes) if axes else images
+    probs = segmentation_predict_step(state, flipped)
+    total = total + (jnp.flip(probs, axes) if axes else probs)
+  return total / 4
+
+
 def classification_predict_step(state: TrainState, images: jax.Array) -> jax.Array:
   """Class probabilities, (N, C) float32."""
   logits, _ = apply_model(state, state.params, images, train=False)
