@@ -26,18 +26,16 @@ def result(tiny_data_dir, tmp_path_factory):
 def test_segmenter_same_on_1_and_8_devices(result):
   assert result["devices"] == 8 and result["seg_sharded_on"] == 8
   assert result["seg_loss_1"] == pytest.approx(result["seg_loss_8"], rel=1e-4, abs=1e-5)
-  # BatchNorm's statistics over 8 partial sums amplify rounding differences, so parameters are
-  # compared to how far the 3 steps moved them: a broken all-reduce differs by that much.
-  assert result["seg_param_change"] > 1e-2
-  assert result["seg_param_diff"] < 1e-2 * result["seg_param_change"]
-  assert result["seg_batch_stats_diff"] < 5e-4  # BatchNorm running statistics (~1) over the global batch
+  assert result["seg_param_change"] > 1e-2  # the steps moved the parameters, so a diff would show
+  assert result["seg_param_diff"] < 1e-4
+  assert result["seg_batch_stats_diff"] < 1e-4  # BatchNorm statistics over the global batch
   assert result["seg_val_1"] == pytest.approx(result["seg_val_8"], abs=1e-3)
 
 
 def test_classifier_same_on_1_and_8_devices(result):
   assert result["cls_loss_1"] == pytest.approx(result["cls_loss_8"], rel=1e-4, abs=1e-5)
   assert result["cls_param_change"] > 1e-2
-  assert result["cls_param_diff"] < 1e-2 * result["cls_param_change"]
+  assert result["cls_param_diff"] < 1e-4
   assert result["cls_batch_stats_diff"] < 1e-4
 
 
