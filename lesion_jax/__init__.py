@@ -8,8 +8,8 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 __version__ = "0.1.0"
 
 # XLA:CPU in jaxlib 0.10 hands convolutions to YNNPACK by default; for the convolution weight
-# gradients that dominate a U-Net train step its kernels run 2-3x slower than XLA's own (Eigen)
-# convolutions, and the whole step ~1.4x slower (benchmarks/train_step.py prints both). The flag
+# gradients that dominate a U-Net train step its kernels ran up to 3x slower than XLA's own
+# (Eigen) convolutions, and the whole step ~1.3x slower (benchmarks/train_step.py prints both). The flag
 # only affects the CPU backend and must be set before JAX creates its backends, hence here.
 # The flag name is jaxlib-version specific (an unknown XLA flag aborts the process), so it is only
 # added for the versions it was measured on. Set LESION_JAX_XLA_DEFAULTS=0 to keep XLA's choice.

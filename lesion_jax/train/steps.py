@@ -87,12 +87,9 @@ def segmentation_predict_step(state: TrainState, images: jax.Array) -> jax.Array
 def segmentation_predict_step_flip_tta(state: TrainState, images: jax.Array) -> jax.Array:
   """`segmentation_predict_step` averaged over the 4 horizontal/vertical flips of each image
   (test-time augmentation; each flip is undone before averaging, so maps stay aligned)."""
-  total = jnp.zeros(images.shape[:3], jnp.float32)
-  for axes in ((), (1,), (2,), (1, 2)):
-    flipped = jnp.flip(images, axes) if axes else images
-    probs = segmentation_predict_step(state, flipped)
-    total = total + (jnp.flip(probs, axes) if axes else probs)
-  return total / 4
+  flips = ((), (1,), (2,), (1, 2))  # () flips nothing: the image itself
+  return sum(jnp.flip(segmentation_predict_step(state, jnp.flip(images, axes)), axes)
+             for axes in flips) / len(flips)
 
 
 def classification_predict_step(state: TrainState, images: jax.Array) -> jax.Array:
