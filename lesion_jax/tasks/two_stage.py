@@ -75,8 +75,8 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
   # 1. Annotation: K-means pseudo-masks for every split (scored against ground truth if any).
   t = time.perf_counter()
   kstore = annotate.kmeans_store(root, builder.info.full_name, config.kmeans)
-  annotation = {s: annotate.annotate_split(builder, s, kstore, config.kmeans,
-                                           figure_dir=os.path.join(workdir, "figures")) for s in splits}
+  annotation = {s: annotate.annotate_split(builder, s, kstore, config.kmeans, figure_dir=fig_dir)
+                for s in splits}
   timings["annotate"] = time.perf_counter() - t
 
   # 2. U-Net trained on the pseudo-masks of train (best checkpoint by pseudo-mask JA on validation).
@@ -86,7 +86,7 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
   seg_config = dataclasses.replace(config.segmenter, input=seg_input, mask_artifacts=kstore.directory,
                                    train_split=config.train_split, val_split=config.val_split)
   seg_dir = os.path.join(workdir, "segmenter")
-  _write_segmenter_config(seg_dir, seg_config)
+  _write_run_config(seg_dir, seg_config)
   seg_state = segmentation.train(seg_config, seg_dir, mesh=mesh)
   timings["segmenter"] = time.perf_counter() - t
 
@@ -133,7 +133,7 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
         train_split=config.train_split, val_split=config.val_split,
         image_artifacts=crops_dir if spec.input == "segmented" else None)
     cls_dir = os.path.join(workdir, "classifiers", _slug(spec.name))
-    io.write_json(os.path.join(cls_dir, "config.json"), _flat(cls_config))
+    _write_run_config(cls_dir, cls_config)
     result = classification.run(cls_config, cls_dir, test_split=config.test_split, mesh=mesh)
     predictions = io.read_json(os.path.join(cls_dir, "predictions.json"))["test/_predictions"]
     if len(predictions["probs"][0]) == 2:
@@ -164,9 +164,10 @@ def _flat(config) -> dict[str, Any]:
   return flat
 
 
-def _write_segmenter_config(seg_dir: str, seg_config: segmentation.SegmenterConfig) -> None:
-  """config.json in the segmenter's own workdir, so evaluate/predict work on it directly."""
-  io.write_json(os.path.join(seg_dir, "config.json"), _flat(seg_config))
+def _write_run_config(run_dir: str, config) -> None:
+  """config.json in a stage's own workdir (segmenter or classifier), flat like the experiments'
+  flags, so evaluate/predict/train_* work on it directly."""
+  io.write_json(os.path.join(run_dir, "config.json"), _flat(config))
 
 
 def _kmeans_scores_at(kstore, builder, split: str, ids: list[str]) -> dict[str, Any]:
