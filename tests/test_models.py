@@ -45,6 +45,37 @@ def test_depth_to_space_upsample_is_a_2x2_stride_2_transposed_conv():
   np.testing.assert_allclose(out_d, out_t, rtol=1e-5, atol=1e-5)
 
 
+def test_space_to_depth_inverts_depth_to_space():
+  x = jnp.arange(2 * 3 * 4 * 8, dtype=jnp.float32).reshape(2, 3, 4, 8)
+  up = layers.depth_to_space(x, 2)
+  assert up.shape == (2, 6, 8, 2)
+  np.testing.assert_array_equal(layers.space_to_depth(up, 2), x)
+
+
+def test_pixel_shuffle_dense_is_dense_then_depth_to_space_with_the_same_parameters():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 4, 5)), jnp.float32)
+  dense = nn.Dense(4 * 6)
+  shuffle = layers.PixelShuffleDense(6)
+  params_dense = dense.init(jax.random.key(3), x)["params"]
+  params_shuffle = shuffle.init(jax.random.key(3), x)["params"]
+  assert jax.tree.map(jnp.shape, params_shuffle) == jax.tree.map(jnp.shape, params_dense)
+  np.testing.assert_array_equal(params_shuffle["kernel"], params_dense["kernel"])
+  params = {"kernel": params_dense["kernel"], "bias": jnp.linspace(-1, 1, 24)}
+  np.testing.assert_allclose(shuffle.apply({"params": params}, x),
+                             layers.depth_to_space(dense.apply({"params": params}, x), 2), rtol=1e-6, atol=1e-6)
+
+
+def test_dense_depth_to_space_hand_written_gradient_matches_autodiff():
+  rng = np.random.default_rng(0)
+  x, kernel, bias, grad = (jnp.asarray(rng.normal(size=s), jnp.float32)
+                           for s in ((2, 3, 4, 5), (5, 12), (12,), (2, 6, 8, 3)))
+  _, vjp = jax.vjp(layers.dense_depth_to_space, x, kernel, bias)
+  _, vjp_reference = jax.vjp(lambda a, k, b: layers.depth_to_space(a @ k + b, 2), x, kernel, bias)
+  for got, want in zip(vjp(grad), vjp_reference(grad)):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("upsample", layers.UPSAMPLE_MODES)
 def test_unet_shapes_and_size_check(upsample):
   model = UNet(features=4, levels=3, num_outputs=2, norm="batch", upsample=upsample)
