@@ -15,9 +15,9 @@ from lesion_jax.data import pipeline
 from lesion_jax.data.augment import AugmentConfig
 from lesion_jax.eval import figures, inference, metrics
 from lesion_jax.models.classifiers import build_classifier
-from lesion_jax.tasks.segmentation import _from_flat_dict, learning_rate_schedule
+from lesion_jax.tasks import config as config_lib
 from lesion_jax.train import loop, sharding, steps
-from lesion_jax.train.state import TrainState, create_train_state, make_optimizer
+from lesion_jax.train.state import TrainState, create_train_state, learning_rate_schedule, make_optimizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,7 +44,7 @@ class ClassifierConfig:
   @classmethod
   def from_flat_dict(cls, values: dict[str, Any]) -> "ClassifierConfig":
     values = dict(values, task="classification")
-    return _from_flat_dict(cls, values)
+    return config_lib.from_flat_dict(cls, values)
 
   def effective_input(self) -> pipeline.InputConfig:
     if not self.image_artifacts:
@@ -60,7 +60,8 @@ def class_names(config: ClassifierConfig, builder=None) -> list[str]:
 def init_state(config: ClassifierConfig, num_classes: int, rng: jax.Array) -> TrainState:
   size = config.input.image_size
   model = build_classifier(config.model, num_classes, config.width, jnp.dtype(config.dtype))
-  tx = make_optimizer(config.optimizer, learning_rate_schedule(config), weight_decay=config.weight_decay)
+  schedule = learning_rate_schedule(config.lr_schedule, config.learning_rate, config.num_steps, config.warmup_steps)
+  tx = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay)
   return create_train_state(model, tx, rng, jnp.zeros((1, size, size, 3), jnp.float32))
 
 

@@ -8,7 +8,6 @@ from typing import Any, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from absl import logging
 
 from lesion_jax import checkpoint, io
@@ -16,8 +15,9 @@ from lesion_jax.data import pipeline
 from lesion_jax.data.augment import AugmentConfig
 from lesion_jax.eval import figures, inference, metrics, postprocess
 from lesion_jax.models.unet import UNet
+from lesion_jax.tasks import config as config_lib
 from lesion_jax.train import loop, sharding, steps
-from lesion_jax.train.state import TrainState, create_train_state, make_optimizer
+from lesion_jax.train.state import TrainState, create_train_state, learning_rate_schedule, make_optimizer
 
 SEGMENTERS = ("unet", "dilated_unet")
 
@@ -58,18 +58,7 @@ class SegmenterConfig:
   @classmethod
   def from_flat_dict(cls, values: dict[str, Any]) -> "SegmenterConfig":
     """From flat flag values (config.json); unknown keys are ignored, missing ones default."""
-    return _from_flat_dict(cls, values)
-
-
-def _from_flat_dict(cls, values: dict[str, Any]):
-  input_fields = {f.name for f in dataclasses.fields(pipeline.InputConfig)}
-  own = {f.name for f in dataclasses.fields(cls)} - {"input"}
-  inputs = {k: v for k, v in values.items() if k in input_fields and k != "augment"}
-  if not values.get("augment", True):
-    inputs["augment"] = AugmentConfig.off()
-  elif values.get("color_jitter"):
-    inputs["augment"] = AugmentConfig(color=float(values["color_jitter"]))
-  return cls(input=pipeline.InputConfig(**inputs), **{k: v for k, v in values.items() if k in own})
+    return config_lib.from_flat_dict(cls, values)
 
 
 def build_model(config: SegmenterConfig) -> UNet:
@@ -80,18 +69,10 @@ def build_model(config: SegmenterConfig) -> UNet:
               bottleneck_dilations=(1, 2, 4, 8) if config.model == "dilated_unet" else ())
 
 
-def learning_rate_schedule(config) -> optax.Schedule:
-  if config.lr_schedule == "constant":
-    return optax.constant_schedule(config.learning_rate)
-  if config.lr_schedule == "cosine":
-    return optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, min(config.warmup_steps, config.num_steps // 2),
-                                              max(config.num_steps, 1), end_value=0.01 * config.learning_rate)
-  raise ValueError(f"unknown lr_schedule {config.lr_schedule!r}; choose constant or cosine")
-
-
 def init_state(config: SegmenterConfig, rng: jax.Array) -> TrainState:
   size = config.input.image_size
-  tx = make_optimizer(config.optimizer, learning_rate_schedule(config))
+  schedule = learning_rate_schedule(config.lr_schedule, config.learning_rate, config.num_steps, config.warmup_steps)
+  tx = make_optimizer(config.optimizer, schedule)
   return create_train_state(build_model(config), tx, rng, jnp.zeros((1, size, size, 3), jnp.float32))
 
 

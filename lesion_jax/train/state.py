@@ -36,6 +36,17 @@ def make_optimizer(name: str, learning_rate: float | optax.Schedule, momentum: f
   raise ValueError(f"unknown optimizer {name!r}; choose adam, adamw or sgd")
 
 
+def learning_rate_schedule(name: str, learning_rate: float, num_steps: int,
+                           warmup_steps: int = 0) -> optax.Schedule:
+  """'constant', or 'cosine': linear warm-up (at most half the run) then cosine decay to 1 %."""
+  if name == "constant":
+    return optax.constant_schedule(learning_rate)
+  if name == "cosine":
+    return optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(warmup_steps, num_steps // 2),
+                                              max(num_steps, 1), end_value=0.01 * learning_rate)
+  raise ValueError(f"unknown lr_schedule {name!r}; choose constant or cosine")
+
+
 def count_params(params: Any) -> int:
   return int(sum(x.size for x in jax.tree.leaves(params)))
 
