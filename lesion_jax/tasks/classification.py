@@ -67,7 +67,8 @@ def init_state(config: ClassifierConfig, num_classes: int, rng: jax.Array) -> Tr
 
 def predict_probs(state: TrainState, batches: Iterator[dict[str, np.ndarray]], mesh, predict=None
                   ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-  """(labels, probabilities (N, C), ids) over every real (non-padding) example of `batches`."""
+  """(labels, probabilities (N, C), ids) over every real (non-padding) example of `batches`
+  (of every host's batches, in a multi-host run)."""
   predict = predict or sharding.jit_predict_step(steps.classification_predict_step, state, mesh)
   labels, probs, ids = [], [], []
   for batch, out in inference.predict_over(predict, state, batches, mesh):
@@ -75,7 +76,9 @@ def predict_probs(state: TrainState, batches: Iterator[dict[str, np.ndarray]], m
     labels.append(batch["label"][real])
     probs.append(out[real])
     ids.extend(i.decode() if isinstance(i, bytes) else str(i) for i in batch["id"][real])
-  return np.concatenate(labels), np.concatenate(probs), ids
+  # Each host predicted its own shard of the split; every host scores all of it.
+  rows = sharding.allgather_rows({"labels": np.concatenate(labels), "probs": np.concatenate(probs)})
+  return rows["labels"], rows["probs"], sharding.allgather_strings(ids)
 
 
 def _best_value(scores: dict[str, Any], name: str) -> float:
@@ -119,10 +122,9 @@ def _best_metric(config: ClassifierConfig) -> str | None:
 def restore(workdir: str, config: ClassifierConfig, num_classes: int, which: checkpoint.Which = "best",
             mesh=None) -> TrainState:
   mesh = mesh or sharding.make_mesh()
-  template = init_state(config, num_classes, jax.random.key(0))
+  template = sharding.replicate(init_state(config, num_classes, jax.random.key(0)), mesh)
   with checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), _best_metric(config), read_only=True) as c:
-    state = c.restore(template, which)
-  return sharding.replicate(state, mesh)
+    return c.restore(template, which)  # into the mesh's sharding, as segmentation.restore
 
 
 def score_split(state: TrainState, config: ClassifierConfig, split: str, mesh=None,

@@ -118,8 +118,10 @@ def evaluate(state: TrainState, config: SegmenterConfig, batches: Iterator[dict[
       kept["image"].extend(figures.to_uint8_rgb((im + 1) / 2) for im in batch["image"][take])
       kept["mask"].extend(batch["mask"][take, ..., 0] > 0.5)
       kept["pred"].extend(binarize_predictions(probs[take], config.threshold, config.postprocess))
-  return SegmentationResult(acc.result(), acc.per_image(), ids,
-                            {k: np.asarray(v) for k, v in kept.items()})
+  # Each host scored its own shard of the split; every host summarises all of it.
+  per_image = metrics.scores_from_counts(sharding.allgather_rows(acc.counts()))
+  return SegmentationResult(metrics.summarize_segmentation(per_image, acc.threshold_ja), per_image,
+                            sharding.allgather_strings(ids), {k: np.asarray(v) for k, v in kept.items()})
 
 
 def train(config: SegmenterConfig, workdir: str, seed: int | None = None,
@@ -157,12 +159,14 @@ def restore(workdir: str, config: SegmenterConfig, which: checkpoint.Which = "be
             mesh: jax.sharding.Mesh | None = None) -> TrainState:
   """The segmenter saved in `workdir` (its best checkpoint by default), replicated on `mesh`."""
   mesh = mesh or sharding.make_mesh()
-  template = init_state(config, jax.random.key(0))
+  # Restored straight into the mesh's sharding (on several hosts, arrays committed to one local
+  # device could not be moved onto the global mesh afterwards).
+  template = sharding.replicate(init_state(config, jax.random.key(0)), mesh)
   with checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), _best_metric(config), read_only=True) as ckpts:
     step = ckpts.best_step() if which == "best" else ckpts.latest_step() if which == "latest" else which
     state = ckpts.restore(template, which)
   logging.info("Restored segmenter from %s (step %s).", workdir, step)
-  return sharding.replicate(state, mesh)
+  return state
 
 
 def load_config(workdir: str) -> SegmenterConfig:

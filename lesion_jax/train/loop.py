@@ -68,12 +68,12 @@ def train(state: TrainState, train_step: Callable, batches_from: Callable[[int],
   own_writer = writer is None
   writer = writer or MetricWriter(workdir)
   start_step = 0
-  if ckpts.latest_step() is not None:
+  state = sharding.replicate(state, mesh)
+  if ckpts.latest_step() is not None:  # restored into the replicated sharding (works across hosts)
     state = ckpts.restore(state, "latest")
     start_step = int(jax.device_get(state.step))
     writer.truncate(start_step)
     logging.info("Resumed from %s at step %d.", ckpts.directory, start_step)
-  state = sharding.replicate(state, mesh)
   step_fn = sharding.jit_train_step(train_step, state, mesh)
 
   if start_step >= config.num_steps:

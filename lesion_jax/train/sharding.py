@@ -95,6 +95,37 @@ def jit_predict_step(predict_step: Callable, state: Any, mesh: Mesh) -> Callable
                  out_shardings=batch_sharded(mesh))
 
 
+def allgather_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Every process's rows of `arrays` (same leading length within a process, any length across
+  processes), concatenated in process order, on every process: per-example evaluation results
+  from each host's shard of a split become results over the whole split."""
+  if jax.process_count() == 1:
+    return arrays
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  local = len(next(iter(arrays.values())))
+  counts = np.asarray(multihost_utils.process_allgather(np.int32(local))).reshape(-1)
+  longest = int(counts.max())
+  padded = {k: np.concatenate([v, np.zeros((longest - local, *v.shape[1:]), v.dtype)])
+            for k, v in arrays.items()}
+  gathered = multihost_utils.process_allgather(padded)  # each (processes, longest, ...)
+  return {k: np.concatenate([np.asarray(g[p, :n]) for p, n in enumerate(counts)])
+          for k, g in gathered.items()}
+
+
+def allgather_strings(strings: list[str]) -> list[str]:
+  """`allgather_rows` for a list of strings (example ids)."""
+  if jax.process_count() == 1:
+    return strings
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  encoded = [s.encode() for s in strings]
+  width = int(np.max(multihost_utils.process_allgather(np.int32(max(map(len, encoded), default=1)))))
+  table = np.zeros((len(encoded), width), np.uint8)
+  for i, e in enumerate(encoded):
+    table[i, :len(e)] = np.frombuffer(e, np.uint8)
+  rows = allgather_rows({"s": table})["s"]
+  return [bytes(r).rstrip(b"\0").decode() for r in rows]
+
+
 def to_host(x: jax.Array) -> np.ndarray:
   """This process's rows of a batch-sharded global array, as numpy (in batch order)."""
   if jax.process_count() == 1:

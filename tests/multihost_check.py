@@ -1,0 +1,47 @@
+"""Run by tests/test_multihost.py as two processes (one CPU device each) joined through
+`jax.distributed` on the loopback address: trains a few segmenter steps with each host reading
+its own shard, then writes what each host saw and holds to `result_<process>.json` / `.npz`."""
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+
+from lesion_jax.data import pipeline
+from lesion_jax.tasks import segmentation
+from lesion_jax.train import sharding
+
+
+def make_config(data_dir: str) -> segmentation.SegmenterConfig:
+  return segmentation.SegmenterConfig(
+      input=pipeline.InputConfig(dataset="synthetic_lesions/tiny", data_dir=data_dir, image_size=32,
+                                 batch_size=8),
+      features=4, levels=2, num_steps=3, eval_every=3, log_every=1, lr_schedule="constant",
+      optimizer="sgd", learning_rate=0.05)
+
+
+def flat_params(params) -> dict[str, np.ndarray]:
+  return {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(jax.device_get(v))
+          for path, v in jax.tree_util.tree_leaves_with_path(params)}
+
+
+def main(data_dir: str, workdir: str, process_id: int, num_processes: int, port: int) -> None:
+  sharding.initialize_distributed("on", f"127.0.0.1:{port}", num_processes, process_id)
+  config = make_config(data_dir)
+  mesh = sharding.make_mesh()
+  state = segmentation.train(config, os.path.join(workdir, "run"), mesh=mesh)
+  builder = pipeline.get_builder("synthetic_lesions/tiny", data_dir)
+  train_ids = [r["id"].decode() for r in pipeline.read_split(builder, "train").as_numpy_iterator()]
+  validation = segmentation.evaluate(state, config, pipeline.eval_batches(config.input, "validation", builder), mesh)
+  np.savez(os.path.join(workdir, f"params_{process_id}.npz"), **flat_params(state.params))
+  result = {"process_count": jax.process_count(), "devices": len(jax.devices()),
+            "local_devices": len(jax.local_devices()), "mesh_devices": int(mesh.devices.size),
+            "train_ids": train_ids, "validation": validation.scores, "validation_ids": validation.ids}
+  with open(os.path.join(workdir, f"result_{process_id}.json"), "w") as f:
+    json.dump(result, f)
+
+
+if __name__ == "__main__":
+  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+  main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
