@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from lesion_jax.data import pipeline
-from lesion_jax.tasks import segmentation
+from lesion_jax.tasks import classification, segmentation
 from lesion_jax.train import sharding
 
 
@@ -35,7 +35,15 @@ def main(data_dir: str, workdir: str, process_id: int, num_processes: int, port:
   train_ids = [r["id"].decode() for r in pipeline.read_split(builder, "train").as_numpy_iterator()]
   validation = segmentation.evaluate(state, config, pipeline.eval_batches(config.input, "validation", builder), mesh)
   np.savez(os.path.join(workdir, f"params_{process_id}.npz"), **flat_params(state.params))
-  result = {"process_count": jax.process_count(), "devices": len(jax.devices()),
+  classifier = classification.ClassifierConfig(
+      input=pipeline.InputConfig(dataset="synthetic_lesions/tiny", data_dir=data_dir, image_size=32,
+                                 batch_size=8, task="classification", label_key="malignant"),
+      model="lenet5", num_steps=3, eval_every=3, log_every=1, lr_schedule="constant")
+  cls_state = classification.train(classifier, os.path.join(workdir, "classifier"), mesh=mesh)
+  labels, probs, cls_ids = classification.predict_probs(
+      cls_state, pipeline.eval_batches(classifier.input, "validation", builder), mesh)
+  result = {"classifier_validation": {"labels": labels.tolist(), "probs": probs.tolist(), "ids": cls_ids},
+            "process_count": jax.process_count(), "devices": len(jax.devices()),
             "local_devices": len(jax.local_devices()), "mesh_devices": int(mesh.devices.size),
             "train_ids": train_ids, "validation": validation.scores, "validation_ids": validation.ids}
   with open(os.path.join(workdir, f"result_{process_id}.json"), "w") as f:

@@ -73,6 +73,10 @@ def test_validation_scores_cover_the_whole_split_on_every_host(run, tiny_data_di
   for r in results:
     assert r["validation"]["num_images"] == total == len(set(r["validation_ids"]))
   assert results[0]["validation"] == results[1]["validation"]
+  # The classifier's predictions too: every validation example, the same on both hosts.
+  predictions = [r["classifier_validation"] for r in results]
+  assert len(predictions[0]["labels"]) == total == len(set(predictions[0]["ids"]))
+  assert predictions[0] == predictions[1]
 
 
 def test_checkpoint_written_once_restores_in_one_process(run, tiny_data_dir):
