@@ -42,7 +42,16 @@ def main(data_dir: str, workdir: str, process_id: int, num_processes: int, port:
   cls_state = classification.train(classifier, os.path.join(workdir, "classifier"), mesh=mesh)
   labels, probs, cls_ids = classification.predict_probs(
       cls_state, pipeline.eval_batches(classifier.input, "validation", builder), mesh)
-  result = {"classifier_validation": {"labels": labels.tolist(), "probs": probs.tolist(), "ids": cls_ids},
+  # The gathers on uneven shards (3 rows here, none on the other host), 64-bit values, and
+  # strings of different lengths, non-ASCII, with a trailing NUL.
+  rows = 3 if process_id == 0 else 0
+  uneven = sharding.allgather_rows({"i": np.arange(rows, dtype=np.int64) + 2 ** 40,
+                                    "f": np.full((rows, 2), 0.5, np.float32)})
+  strings = sharding.allgather_strings([f"é{process_id}", "a\0", "x" * (5 + process_id)])
+  result = {"uneven": {"i": uneven["i"].tolist(), "i_dtype": str(uneven["i"].dtype),
+                       "f_shape": list(uneven["f"].shape)},
+            "strings": strings,
+            "classifier_validation": {"labels": labels.tolist(), "probs": probs.tolist(), "ids": cls_ids},
             "process_count": jax.process_count(), "devices": len(jax.devices()),
             "local_devices": len(jax.local_devices()), "mesh_devices": int(mesh.devices.size),
             "train_ids": train_ids, "validation": validation.scores, "validation_ids": validation.ids}

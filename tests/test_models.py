@@ -76,6 +76,20 @@ def test_dense_depth_to_space_hand_written_gradient_matches_autodiff():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+def test_pixel_shuffle_dense_bfloat16_gradients_match_dense_then_depth_to_space():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 3, 4, 5)), jnp.float32)
+  weights = jnp.asarray(np.random.default_rng(1).normal(size=(2, 6, 8, 3)), jnp.float32)
+  shuffle = layers.PixelShuffleDense(3, dtype=jnp.bfloat16)
+  params = shuffle.init(jax.random.key(0), x)["params"]
+  reference = lambda p, y: layers.depth_to_space(nn.Dense(12, dtype=jnp.bfloat16).apply({"params": p}, y), 2)
+  loss = lambda f: lambda p, y: jnp.sum(f(p, y).astype(jnp.float32) * weights)
+  grads = jax.grad(loss(lambda p, y: shuffle.apply({"params": p}, y)), argnums=(0, 1))(params, x)
+  grads_reference = jax.grad(loss(reference), argnums=(0, 1))(params, x)
+  for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_reference)):
+    assert got.dtype == want.dtype == jnp.float32  # float32 parameters and inputs get float32 gradients
+    np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2 * float(jnp.max(jnp.abs(want))))
+
+
 @pytest.mark.parametrize("upsample", layers.UPSAMPLE_MODES)
 def test_unet_shapes_and_size_check(upsample):
   model = UNet(features=4, levels=3, num_outputs=2, norm="batch", upsample=upsample)

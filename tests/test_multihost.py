@@ -59,6 +59,13 @@ def test_each_host_reads_its_own_shard(run, tiny_data_dir):
   assert shards[0] | shards[1] == everything
 
 
+def test_gathers_handle_uneven_shards_64_bit_values_and_any_string(run):
+  _, results, _ = run
+  for r in results:
+    assert r["uneven"] == {"i": [2 ** 40, 2 ** 40 + 1, 2 ** 40 + 2], "i_dtype": "int64", "f_shape": [3, 2]}
+    assert r["strings"] == ["é0", "a\0", "xxxxx", "é1", "a\0", "xxxxxx"]
+
+
 def test_parameters_identical_on_both_hosts(run):
   _, _, params = run
   assert params[0].keys() == params[1].keys() and params[0]

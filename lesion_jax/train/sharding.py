@@ -105,11 +105,17 @@ def allgather_rows(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   local = len(next(iter(arrays.values())))
   counts = np.asarray(multihost_utils.process_allgather(np.int32(local))).reshape(-1)
   longest = int(counts.max())
-  padded = {k: np.concatenate([v, np.zeros((longest - local, *v.shape[1:]), v.dtype)])
-            for k, v in arrays.items()}
-  gathered = multihost_utils.process_allgather(padded)  # each (processes, longest, ...)
-  return {k: np.concatenate([np.asarray(g[p, :n]) for p, n in enumerate(counts)])
-          for k, g in gathered.items()}
+  # Sent as raw bytes: device transfers would turn 64-bit values into 32-bit ones (without x64).
+  as_bytes = {k: np.ascontiguousarray(v).reshape(local, int(np.prod(v.shape[1:]))).view(np.uint8)
+              for k, v in arrays.items()}
+  padded = {k: np.concatenate([b, np.zeros((longest - local, b.shape[1]), np.uint8)])
+            for k, b in as_bytes.items()}
+  gathered = multihost_utils.process_allgather(padded)  # each (processes, longest, bytes per row)
+  out = {}
+  for k, g in gathered.items():
+    rows = np.concatenate([np.asarray(g[p, :n]) for p, n in enumerate(counts)])
+    out[k] = np.ascontiguousarray(rows).view(arrays[k].dtype).reshape(-1, *arrays[k].shape[1:])
+  return out
 
 
 def allgather_strings(strings: list[str]) -> list[str]:
@@ -122,8 +128,8 @@ def allgather_strings(strings: list[str]) -> list[str]:
   table = np.zeros((len(encoded), width), np.uint8)
   for i, e in enumerate(encoded):
     table[i, :len(e)] = np.frombuffer(e, np.uint8)
-  rows = allgather_rows({"s": table})["s"]
-  return [bytes(r).rstrip(b"\0").decode() for r in rows]
+  rows = allgather_rows({"bytes": table, "length": np.array([len(e) for e in encoded], np.int32)})
+  return [bytes(r[:n]).decode() for r, n in zip(rows["bytes"], rows["length"])]
 
 
 def to_host(x: jax.Array) -> np.ndarray:
