@@ -63,13 +63,16 @@ def main() -> None:
   args = parser.parse_args()
   batch, layers = 8, unet_conv_layers()
   torch_python = find_torch(args.torch_python)
-  torch_ms = None
+  torch_ms, skipped = None, "; PyTorch skipped (torch not found)"
   if torch_python:
     proc = subprocess.run([torch_python, TORCH_SCRIPT, str(batch), json.dumps(layers)],
                           capture_output=True, text=True, timeout=1800)
-    torch_ms = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else None
+    if proc.returncode == 0:
+      torch_ms, skipped = json.loads(proc.stdout.strip().splitlines()[-1]), ""
+    else:
+      skipped = f"; PyTorch skipped ({TORCH_SCRIPT} failed: {proc.stderr.strip()[-300:]})"
   print(f"jax {jax.__version__}, XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; batch {batch}; "
-        f"milliseconds, best of 3x5 calls" + ("" if torch_ms else "; PyTorch skipped (torch not found)"))
+        f"milliseconds, best of 3x5 calls{skipped}")
   head = "size  c_in->c_out |   jax fwd  d_input d_weight"
   print(head + ("  |  torch fwd  d_input d_weight" if torch_ms else ""))
   totals = np.zeros((2, 3))
