@@ -3,7 +3,8 @@ r"""tf.data throughput with augmentation and an artifact join, against the train
   python benchmarks/input_pipeline.py [--data_dir=/tmp/bench_tfds] [--image_size=64] [--batch_size=16]
 
 Measures the segmentation training stream (decode, resize, flips, rotation about the lesion
-centroid, random crop, K-means pseudo-mask joined by id, batching) on `synthetic_lesions`, then
+centroid, random crop, batching) on `synthetic_lesions` with the ground-truth mask, with the hair
+and occlusion masks moved along, and with a K-means pseudo-mask joined by id, then
 the U-Net train step's consumption (images/s) at the same size and batch, and prints the ratio
 (>= 3 means the input never starves the step). The dataset and pseudo-masks are generated into
 --data_dir on first use.
@@ -19,7 +20,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import train_step  # noqa: E402
 from lesion_jax.artifacts import annotate, kmeans, store  # noqa: E402
-from lesion_jax.data import pipeline  # noqa: E402
+from lesion_jax.data import ops, pipeline  # noqa: E402
+from lesion_jax.data.augment import AugmentConfig  # noqa: E402
 from lesion_jax.models.unet import UNet  # noqa: E402
 
 
@@ -35,10 +37,16 @@ def main() -> None:
   kstore = annotate.kmeans_store(store.default_root(args.data_dir), builder.info.full_name, config)
   annotate.annotate_split(builder, "train", kstore, config)
   base = pipeline.InputConfig(data_dir=args.data_dir, image_size=args.image_size, batch_size=args.batch_size)
-  for name, cfg in (("ground-truth masks", base),
-                    ("K-means masks joined by id", dataclasses.replace(
-                        base, joins=(pipeline.ArtifactJoin("mask", kstore.directory),)))):
-    it = pipeline.train_batches(cfg, builder=builder)
+  size, augment = args.image_size, AugmentConfig()
+  masks = ("mask", "hair_mask", "occlusion_mask")
+  three_masks = ([ops.decode_image(), ops.resize_image("image", size)]
+                 + [op for k in masks for op in (ops.decode_mask(k), ops.resize_mask(k, size))]
+                 + [ops.augment(augment, spatial_keys=masks), ops.normalize(), ops.keep(("id", "image") + masks)])
+  joined = dataclasses.replace(base, joins=(pipeline.ArtifactJoin("mask", kstore.directory),))
+  for name, cfg, preprocess in (("ground-truth masks", base, ops.segmentation_ops(size, augment)),
+                                ("lesion + hair + occlusion masks moved together", base, three_masks),
+                                ("K-means masks joined by id", joined, ops.segmentation_ops(size, augment))):
+    it = pipeline.train_iterator(cfg, preprocess, builder=builder)
     for _ in range(5):
       next(it)
     start = time.perf_counter()

@@ -10,11 +10,14 @@ import os
 from absl import app, flags
 
 from experiments import common
+from lesion_jax import config as config_lib
 from lesion_jax.artifacts import annotate, store
 from lesion_jax.data import pipeline
 
 FLAGS = flags.FLAGS
-common.define_data_flags()
+common.define_config_flags(pipeline.InputConfig(), skip={
+    leaf.path for leaf in config_lib.leaves(pipeline.InputConfig())
+    if leaf.path not in ("dataset", "data_dir", "manual_dir")})
 common.define_kmeans_flags()
 flags.DEFINE_list("splits", ["train", "validation", "test"], "Splits to annotate.")
 flags.DEFINE_integer("annotate_batch", 64, "Images clustered per jitted call.")

@@ -8,7 +8,7 @@ from typing import Any, Iterable
 
 from absl import flags, logging
 
-from lesion_jax import io
+from lesion_jax import config as config_lib
 
 FLAGS = flags.FLAGS
 
@@ -32,9 +32,6 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host; auto-detected on TPU/SLURM).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host; auto-detected on TPU/SLURM).")
 
-_RUN_FLAGS_NOT_CONFIG = {"distributed", "coordinator_address", "num_processes", "process_id"}
-
-
 def init_distributed() -> None:
   """Call first in every main: joins a multi-host run when asked or detected."""
   from lesion_jax.train import sharding  # pylint: disable=g-import-not-at-top
@@ -48,77 +45,123 @@ def define_workdir_flag() -> None:
   flags.mark_flag_as_required("workdir")
 
 
-def define_data_flags(image_size: int = 64, batch_size: int = 16) -> None:
-  flags.DEFINE_string("dataset", "synthetic_lesions", "TFDS dataset name[/config], e.g. "
-                      "synthetic_lesions, synthetic_lesions/s128, isic2017.")
-  flags.DEFINE_string("data_dir", None, "TFDS data directory (default: ~/tensorflow_datasets).")
-  flags.DEFINE_string("manual_dir", None, "Folder with the hand-downloaded archive (real datasets).")
-  flags.DEFINE_integer("image_size", image_size, "Images are resized to image_size x image_size.")
-  flags.DEFINE_integer("batch_size", batch_size, "Global batch size (split across devices).")
-  flags.DEFINE_integer("seed", 0, "Seed for initialisation, shuffling and augmentation.")
-  flags.DEFINE_bool("augment", True, "Flips, rotation about the lesion centroid, random crops.")
-  flags.DEFINE_float("color_jitter", 0.0, "Brightness/contrast/saturation jitter strength (0 = off); "
-                     "helps real photographs taken under varying light.")
+def define_config_flags(default: Any, aliases: dict[str, str] | None = None,
+                        skip: Iterable[str] = (), auto_aliases: bool = True) -> None:
+  """One flag per leaf of the (nested dataclass) config `default`, named by its dotted path
+  (`--model.features=32`), with the dataclass default and field doc, plus a short alias for each
+  leaf name that is unique in the config (`--features`) and the explicit `aliases`
+  ({flag: dotted path}). Defaults therefore live only in the dataclasses."""
+  aliases = dict(aliases or {})
+  skip = set(skip)
+  # Listed under the calling experiment in --help (absl names the main module by its path).
+  caller = sys._getframe(1).f_globals.get("__name__", "")  # pylint: disable=protected-access
+  module = sys.argv[0] if caller == "__main__" else caller
+  all_leaves = [leaf for leaf in config_lib.leaves(default) if leaf.path not in skip]
+  names = [leaf.path.rsplit(".", 1)[-1] for leaf in all_leaves]
+  for leaf, short in zip(all_leaves, names):
+    _define_leaf(leaf, module)
+    if (auto_aliases and names.count(short) == 1 and short != leaf.path and short not in FLAGS
+        and short not in aliases):
+      aliases[short] = leaf.path
+  for alias, path in aliases.items():
+    flags.DEFINE_alias(alias, path, module_name=module)
+  _CONFIG_LEAVES.extend(all_leaves)
 
 
-def define_loop_flags(num_steps: int, eval_every: int, learning_rate: float) -> None:
-  flags.DEFINE_integer("num_steps", num_steps, "Training steps.")
-  flags.DEFINE_integer("eval_every", eval_every, "Validate and checkpoint every this many steps.")
-  flags.DEFINE_integer("log_every", 50, "Progress line and TensorBoard scalars every this many steps.")
-  flags.DEFINE_float("learning_rate", learning_rate, "Peak learning rate.")
-  flags.DEFINE_enum("lr_schedule", "cosine", ["cosine", "constant"], "Learning-rate schedule.")
+_CONFIG_LEAVES: list[config_lib.Leaf] = []
 
 
-def flag_values(names: Iterable[str] | None = None) -> dict[str, Any]:
-  """The values of the experiment's own flags (those defined under experiments/), by name."""
-  own = {f.name for module, fs in FLAGS.flags_by_module_dict().items()
-         if module.startswith("experiments") or module in ("__main__", sys.argv[0]) for f in fs}
-  own -= _RUN_FLAGS_NOT_CONFIG  # how a run is launched, not what it computes
-  if names is not None:
-    own &= set(names)
-  return {name: FLAGS[name].value for name in sorted(own)}
+def _define_leaf(leaf: config_lib.Leaf, module: str) -> None:
+  import typing  # pylint: disable=g-import-not-at-top
+  help_text = leaf.doc or leaf.path
+  tp = leaf.type
+  kw = {"module_name": module}
+  if typing.get_origin(tp) is typing.Literal:
+    flags.DEFINE_enum(leaf.path, leaf.default, [str(v) for v in typing.get_args(tp)], help_text, **kw)
+  elif tp is bool:
+    flags.DEFINE_bool(leaf.path, leaf.default, help_text, **kw)
+  elif tp is int:
+    flags.DEFINE_integer(leaf.path, leaf.default, help_text, **kw)
+  elif tp is float:
+    flags.DEFINE_float(leaf.path, leaf.default, help_text, **kw)
+  elif typing.get_origin(tp) is tuple:
+    flags.DEFINE_list(leaf.path, None if leaf.default is None else [str(v) for v in leaf.default], help_text, **kw)
+  else:
+    flags.DEFINE_string(leaf.path, leaf.default, help_text, **kw)
 
 
-def start_run(workdir: str, config: dict[str, Any], name: str = "config.json") -> None:
-  """Creates `workdir` and records the flags. A resumed run must use the same flags, except the
-  ones that only say how long or how often (num_steps, eval_every, log_every)."""
+def config_from_flags(default: Any) -> Any:
+  """`default` with every config flag given on the command line applied."""
+  overrides = {}
+  for leaf in _CONFIG_LEAVES:
+    if leaf.path in FLAGS and FLAGS[leaf.path].present:
+      value = FLAGS[leaf.path].value
+      if isinstance(value, list):
+        item = getattr(leaf.type, "__args__", (str,))[0]
+        value = tuple(item(v) for v in value)
+      overrides[leaf.path] = value
+  return config_lib.replace(default, overrides)
+
+
+def define_augment_flag() -> None:
+  flags.DEFINE_bool("augment", True, "Flips, rotation about the lesion centroid, random crops (and "
+                    "colour jitter if set); --noaugment switches them all off.")
+
+
+def without_augmentation(config: Any, path: str = "input.augment") -> Any:
+  """`config` with the augmentation at `path` switched off when --noaugment is given."""
+  if FLAGS.augment:
+    return config
+  from lesion_jax.data.augment import AugmentConfig  # pylint: disable=g-import-not-at-top
+  return config_lib.replace(config, {path: AugmentConfig.off()})
+
+
+def run_directory(workdir: str) -> None:
+  """Creates `workdir` and quiets library logs; the task runner records config.json there."""
   os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, name)
-  if os.path.exists(path):
-    old = io.read_json(path)
-    changeable = {"num_steps", "eval_every", "log_every"}
-    changed = {k: (old.get(k), v) for k, v in config.items()
-               if k not in changeable and k in old and old[k] != v}
-    if changed:
-      raise SystemExit(f"{path} was written by a run with other flags {changed} (old, new); "
-                       "use a new --workdir or the same flags to resume.")
-  io.write_json(path, config)
   quiet_library_logs()
-  logging.info("Run directory %s; flags: %s", workdir, config)
+  logging.info("Run directory %s", workdir)
 
 
-def define_kmeans_flags() -> None:
-  flags.DEFINE_string("artifact_dir", None, "Where artifacts live (default: <data_dir>/lesion_jax_artifacts).")
-  flags.DEFINE_integer("kmeans_k", 5, "K-means clusters per image.")
-  flags.DEFINE_float("kmeans_coord_weight", 0.0, "Weight of pixel coordinates in spatial K-means.")
-  flags.DEFINE_float("kmeans_hair_filter", 0.02, "Closing radius (fraction of side) erasing hairs; 0 = off.")
-  flags.DEFINE_integer("kmeans_work_size", 128, "Images are clustered at this square size.")
+def print_scores(scores: dict[str, Any]) -> None:
+  print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(scores.items())
+                 if isinstance(v, (int, float, str, bool))))
+
+
+def checkpoint_flag_value(value: str):
+  return int(value) if value.isdigit() else value
+
+
+# The K-means knobs exposed as flags: flag name → KMeansConfig field (defaults come from there).
+KMEANS_FLAGS = {"kmeans_k": ("k", "K-means clusters per image."),
+                "kmeans_coord_weight": ("coord_weight", "Weight of pixel coordinates in spatial K-means."),
+                "kmeans_hair_filter": ("hair_filter", "Closing radius (fraction of side) erasing hairs; 0 = off."),
+                "kmeans_work_size": ("work_size", "Images are clustered at this square size.")}
+
+
+def define_kmeans_flags(artifact_dir: bool = True) -> None:
+  from lesion_jax.artifacts import kmeans  # pylint: disable=g-import-not-at-top
+  if artifact_dir:
+    flags.DEFINE_string("artifact_dir", None, "Where artifacts live (default: <data_dir>/lesion_jax_artifacts).")
+  default = kmeans.KMeansConfig()
+  for name, (field_name, help_text) in KMEANS_FLAGS.items():
+    value = getattr(default, field_name)
+    (flags.DEFINE_integer if isinstance(value, int) else flags.DEFINE_float)(name, value, help_text)
 
 
 def kmeans_config_from_flags():
   from lesion_jax.artifacts import kmeans  # pylint: disable=g-import-not-at-top
-  return kmeans.KMeansConfig(k=FLAGS.kmeans_k, coord_weight=FLAGS.kmeans_coord_weight,
-                             hair_filter=FLAGS.kmeans_hair_filter, work_size=FLAGS.kmeans_work_size)
+  return kmeans.KMeansConfig(**{field_name: FLAGS[name].value for name, (field_name, _) in KMEANS_FLAGS.items()})
 
 
-def ensure_kmeans_masks(splits: list[str]) -> str:
-  """The K-means pseudo-mask store for --dataset and the K-means flags, annotating any of
-  `splits` not yet done (resumable); returns the store directory."""
+def ensure_kmeans_masks(data: Any, splits: list[str]) -> str:
+  """The K-means pseudo-mask store for the dataset of `data` (an InputConfig) and the K-means
+  flags, annotating any of `splits` not yet done (resumable); returns the store directory."""
   from lesion_jax.artifacts import annotate, store  # pylint: disable=g-import-not-at-top
   from lesion_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  builder = pipeline.get_builder(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir)
+  builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
   config = kmeans_config_from_flags()
-  root = FLAGS.artifact_dir or store.default_root(FLAGS.data_dir)
+  root = FLAGS.artifact_dir or store.default_root(data.data_dir)
   kstore = annotate.kmeans_store(root, builder.info.full_name, config)
   for split in dict.fromkeys(s for s in splits if s):
     summary = annotate.annotate_split(builder, split, kstore, config,

@@ -1,4 +1,4 @@
-r"""Segments image files with a trained segmenter.
+r"""Segments (and/or classifies) image files with trained models.
 
   python -m experiments.predict --workdir=runs/unet --images='photos/*.jpg' --out=predictions
 
@@ -18,10 +18,12 @@ import numpy as np
 from experiments import common
 from lesion_jax import io
 from lesion_jax.eval import figures, measure, postprocess
-from lesion_jax.tasks import classification, segmentation
+from lesion_jax.tasks import classification, runner, segmentation
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The --workdir of a train_segmenter run.")
+flags.DEFINE_string("workdir", None, "The --workdir of a train_segmenter run (masks, measurements) or "
+                    "of a train_classifier run (class probabilities; with masks too if it was "
+                    "trained on segmented input).")
 flags.DEFINE_string("images", None, "Glob of image files (quote it), or a comma-separated list of globs.")
 flags.DEFINE_string("out", None, "Output directory.")
 flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
@@ -58,28 +60,47 @@ def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
   io.atomic_write_bytes(path, buf.getvalue().encode())
 
 
+def load_models(workdir: str, classifier_workdir: str | None, which):
+  """(segmenter (task, state) or None, classifier (task, fold states) or None) for a workdir of
+  either kind: a segmentation run (plus an optional classifier run), or a classification run
+  (whose segmenter, for segmented input, is the one it was trained with)."""
+  task = runner.load(workdir)
+  segmenter = classifier = None
+  if isinstance(task, classification.ClassificationTask):
+    if classifier_workdir:
+      raise app.UsageError("--classifier_workdir goes with a segmenter --workdir; --workdir is a classifier run")
+    classifier_workdir, cls_task = workdir, task
+    if task.config.image_artifacts:
+      seg_dir = task.config.crop.segmenter_workdir
+      seg_task = runner.load(seg_dir)
+      segmenter = (seg_task, runner.restore(seg_task, seg_dir, "best"))
+  elif isinstance(task, segmentation.SegmentationTask):
+    segmenter = (task, runner.restore(task, workdir, which))
+    cls_task = runner.load(classifier_workdir) if classifier_workdir else None
+  else:
+    raise app.UsageError(f"{workdir} holds a {task.name!r} run: predict knows segmentation and classification runs")
+  if classifier_workdir:
+    # A cross-validated run (--folds) has one model per fold: their probabilities are averaged.
+    run_dirs = sorted(glob.glob(os.path.join(classifier_workdir, "fold_*"))) or [classifier_workdir]
+    fold_task = cls_task.with_splits(cls_task.config.train_split, cls_task.config.val_split)
+    cls_which = which if classifier_workdir == workdir else "best"
+    classifier = (cls_task, [runner.restore(fold_task, d, cls_which) for d in run_dirs])
+  return segmenter, classifier
+
+
 def main(argv):
   del argv
   common.quiet_library_logs()
   files = expand_globs(FLAGS.images)
   if not files:
     raise app.UsageError(f"--images={FLAGS.images!r} matches no files")
-  config = segmentation.load_config(FLAGS.workdir)
-  which = int(FLAGS.checkpoint) if FLAGS.checkpoint.isdigit() else FLAGS.checkpoint
-  state = segmentation.restore(FLAGS.workdir, config, which)
+  segmenter, classifier = load_models(FLAGS.workdir, FLAGS.classifier_workdir,
+                                      common.checkpoint_flag_value(FLAGS.checkpoint))
   os.makedirs(FLAGS.out, exist_ok=True)
   csv_path = os.path.join(FLAGS.out, "predictions.csv")
-  columns = list(COLUMNS + MEASUREMENTS)
-  classifier = None
-  if FLAGS.classifier_workdir:
-    cls_config = classification.load_config(FLAGS.classifier_workdir)
-    names = classification.class_names(cls_config)
-    # A cross-validated run (--folds) has one model per fold: their probabilities are averaged.
-    run_dirs = sorted(glob.glob(os.path.join(FLAGS.classifier_workdir, "fold_*"))) or [FLAGS.classifier_workdir]
-    cls_states = [classification.restore(d, cls_config, len(names)) for d in run_dirs]
-    crop_margin = io.read_json(os.path.join(FLAGS.classifier_workdir, "config.json")).get("crop_margin", 0.1)
-    classifier = (cls_config, cls_states, names, crop_margin)
-    columns += ["predicted"] + [f"p_{n}" for n in names]
+  columns = list(COLUMNS + MEASUREMENTS) if segmenter else ["file", "status", "error", "height", "width"]
+  if classifier is not None:
+    columns += ["predicted"] + [f"p_{n}" for n in classifier[0].class_names]
 
   rows: list[dict] = []
   stems: dict[str, str] = {}
@@ -100,37 +121,40 @@ def main(argv):
         rows.append(row)
         continue
       stems[stem] = path
+      row.update(height=image.shape[0], width=image.shape[1])
       rows.append(row)
       good.append((row, stem))
       images.append(image)
-    probs = segmentation.segment_images(state, config, images) if images else []
-    for (row, stem), image, prob in zip(good, images, probs):
-      mask = postprocess.binarize(prob, config.threshold)
-      if config.postprocess:
-        mask = postprocess.clean_mask(mask)
+    masks = []
+    if segmenter is not None and images:
+      seg_task, seg_state = segmenter
+      masks = seg_task.masks_for(seg_task.segment_images(seg_state, images))
+    for (row, stem), image, mask in zip(good, images, masks):
       mask_path = os.path.join(FLAGS.out, f"{stem}.png")
       overlay_path = os.path.join(FLAGS.out, f"{stem}_overlay.png")
       io.write_png(mask_path, mask.astype(np.uint8) * 255)
       io.write_png(overlay_path, figures.overlay(image, mask))
-      row.update(mask=mask_path, overlay=overlay_path, height=image.shape[0], width=image.shape[1],
-                 lesion_pixels=int(mask.sum()), lesion_fraction=round(float(mask.mean()), 6))
+      row.update(mask=mask_path, overlay=overlay_path, lesion_pixels=int(mask.sum()),
+                 lesion_fraction=round(float(mask.mean()), 6))
       found = measure.measure_lesion(mask, image, FLAGS.mm_per_pixel)
       row.update({k: (" ".join(found[k]) if k == "colours" else
                       round(found[k], 4) if isinstance(found[k], float) else found[k]) for k in MEASUREMENTS})
-      row["_mask"] = mask
     if classifier is not None and good:
-      cls_config, cls_states, names, margin = classifier
-      size = cls_config.input.image_size
-      inputs = [postprocess.crop_to_mask(im, row.pop("_mask"), size, margin) if cls_config.image_artifacts
-                else im for (row, _), im in zip(good, images)]
-      probs = np.mean([classification.classify_images(st, cls_config, inputs) for st in cls_states], axis=0)
+      cls_task, cls_states = classifier
+      crop = cls_task.config.crop
+      size = cls_task.config.input.image_size
+      # The same crop as the stored training crops (artifacts/crops.py): postprocess.crop_to_mask
+      # with the classifier run's own crop settings.
+      inputs = ([postprocess.crop_to_mask(im, m, size, crop.margin, crop.black_out) for im, m in zip(images, masks)]
+                if cls_task.config.image_artifacts else images)
+      probs = np.mean([cls_task.classify_images(st, inputs) for st in cls_states], axis=0)
+      names = cls_task.class_names
       for (row, _), p in zip(good, probs):
         row.update({f"p_{n}": round(float(v), 6) for n, v in zip(names, p)}, predicted=names[int(np.argmax(p))])
-    for row, _ in good:
-      row.pop("_mask", None)
     write_csv(csv_path, rows, columns)
     logging.info("%d/%d files done (%d refused).", min(start + FLAGS.chunk, len(files)), len(files), failed)
-  print(f"Segmented {len(files) - failed} of {len(files)} images into {FLAGS.out} "
+  verb = "Segmented" if segmenter else "Classified"
+  print(f"{verb} {len(files) - failed} of {len(files)} images into {FLAGS.out} "
         f"({failed} refused; see {csv_path}).")
 
 

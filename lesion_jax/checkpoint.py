@@ -1,7 +1,8 @@
 """The one checkpoint helper: an orbax CheckpointManager keeping the latest and the best steps.
 
-Every experiment saves through `Checkpoints`, so resuming, "restore the best model" and
-evaluating from a workdir work the same way for segmenters, classifiers, inpainters and GANs.
+Every task saves through `Checkpoints` (via the loop and the runner), so resuming, "restore the
+best model" and evaluating from a workdir work the same way for every task; a state is any
+pytree (one TrainState, or several for a multi-player model).
 """
 from __future__ import annotations
 
@@ -65,11 +66,15 @@ class Checkpoints:
     return list(self._manager.all_steps())
 
   def metrics(self, step: int) -> dict[str, Any] | None:
-    """The metrics saved with `step` (None if none were saved)."""
-    for info in self._manager._checkpoints:  # pylint: disable=protected-access
-      if info.step == step:
-        return info.metrics
-    return None
+    """The metrics saved with `step` (None if none were saved, or there is no such step).
+
+    orbax reads them from the step's directory, where they only are once an asynchronous save
+    has finished: so this waits for a save in flight.
+    """
+    if step not in self.all_steps():
+      return None
+    self._manager.wait_until_finished()
+    return self._manager.metrics(step)
 
   def save(self, step: int, state: Any, metrics: dict[str, float] | None = None) -> None:
     metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}

@@ -1,7 +1,10 @@
-"""File output used by every experiment: atomic writes of JSON, PNG and raw bytes.
+"""File output used by every experiment: atomic writes of JSON, PNG, npz and raw bytes, and the
+one mask codec.
 
 Everything a run writes goes through here, so an interrupted run never leaves a half-written file:
-we write to a temporary file in the same directory and `os.replace` it into place.
+we write to a temporary file in the same directory and `os.replace` it into place. Run outputs
+are written by process 0 only; `all_processes=True` is for work split across hosts (artifact
+stages), where each process writes the files it computed.
 """
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ def is_primary_process() -> bool:
   return jax.process_index() == 0
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, all_processes: bool = False) -> None:
   """Writes `data` to `path` so that readers see either the old file or the complete new one.
-  In a multi-host run only the primary process writes, so hosts never race on shared files."""
-  if not is_primary_process():
+  In a multi-host run only the primary process writes, so hosts never race on shared files;
+  `all_processes=True` writes from whichever process calls (for files only it computed)."""
+  if not all_processes and not is_primary_process():
     return
   path = os.fspath(path)
   directory = os.path.dirname(path) or "."
@@ -56,10 +60,10 @@ def _to_builtin(value: Any) -> Any:
   return value
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
+def write_json(path: str | os.PathLike, obj: Any, all_processes: bool = False) -> None:
   """Atomically writes `obj` as indented, key-sorted JSON (numpy and jax values converted)."""
   text = json.dumps(_to_builtin(obj), indent=2, sort_keys=True)
-  atomic_write_bytes(path, (text + "\n").encode())
+  atomic_write_bytes(path, (text + "\n").encode(), all_processes)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -84,9 +88,77 @@ def encode_png(image: np.ndarray) -> bytes:
   return buf.tobytes()
 
 
-def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+def write_png(path: str | os.PathLike, image: np.ndarray, all_processes: bool = False) -> None:
   """Atomically writes an RGB or single-channel uint8 image as PNG."""
-  atomic_write_bytes(path, encode_png(image))
+  atomic_write_bytes(path, encode_png(image), all_processes)
+
+
+# ----------------------------------------------------------------------------------------------
+# The mask codec: the one rule for lesion masks stored as PNG. Written as {0, 255}; read back
+# with nonzero = lesion, so {0, 1} and {0, 255} files decode alike (the tf.data pipeline applies
+# the same `> 0` rule).
+
+
+def encode_mask(mask: Any) -> bytes:
+  """PNG bytes ({0, 255}, single channel) of a mask (H, W) or (H, W, 1); nonzero = lesion."""
+  m = np.asarray(mask)
+  if m.ndim == 3 and m.shape[-1] == 1:
+    m = m[..., 0]
+  if m.ndim != 2:
+    raise ValueError(f"mask must have shape (H, W) or (H, W, 1), got {m.shape}")
+  return encode_png((m > 0).astype(np.uint8) * 255)
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+  """bool (H, W) from the PNG (or other image) bytes of a mask: nonzero = lesion (colour images
+  are converted to grey first, as tf.io.decode_image(channels=1) does)."""
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if len(data) else None
+  if mask is None:
+    raise ValueError("could not decode mask bytes (empty, corrupt or not an image)")
+  if mask.ndim == 3:
+    mask = cv2.cvtColor(mask[..., :3], cv2.COLOR_BGR2GRAY) if mask.shape[-1] >= 3 else mask[..., 0]
+  return mask > 0
+
+
+def read_mask_file(path: str | os.PathLike) -> np.ndarray:
+  """bool (H, W) from a mask file (see `decode_mask`); FileNotFoundError when it is missing,
+  ValueError naming the file when it cannot be decoded."""
+  path = os.fspath(path)
+  with open(path, "rb") as f:
+    data = f.read()
+  try:
+    return decode_mask(data)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from e
+
+
+def write_mask(path: str | os.PathLike, mask: Any, all_processes: bool = False) -> None:
+  """Atomically writes a mask as a {0, 255} PNG (see `encode_mask`)."""
+  atomic_write_bytes(path, encode_mask(mask), all_processes)
+
+
+# ----------------------------------------------------------------------------------------------
+# Named arrays (e.g. superpixel label maps and feature tables) as .npz
+
+
+def encode_npz(arrays: dict[str, Any]) -> bytes:
+  """Compressed .npz bytes of named arrays (no pickled objects)."""
+  import io as _io  # pylint: disable=g-import-not-at-top
+
+  buf = _io.BytesIO()
+  np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+  return buf.getvalue()
+
+
+def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
+  with np.load(os.fspath(path), allow_pickle=False) as data:
+    return {k: data[k] for k in data.files}
+
+
+def write_npz(path: str | os.PathLike, arrays: dict[str, Any], all_processes: bool = False) -> None:
+  atomic_write_bytes(path, encode_npz(arrays), all_processes)
 
 
 class ImageError(ValueError):

@@ -10,15 +10,21 @@ TINY = "synthetic_lesions/tiny"
 
 
 def _find_real_sample() -> str:
-  """The real ISIC 2017 sample (read in place, never copied): $LESION_JAX_ISIC2017_SAMPLE, the
-  `shared/data` folder beside this checkout, or the workplace's /work/shared/data."""
-  candidates = [os.environ.get("LESION_JAX_ISIC2017_SAMPLE", ""),
-                os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "isic2017_sample"),
-                "/work/shared/data/isic2017_sample"]
-  return next((os.path.abspath(c) for c in candidates if c and os.path.isdir(c)), os.path.abspath(candidates[1]))
+  """The real ISIC 2017 sample (read in place, never copied): $LESION_JAX_ISIC2017_SAMPLE, or
+  the `shared/data` folder beside this checkout."""
+  return os.path.abspath(os.environ.get("LESION_JAX_ISIC2017_SAMPLE") or os.path.join(
+      os.path.dirname(__file__), "..", "..", "shared", "data", "isic2017_sample"))
 
 
-REAL_SAMPLE = _find_real_sample()
+@pytest.fixture(scope="session")
+def real_sample_dir() -> str:
+  return _find_real_sample()
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset() -> str:
+  """The TFDS name of the tiny synthetic config the tests train on."""
+  return TINY
 
 
 @pytest.fixture(scope="session")

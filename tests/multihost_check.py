@@ -9,16 +9,17 @@ import jax
 import numpy as np
 
 from lesion_jax.data import pipeline
-from lesion_jax.tasks import classification, segmentation
+from lesion_jax.tasks import classification, runner, segmentation
 from lesion_jax.train import sharding
+from lesion_jax.train.state import OptimizerConfig
 
 
-def make_config(data_dir: str) -> segmentation.SegmenterConfig:
-  return segmentation.SegmenterConfig(
+def make_task(data_dir: str) -> segmentation.SegmentationTask:
+  return segmentation.SegmentationTask(segmentation.SegmenterConfig(
       input=pipeline.InputConfig(dataset="synthetic_lesions/tiny", data_dir=data_dir, image_size=32,
                                  batch_size=8),
-      features=4, levels=2, num_steps=3, eval_every=3, log_every=1, lr_schedule="constant",
-      optimizer="sgd", learning_rate=0.05)
+      model=segmentation.SegmenterModelConfig(features=4, levels=2), num_steps=3, eval_every=3,
+      log_every=1, optimizer=OptimizerConfig(name="sgd", learning_rate=0.05, lr_schedule="constant")))
 
 
 def flat_params(params) -> dict[str, np.ndarray]:
@@ -28,20 +29,20 @@ def flat_params(params) -> dict[str, np.ndarray]:
 
 def main(data_dir: str, workdir: str, process_id: int, num_processes: int, port: int) -> None:
   sharding.initialize_distributed("on", f"127.0.0.1:{port}", num_processes, process_id)
-  config = make_config(data_dir)
+  task = make_task(data_dir)
   mesh = sharding.make_mesh()
-  state = segmentation.train(config, os.path.join(workdir, "run"), mesh=mesh)
+  state = runner.train(task, os.path.join(workdir, "run"), mesh=mesh)
   builder = pipeline.get_builder("synthetic_lesions/tiny", data_dir)
   train_ids = [r["id"].decode() for r in pipeline.read_split(builder, "train").as_numpy_iterator()]
-  validation = segmentation.evaluate(state, config, pipeline.eval_batches(config.input, "validation", builder), mesh)
+  validation = task.evaluate(state, "validation", mesh)
   np.savez(os.path.join(workdir, f"params_{process_id}.npz"), **flat_params(state.params))
-  classifier = classification.ClassifierConfig(
+  classifier = classification.ClassificationTask(classification.ClassifierConfig(
       input=pipeline.InputConfig(dataset="synthetic_lesions/tiny", data_dir=data_dir, image_size=32,
-                                 batch_size=8, task="classification", label_key="malignant"),
-      model="lenet5", num_steps=3, eval_every=3, log_every=1, lr_schedule="constant")
-  cls_state = classification.train(classifier, os.path.join(workdir, "classifier"), mesh=mesh)
-  labels, probs, cls_ids = classification.predict_probs(
-      cls_state, pipeline.eval_batches(classifier.input, "validation", builder), mesh)
+                                 batch_size=8),
+      num_steps=3, eval_every=3, log_every=1, optimizer=OptimizerConfig(lr_schedule="constant")))
+  cls_state = runner.train(classifier, os.path.join(workdir, "classifier"), mesh=mesh)
+  predicted = classifier.evaluate(cls_state, "validation", mesh)
+  labels, probs, cls_ids = predicted.per_example["labels"], predicted.per_example["probs"], predicted.ids
   # The gathers on uneven shards (3 rows here, none on the other host), 64-bit values, and
   # strings of different lengths, non-ASCII, with a trailing NUL.
   rows = 3 if process_id == 0 else 0

@@ -9,8 +9,9 @@ import jax
 import numpy as np
 
 from lesion_jax.data import pipeline
-from lesion_jax.tasks import classification, segmentation
+from lesion_jax.tasks import classification, runner, segmentation
 from lesion_jax.train import sharding
+from lesion_jax.train.state import OptimizerConfig
 
 
 def max_diff(a, b) -> float:
@@ -25,15 +26,16 @@ def main(data_dir: str, workdir: str) -> None:
   # SGD, not Adam: Adam's g/sqrt(v) turns float-rounding differences in near-zero gradients (summed
   # in another order across 8 devices) into full-size updates of opposite sign, which would hide
   # whether the sharded gradients themselves agree.
-  optimizer = {"optimizer": "sgd", "learning_rate": 0.05}
-  seg = segmentation.SegmenterConfig(
+  optimizer = OptimizerConfig(name="sgd", learning_rate=0.05, lr_schedule="constant")
+  seg = segmentation.SegmentationTask(segmentation.SegmenterConfig(
       input=pipeline.InputConfig(dataset="synthetic_lesions/tiny", data_dir=data_dir, image_size=32,
                                  batch_size=8),
-      features=4, levels=2, num_steps=3, eval_every=3, log_every=1, lr_schedule="constant", **optimizer)
-  s1 = segmentation.train(seg, f"{workdir}/seg1", mesh=one)
-  s8 = segmentation.train(seg, f"{workdir}/seg8", mesh=eight)
+      model=segmentation.SegmenterModelConfig(features=4, levels=2), num_steps=3, eval_every=3,
+      log_every=1, optimizer=optimizer))
+  s1 = runner.train(seg, f"{workdir}/seg1", mesh=one)
+  s8 = runner.train(seg, f"{workdir}/seg8", mesh=eight)
   out["seg_param_diff"] = max_diff(s1.params, s8.params)
-  initial = segmentation.init_state(seg, jax.random.split(jax.random.key(seg.input.seed))[0])
+  initial = seg.init_state(jax.random.split(jax.random.key(seg.seed))[0])
   out["seg_param_change"] = max_diff(s1.params, initial.params)
   out["seg_batch_stats_diff"] = max_diff(s1.batch_stats, s8.batch_stats)
   h1 = json.load(open(f"{workdir}/seg1/history.json"))
@@ -44,19 +46,19 @@ def main(data_dir: str, workdir: str) -> None:
   out["seg_val_8"] = h8["val/jaccard"][-1][1]
   out["seg_sharded_on"] = len(s8.params["logits"]["kernel"].sharding.device_set)
   # A checkpoint written from 8 devices restores onto 1.
-  restored = segmentation.restore(f"{workdir}/seg8", seg, "latest", mesh=one)
+  restored = runner.restore(seg, f"{workdir}/seg8", "latest", mesh=one)
   out["restore_8_to_1_diff"] = max_diff(restored.params, s8.params)
   out["restored_on"] = len(restored.params["logits"]["kernel"].sharding.device_set)
 
-  cls = classification.ClassifierConfig(
+  cls = classification.ClassificationTask(classification.ClassifierConfig(
       input=pipeline.InputConfig(dataset="synthetic_lesions/tiny", data_dir=data_dir, image_size=32,
-                                 batch_size=8, task="classification", label_key="malignant"),
-      model="resnet18", width=0.125, num_steps=3, eval_every=3, log_every=1, lr_schedule="constant",
-      **optimizer)
-  c1 = classification.train(cls, f"{workdir}/cls1", mesh=one)
-  c8 = classification.train(cls, f"{workdir}/cls8", mesh=eight)
+                                 batch_size=8),
+      model=classification.ClassifierModelConfig("resnet18", width=0.125), num_steps=3, eval_every=3,
+      log_every=1, optimizer=optimizer))
+  c1 = runner.train(cls, f"{workdir}/cls1", mesh=one)
+  c8 = runner.train(cls, f"{workdir}/cls8", mesh=eight)
   out["cls_param_diff"] = max_diff(c1.params, c8.params)
-  initial = classification.init_state(cls, 2, jax.random.split(jax.random.key(cls.input.seed))[0])
+  initial = cls.init_state(jax.random.split(jax.random.key(cls.seed))[0])
   out["cls_param_change"] = max_diff(c1.params, initial.params)
   out["cls_batch_stats_diff"] = max_diff(c1.batch_stats, c8.batch_stats)
   out["cls_loss_1"] = [v for _, v in json.load(open(f"{workdir}/cls1/history.json"))["train/loss"]]

@@ -20,7 +20,6 @@ from lesion_jax.data.builders import isic2016
 from lesion_jax.data.builders import isic2017
 from lesion_jax.data.builders import isic2018
 from lesion_jax.data.builders import ph2
-from tests.conftest import REAL_SAMPLE
 
 # ---------------------------------------------------------------------------------------------
 # Fake archives.
@@ -508,11 +507,11 @@ def test_read_mask_conventions(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def real_isic2017(tmp_path_factory):
-  if not os.path.isdir(REAL_SAMPLE):
-    pytest.skip(f"real ISIC 2017 sample not found at {os.path.abspath(REAL_SAMPLE)}")
+def real_isic2017(tmp_path_factory, real_sample_dir):
+  if not os.path.isdir(real_sample_dir):
+    pytest.skip(f"real ISIC 2017 sample not found at {real_sample_dir}")
   data_dir = str(tmp_path_factory.mktemp("isic2017_real"))
-  return pipeline.get_builder("isic2017", data_dir, os.path.abspath(REAL_SAMPLE)), data_dir
+  return pipeline.get_builder("isic2017", data_dir, real_sample_dir), data_dir
 
 
 def test_real_isic2017_sample(real_isic2017):
@@ -533,7 +532,9 @@ def test_real_isic2017_through_the_pipeline(real_isic2017):
   _, data_dir = real_isic2017
   config = pipeline.InputConfig(dataset="isic2017", data_dir=data_dir, image_size=64,
                                 batch_size=8)
-  batches = list(pipeline.eval_batches(config, "validation"))
+  from lesion_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
+  task = segmentation.SegmentationTask(segmentation.SegmenterConfig(input=config))
+  batches = list(task.eval_batches("validation"))
   assert len(batches) == 19 and sum(b["weight"].sum() for b in batches) == 150
   assert batches[0]["image"].shape == (8, 64, 64, 3) and batches[0]["mask"].shape == (8, 64, 64, 1)
   assert 0 < batches[0]["mask"].mean() < 1

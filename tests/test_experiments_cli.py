@@ -10,10 +10,9 @@ import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import TINY
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY_FLAGS = ["--image_size=32", "--batch_size=8", "--features=4", "--levels=2", "--eval_every=2",
+# Short aliases and dotted paths name the same config fields.
+TINY_FLAGS = ["--image_size=32", "--batch_size=8", "--model.features=4", "--levels=2", "--eval_every=2",
               "--log_every=2"]
 
 
@@ -27,9 +26,9 @@ def run(module, *args, check=True):
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_data_dir, tmp_path_factory):
+def trained(tiny_data_dir, tiny_dataset, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("run"))
-  proc = run("experiments.train_segmenter", f"--workdir={workdir}", f"--dataset={TINY}",
+  proc = run("experiments.train_segmenter", f"--workdir={workdir}", f"--dataset={tiny_dataset}",
              f"--data_dir={tiny_data_dir}", "--num_steps=4", *TINY_FLAGS)
   return workdir, proc
 
@@ -46,8 +45,11 @@ def test_train_writes_the_run_record(trained):
               "test/specificity", "test/accuracy"):
     assert 0.0 <= metrics[key] <= 1.0, key
   assert metrics["test/num_images"] == 16
-  config = json.load(open(os.path.join(workdir, "config.json")))
-  assert config["num_steps"] == 4 and config["dataset"] == TINY
+  record = json.load(open(os.path.join(workdir, "config.json")))
+  assert record["task"] == "segmentation"
+  config = record["config"]
+  assert config["num_steps"] == 4 and config["input"]["dataset"] == "synthetic_lesions/tiny"
+  assert config["model"]["features"] == 4 and config["model"]["levels"] == 2
   assert "img/s" in proc.stderr and "ETA" in proc.stderr  # the progress line
 
 
@@ -67,15 +69,21 @@ def test_evaluate_from_checkpoint_reproduces_metrics(trained):
   assert json.load(open(os.path.join(workdir, "eval_test.json"))) == eval_metrics
 
 
-def test_rerun_resumes_from_latest_checkpoint(trained, tiny_data_dir):
+def test_a_mistyped_flag_is_refused(tiny_data_dir, tmp_path):
+  bad = run("experiments.train_segmenter", f"--workdir={tmp_path}", "--model.featurs=4", check=False)
+  assert bad.returncode != 0 and "model.featurs" in bad.stderr
+  assert not os.path.exists(tmp_path / "config.json")
+
+
+def test_rerun_resumes_from_latest_checkpoint(trained, tiny_data_dir, tiny_dataset):
   workdir, _ = trained
-  proc = run("experiments.train_segmenter", f"--workdir={workdir}", f"--dataset={TINY}",
+  proc = run("experiments.train_segmenter", f"--workdir={workdir}", f"--dataset={tiny_dataset}",
              f"--data_dir={tiny_data_dir}", "--num_steps=6", *TINY_FLAGS)
   assert "Resumed from" in proc.stderr and "at step 4" in proc.stderr
   assert "step 6/6" in proc.stderr and "step 2/6" not in proc.stderr
   assert "6" in os.listdir(os.path.join(workdir, "checkpoints"))
   # Changing a flag that defines the run is refused instead of silently mixing runs.
-  bad = run("experiments.train_segmenter", f"--workdir={workdir}", f"--dataset={TINY}",
+  bad = run("experiments.train_segmenter", f"--workdir={workdir}", f"--dataset={tiny_dataset}",
             f"--data_dir={tiny_data_dir}", "--num_steps=6", "--loss=dice", *TINY_FLAGS, check=False)
   assert bad.returncode != 0 and "other flags" in bad.stderr
 
@@ -111,10 +119,10 @@ def test_predict_segments_good_files_and_reports_bad_ones(trained, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def classifier(trained, tiny_data_dir, tmp_path_factory):
+def classifier(trained, tiny_data_dir, tiny_dataset, tmp_path_factory):
   segmenter_dir, _ = trained
   workdir = str(tmp_path_factory.mktemp("cls"))
-  run("experiments.train_classifier", f"--workdir={workdir}", f"--dataset={TINY}",
+  run("experiments.train_classifier", f"--workdir={workdir}", f"--dataset={tiny_dataset}",
       f"--data_dir={tiny_data_dir}", "--image_size=32", "--batch_size=8", "--num_steps=2",
       "--eval_every=2", "--log_every=1", "--model=lenet5", "--input=segmented",
       f"--segmenter_workdir={segmenter_dir}", "--folds=2", "--balanced")
@@ -149,3 +157,23 @@ def test_predict_adds_measurements_and_class_probabilities(trained, classifier, 
   for key in ("area", "perimeter", "diameter", "major_axis", "asymmetry_major", "compactness", "num_colours"):
     assert row[key] != "", key
   assert float(row["area"]) == pytest.approx(float(row["lesion_pixels"]))
+
+
+def test_a_classifier_workdir_evaluates_and_predicts(classifier, tmp_path):
+  # evaluate and predict dispatch on the task recorded in config.json: a classifier run works too.
+  fold = os.path.join(classifier, "fold_0")
+  run("experiments.evaluate", f"--workdir={fold}", "--split=test")
+  fold_metrics = json.load(open(os.path.join(fold, "metrics.json")))
+  scores = json.load(open(os.path.join(fold, "eval_test.json")))
+  assert scores["test/accuracy"] == fold_metrics["test/accuracy"]
+  assert scores["test/roc_auc"] == fold_metrics["test/roc_auc"]
+  assert os.path.exists(os.path.join(fold, "figures", "eval_test_confusion.png"))
+  image = np.full((48, 48, 3), (200, 160, 150), np.uint8)
+  cv2.circle(image, (24, 24), 10, (60, 40, 30), -1)
+  cv2.imwrite(str(tmp_path / "lesion.png"), image)
+  proc = run("experiments.predict", f"--workdir={classifier}", f"--images={tmp_path}/*.png",
+             f"--out={tmp_path / 'out'}")
+  row = next(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
+  # Trained on segmented input: its own segmenter (from its config) made the crop and the mask.
+  assert row["predicted"] in ("benign", "malignant") and int(row["lesion_pixels"]) > 0
+  assert "Segmented 1 of 1 images" in proc.stdout

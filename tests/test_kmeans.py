@@ -9,7 +9,6 @@ from lesion_jax.artifacts import annotate, kmeans
 from lesion_jax.artifacts.store import ArtifactStore
 from lesion_jax.data import pipeline, synthetic
 from lesion_jax.eval import metrics
-from tests.conftest import TINY
 
 CONFIG = kmeans.KMeansConfig(work_size=64)
 
@@ -82,8 +81,8 @@ def test_masks_come_back_at_each_images_own_size():
   assert results[0].mask.shape == (48, 48) and results[1].mask.shape == (96, 48)
 
 
-def test_annotation_resumes_and_skips_what_is_done(tiny_data_dir, tmp_path):
-  builder = pipeline.get_builder(TINY, tiny_data_dir)
+def test_annotation_resumes_and_skips_what_is_done(tiny_data_dir, tmp_path, tiny_dataset):
+  builder = pipeline.get_builder(tiny_dataset, tiny_data_dir)
   store = annotate.kmeans_store(str(tmp_path), builder.info.full_name, CONFIG)
   first = annotate.annotate_split(builder, "test", store, CONFIG)
   assert first.computed == 16 and first.reused == 0 and first.scores["num_images"] == 16

@@ -232,6 +232,36 @@ def test_specificity_at_sensitivity_hand_checked():
   assert np.isnan(f([1, 1], [0.2, 0.3], 0.82))
 
 
+def _specificity_at_sensitivity_brute_force(labels, scores, sensitivity):
+  """Every threshold t in {scores} ∪ {+inf}, predicting positive where score >= t."""
+  labels, scores = np.asarray(labels), np.asarray(scores)
+  best = -1.0
+  for t in [np.inf, *np.unique(scores)]:
+    pred = scores >= t
+    sens = np.sum(pred & (labels == 1)) / np.sum(labels == 1)
+    spec = np.sum(~pred & (labels == 0)) / np.sum(labels == 0)
+    if sens >= sensitivity:
+      best = max(best, spec)
+  return best
+
+
+def test_specificity_at_sensitivity_matches_brute_force_threshold_sweep_with_ties():
+  rng = np.random.default_rng(7)
+  for trial in range(200):
+    n = int(rng.integers(2, 60))
+    labels = rng.integers(0, 2, n)
+    labels[:2] = [0, 1]  # both classes present
+    levels = int(rng.integers(2, 10))
+    # Half the trials draw from a few levels (many ties, within and across classes).
+    scores = rng.integers(0, levels, n) / (levels - 1) if trial % 2 else rng.random(n)
+    num_pos = int(labels.sum())
+    targets = [0.0, 0.82, 0.89, 0.95, 1.0, *(k / num_pos for k in range(num_pos + 1))]
+    for target in targets:
+      assert metrics.specificity_at_sensitivity(labels, scores, target) == pytest.approx(
+          _specificity_at_sensitivity_brute_force(labels, scores, target), rel=1e-12, abs=0), (
+              trial, target)
+
+
 def test_single_class_labels_do_not_crash():
   rng = np.random.default_rng(5)
   r = metrics.classification_scores(np.zeros(10, int), rng.random(10))

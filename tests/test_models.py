@@ -133,8 +133,8 @@ def test_flip_tta_prediction_is_flip_equivariant():
   images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), jnp.float32)
   state = create_train_state(UNet(features=4, levels=2, norm="batch"), optax.sgd(0.1),
                              jax.random.key(0), images[:1])
-  plain = jax.jit(steps.segmentation_predict_step)
-  tta = jax.jit(steps.segmentation_predict_step_flip_tta)
+  plain = jax.jit(lambda st, x: steps.segmentation_predict_step(st, {"image": x}))
+  tta = jax.jit(lambda st, x: steps.segmentation_predict_step_flip_tta(st, {"image": x}))
   mirrored = jnp.flip(images, 2)
   # A single pass of a random U-Net is not mirror-symmetric; the flip average is, by construction.
   assert float(jnp.max(jnp.abs(plain(state, mirrored) - jnp.flip(plain(state, images), 2)))) > 1e-4

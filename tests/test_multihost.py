@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lesion_jax.data import pipeline
-from lesion_jax.tasks import segmentation
+from lesion_jax.tasks import runner
 from lesion_jax.train import sharding
 from tests import multihost_check
 
@@ -88,8 +88,8 @@ def test_validation_scores_cover_the_whole_split_on_every_host(run, tiny_data_di
 
 def test_checkpoint_written_once_restores_in_one_process(run, tiny_data_dir):
   workdir, results, params = run
-  config = multihost_check.make_config(tiny_data_dir)
-  restored = segmentation.restore(os.path.join(workdir, "run"), config, "best", mesh=sharding.make_mesh(1))
+  task = multihost_check.make_task(tiny_data_dir)
+  restored = runner.restore(task, os.path.join(workdir, "run"), "best", mesh=sharding.make_mesh(1))
   flat = multihost_check.flat_params(restored.params)
   assert flat.keys() == params[0].keys()
   for k, v in params[0].items():

@@ -8,18 +8,30 @@ import pytest
 import tensorflow_datasets as tfds
 
 from lesion_jax import io
-from lesion_jax.data import pipeline
+from lesion_jax.data import ops, pipeline
 from lesion_jax.data.augment import AugmentConfig
-from tests.conftest import TINY
 
 
 @pytest.fixture(scope="module")
-def config(tiny_data_dir):
-  return pipeline.InputConfig(dataset=TINY, data_dir=tiny_data_dir, image_size=32, batch_size=4)
+def config(tiny_data_dir, tiny_dataset):
+  return pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=4)
+
+
+def seg_train(config, **kwargs):
+  return pipeline.train_iterator(config, ops.segmentation_ops(config.image_size, config.augment), **kwargs)
+
+
+def seg_eval(config, split):
+  return pipeline.eval_iterator(config, ops.segmentation_ops(config.image_size, None, keep_encoded_mask=True), split)
+
+
+def cls_train(config, **kwargs):
+  return pipeline.train_iterator(config, ops.classification_ops(config.image_size, config.augment, "malignant"),
+                                 **kwargs)
 
 
 def test_train_batches_shapes_ranges_and_masks(config):
-  batch = next(pipeline.train_batches(config))
+  batch = next(seg_train(config))
   assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.float32
   assert batch["image"].min() >= -1.0 and batch["image"].max() <= 1.0
   assert batch["mask"].shape == (4, 32, 32, 1)
@@ -28,31 +40,30 @@ def test_train_batches_shapes_ranges_and_masks(config):
 
 
 def test_resizing_to_another_size(config):
-  batch = next(pipeline.eval_batches(dataclasses.replace(config, image_size=48), "validation"))
+  batch = next(seg_eval(dataclasses.replace(config, image_size=48), "validation"))
   assert batch["image"].shape == (4, 48, 48, 3) and batch["mask"].shape == (4, 48, 48, 1)
 
 
 def test_predict_preprocessing_equals_eval_pipeline(config):
-  builder = pipeline.get_builder(TINY, config.data_dir)
+  builder = pipeline.get_builder(config.dataset, config.data_dir)
   raw = next(iter(tfds.as_numpy(builder.as_dataset(split="test", shuffle_files=False))))
-  batch = next(pipeline.eval_batches(dataclasses.replace(config, image_size=48), "test"))
+  batch = next(seg_eval(dataclasses.replace(config, image_size=48), "test"))
   assert batch["id"][0] == raw["id"]
   np.testing.assert_allclose(pipeline.preprocess_image(raw["image"], 48), batch["image"][0], atol=1e-6)
 
 
 def test_eval_is_not_augmented_but_train_is(config):
-  eval_a = next(pipeline.eval_batches(config, "train"))
-  eval_b = next(pipeline.eval_batches(config, "train"))
+  eval_a = next(seg_eval(config, "train"))
+  eval_b = next(seg_eval(config, "train"))
   np.testing.assert_array_equal(eval_a["image"], eval_b["image"])
-  plain = next(pipeline.train_batches(dataclasses.replace(config, augment=AugmentConfig.off())))
-  augmented = next(pipeline.train_batches(config))
+  plain = next(seg_train(dataclasses.replace(config, augment=AugmentConfig.off())))
+  augmented = next(seg_train(config))
   np.testing.assert_array_equal(plain["id"], augmented["id"])  # same examples, same order
   assert not np.allclose(plain["image"], augmented["image"])
 
 
 def test_classification_batches_carry_labels(config):
-  cfg = dataclasses.replace(config, task="classification", label_key="malignant")
-  batch = next(pipeline.train_batches(cfg))
+  batch = next(cls_train(config))
   assert batch["label"].shape == (4,) and set(np.unique(batch["label"])) <= {0, 1}
   assert "mask" not in batch
 
@@ -87,7 +98,7 @@ def test_atomic_writes_leave_no_temporaries(tmp_path):
 
 
 def test_fold_splits_hold_every_example_out_once():
-  from lesion_jax.tasks.classification import fold_splits  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks.runner import fold_splits  # pylint: disable=g-import-not-at-top
   assert fold_splits("train", 10, 5, 0) == ("train[2:]", "train[0:2]")
   assert fold_splits("train", 10, 5, 2) == ("train[:4]+train[6:]", "train[4:6]")
   assert fold_splits("train", 10, 5, 4) == ("train[:8]", "train[8:10]")
@@ -96,15 +107,19 @@ def test_fold_splits_hold_every_example_out_once():
 
 
 def test_balanced_sampling_evens_out_classes(config):
-  cfg = dataclasses.replace(config, task="classification", label_key="malignant", batch_size=32)
-  labels = np.concatenate([b["label"] for _, b in zip(range(4), pipeline.train_batches(cfg, balanced=True))])
-  plain = np.concatenate([b["label"] for _, b in zip(range(4), pipeline.train_batches(cfg))])
+  cfg = dataclasses.replace(config, batch_size=32)
+  labels = np.concatenate([b["label"] for _, b in zip(range(4), cls_train(cfg, balance_key="malignant"))])
+  plain = np.concatenate([b["label"] for _, b in zip(range(4), cls_train(cfg))])
   assert abs(labels.mean() - 0.5) < 0.15 and plain.mean() < 0.35  # ~20 % malignant without balancing
-  resumed = next(pipeline.train_batches(cfg, start_step=2, balanced=True))
-  again = [b for _, b in zip(range(3), pipeline.train_batches(cfg, balanced=True))][2]
+  resumed = next(cls_train(cfg, start_step=2, balance_key="malignant"))
+  again = [b for _, b in zip(range(3), cls_train(cfg, balance_key="malignant"))][2]
   np.testing.assert_array_equal(resumed["id"], again["id"])  # balanced streams resume exactly too
 
 
 def test_missing_feature_is_reported_with_the_dataset_name(config):
-  with pytest.raises(ValueError, match="has no 'lesion_outline' feature"):
-    next(pipeline.train_batches(dataclasses.replace(config, mask_key="lesion_outline")))
+  with pytest.raises(KeyError, match="synthetic_lesions.*'lesion_outline'"):
+    next(pipeline.train_iterator(config, ops.segmentation_ops(32, None, mask_key="lesion_outline")))
+  from lesion_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
+  task = segmentation.SegmentationTask(segmentation.SegmenterConfig(input=config, mask_key="lesion_outline"))
+  with pytest.raises(ValueError, match="has no 'lesion_outline' feature.*--labels=kmeans"):
+    next(task.train_batches(0))

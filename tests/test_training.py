@@ -10,35 +10,40 @@ import pytest
 from lesion_jax import checkpoint, io
 from lesion_jax.data import pipeline
 from lesion_jax.data.augment import AugmentConfig
-from lesion_jax.tasks import segmentation
-from tests.conftest import TINY
+from lesion_jax.tasks import runner, segmentation
+from lesion_jax.train.state import OptimizerConfig
+
+
+def train(config, workdir):
+  return runner.train(segmentation.SegmentationTask(config), workdir)
 
 
 @pytest.fixture(scope="module")
-def config(tiny_data_dir):
+def config(tiny_data_dir, tiny_dataset):
   return segmentation.SegmenterConfig(
-      input=pipeline.InputConfig(dataset=TINY, data_dir=tiny_data_dir, image_size=32, batch_size=8),
-      features=4, levels=2, num_steps=6, eval_every=3, log_every=3,
-      lr_schedule="constant")  # the cosine schedule depends on num_steps, which the resume test varies
+      input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8),
+      model=segmentation.SegmenterModelConfig(features=4, levels=2), num_steps=6, eval_every=3, log_every=3,
+      # the cosine schedule depends on num_steps, which the resume test varies
+      optimizer=OptimizerConfig(learning_rate=1e-3, lr_schedule="constant"))
 
 
 @pytest.fixture(scope="module")
 def straight_run(config, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("straight"))
-  segmentation.train(config, workdir)
+  train(config, workdir)
   return workdir
 
 
 def _params(workdir, config, which):
-  return jax.device_get(segmentation.restore(workdir, config, which).params)
+  return jax.device_get(runner.restore(segmentation.SegmentationTask(config), workdir, which).params)
 
 
 def test_resumed_run_equals_uninterrupted_run(config, straight_run, tmp_path):
   workdir = str(tmp_path)
-  segmentation.train(dataclasses.replace(config, num_steps=3), workdir)  # "interrupted" at step 3
+  train(dataclasses.replace(config, num_steps=3), workdir)  # "interrupted" at step 3
   with checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), "val/jaccard", read_only=True) as c:
     assert c.latest_step() == 3
-  segmentation.train(config, workdir)  # resumes from step 3 up to 6
+  train(config, workdir)  # resumes from step 3 up to 6
   a, b = _params(straight_run, config, "latest"), _params(workdir, config, "latest")
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
@@ -48,13 +53,13 @@ def test_resumed_run_equals_uninterrupted_run(config, straight_run, tmp_path):
 
 
 def test_same_seed_same_metrics_other_seed_differs(config, straight_run, tmp_path):
-  segmentation.train(config, str(tmp_path / "again"))
+  train(config, str(tmp_path / "again"))
   first = io.read_json(os.path.join(straight_run, "history.json"))
   again = io.read_json(str(tmp_path / "again" / "history.json"))
   assert first["train/loss"] == again["train/loss"]
   assert first["val/jaccard"] == again["val/jaccard"]
   other = dataclasses.replace(config, input=dataclasses.replace(config.input, seed=1), num_steps=3)
-  segmentation.train(other, str(tmp_path / "other"))
+  train(other, str(tmp_path / "other"))
   other_hist = io.read_json(str(tmp_path / "other" / "history.json"))
   assert other_hist["train/loss"][0] != first["train/loss"][0]
 
@@ -69,17 +74,19 @@ def test_checkpoints_keep_latest_and_best(config, straight_run):
 
 
 def test_training_reduces_loss(config, tmp_path):
-  longer = dataclasses.replace(config, num_steps=30, eval_every=30, log_every=5, learning_rate=3e-3)
-  segmentation.train(longer, str(tmp_path))
+  longer = dataclasses.replace(config, num_steps=30, eval_every=30, log_every=5,
+                               optimizer=dataclasses.replace(config.optimizer, learning_rate=3e-3))
+  train(longer, str(tmp_path))
   losses = [v for _, v in io.read_json(str(tmp_path / "history.json"))["train/loss"]]
   assert losses[-1] < 0.8 * losses[0]
 
 
 def test_train_batches_resume_mid_stream(config):
-  cfg = dataclasses.replace(config.input, augment=AugmentConfig())
-  full = pipeline.train_batches(cfg, 0)
+  task = segmentation.SegmentationTask(dataclasses.replace(
+      config, input=dataclasses.replace(config.input, augment=AugmentConfig())))
+  full = task.train_batches(0)
   batches = [next(full) for _ in range(10)]  # 80 examples: crosses the 64-example epoch boundary
-  resumed = pipeline.train_batches(cfg, 7)
+  resumed = task.train_batches(7)
   for expected in batches[7:]:
     got = next(resumed)
     np.testing.assert_array_equal(got["id"], expected["id"])
@@ -89,7 +96,9 @@ def test_train_batches_resume_mid_stream(config):
 
 
 def test_eval_batches_cover_split_once_with_padding(config):
-  batches = list(pipeline.eval_batches(dataclasses.replace(config.input, batch_size=6), "test"))
+  task = segmentation.SegmentationTask(dataclasses.replace(
+      config, input=dataclasses.replace(config.input, batch_size=6)))
+  batches = list(task.eval_batches("test"))
   weights = np.concatenate([b["weight"] for b in batches])
   ids = np.concatenate([b["id"] for b in batches])[weights > 0]
   assert len(ids) == 16 and len(set(ids)) == 16
@@ -106,8 +115,9 @@ def test_batch_size_must_divide_devices(config, tmp_path):
 
 
 def test_bfloat16_compute_keeps_float32_parameters(config, tmp_path):
-  bf16 = dataclasses.replace(config, dtype="bfloat16", num_steps=2, eval_every=2, log_every=1)
-  state = segmentation.train(bf16, str(tmp_path))
+  bf16 = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="bfloat16"), num_steps=2,
+                             eval_every=2, log_every=1)
+  state = train(bf16, str(tmp_path))
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
   logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                           np.zeros((1, 32, 32, 3), np.float32), train=False)

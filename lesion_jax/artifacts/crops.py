@@ -1,16 +1,18 @@
 """Lesion crops for the classifiers: the segmenter's mask ANDed with the image (surrounding skin
 blacked out), cropped to the lesion's bounding box (plus a margin) and resized. Computed once
-per (dataset, segmenter, size), stored as artifacts and joined by id in tf.data."""
+per (dataset, segmenter, size) by an artifact stage (`lesion_jax.artifacts.stage`), stored as
+artifacts and joined by id in tf.data."""
 from __future__ import annotations
 
 import hashlib
 import os
-import time
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from lesion_jax.artifacts import stage
 from lesion_jax.artifacts.store import ArtifactStore
 from lesion_jax.eval import postprocess
 
@@ -25,42 +27,36 @@ def crop_store(root: str, dataset: str, segmenter_workdir: str, segmenter_step: 
   return ArtifactStore(root, dataset, CROP_KIND, version)
 
 
+def crop_compute(segment, size: int, margin: float = 0.1, black_out: bool = True,
+                 threshold: float = 0.5, clean: bool = True) -> stage.Compute:
+  """The stage's batch function: one `segment` call per batch, then each crop on the pool."""
+
+  def crop(image: np.ndarray, prob: np.ndarray) -> stage.Artifact:
+    mask = postprocess.binarize(prob, threshold)
+    if clean:
+      mask = postprocess.clean_mask(mask)
+    return stage.Artifact(
+        postprocess.crop_to_mask(image, mask, size, margin=margin, black_out=black_out),
+        {"lesion_fraction": round(float(mask.mean()), 6),
+         "bbox": list(postprocess.mask_bbox(mask, margin)), "empty_mask": not mask.any()})
+
+  def compute(examples: list[dict[str, Any]], pool) -> list[stage.Artifact]:
+    images = [ex["image"] for ex in examples]
+    return list(pool.map(crop, images, segment(images)))
+
+  return compute
+
+
 def crop_split(builder: tfds.core.DatasetBuilder, split: str, store: ArtifactStore, segment,
                size: int, margin: float = 0.1, black_out: bool = True, threshold: float = 0.5,
                clean: bool = True, chunk: int = 64) -> dict[str, Any]:
   """Crops every image of `split` not yet in `store`. `segment(list of uint8 images)` returns
   probability maps at each image's resolution (e.g. `segmentation.segment_images`)."""
-  done = computed = empty = 0
-  start = time.perf_counter()
-  pending: list[tuple[str, Any]] = []
-
-  def flush():
-    nonlocal computed, empty
-    probs = segment([im for _, im in pending])
-    for (image_id, image), prob in zip(pending, probs):
-      mask = postprocess.binarize(prob, threshold)
-      if clean:
-        mask = postprocess.clean_mask(mask)
-      empty += int(not mask.any())
-      crop = postprocess.crop_to_mask(image, mask, size, margin=margin, black_out=black_out)
-      store.write(image_id, crop, {"lesion_fraction": round(float(mask.mean()), 6),
-                                   "bbox": list(postprocess.mask_bbox(mask, margin)),
-                                   "empty_mask": not mask.any()})
-    computed += len(pending)
-    pending.clear()
-
-  ds = builder.as_dataset(split=split, shuffle_files=False)
-  for ex in tfds.as_numpy(ds.map(lambda e: {"id": e["id"], "image": e["image"]})):
-    image_id = ex["id"].decode()
-    if store.has(image_id):
-      done += 1
-      continue
-    pending.append((image_id, ex["image"]))
-    if len(pending) == chunk:
-      flush()
-  if pending:
-    flush()
-  seconds = time.perf_counter() - start
+  compute = crop_compute(segment, size, margin, black_out, threshold, clean)
+  run = stage.ArtifactStage(store, compute, "lesion crops", chunk).run_split(builder, split, ("image",))
+  empty = sum(1 for i in run.computed_ids if store.read_record(i).get("empty_mask"))
   logging.info("lesion crops for %s: %d computed (%d with an empty mask: whole image kept), %d "
-               "reused, %.1fs", split, computed, empty, done, seconds)
-  return {"split": split, "computed": computed, "reused": done, "empty_masks": empty, "seconds": seconds}
+               "reused, %d failed, %.1fs", split, run.computed, empty, run.reused, run.failed,
+               run.seconds)
+  return {"split": split, "computed": run.computed, "reused": run.reused, "empty_masks": empty,
+          "seconds": run.seconds, "failed": run.failed}

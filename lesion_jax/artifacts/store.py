@@ -1,15 +1,18 @@
 """The one way artifacts (per-image, non-learned products) are written and read.
 
-Layout: `<root>/<dataset>/<kind>/<version>/<id>.png` (+ `<id>.json` with per-image facts), where
-`version` names the parameters that made them, so changing a parameter never mixes old and new
-artifacts. Writes are atomic; `missing(ids)` tells a re-run what is left to do (resume).
+Layout: `<root>/<dataset>/<kind>/<version>/<id>.png` (+ optional `<id>.npz` of named arrays, and
+`<id>.json` with per-image facts), where `version` names the parameters that made them, so
+changing a parameter never mixes old and new artifacts. Writes are atomic and the record is
+written last, so `has(id)` tells a re-run what is done (resume). Masks go through the one mask
+codec (`io.encode_mask` / `io.decode_mask`). `lesion_jax.artifacts.stage` fills a store from a
+dataset split.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import re
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -52,28 +55,37 @@ class ArtifactStore:
     # The record is written last, so its presence means the artifact is complete.
     return os.path.exists(self.record_path(image_id))
 
-  def missing(self, ids: Iterable[str]) -> list[str]:
-    return [i for i in ids if not self.has(i)]
+  def npz_path(self, image_id: str) -> str:
+    return os.path.join(self.directory, safe_name(image_id) + ".npz")
 
-  def write(self, image_id: str, image: np.ndarray, record: dict[str, Any] | None = None) -> None:
-    """Stores a mask (bool or {0,1}/{0,255}: written as a {0,255} PNG) or a uint8 RGB image, and
-    then its record, each atomically; the record marks the artifact complete."""
-    image = np.asarray(image)
-    if image.ndim == 3 and image.shape[-1] == 1:
-      image = image[..., 0]
-    if image.ndim == 2:
-      image = (image > 0).astype(np.uint8) * 255
-    io.write_png(self.png_path(image_id), image)
-    io.write_json(self.record_path(image_id), {"id": image_id, **(record or {})})
+  def write(self, image_id: str, image: np.ndarray | None, record: dict[str, Any] | None = None,
+            arrays: Mapping[str, np.ndarray] | None = None) -> None:
+    """Stores a mask ((H, W) or (H, W, 1), nonzero = lesion: written as a {0,255} PNG) or a uint8
+    RGB image (or no PNG: None), then the named `arrays` as `<id>.npz` (optional), then the
+    record, each atomically; the record marks the artifact complete. Writes from whichever
+    process calls (artifact stages give each id to one process)."""
+    if image is not None:
+      image = np.asarray(image)
+      if image.ndim == 2 or image.ndim == 3 and image.shape[-1] == 1:
+        io.write_mask(self.png_path(image_id), image, all_processes=True)
+      else:
+        io.write_png(self.png_path(image_id), image, all_processes=True)
+    if arrays:
+      io.write_npz(self.npz_path(image_id), dict(arrays), all_processes=True)
+    io.write_json(self.record_path(image_id), {"id": image_id, **(record or {})}, all_processes=True)
 
   def read_mask(self, image_id: str) -> np.ndarray:
-    """bool (H, W)."""
-    import cv2  # pylint: disable=g-import-not-at-top
+    """bool (H, W) (the mask codec's rule: nonzero = lesion)."""
     path = self.png_path(image_id)
-    mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-      raise FileNotFoundError(f"artifact {path} is missing or unreadable; run experiments.annotate")
-    return mask > 127
+    try:
+      return io.read_mask_file(path)
+    except (OSError, ValueError) as e:
+      raise FileNotFoundError(f"artifact {path} is missing or unreadable ({e}); compute it first "
+                              "(e.g. experiments.annotate)") from e
+
+  def read_arrays(self, image_id: str) -> dict[str, np.ndarray]:
+    """The named arrays stored with `write(..., arrays=...)`."""
+    return io.read_npz(self.npz_path(image_id))
 
   def read_record(self, image_id: str) -> dict[str, Any]:
     return io.read_json(self.record_path(image_id))

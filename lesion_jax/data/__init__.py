@@ -1,12 +1,15 @@
 """Datasets (TFDS builders) and tf.data input pipelines.
 
-TensorFlow is used for input only: GPUs/TPUs are hidden from it so it never allocates accelerator
-memory that JAX needs.
+TensorFlow is used for input only: the modules here that import it call
+`hide_accelerators_from_tensorflow()` so it never allocates accelerator memory that JAX needs.
+Importing the package itself does not import TensorFlow (`data.batching` is numpy only).
 """
-import tensorflow as tf
 
-try:
-  tf.config.set_visible_devices([], "GPU")
-  tf.config.set_visible_devices([], "TPU")
-except (RuntimeError, ValueError):  # devices already initialised, or no such device type
-  pass
+
+def hide_accelerators_from_tensorflow() -> None:
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except (RuntimeError, ValueError):  # devices already initialised, or no such device type
+    pass

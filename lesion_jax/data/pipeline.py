@@ -1,8 +1,13 @@
-"""tf.data input pipelines: TFDS split → decode → resize → augment → shuffle → batch → numpy.
+"""tf.data input pipelines: TFDS split → shuffle → preprocessing ops → batch → numpy.
 
-Training streams are a pure function of (seed, step): epoch e is the split shuffled with a seed
-derived from (seed, e), and each example is augmented with a stateless seed derived from its
-position in the stream. `train_batches(config, start_step)` therefore resumes exactly where an
+What happens to each example is an op list (lesion_jax.data.ops: decode, resize, augment, ...;
+`ops.segmentation_ops` / `ops.classification_ops` for the two tasks); this module reads splits,
+shuffles, seeds and batches: `train_stream` / `eval_stream` (tf.data) and `train_iterator` /
+`eval_iterator` (numpy, the latter padded to full batches).
+
+Training streams are a pure function of (seed, step): epoch e is the split shuffled with the seed
+seed·1_000_003 + e, and example i of the stream is preprocessed with the stateless seed
+(seed, i). `train_iterator(config, ops, start_step=s)` therefore resumes exactly where an
 interrupted run stopped, and the same seed always gives the same batches.
 """
 from __future__ import annotations
@@ -17,10 +22,15 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lesion_jax import data as _data  # noqa: F401  (hides accelerators from TensorFlow)
-from lesion_jax.data.augment import AugmentConfig, augment
+from lesion_jax.config import field
+from lesion_jax.data import batching, ops
+from lesion_jax.data.augment import AugmentConfig
+from lesion_jax.data.batching import pad_batch  # noqa: F401  (re-exported; numpy only)
+from lesion_jax.data.ops import classification_ops, segmentation_ops  # noqa: F401  (re-exported)
+from lesion_jax import data as data_lib
 
-TASKS = ("segmentation", "classification")
+data_lib.hide_accelerators_from_tensorflow()  # TensorFlow is for input only
+
 # The dataset functions here have no Python control flow on tensors: AutoGraph has nothing to
 # convert, and its attempts only print warnings about lambdas.
 tf.autograph.set_verbosity(0)
@@ -39,20 +49,20 @@ class ArtifactJoin:
 
 @dataclasses.dataclass(frozen=True)
 class InputConfig:
-  """What to read and how to shape it. `dataset` is a TFDS name, optionally with a config
-  (`synthetic_lesions`, `synthetic_lesions/s128`, `isic2017`)."""
-  dataset: str = "synthetic_lesions"
-  data_dir: str | None = None
-  manual_dir: str | None = None
-  image_size: int = 64
-  batch_size: int = 16  # global batch size
-  seed: int = 0
-  task: str = "segmentation"
-  mask_key: str = "mask"
-  label_key: str = "label"
+  """What to read, and the shape and augmentation a task's op list gives it. `dataset` is a TFDS
+  name, optionally with a config (`synthetic_lesions`, `synthetic_lesions/s128`, `isic2017`).
+  train_stream / eval_stream read the dataset fields, batch_size, seed, shuffle_buffer and joins;
+  image_size and augment are read by the tasks when they build their op lists."""
+  dataset: str = field("synthetic_lesions", "TFDS dataset name[/config], e.g. synthetic_lesions, "
+                       "synthetic_lesions/s128, isic2017.")
+  data_dir: str | None = field(None, "TFDS data directory (default: ~/tensorflow_datasets).")
+  manual_dir: str | None = field(None, "Folder with the hand-downloaded archive (real datasets).")
+  image_size: int = field(64, "Images are resized to image_size x image_size.")
+  batch_size: int = field(16, "Global batch size (split across devices).")
+  seed: int = field(0, "Seed for initialisation, shuffling and augmentation.")
   augment: AugmentConfig = AugmentConfig()
-  shuffle_buffer: int = 4096
-  joins: tuple[ArtifactJoin, ...] = ()
+  shuffle_buffer: int = field(4096, "Shuffle buffer (encoded examples).")
+  joins: tuple[ArtifactJoin, ...] = ()  # artifacts joined by id (set by the tasks, not by flags)
 
 
 def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None = None,
@@ -134,63 +144,22 @@ def join_artifact(ds: tf.data.Dataset, join: ArtifactJoin, split: str) -> tf.dat
 
 def normalize_image(image01):
   """[0, 1] → [-1, 1]; the single definition shared by training, evaluation and predict."""
-  return image01 * 2.0 - 1.0
+  return ops.normalize_image(image01)
 
 
 def resize_image(image_uint8: tf.Tensor, size: int) -> tf.Tensor:
   """uint8 (H, W, 3) → float32 [0, 1] (size, size, 3), area-preserving (antialiased) bilinear."""
-  image = tf.image.convert_image_dtype(image_uint8, tf.float32)
-  return tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+  return ops.resize_image_tensor(image_uint8, size)
 
 
 def resize_mask(mask_uint8: tf.Tensor, size: int) -> tf.Tensor:
   """uint8 (H, W, 1) with values {0, 255} (or {0, 1}) → float32 {0, 1} (size, size, 1)."""
-  mask = tf.cast(mask_uint8 > 0, tf.float32)
-  mask = tf.image.resize(mask, [size, size], method="bilinear", antialias=True)
-  return tf.cast(mask >= 0.5, tf.float32)
+  return ops.resize_mask_tensor(mask_uint8, size)
 
 
 def preprocess_image(image_uint8, size: int) -> np.ndarray:
   """Model input for one uint8 RGB image (numpy): exactly what the pipelines feed the model."""
   return normalize_image(resize_image(tf.convert_to_tensor(image_uint8), size)).numpy()
-
-
-def check_features(builder: tfds.core.DatasetBuilder, config: InputConfig) -> None:
-  """Fails early, naming the dataset, when it lacks what the task needs."""
-  features = builder.info.features
-  joined = {j.feature for j in config.joins}
-  name = builder.info.full_name
-  if config.task == "segmentation" and config.mask_key not in features and config.mask_key not in joined:
-    raise ValueError(f"{name} has no {config.mask_key!r} feature (features: {sorted(features)}); "
-                     "pick a config with masks, or train on pseudo-masks (--labels=kmeans)")
-  if config.task == "classification" and config.label_key not in features:
-    raise ValueError(f"{name} has no {config.label_key!r} feature (features: {sorted(features)})")
-
-
-def _decode(example: dict[str, tf.Tensor], config: InputConfig, image_keys: list[str]) -> dict[str, tf.Tensor]:
-  out = {"id": example["id"]}
-  image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
-  out["image"] = resize_image(image, config.image_size)
-  if config.task == "segmentation":
-    mask = example[config.mask_key]
-    if config.mask_key in image_keys or any(j.feature == config.mask_key for j in config.joins):
-      mask = tf.io.decode_image(mask, channels=1, expand_animations=False)
-    out["mask"] = resize_mask(mask, config.image_size)
-  else:
-    out["label"] = tf.cast(example[config.label_key], tf.int32)
-  return out
-
-
-def _augment_and_normalize(example, seed, config: InputConfig):
-  image, mask = augment(example["image"], example.get("mask"), seed, config.augment)
-  example = dict(example, image=normalize_image(image))
-  if mask is not None:
-    example["mask"] = mask
-  return example
-
-
-def _finish(example):
-  return dict(example, image=normalize_image(example["image"]))
 
 
 def _epochs(base: tf.data.Dataset, buffer: int, seed: int, start_epoch: int = 0) -> tf.data.Dataset:
@@ -206,18 +175,30 @@ def num_classes(builder: tfds.core.DatasetBuilder, label_key: str) -> int:
   return builder.info.features[label_key].num_classes
 
 
-def train_dataset(config: InputConfig, split: str = "train", start_step: int = 0,
-                  builder: tfds.core.DatasetBuilder | None = None,
-                  balanced: bool = False) -> tf.data.Dataset:
-  """An endless, batched stream of augmented training examples, starting at `start_step`.
+def _preprocessed(ds: tf.data.Dataset, preprocess: ops.OpLike, seed: int,
+                  builder: tfds.core.DatasetBuilder) -> tf.data.Dataset:
+  """`ds` of (position, example) through `preprocess`, each example seeded with (seed, position)."""
+  try:  # ops check their inputs while tf.data traces them, i.e. here
+    return ops.apply(ds, preprocess, stream_seed=seed)
+  except ops.MissingFeatureError as e:
+    raise ops.MissingFeatureError(f"dataset {builder.info.full_name}: {e}") from None
 
-  `balanced` samples every class equally often (each class's examples cycle in their own
-  shuffled epochs), for the skewed benign/malignant ratios of dermoscopy archives.
+
+def train_stream(config: InputConfig, preprocess: ops.OpLike, split: str = "train", start_step: int = 0,
+                 builder: tfds.core.DatasetBuilder | None = None,
+                 balance_key: str | None = None) -> tf.data.Dataset:
+  """An endless stream of batches of `preprocess`ed training examples, starting at `start_step`.
+
+  Uses config's dataset, data_dir, manual_dir, batch_size (global), seed, shuffle_buffer and
+  joins; the op list decides everything else (image_size, augment, task, mask_key, label_key are
+  not read). Example i of the stream (0 = the first of step 0) gets the stateless seed
+  (seed, i), so the stream is a pure function of (seed, step). With a one-to-many op the stream
+  counts its outputs: resuming then re-runs the preprocessing of the skipped part (exact, slower).
+
+  `balance_key` (a ClassLabel feature) samples every class equally often (each class's examples
+  cycle in their own shuffled epochs), for the skewed benign/malignant ratios of dermoscopy archives.
   """
-  if config.task not in TASKS:
-    raise ValueError(f"unknown task {config.task!r}; choose one of {TASKS}")
   builder = builder or get_builder(config.dataset, config.data_dir, config.manual_dir)
-  check_features(builder, config)
   base = read_split(builder, split, joins=config.joins)
   n = int(base.cardinality().numpy())
   if n <= 0:
@@ -225,81 +206,71 @@ def train_dataset(config: InputConfig, split: str = "train", start_step: int = 0
   buffer = min(n, config.shuffle_buffer)  # buffers hold encoded examples; bound their memory
   local_batch = config.batch_size // jax.process_count()
   first = start_step * local_batch  # position in the example stream where this run starts
+  expands = ops.chain(preprocess).expands
+  skip = 0 if expands else first  # input examples to skip before preprocessing
   seed = config.seed
-  if balanced:
-    classes = num_classes(builder, config.label_key)
-    labels = np.fromiter(base.map(_plain(lambda ex: ex[config.label_key])).as_numpy_iterator(), np.int64)
+  if balance_key is not None:
+    features = builder.info.features
+    if balance_key not in features or not isinstance(features[balance_key], tfds.features.ClassLabel):
+      raise ValueError(f"{builder.info.full_name} has no class feature {balance_key!r} to balance "
+                       f"(features: {sorted(features)})")
+    classes = num_classes(builder, balance_key)
+    labels = np.fromiter(base.map(_plain(lambda ex: ex[balance_key])).as_numpy_iterator(), np.int64)
     counts = np.bincount(labels, minlength=classes)
     present = [c for c in range(classes) if counts[c]]
-    streams = [_epochs(base.filter(_plain(lambda ex, c=c: ex[config.label_key] == c)), min(int(counts[c]), buffer),
+    streams = [_epochs(base.filter(_plain(lambda ex, c=c: ex[balance_key] == c)), min(int(counts[c]), buffer),
                        seed + 7919 * (c + 1)) for c in present]
     ds = tf.data.Dataset.sample_from_datasets(streams, [1.0 / len(present)] * len(present),
-                                              seed=seed, stop_on_empty_dataset=False).skip(first)
+                                              seed=seed, stop_on_empty_dataset=False).skip(skip)
   else:
-    start_epoch, offset = divmod(first, n)
+    start_epoch, offset = divmod(skip, n)
     ds = _epochs(base, buffer, seed, start_epoch).skip(offset)
-  image_keys = _image_keys(builder)
-
-  def prepare(index, example):
-    example = _decode(example, config, image_keys)
-    return _augment_and_normalize(example, tf.stack([tf.constant(seed, tf.int64), index]), config)
-
-  ds = ds.enumerate(start=first).map(_plain(prepare), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  ds = _preprocessed(ds.enumerate(start=skip), preprocess, seed, builder)
+  if expands:
+    ds = ds.skip(first)
   ds = ds.batch(local_batch, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(config: InputConfig, split: str,
-                 builder: tfds.core.DatasetBuilder | None = None) -> tf.data.Dataset:
-  """The whole split once, in order, not augmented, batched (last batch may be short). Segmentation
-  batches also carry 'mask_encoded', the stored mask's PNG bytes at the image's own resolution."""
+def eval_stream(config: InputConfig, preprocess: ops.OpLike, split: str,
+                builder: tfds.core.DatasetBuilder | None = None) -> tf.data.Dataset:
+  """The whole split (this host's shard) once, in order, through `preprocess`, batched (the last
+  batch may be short). Example i gets the seed (config.seed, i), for the ops that want one."""
   builder = builder or get_builder(config.dataset, config.data_dir, config.manual_dir)
-  check_features(builder, config)
-  image_keys = _image_keys(builder)
-  encoded_mask = config.task == "segmentation" and (
-      config.mask_key in image_keys or any(j.feature == config.mask_key for j in config.joins))
-
-  def prepare(example):
-    out = _finish(_decode(example, config, image_keys))
-    if encoded_mask:  # the stored mask at its own resolution, for scoring as the challenges do
-      out["mask_encoded"] = example[config.mask_key]
-    return out
-
-  ds = read_split(builder, split, joins=config.joins).map(_plain(prepare), num_parallel_calls=tf.data.AUTOTUNE,
-                                                          deterministic=True)
+  ds = _preprocessed(read_split(builder, split, joins=config.joins).enumerate(), preprocess, config.seed, builder)
   return ds.batch(config.batch_size // jax.process_count()).prefetch(tf.data.AUTOTUNE)
 
 
-def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
-  """Pads a short batch to `size` rows by repeating its last row; adds 'weight' (0 on padding)."""
-  n = len(next(iter(batch.values())))
-  out = {k: np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)]) if n < size else v
-         for k, v in batch.items()}
-  out["weight"] = (np.arange(size) < n).astype(np.float32)
-  return out
+def train_iterator(config: InputConfig, preprocess: ops.OpLike, split: str = "train", start_step: int = 0,
+                   builder: tfds.core.DatasetBuilder | None = None,
+                   balance_key: str | None = None) -> Iterator[dict[str, Any]]:
+  """train_stream as numpy batches."""
+  return train_stream(config, preprocess, split, start_step, builder, balance_key).as_numpy_iterator()
 
 
-def train_batches(config: InputConfig, start_step: int = 0, split: str = "train",
-                  builder: tfds.core.DatasetBuilder | None = None,
-                  balanced: bool = False) -> Iterator[dict[str, np.ndarray]]:
-  return train_dataset(config, split, start_step, builder, balanced).as_numpy_iterator()
-
-
-def eval_batches(config: InputConfig, split: str,
-                 builder: tfds.core.DatasetBuilder | None = None) -> Iterator[dict[str, Any]]:
+def eval_iterator(config: InputConfig, preprocess: ops.OpLike, split: str,
+                  builder: tfds.core.DatasetBuilder | None = None) -> Iterator[dict[str, Any]]:
   """Fixed-size numpy batches covering the split once, with 'weight' = 0 on padding rows. Every
   process yields the same number of batches (needed for multi-host evaluation)."""
   builder = builder or get_builder(config.dataset, config.data_dir, config.manual_dir)
   local_batch = config.batch_size // jax.process_count()
-  total = num_examples(builder, split)
-  num_batches = math.ceil(math.ceil(total / jax.process_count()) / local_batch)
+  if ops.chain(preprocess).expands:
+    if jax.process_count() > 1:  # hosts would need to agree on a count nobody knows in advance
+      raise NotImplementedError("multi-host evaluation with a one-to-many op is not supported")
+    num_batches = 0  # a single host needs no extra batches
+  else:
+    total = num_examples(builder, split)
+    num_batches = math.ceil(math.ceil(total / jax.process_count()) / local_batch)
+  return _padded(eval_stream(config, preprocess, split, builder).as_numpy_iterator(), local_batch, num_batches)
+
+
+def _padded(batches: Iterator[dict[str, Any]], size: int, num_batches: int) -> Iterator[dict[str, Any]]:
   count = 0
   last = None
-  for batch in eval_dataset(config, split, builder).as_numpy_iterator():
+  for batch in batches:
     last = batch
     count += 1
-    yield pad_batch(batch, local_batch)
+    yield pad_batch(batch, size)
   while count < num_batches and last is not None:  # this host's shard was shorter
     count += 1
-    yield {**pad_batch({k: v[:1] for k, v in last.items()}, local_batch),
-           "weight": np.zeros(local_batch, np.float32)}
+    yield {**pad_batch(batching.tree_map(lambda v: v[:1], last), size), "weight": np.zeros(size, np.float32)}

@@ -1,25 +1,30 @@
-"""Batched inference over a dataset: host batches in, (host batch, host outputs) out."""
+"""Batched inference over a dataset: host batches in, (host batch, host outputs) out.
+
+Batches and outputs are pytrees: `predict(state, batch)` receives the numeric fields of each
+batch (nested dicts included) on the device and may return any pytree of per-example arrays.
+"""
 from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator
 
-import jax
 import numpy as np
 
+from lesion_jax.data import batching
 from lesion_jax.train import sharding
 
+PredictFn = Callable[[Any, Any], Any]
 
-def predict_over(predict: Callable[[Any, jax.Array], jax.Array], state: Any,
-                 batches: Iterable[dict[str, np.ndarray]], mesh: jax.sharding.Mesh
-                 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-  """Runs a jitted `predict(state, images)` over every batch; yields (batch, outputs) on the host.
+
+def predict_over(predict: PredictFn, state: Any, batches: Iterable[dict[str, Any]], mesh
+                 ) -> Iterator[tuple[dict[str, Any], Any]]:
+  """Runs a jitted `predict(state, batch)` over every batch; yields (host batch, host outputs).
 
   The next batch is dispatched before the previous outputs are fetched, so host-side work on the
   results overlaps with device compute.
   """
   previous = None
   for batch in batches:
-    outputs = predict(state, sharding.shard_batch({"image": batch["image"]}, mesh)["image"])
+    outputs = predict(state, sharding.shard_batch(sharding.device_fields(batch), mesh))
     if previous is not None:
       yield previous[0], sharding.to_host(previous[1])
     previous = (batch, outputs)
@@ -27,12 +32,15 @@ def predict_over(predict: Callable[[Any, jax.Array], jax.Array], state: Any,
     yield previous[0], sharding.to_host(previous[1])
 
 
-def predict_arrays(predict: Callable[[Any, jax.Array], jax.Array], state: Any, inputs: list[np.ndarray],
-                   batch_size: int, mesh: jax.sharding.Mesh) -> list[np.ndarray]:
-  """`predict` over a list of same-shape model inputs, in padded batches of `batch_size` (one
-  compiled shape for all); returns one output per input, in order."""
-  from lesion_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  batches = (pipeline.pad_batch({"image": np.stack(inputs[i:i + batch_size])}, batch_size)
-             for i in range(0, len(inputs), batch_size))
-  return [out for batch, outs in predict_over(predict, state, batches, mesh)
-          for out, w in zip(outs, batch["weight"]) if w > 0]
+def predict_examples(predict: PredictFn, state: Any, examples: list[Any], batch_size: int, mesh
+                     ) -> list[Any]:
+  """`predict` over a list of same-shape examples (each a pytree, e.g. {"image": ...}), in padded
+  batches of `batch_size` (one compiled shape for all); returns one output pytree per example."""
+  import jax  # pylint: disable=g-import-not-at-top
+  batches = (batching.pad_batch(jax.tree.map(lambda *xs: np.stack(xs), *examples[i:i + batch_size]), batch_size)
+             for i in range(0, len(examples), batch_size))
+  out = []
+  for batch, outputs in predict_over(predict, state, batches, mesh):
+    for row in np.flatnonzero(batch["weight"] > 0):
+      out.append(jax.tree.map(lambda x, r=row: x[r], outputs))
+  return out

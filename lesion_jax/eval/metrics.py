@@ -133,9 +133,6 @@ class SegmentationAccumulator:
     self.threshold_ja = threshold_ja
     self._counts: list[dict[str, np.ndarray]] = []
 
-  def reset(self) -> None:
-    self._counts = []
-
   def update(self, pred: Any, target: Any, weights: Any = None) -> None:
     """Adds a batch; `weights` (N,) of 0/1 marks padding examples (0) to ignore."""
     counts = segmentation_counts(pred, target)
@@ -195,15 +192,11 @@ def specificity_at_sensitivity(labels_binary: Any, scores: Any, sensitivity: flo
   num_neg = int(y.shape[0] - num_pos)
   if num_pos == 0 or num_neg == 0:
     return float("nan")
-  order = np.argsort(-s, kind="stable")
-  s, y = s[order], y[order]
-  # Operating points are the ends of runs of equal scores (descending), after "predict none".
-  ends = np.r_[np.flatnonzero(np.diff(s) != 0), y.shape[0] - 1]
-  tps = np.r_[0, np.cumsum(y)[ends]]
-  fps = np.r_[0, np.cumsum(1 - y)[ends]]
-  tpr = tps / num_pos
-  spec = 1.0 - fps / num_neg
-  return float(np.max(spec[tpr >= sensitivity]))
+  # One operating point per distinct score (tied scores move together), after "predict none";
+  # drop_intermediate=False keeps the collinear points too: on a diagonal stretch of the curve
+  # they can beat the stretch's ends at a given sensitivity.
+  fpr, tpr, _ = sk_metrics.roc_curve(y, s, drop_intermediate=False)
+  return float(np.max(1.0 - fpr[tpr >= sensitivity]))
 
 
 def roc_curve_points(labels_binary: Any, scores: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

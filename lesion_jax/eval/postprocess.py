@@ -12,6 +12,8 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
+from lesion_jax import io
+
 
 def as_mask(mask: Any) -> np.ndarray:
   """bool (H, W) from a truthy (H, W) or (H, W, 1) array."""
@@ -198,8 +200,6 @@ def crop_to_mask(image: Any, mask: Any, size: int, margin: float = 0.1, black_ou
 
 
 def decode_mask(encoded: bytes) -> np.ndarray:
-  """bool (H, W) from the PNG bytes of a {0, 255} (or {0, 1}) mask."""
-  mask = cv2.imdecode(np.frombuffer(encoded, np.uint8), cv2.IMREAD_GRAYSCALE)
-  if mask is None:
-    raise ValueError("could not decode mask bytes")
-  return mask > (127 if mask.max() > 1 else 0)
+  """bool (H, W) from the PNG bytes of a {0, 255} (or {0, 1}) mask: the one mask codec,
+  `lesion_jax.io.decode_mask` (nonzero = lesion)."""
+  return io.decode_mask(encoded)

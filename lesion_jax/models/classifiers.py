@@ -6,13 +6,11 @@ and BatchNorm statistics.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-
-CLASSIFIERS = ("lenet5", "alexnet", "resnet18", "resnet50")
 
 
 class LeNet5(nn.Module):
@@ -65,38 +63,44 @@ class AlexNet(nn.Module):
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
 
+# A module class or a functools.partial of one, as in flax's ResNet example: ResNet.__call__ fixes
+# the options (dtype, BatchNorm mode and momentum, no conv bias) once and the blocks only choose
+# features, kernel and strides.
+ModuleDef = Any
+
+
 class ResNetBlock(nn.Module):
   filters: int
+  conv: ModuleDef
+  norm: ModuleDef
   strides: tuple[int, int] = (1, 1)
-  dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype)
-    y = nn.Conv(self.filters, (3, 3), self.strides, padding="SAME", use_bias=False, dtype=self.dtype)(x)
-    y = nn.relu(norm()(y))
-    y = nn.Conv(self.filters, (3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(y)
-    y = norm(scale_init=nn.initializers.zeros)(y)
+  def __call__(self, x):
+    y = self.conv(self.filters, (3, 3), self.strides)(x)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters, (3, 3))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
     if x.shape != y.shape:
-      x = norm()(nn.Conv(self.filters, (1, 1), self.strides, use_bias=False, dtype=self.dtype)(x))
+      x = self.norm()(self.conv(self.filters, (1, 1), self.strides)(x))
     return nn.relu(x + y)
 
 
 class BottleneckBlock(nn.Module):
   filters: int
+  conv: ModuleDef
+  norm: ModuleDef
   strides: tuple[int, int] = (1, 1)
-  dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
-    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype)
-    y = nn.relu(norm()(nn.Conv(self.filters, (1, 1), use_bias=False, dtype=self.dtype)(x)))
-    y = nn.Conv(self.filters, (3, 3), self.strides, padding="SAME", use_bias=False, dtype=self.dtype)(y)
-    y = nn.relu(norm()(y))
-    y = nn.Conv(self.filters * 4, (1, 1), use_bias=False, dtype=self.dtype)(y)
-    y = norm(scale_init=nn.initializers.zeros)(y)
+  def __call__(self, x):
+    y = nn.relu(self.norm()(self.conv(self.filters, (1, 1))(x)))
+    y = self.conv(self.filters, (3, 3), self.strides)(y)
+    y = nn.relu(self.norm()(y))
+    y = self.conv(self.filters * 4, (1, 1))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
     if x.shape != y.shape:
-      x = norm()(nn.Conv(self.filters * 4, (1, 1), self.strides, use_bias=False, dtype=self.dtype)(x))
+      x = self.norm()(self.conv(self.filters * 4, (1, 1), self.strides)(x))
     return nn.relu(x + y)
 
 
@@ -112,18 +116,19 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    conv = partial(nn.Conv, padding="SAME", use_bias=False, dtype=self.dtype)
+    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype)
     x = x.astype(self.dtype)
-    stem_norm = lambda y: nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=self.dtype)(y))
     if x.shape[1] >= 128:  # the ImageNet stem: /4
-      x = stem_norm(nn.Conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)], use_bias=False, dtype=self.dtype)(x))
+      x = nn.relu(norm()(conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)])(x)))
       x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
     else:  # small inputs: a 3×3 stem, stride 2 from 64 px (/2), stride 1 below (CIFAR-style)
       stride = 2 if x.shape[1] >= 64 else 1
-      x = stem_norm(nn.Conv(self.width, (3, 3), (stride, stride), padding="SAME", use_bias=False, dtype=self.dtype)(x))
+      x = nn.relu(norm()(conv(self.width, (3, 3), (stride, stride))(x)))
     for i, n in enumerate(self.stage_sizes):
       for j in range(n):
         strides = (2, 2) if i > 0 and j == 0 else (1, 1)
-        x = self.block(self.width * 2 ** i, strides, dtype=self.dtype)(x, train)
+        x = self.block(self.width * 2 ** i, conv=conv, norm=norm, strides=strides)(x)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 
@@ -136,14 +141,22 @@ def ResNet50(num_classes: int = 2, width: int = 64, dtype=jnp.float32) -> ResNet
   return ResNet((3, 4, 6, 3), BottleneckBlock, num_classes, width, dtype)
 
 
+def _resnet_width(width: float) -> int:
+  return max(8, int(64 * width))
+
+
+# name -> constructor(num_classes, width, dtype); CLASSIFIERS lists the names in this order.
+_REGISTRY: dict[str, Callable[[int, float, Any], nn.Module]] = {
+    "lenet5": lambda num_classes, width, dtype: LeNet5(num_classes, dtype=dtype),
+    "alexnet": lambda num_classes, width, dtype: AlexNet(num_classes, width=width, dtype=dtype),
+    "resnet18": lambda num_classes, width, dtype: ResNet18(num_classes, _resnet_width(width), dtype),
+    "resnet50": lambda num_classes, width, dtype: ResNet50(num_classes, _resnet_width(width), dtype),
+}
+CLASSIFIERS = tuple(_REGISTRY)
+
+
 def build_classifier(name: str, num_classes: int, width: float = 1.0, dtype=jnp.float32) -> nn.Module:
   """A classifier by name; `width` scales AlexNet channels and ResNet base width (64·width)."""
-  if name == "lenet5":
-    return LeNet5(num_classes, dtype=dtype)
-  if name == "alexnet":
-    return AlexNet(num_classes, width=width, dtype=dtype)
-  if name == "resnet18":
-    return ResNet18(num_classes, max(8, int(64 * width)), dtype)
-  if name == "resnet50":
-    return ResNet50(num_classes, max(8, int(64 * width)), dtype)
-  raise ValueError(f"unknown classifier {name!r}; choose one of {CLASSIFIERS}")
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown classifier {name!r}; choose one of {CLASSIFIERS}")
+  return _REGISTRY[name](num_classes, width, dtype)

@@ -1,5 +1,6 @@
-"""Tasks assemble a model, its input pipeline, its steps, the training loop and evaluation.
+"""Tasks: one module per pipeline on one contract (base.Task), run by one runner (runner.py).
 
-Experiments (absl entry points) parse flags into a task config and call these; so do the
-multi-stage pipelines (two_stage), which chain several tasks in one process.
+Importing this package registers every task, so a workdir's config.json can name its task.
+Multi-stage pipelines (two_stage) chain runner calls of several tasks in one process.
 """
+from lesion_jax.tasks import classification, segmentation  # noqa: F401  (registers the tasks)

@@ -1,239 +1,166 @@
 """Classification task: LeNet-5 / AlexNet / ResNet on raw images or lesion crops, with optional
-class-balanced sampling and k-fold cross-validation, through the shared loop."""
+class-balanced sampling and k-fold cross-validation (runner.cross_validate)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lesion_jax import checkpoint, io
-from lesion_jax.data import pipeline
-from lesion_jax.data.augment import AugmentConfig
+from lesion_jax.config import field
+from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, inference, metrics
-from lesion_jax.models.classifiers import build_classifier
-from lesion_jax.tasks import config as config_lib
-from lesion_jax.train import loop, sharding, steps
-from lesion_jax.train.state import TrainState, create_train_state, learning_rate_schedule, make_optimizer
+from lesion_jax.models.classifiers import CLASSIFIERS, build_classifier
+from lesion_jax.tasks import base
+from lesion_jax.train import sharding, steps
+from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierModelConfig:
+  name: str = field("lenet5", "Classifier network: " + ", ".join(CLASSIFIERS) + ".")
+  width: float = field(1.0, "Channel multiplier (AlexNet conv channels; ResNet base width 64*width).")
+  dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
+
+
+@dataclasses.dataclass(frozen=True)
+class LesionCropConfig:
+  """Segmented input: the segmenter's mask ANDed with the image, cropped to the lesion's box
+  (plus a margin) and resized (artifacts/crops.py); the same function serves training and predict."""
+  segmenter_workdir: str | None = field(None, "train_segmenter run whose best checkpoint makes the crops.")
+  margin: float = field(0.1, "Margin around the lesion's bounding box, fraction of its size.")
+  black_out: bool = field(True, "Black out the skin around the lesion (mask AND image).")
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
-  input: pipeline.InputConfig = pipeline.InputConfig(task="classification", label_key="malignant")
-  model: str = "lenet5"
-  width: float = 1.0
-  dtype: str = "float32"
-  optimizer: str = "adam"
-  learning_rate: float = 1e-3
-  lr_schedule: str = "cosine"
-  warmup_steps: int = 50
-  weight_decay: float = 0.0
-  label_smoothing: float = 0.0
-  num_steps: int = 1000
-  eval_every: int = 250
-  log_every: int = 50
-  balanced: bool = False  # class-balanced sampling
-  train_split: str = "train"
-  val_split: str = "validation"  # "" = no validation: keep the last checkpoint
-  best_metric: str = "roc_auc"  # picks the checkpoint; accuracy when AUC is undefined
-  image_artifacts: str | None = None  # lesion crops (segmented input) instead of raw images
-
-  @classmethod
-  def from_flat_dict(cls, values: dict[str, Any]) -> "ClassifierConfig":
-    values = dict(values, task="classification")
-    return config_lib.from_flat_dict(cls, values)
-
-  def effective_input(self) -> pipeline.InputConfig:
-    if not self.image_artifacts:
-      return self.input
-    return dataclasses.replace(self.input, joins=(pipeline.ArtifactJoin("image", self.image_artifacts),))
+  input: pipeline.InputConfig = pipeline.InputConfig(batch_size=32)
+  model: ClassifierModelConfig = ClassifierModelConfig()
+  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, warmup_steps=50)
+  label_key: str = field("malignant", "Target feature: malignant (benign/malignant) or label (diagnosis).")
+  label_smoothing: float = field(0.0, "Label smoothing.")
+  num_steps: int = field(800, "Training steps.")
+  eval_every: int = field(200, "Validate (and checkpoint) every this many steps.")
+  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
+  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
+  balanced: bool = field(False, "Class-balanced sampling.")
+  folds: int = field(1, "k-fold cross-validation over the train split (the AlexNet paper used 5).")
+  train_split: str = field("train", "Split trained on (and cross-validated over).")
+  val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
+  best_metric: str = field("roc_auc", "Validation score that picks the checkpoint (accuracy where undefined).")
+  image_artifacts: str | None = field(None, "Artifact store of lesion crops used instead of the images.")
+  crop: LesionCropConfig = LesionCropConfig()
 
 
-def class_names(config: ClassifierConfig, builder=None) -> list[str]:
-  builder = builder or pipeline.get_builder(config.input.dataset, config.input.data_dir, config.input.manual_dir)
-  return list(builder.info.features[config.input.label_key].names)
+@base.register
+class ClassificationTask(base.Task):
+  name = "classification"
+  config_cls = ClassifierConfig
+  summary_keys = ("accuracy", "misclassification_rate", "f1", "precision", "recall", "sensitivity",
+                  "specificity", "roc_auc", "average_precision")
 
+  @functools.cached_property
+  def builder(self):
+    c = self.config.input
+    return pipeline.get_builder(c.dataset, c.data_dir, c.manual_dir)
 
-def init_state(config: ClassifierConfig, num_classes: int, rng: jax.Array) -> TrainState:
-  size = config.input.image_size
-  model = build_classifier(config.model, num_classes, config.width, jnp.dtype(config.dtype))
-  schedule = learning_rate_schedule(config.lr_schedule, config.learning_rate, config.num_steps, config.warmup_steps)
-  tx = make_optimizer(config.optimizer, schedule, weight_decay=config.weight_decay)
-  return create_train_state(model, tx, rng, jnp.zeros((1, size, size, 3), jnp.float32))
+  @functools.cached_property
+  def class_names(self) -> list[str]:
+    return list(self.builder.info.features[self.config.label_key].names)
 
+  @property
+  def folds(self) -> int:
+    return self.config.folds
 
-def predict_probs(state: TrainState, batches: Iterator[dict[str, np.ndarray]], mesh, predict=None
-                  ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-  """(labels, probabilities (N, C), ids) over every real (non-padding) example of `batches`
-  (of every host's batches, in a multi-host run)."""
-  predict = predict or sharding.jit_predict_step(steps.classification_predict_step, state, mesh)
-  labels, probs, ids = [], [], []
-  for batch, out in inference.predict_over(predict, state, batches, mesh):
-    real = batch["weight"] > 0
-    labels.append(batch["label"][real])
-    probs.append(out[real])
-    ids.extend(i.decode() if isinstance(i, bytes) else str(i) for i in batch["id"][real])
-  # Each host predicted its own shard of the split; every host scores all of it.
-  rows = sharding.allgather_rows({"labels": np.concatenate(labels), "probs": np.concatenate(probs)})
-  return rows["labels"], rows["probs"], sharding.allgather_strings(ids)
+  def init_state(self, rng: jax.Array) -> TrainState:
+    c = self.config
+    size = c.input.image_size
+    model = build_classifier(c.model.name, len(self.class_names), c.model.width, jnp.dtype(c.model.dtype))
+    return create_train_state(model, c.optimizer.build(c.num_steps), rng, jnp.zeros((1, size, size, 3), jnp.float32))
 
+  def train_step(self) -> Callable:
+    return steps.make_classification_train_step(self.config.label_smoothing)
 
-def _best_value(scores: dict[str, Any], name: str) -> float:
-  value = scores.get(name)
-  return float(value) if value is not None else float(scores["accuracy"])
+  def _joins(self) -> tuple[pipeline.ArtifactJoin, ...]:
+    c = self.config
+    return (pipeline.ArtifactJoin("image", c.image_artifacts),) if c.image_artifacts else ()
 
+  def _ops(self, train: bool) -> list:
+    c = self.config
+    return ops.classification_ops(c.input.image_size, c.input.augment if train else None, label_key=c.label_key)
 
-def train(config: ClassifierConfig, workdir: str, mesh=None) -> TrainState:
-  """Trains (or resumes) in `workdir`; returns the best state by validation `best_metric`."""
-  mesh = mesh or sharding.make_mesh()
-  data = config.effective_input()
-  builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
-  names = class_names(config, builder)
-  rng_init, rng_train = jax.random.split(jax.random.key(data.seed))
-  state = init_state(config, len(names), rng_init)
-  eval_input = dataclasses.replace(data, augment=AugmentConfig.off())
-  predict = sharding.jit_predict_step(steps.classification_predict_step, sharding.replicate(state, mesh), mesh)
+  def _input(self) -> pipeline.InputConfig:
+    return dataclasses.replace(self.config.input, joins=self._joins())
 
-  def validate(s: TrainState) -> dict[str, float]:
-    labels, probs, _ = predict_probs(s, pipeline.eval_batches(eval_input, config.val_split, builder), mesh, predict)
-    scores = metrics.classification_scores(labels, probs, names)
+  def train_batches(self, start_step: int) -> Iterator[base.Batch]:
+    c = self.config
+    return pipeline.train_iterator(self._input(), self._ops(train=True), c.train_split, start_step, self.builder,
+                                   balance_key=c.label_key if c.balanced else None)
+
+  def eval_batches(self, split: str) -> Iterator[base.Batch]:
+    return pipeline.eval_iterator(self._input(), self._ops(train=False), split, self.builder)
+
+  def predict_fns(self) -> dict[str, Callable]:
+    return {"predict": steps.classification_predict_step}
+
+  def best_metric(self) -> tuple[str, str]:
+    return "val/best_metric", "max"
+
+  def evaluate(self, state, split, mesh, predict=None, keep_examples=0) -> base.Evaluation:
+    predict = predict or self.jit_predict(state, mesh)
+    labels, probs, ids = [], [], []
+    for batch, out in inference.predict_over(predict, state, self.eval_batches(split), mesh):
+      real = batch["weight"] > 0
+      labels.append(batch["label"][real])
+      probs.append(out[real])
+      ids.extend(base.decode_ids(batch["id"][real]))
+    # Each host predicted its own shard of the split; every host scores all of it.
+    rows = sharding.allgather_rows({"labels": np.concatenate(labels), "probs": np.concatenate(probs)})
+    return self.evaluation_of(rows["labels"], rows["probs"], base.gather_strings(ids))
+
+  def evaluation_of(self, labels: np.ndarray, probs: np.ndarray, ids: list[str]) -> base.Evaluation:
+    scores = metrics.classification_scores(labels, probs, self.class_names)
+    return base.Evaluation(scores, {"labels": labels, "probs": probs}, ids,
+                           predictions={"ids": ids, "labels": labels.tolist(), "probs": probs.tolist()})
+
+  def pooled(self, evaluations: list[base.Evaluation]) -> base.Evaluation:
+    """One Evaluation of the held-out predictions of every cross-validation fold."""
+    return self.evaluation_of(np.concatenate([e.per_example["labels"] for e in evaluations]),
+                              np.concatenate([e.per_example["probs"] for e in evaluations]),
+                              [i for e in evaluations for i in e.ids])
+
+  def validation_metrics(self, evaluation: base.Evaluation) -> dict[str, float]:
+    scores = evaluation.scores
     out = {f"val/{k}": float(scores[k]) for k in ("accuracy", "f1", "sensitivity", "specificity",
                                                  "roc_auc") if scores.get(k) is not None}
-    out["val/best_metric"] = _best_value(scores, config.best_metric)
+    best = scores.get(self.config.best_metric)
+    out["val/best_metric"] = float(best) if best is not None else float(scores["accuracy"])
     return out
 
-  loop_config = loop.LoopConfig(num_steps=config.num_steps, batch_size=data.batch_size,
-                                eval_every=config.eval_every, log_every=config.log_every,
-                                best_metric=_best_metric(config), best_mode="max")
-  loop.train(state, steps.make_classification_train_step(config.label_smoothing),
-             lambda start: pipeline.train_batches(data, start, config.train_split, builder, config.balanced),
-             validate if config.val_split else None, workdir, loop_config, rng_train, mesh)
-  return restore(workdir, config, len(names), "best", mesh)
+  def final_splits(self, test_split: str) -> list[tuple[str, str]]:
+    return [("train", self.config.train_split), ("test", test_split)]
 
+  def with_splits(self, train_split: str, val_split: str) -> "ClassificationTask":
+    return ClassificationTask(dataclasses.replace(self.config, train_split=train_split, val_split=val_split, folds=1))
 
-def _best_metric(config: ClassifierConfig) -> str | None:
-  """Checkpoints are ranked on the validation split; without one the latest is "best"."""
-  return "val/best_metric" if config.val_split else None
-
-
-def restore(workdir: str, config: ClassifierConfig, num_classes: int, which: checkpoint.Which = "best",
-            mesh=None) -> TrainState:
-  mesh = mesh or sharding.make_mesh()
-  template = sharding.replicate(init_state(config, num_classes, jax.random.key(0)), mesh)
-  with checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), _best_metric(config), read_only=True) as c:
-    return c.restore(template, which)  # into the mesh's sharding, as segmentation.restore
-
-
-def score_split(state: TrainState, config: ClassifierConfig, split: str, mesh=None,
-                figure_dir: str | None = None, prefix: str | None = None) -> dict[str, Any]:
-  """Classification scores on `split` (metrics.classification_scores), with ROC and confusion
-  figures when `figure_dir` is given; keys prefixed with `prefix` (default: the split)."""
-  mesh = mesh or sharding.make_mesh()
-  data = dataclasses.replace(config.effective_input(), augment=AugmentConfig.off())
-  builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
-  names = class_names(config, builder)
-  labels, probs, ids = predict_probs(state, pipeline.eval_batches(data, split, builder), mesh)
-  scores = metrics.classification_scores(labels, probs, names)
-  prefix = prefix or split
-  if figure_dir:
-    figures.save_confusion_matrix(os.path.join(figure_dir, f"{prefix}_confusion.png"),
-                                  np.asarray(scores["confusion_matrix"]), names)
+  def write_figures(self, evaluation, fig_dir, prefix) -> None:
+    names = self.class_names
+    figures.save_confusion_matrix(os.path.join(fig_dir, f"{prefix}_confusion.png"),
+                                  np.asarray(evaluation.scores["confusion_matrix"]), names)
     if len(names) == 2:
-      figures.save_roc_curve(os.path.join(figure_dir, f"{prefix}_roc.png"), labels, probs[:, 1],
-                             label=f"{config.model} ({prefix})")
-  out = {f"{prefix}/{k}": v for k, v in scores.items()}
-  out[f"{prefix}/_predictions"] = {"ids": ids, "labels": labels.tolist(), "probs": probs.tolist()}
-  return out
+      label = f"{self.config.model.name} ({'pooled CV' if prefix == 'cv' else prefix})"
+      figures.save_roc_curve(os.path.join(fig_dir, f"{prefix}_roc.png"), evaluation.per_example["labels"],
+                             evaluation.per_example["probs"][:, 1], label=label)
 
+  def example_input(self, image: np.ndarray) -> base.Batch:
+    return {"image": pipeline.preprocess_image(image, self.config.input.image_size)}
 
-def fold_splits(split: str, num_examples: int, folds: int, fold: int) -> tuple[str, str]:
-  """(train, held-out) TFDS split strings of fold `fold` of a `folds`-fold split of `split`
-  (contiguous index ranges, so every example is held out exactly once)."""
-  if not 0 <= fold < folds or folds < 2:
-    raise ValueError(f"fold {fold} of {folds} is not valid (need folds >= 2 and 0 <= fold < folds)")
-  a, b = fold * num_examples // folds, (fold + 1) * num_examples // folds
-  train = "+".join(p for p in ((f"{split}[:{a}]" if a > 0 else ""),
-                               (f"{split}[{b}:]" if b < num_examples else "")) if p)
-  return train, f"{split}[{a}:{b}]"
-
-
-SUMMARY_KEYS = ("accuracy", "misclassification_rate", "f1", "precision", "recall", "sensitivity",
-                "specificity", "roc_auc", "average_precision")
-
-
-def run(config: ClassifierConfig, workdir: str, folds: int = 1, test_split: str = "test",
-        mesh=None) -> dict[str, Any]:
-  """Trains and scores a classifier; with `folds` > 1, k-fold cross-validation over the train
-  split (fold models in `workdir`/fold_i), reporting the pooled held-out predictions and the
-  mean/std over folds. Writes `metrics.json` and figures; returns the metrics."""
-  mesh = mesh or sharding.make_mesh()
-  fig_dir = os.path.join(workdir, "figures")
-  if folds <= 1:
-    state = train(config, workdir, mesh)
-    result = {}
-    result.update(score_split(state, config, config.train_split, mesh, prefix="train"))
-    result.update(score_split(state, config, test_split, mesh, fig_dir, prefix="test"))
-    _save_history_figure(workdir)
-  else:
-    data = config.effective_input()
-    builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
-    n = builder.info.splits[config.train_split].num_examples
-    per_fold, pooled = [], {"ids": [], "labels": [], "probs": []}
-    for fold in range(folds):
-      train_split, held_out = fold_splits(config.train_split, n, folds, fold)
-      fold_config = dataclasses.replace(config, train_split=train_split, val_split=held_out)
-      fold_dir = os.path.join(workdir, f"fold_{fold}")
-      state = train(fold_config, fold_dir, mesh)
-      scores = {}
-      scores.update(score_split(state, fold_config, train_split, mesh, prefix="train"))
-      scores.update(score_split(state, fold_config, held_out, mesh, prefix="cv"))
-      scores.update(score_split(state, fold_config, test_split, mesh, os.path.join(fold_dir, "figures"), prefix="test"))
-      io.write_json(os.path.join(fold_dir, "metrics.json"), scores)
-      per_fold.append(scores)
-      for k in pooled:
-        pooled[k].extend(scores["cv/_predictions"][k])
-    names = class_names(config, builder)
-    pooled_scores = metrics.classification_scores(np.asarray(pooled["labels"]), np.asarray(pooled["probs"]), names)
-    result = {f"cv/{k}": v for k, v in pooled_scores.items()}
-    for prefix in ("train", "cv", "test"):
-      for k in SUMMARY_KEYS:
-        values = [f[f"{prefix}/{k}"] for f in per_fold if f.get(f"{prefix}/{k}") is not None]
-        if values:
-          result[f"{prefix}/{k}_fold_mean"] = float(np.mean(values))
-          result[f"{prefix}/{k}_fold_std"] = float(np.std(values))
-    result["folds"] = folds
-    figures.save_confusion_matrix(os.path.join(fig_dir, "cv_confusion.png"),
-                                  np.asarray(pooled_scores["confusion_matrix"]), names)
-    if len(names) == 2:
-      figures.save_roc_curve(os.path.join(fig_dir, "cv_roc.png"), np.asarray(pooled["labels"]),
-                             np.asarray(pooled["probs"])[:, 1], label=f"{config.model} (pooled CV)")
-  predictions = {k: result.pop(k) for k in list(result) if k.endswith("/_predictions")}
-  io.write_json(os.path.join(workdir, "predictions.json"), predictions)
-  io.write_json(os.path.join(workdir, "metrics.json"), result)
-  return result
-
-
-def _save_history_figure(workdir: str) -> None:
-  path = os.path.join(workdir, "history.json")
-  if os.path.exists(path):
-    figures.save_curves(os.path.join(workdir, "figures", "curves.png"), io.read_json(path))
-
-
-def load_config(workdir: str) -> ClassifierConfig:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} the --workdir of a train_classifier run?")
-  return ClassifierConfig.from_flat_dict(io.read_json(path))
-
-
-def classify_images(state: TrainState, config: ClassifierConfig, images: list[np.ndarray],
-                    mesh=None) -> list[np.ndarray]:
-  """Class probabilities for uint8 RGB model inputs (raw images, or lesion crops for a classifier
-  trained on segmented input), preprocessed exactly as in training."""
-  mesh = mesh or sharding.make_mesh()
-  predict = sharding.jit_predict_step(steps.classification_predict_step, state, mesh)
-  inputs = [pipeline.preprocess_image(im, config.input.image_size) for im in images]
-  return inference.predict_arrays(predict, state, inputs, config.input.batch_size, mesh)
+  def classify_images(self, state, images: list[np.ndarray], mesh=None) -> list[np.ndarray]:
+    """Class probabilities for uint8 RGB model inputs (raw images, or lesion crops for a classifier
+    trained on segmented input), preprocessed exactly as in training."""
+    from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
+    return runner.predict_examples(self, state, [self.example_input(im) for im in images], mesh)

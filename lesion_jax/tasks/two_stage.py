@@ -11,13 +11,14 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from lesion_jax import config as config_lib
 from lesion_jax import io
 from lesion_jax.artifacts import annotate, kmeans, store
 from lesion_jax.data import pipeline
-from lesion_jax.data.augment import AugmentConfig
 from lesion_jax.eval import figures, metrics, postprocess
-from lesion_jax.tasks import classification, segmentation
+from lesion_jax.tasks import classification, runner, segmentation
 from lesion_jax.train import sharding
+from lesion_jax.train.state import OptimizerConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +46,8 @@ class TwoStageConfig:
   manual_dir: str | None = None
   artifact_dir: str | None = None
   seed: int = 0
-  segmenter: segmentation.SegmenterConfig = segmentation.SegmenterConfig(num_steps=800, eval_every=400)
+  segmenter: segmentation.SegmenterConfig = segmentation.SegmenterConfig(
+      num_steps=800, eval_every=400, optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=100))
   kmeans: kmeans.KMeansConfig = kmeans.KMeansConfig()
   classifiers: tuple[ClassifierSpec, ...] = DEFAULT_CLASSIFIERS
   classifier_image_size: int = 64
@@ -62,7 +64,8 @@ def _slug(text: str) -> str:
 
 
 def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
-  """Runs every stage (each resumable) and writes report.md, report.json and figures/."""
+  """Runs every stage (each resumable) and writes config.json, report.md, report.json and figures/."""
+  runner.write_config(workdir, describe(config))
   mesh = sharding.make_mesh()
   start = time.perf_counter()
   timings: dict[str, float] = {}
@@ -86,21 +89,20 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
   seg_config = dataclasses.replace(config.segmenter, input=seg_input, mask_artifacts=kstore.directory,
                                    train_split=config.train_split, val_split=config.val_split)
   seg_dir = os.path.join(workdir, "segmenter")
-  _write_run_config(seg_dir, seg_config)
-  seg_state = segmentation.train(seg_config, seg_dir, mesh=mesh)
+  seg_task = segmentation.SegmentationTask(seg_config)
+  seg_state = runner.train(seg_task, seg_dir, mesh=mesh)
   timings["segmenter"] = time.perf_counter() - t
 
   # Segmentation: K-means vs U-Net on the test split's ground truth.
   seg_report: dict[str, Any] = {}
   if has_masks:
-    unet = segmentation.evaluate(seg_state, seg_config, pipeline.eval_batches(
-        dataclasses.replace(seg_input, augment=AugmentConfig.off()), config.test_split, builder), mesh,
-        keep_examples=8)
+    unet = seg_task.evaluate(seg_state, config.test_split, mesh, keep_examples=8)
+    unet_ja = unet.per_example["jaccard"]
     km = _kmeans_scores_at(kstore, builder, config.test_split, unet.ids)
     seg_report = {"kmeans": km["scores"], "unet": unet.scores,
                   "kmeans_uncertain": annotation[config.test_split].uncertain}
     figures.save_histogram(os.path.join(fig_dir, "jaccard_kmeans_vs_unet.png"),
-                           {"K-means pseudo-masks": km["per_image"], "U-Net on pseudo-masks": unet.per_image["jaccard"]},
+                           {"K-means pseudo-masks": km["per_image"], "U-Net on pseudo-masks": unet_ja},
                            xlabel=f"per-image Jaccard ({config.test_split})")
     km_masks = [kstore.read_mask(i) for i in unet.ids[:8]]
     images = list(unet.examples["image"])
@@ -114,8 +116,9 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
 
   # 3. Lesion crops with the U-Net: mask AND image, cropped to the lesion, resized.
   t = time.perf_counter()
-  crops_dir = segmentation.lesion_crops(seg_dir, config.dataset, splits, config.classifier_image_size,
-                                        config.data_dir, config.manual_dir, root, mesh=mesh)
+  crop = classification.LesionCropConfig(segmenter_workdir=seg_dir)
+  crops_dir = segmentation.lesion_crops(seg_dir, builder, splits, config.classifier_image_size, root,
+                                        crop.margin, crop.black_out, mesh)
   timings["crops"] = time.perf_counter() - t
 
   # 4. Classifiers on raw images and on crops.
@@ -126,15 +129,18 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
     cls_input = pipeline.InputConfig(
         dataset=config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
         image_size=config.classifier_image_size, batch_size=config.classifier_batch_size,
-        seed=config.seed, task="classification", label_key=config.target)
+        seed=config.seed)
+    segmented = spec.input == "segmented"
     cls_config = classification.ClassifierConfig(
-        input=cls_input, model=spec.model, width=spec.width, learning_rate=spec.learning_rate,
+        input=cls_input, label_key=config.target,
+        model=classification.ClassifierModelConfig(spec.model, width=spec.width),
+        optimizer=dataclasses.replace(classification.ClassifierConfig().optimizer, learning_rate=spec.learning_rate),
         num_steps=spec.num_steps, eval_every=max(1, spec.num_steps // 4), balanced=config.balanced,
         train_split=config.train_split, val_split=config.val_split,
-        image_artifacts=crops_dir if spec.input == "segmented" else None)
+        image_artifacts=crops_dir if segmented else None,
+        crop=crop if segmented else classification.LesionCropConfig())
     cls_dir = os.path.join(workdir, "classifiers", _slug(spec.name))
-    _write_run_config(cls_dir, cls_config)
-    result = classification.run(cls_config, cls_dir, test_split=config.test_split, mesh=mesh)
+    result = runner.run(classification.ClassificationTask(cls_config), cls_dir, config.test_split, mesh)
     predictions = io.read_json(os.path.join(cls_dir, "predictions.json"))["test/_predictions"]
     if len(predictions["probs"][0]) == 2:
       roc_curves[spec.name] = (np.asarray(predictions["labels"]), np.asarray(predictions["probs"])[:, 1])
@@ -156,18 +162,6 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
   io.write_json(os.path.join(workdir, "metrics.json"), _headline_metrics(report))
   logging.info("Two-stage report: %s", os.path.join(workdir, "report.md"))
   return report
-
-
-def _flat(config) -> dict[str, Any]:
-  flat = {k: v for k, v in dataclasses.asdict(config).items() if k != "input"}
-  flat.update({k: v for k, v in dataclasses.asdict(config.input).items() if k not in ("augment", "joins")})
-  return flat
-
-
-def _write_run_config(run_dir: str, config) -> None:
-  """config.json in a stage's own workdir (segmenter or classifier), flat like the experiments'
-  flags, so evaluate/predict/train_* work on it directly."""
-  io.write_json(os.path.join(run_dir, "config.json"), _flat(config))
 
 
 def _kmeans_scores_at(kstore, builder, split: str, ids: list[str]) -> dict[str, Any]:
@@ -228,3 +222,8 @@ def render_report(report: dict[str, Any], config: TwoStageConfig) -> str:
   lines += ["", "![ROC](figures/roc_classifiers.png)", "", "## Time (seconds)", ""]
   lines += [f"- {k}: {v}" for k, v in report["timings_seconds"].items()]
   return "\n".join(lines) + "\n"
+
+
+def describe(config: TwoStageConfig) -> dict[str, Any]:
+  """What the framework's top-level config.json records (each stage records its own run)."""
+  return {"task": "two_stage", "config": config_lib.to_dict(config)}

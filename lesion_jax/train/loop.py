@@ -1,13 +1,22 @@
-"""The one training loop, shared by every trainer (segmenter, classifier, inpainter, GAN, LFN).
+"""The one training loop, shared by every task (lesion_jax/tasks runs it through tasks/runner.py).
 
     state = loop.train(state, train_step, batches_from, evaluate, workdir, LoopConfig(...), rng)
 
+- `state` is any pytree with an integer scalar `step` attribute that the train step advances by
+  one (flax's TrainState, or a GAN's two-player state); it is checked on entry with a clear
+  error. The caller's `state` stays valid: the loop trains a replicated copy (and donates that).
 - `train_step(state, batch, rng) -> (state, metrics)` is a pure function; it is jitted here once,
-  with the state donated and the batch sharded over the device mesh.
+  with the state donated and the batch (any pytree of arrays) sharded over the device mesh.
 - `batches_from(start_step)` returns an iterator of host (numpy) batches starting at `start_step`,
-  so a resumed run sees the same data it would have seen without the interruption.
-- `evaluate(state) -> dict` computes validation metrics on the host side; its result is logged and
-  stored with the checkpoint, which is kept if it is among the latest or the best.
+  so a resumed run sees the same data it would have seen without the interruption. String
+  fields (ids) stay on the host.
+- `evaluate(state) -> dict` computes validation metrics on the host side every `eval_every`
+  steps; its result is logged and stored with the checkpoint written at that step.
+- Checkpoints are written every `checkpoint_every` steps (default: with each evaluation), and at
+  the end; the latest and the best (by `best_metric`) are kept.
+- Every metric whose name contains "loss" is checked: a non-finite value stops the run.
+- `hooks`: periodic actions `hook(step, state, writer)` every `hook.every` steps (sample grids,
+  image summaries), see `PeriodicHook`.
 - Re-running with the same workdir resumes from the latest checkpoint.
 """
 from __future__ import annotations
@@ -15,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable, Iterator, Literal
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import jax
 import numpy as np
@@ -23,7 +32,6 @@ from absl import logging
 
 from lesion_jax import checkpoint
 from lesion_jax.train import sharding
-from lesion_jax.train.state import TrainState
 from lesion_jax.train.summary import MetricWriter
 
 
@@ -33,10 +41,40 @@ class LoopConfig:
   batch_size: int  # global batch size, for images/s
   eval_every: int = 500
   log_every: int = 50
+  checkpoint_every: int | None = None  # None: with each evaluation
   best_metric: str | None = None  # e.g. "val/jaccard"; None keeps only the latest checkpoint
   best_mode: Literal["max", "min"] = "max"
   keep_latest: int = 1
   keep_best: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class PeriodicHook:
+  """`fn(step, state, writer)` every `every` steps (and at the last step), on every process;
+  write outputs only where `writer.enabled` (process 0)."""
+  every: int
+  fn: Callable[[int, Any, MetricWriter], None]
+  name: str = "hook"
+
+  def __call__(self, step: int, state: Any, writer: MetricWriter) -> None:
+    self.fn(step, state, writer)
+
+
+def check_state(state: Any) -> None:
+  """The loop's one requirement on a train state: an integer scalar `step`."""
+  step = getattr(state, "step", None)
+  if step is None:
+    raise TypeError(f"the training loop needs a state with a `step` attribute (an integer scalar "
+                    f"array the train step increments), got {type(state).__name__}")
+  if getattr(step, "shape", ()) != () or not np.issubdtype(np.asarray(jax.device_get(step)).dtype, np.integer):
+    raise TypeError(f"state.step must be an integer scalar, got {step!r}")
+
+
+def check_finite_losses(step: int, means: dict[str, float]) -> None:
+  """Stops a diverged run: every loss-like metric (name contains 'loss') must be finite."""
+  bad = {k: v for k, v in means.items() if "loss" in k and not math.isfinite(v)}
+  if bad:
+    raise FloatingPointError(f"training diverged at step {step}: {bad}")
 
 
 def format_duration(seconds: float) -> str:
@@ -53,16 +91,17 @@ def checkpoints_for(workdir: str, config: LoopConfig) -> checkpoint.Checkpoints:
                                 config.keep_latest, config.keep_best)
 
 
-def train(state: TrainState, train_step: Callable, batches_from: Callable[[int], Iterator[dict]],
-          evaluate: Callable[[TrainState], dict[str, float]] | None, workdir: str,
+def train(state: Any, train_step: Callable, batches_from: Callable[[int], Iterator[dict]],
+          evaluate: Callable[[Any], dict[str, float]] | None, workdir: str,
           config: LoopConfig, rng: jax.Array, mesh: jax.sharding.Mesh | None = None,
-          writer: MetricWriter | None = None) -> TrainState:
+          writer: MetricWriter | None = None, hooks: Sequence[PeriodicHook] = ()) -> Any:
   """Trains until `config.num_steps`, resuming from `workdir`/checkpoints if a run was cut short.
 
   Returns the final state (the best checkpoint is restored separately, by the caller, with
   `checkpoint.Checkpoints.restore(template, 'best')`).
   """
   mesh = mesh or sharding.make_mesh()
+  check_state(state)
   sharding.check_batch_size(config.batch_size, mesh)
   ckpts = checkpoints_for(workdir, config)
   own_writer = writer is None
@@ -76,25 +115,28 @@ def train(state: TrainState, train_step: Callable, batches_from: Callable[[int],
     logging.info("Resumed from %s at step %d.", ckpts.directory, start_step)
   step_fn = sharding.jit_train_step(train_step, state, mesh)
 
-  if start_step >= config.num_steps:
-    logging.info("Already trained for %d steps; nothing to do.", start_step)
-  else:
-    state = _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rng, mesh,
-                       start_step)
-  finish = time.perf_counter()
-  ckpts.wait()
-  ckpts.close()
-  if time.perf_counter() - finish > 5:
-    logging.info("Checkpoint writes finished after %.1fs.", time.perf_counter() - finish)
-  if own_writer:
-    writer.close()
-  else:
-    writer.flush()
+  try:
+    if start_step >= config.num_steps:
+      logging.info("Already trained for %d steps; nothing to do.", start_step)
+    else:
+      state = _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rng, mesh,
+                         start_step, hooks)
+  finally:  # also when a step fails: checkpoints already started are completed, not left torn
+    finish = time.perf_counter()
+    ckpts.wait()
+    ckpts.close()
+    if time.perf_counter() - finish > 5:
+      logging.info("Checkpoint writes finished after %.1fs.", time.perf_counter() - finish)
+    if own_writer:
+      writer.close()
+    else:
+      writer.flush()
   return state
 
 
 def _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rng, mesh,
-               start_step: int) -> TrainState:
+               start_step: int, hooks: Sequence[PeriodicHook]) -> Any:
+  checkpoint_every = config.checkpoint_every or config.eval_every
   batches = batches_from(start_step)
   pending: list[dict[str, jax.Array]] = []
   window_start, window_steps, train_time = time.perf_counter(), 0, 0.0
@@ -103,7 +145,7 @@ def _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rn
       host_batch = next(batches)
     except StopIteration as e:
       raise RuntimeError(f"the training input ran out at step {step}; it must repeat") from e
-    batch = sharding.shard_batch(host_batch, mesh)
+    batch = sharding.shard_batch(sharding.device_fields(host_batch), mesh)
     state, metrics = step_fn(state, batch, jax.random.fold_in(rng, step))
     pending.append(metrics)
     window_steps += 1
@@ -119,20 +161,27 @@ def _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rn
       eta = (config.num_steps - step) * elapsed / max(window_steps, 1)
       shown = " ".join(f"{k.split('/', 1)[1]} {v:.4f}" for k, v in means.items()
                        if k != "train/images_per_second")
-      if not math.isfinite(means.get("train/loss", 0.0)):
-        raise FloatingPointError(f"training diverged at step {step}: loss is {means['train/loss']}")
+      check_finite_losses(step, means)
       logging.info("step %d/%d | %s | %.1f img/s | ETA %s", step, config.num_steps, shown, ips,
                    format_duration(eta))
       pending, window_steps = [], 0
       window_start = time.perf_counter()
 
-    if step % config.eval_every == 0 or step == config.num_steps:
-      eval_start = time.perf_counter()
-      eval_metrics = dict(evaluate(state)) if evaluate is not None else {}
-      writer.scalars(step, eval_metrics)
-      ckpts.save(step, state, eval_metrics or None)
+    last = step == config.num_steps
+    evaluating = step % config.eval_every == 0 or last
+    due_hooks = [h for h in hooks if step % h.every == 0 or last]
+    if evaluating or step % checkpoint_every == 0 or due_hooks:
+      pause = time.perf_counter()
+      eval_metrics = None
+      if evaluating:
+        eval_metrics = dict(evaluate(state)) if evaluate is not None else {}
+        writer.scalars(step, eval_metrics)
+        shown = " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items())
+        logging.info("eval at step %d: %s (%.1fs)", step, shown or "-", time.perf_counter() - pause)
+      if evaluating or step % checkpoint_every == 0:
+        ckpts.save(step, state, eval_metrics or None)
+      for hook in due_hooks:
+        hook(step, state, writer)
       writer.flush()
-      shown = " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items())
-      logging.info("eval at step %d: %s (%.1fs)", step, shown or "-", time.perf_counter() - eval_start)
-      window_start += time.perf_counter() - eval_start  # keep eval out of images/s
+      window_start += time.perf_counter() - pause  # keep eval, hooks and saving out of images/s
   return state

@@ -67,15 +67,40 @@ def is_device_array_value(x: Any) -> bool:
   return isinstance(x, (np.ndarray, jax.Array)) and np.dtype(x.dtype).kind in "biuf"
 
 
-def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-  """Places this process's slice of a global batch on the mesh (numeric entries only)."""
+def device_fields(batch: Any) -> Any:
+  """The numeric leaves of a (nested) host batch: what goes to the device. String leaves (example
+  ids, encoded PNG bytes) stay on the host; they are the only ones left out."""
+  def keep(tree):
+    if isinstance(tree, dict):
+      kept = {k: keep(v) for k, v in tree.items()}
+      return {k: v for k, v in kept.items() if v is not None}
+    if isinstance(tree, (list, tuple)):
+      return type(tree)(keep(v) for v in tree)
+    arr = np.asarray(tree)
+    return arr if arr.dtype.kind in "biuf" else None
+  return keep(batch)
+
+
+def shard_batch(batch: Any, mesh: Mesh) -> Any:
+  """Places this process's slice of a global batch (any pytree of numeric arrays, split along
+  axis 0) on the mesh. A non-numeric leaf is an error, never silently dropped: pass the batch
+  through `device_fields` first to leave ids and other strings on the host."""
   sharding = batch_sharded(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in batch.items() if is_device_array_value(v)}
+
+  def place(path, x):
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+      raise TypeError(f"batch leaf {jax.tree_util.keystr(path)} has dtype {x.dtype}: only numeric "
+                      "arrays go to the device (use sharding.device_fields to leave strings out)")
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree_util.tree_map_with_path(place, batch)
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  return jax.device_put(tree, replicated(mesh))
+  """`tree` replicated on every device of `mesh`, in new buffers: the caller's arrays stay valid
+  even when a jitted step later donates the replicated ones."""
+  return jax.device_put(tree, replicated(mesh), may_alias=False)
 
 
 def state_shardings(state: Any, mesh: Mesh) -> Any:
@@ -90,7 +115,8 @@ def jit_train_step(train_step: Callable, state: Any, mesh: Mesh) -> Callable:
 
 
 def jit_predict_step(predict_step: Callable, state: Any, mesh: Mesh) -> Callable:
-  """jit(predict_step(state, images)) with outputs kept sharded along the batch."""
+  """jit(predict_step(state, batch)) with the batch (any pytree) and outputs (any pytree) kept
+  sharded along the batch axis."""
   return jax.jit(predict_step, in_shardings=(state_shardings(state, mesh), batch_sharded(mesh)),
                  out_shardings=batch_sharded(mesh))
 
@@ -132,9 +158,13 @@ def allgather_strings(strings: list[str]) -> list[str]:
   return [bytes(r[:n]).decode() for r, n in zip(rows["bytes"], rows["length"])]
 
 
-def to_host(x: jax.Array) -> np.ndarray:
-  """This process's rows of a batch-sharded global array, as numpy (in batch order)."""
+def to_host(tree: Any) -> Any:
+  """This process's rows of every batch-sharded global array in `tree`, as numpy (in batch order)."""
   if jax.process_count() == 1:
-    return np.asarray(jax.device_get(x))
-  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-  return np.concatenate([np.asarray(s.data) for s in shards], axis=0)
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+  def local(x):
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return np.concatenate([np.asarray(s.data) for s in shards], axis=0)
+
+  return jax.tree.map(local, tree)

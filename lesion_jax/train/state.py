@@ -1,13 +1,16 @@
-"""The train state shared by every trainer."""
+"""The train state, optimizer and learning-rate schedule shared by the tasks."""
 from __future__ import annotations
 
-from typing import Any, Callable
+import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from flax.training import train_state
+
+from lesion_jax import config as config_lib
 
 
 class TrainState(train_state.TrainState):
@@ -16,11 +19,29 @@ class TrainState(train_state.TrainState):
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array,
-                       example_input: jax.Array) -> TrainState:
-  """Initialises `model` on `example_input` (only its shape and dtype matter)."""
-  variables = model.init({"params": rng, "dropout": rng}, jnp.zeros_like(example_input), train=False)
+                       *example_inputs: Any) -> TrainState:
+  """Initialises `model` on `example_inputs` (one per positional model input, each any pytree;
+  only shapes and dtypes matter)."""
+  zeros = jax.tree.map(jnp.zeros_like, example_inputs)
+  variables = model.init({"params": rng, "dropout": rng}, *zeros, train=False)
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                            batch_stats=variables.get("batch_stats", {}))
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+  """An optimiser and its learning-rate schedule (see make_optimizer, learning_rate_schedule)."""
+  name: str = config_lib.field("adam", "Optimiser: adam (the segmentation papers), adamw, sgd (the AlexNet paper).")
+  learning_rate: float = config_lib.field(1e-3, "Peak learning rate.")
+  lr_schedule: str = config_lib.field("cosine", "Learning-rate schedule: cosine (linear warm-up, cosine "
+                                      "decay to 1 %) or constant (as in the papers).")
+  warmup_steps: int = config_lib.field(100, "Linear warm-up steps of the cosine schedule (at most half the run).")
+  weight_decay: float = config_lib.field(0.0, "Weight decay (adamw, sgd).")
+  momentum: float = config_lib.field(0.9, "SGD momentum.")
+
+  def build(self, num_steps: int) -> optax.GradientTransformation:
+    schedule = learning_rate_schedule(self.lr_schedule, self.learning_rate, num_steps, self.warmup_steps)
+    return make_optimizer(self.name, schedule, self.momentum, self.weight_decay)
 
 
 def make_optimizer(name: str, learning_rate: float | optax.Schedule, momentum: float = 0.9,
@@ -46,9 +67,3 @@ def learning_rate_schedule(name: str, learning_rate: float, num_steps: int,
                                               max(num_steps, 1), end_value=0.01 * learning_rate)
   raise ValueError(f"unknown lr_schedule {name!r}; choose constant or cosine")
 
-
-def count_params(params: Any) -> int:
-  return int(sum(x.size for x in jax.tree.leaves(params)))
-
-
-ApplyFn = Callable[..., Any]

@@ -1,0 +1,162 @@
+"""One source of configuration: nested frozen dataclasses, their dict form, dotted overrides.
+
+Defaults live only in the dataclasses. A run's `config.json` is `to_dict(config)`;
+`from_dict(cls, to_dict(config)) == config` exactly, and a key that no field has is an error
+naming the key (and the nearest field), so a typo never passes silently. Command-line flags are
+generated from the same fields (experiments/common.py), one per leaf, named by its dotted path
+(`--model.features=32`), so a flag and its default cannot disagree with the config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from typing import Any, Iterator, TypeVar
+
+ConfigT = TypeVar("ConfigT")
+
+
+class ConfigError(ValueError):
+  """A config key or value that does not fit the dataclass it is meant for."""
+
+
+def _hints(cls: type) -> dict[str, Any]:
+  return typing.get_type_hints(cls)
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+  """(T, True) for `T | None`, else (tp, False)."""
+  args = typing.get_args(tp)
+  if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+    rest = [a for a in args if a is not type(None)]
+    return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
+  return tp, False
+
+
+def to_dict(config: Any) -> Any:
+  """JSON-ready nested dict of a dataclass config (tuples become lists)."""
+  if dataclasses.is_dataclass(config) and not isinstance(config, type):
+    return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+  if isinstance(config, (list, tuple)):
+    return [to_dict(v) for v in config]
+  return config
+
+
+def _unknown(key: str, cls: type, path: str) -> ConfigError:
+  names = [f.name for f in dataclasses.fields(cls)]
+  near = difflib.get_close_matches(key, names, n=1)
+  hint = f"; did you mean {near[0]!r}?" if near else f"; {cls.__name__} has {names}"
+  return ConfigError(f"unknown config key {path + key!r}{hint}")
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+  tp, optional = _strip_optional(tp)
+  if value is None:
+    if optional or tp is Any:
+      return None
+    raise ConfigError(f"config key {path!r} may not be None")
+  if dataclasses.is_dataclass(tp):
+    if isinstance(value, tp):
+      return value
+    if not isinstance(value, dict):
+      raise ConfigError(f"config key {path!r} needs a mapping for {tp.__name__}, got {value!r}")
+    return from_dict(tp, value, path + ".")
+  origin = typing.get_origin(tp)
+  if origin is tuple:
+    args = typing.get_args(tp)
+    item = args[0] if args else Any
+    return tuple(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
+  if origin is typing.Literal:
+    if value not in typing.get_args(tp):
+      raise ConfigError(f"config key {path!r} must be one of {typing.get_args(tp)}, got {value!r}")
+    return value
+  if tp is float and isinstance(value, int) and not isinstance(value, bool):
+    return float(value)
+  if tp in (int, float, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+    raise ConfigError(f"config key {path!r} must be {tp.__name__}, got {value!r}")
+  return value
+
+
+def from_dict(cls: type[ConfigT], values: dict[str, Any], path: str = "") -> ConfigT:
+  """`cls` from a (partial) nested dict: missing keys keep their defaults, unknown keys raise."""
+  if not isinstance(values, dict):
+    raise ConfigError(f"config {path or cls.__name__!r} must be a mapping, got {values!r}")
+  hints = _hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  for key in values:
+    if key not in names:
+      raise _unknown(key, cls, path)
+  return cls(**{k: _convert(v, hints[k], path + k) for k, v in values.items()})
+
+
+def replace(config: ConfigT, overrides: dict[str, Any]) -> ConfigT:
+  """`config` with dotted-path overrides applied (`{"model.features": 32}`); unknown paths raise."""
+  nested: dict[str, Any] = {}
+  for dotted, value in overrides.items():
+    node = nested
+    *parents, leaf = dotted.split(".")
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = value
+  return _replace_nested(config, nested, "")
+
+
+def _replace_nested(config: Any, nested: dict[str, Any], path: str) -> Any:
+  cls = type(config)
+  hints = _hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  changes = {}
+  for key, value in nested.items():
+    if key not in names:
+      raise _unknown(key, cls, path)
+    current = getattr(config, key)
+    if isinstance(value, dict) and dataclasses.is_dataclass(current):
+      changes[key] = _replace_nested(current, value, path + key + ".")
+    else:
+      changes[key] = _convert(value, hints[key], path + key)
+  return dataclasses.replace(config, **changes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+  """One scalar field of a nested config: what a command-line flag is generated from."""
+  path: str  # dotted, e.g. "model.features"
+  type: Any  # int, float, str, bool, a Literal, or tuple[scalar, ...]
+  optional: bool
+  default: Any
+  doc: str
+
+
+def leaves(config: Any, prefix: str = "") -> Iterator[Leaf]:
+  """Every scalar (or tuple-of-scalars) field of a config instance, depth first. Tuples of
+  dataclasses (e.g. artifact joins) are set in code, not from the command line, and skipped."""
+  hints = _hints(type(config))
+  for f in dataclasses.fields(config):
+    value = getattr(config, f.name)
+    tp, optional = _strip_optional(hints[f.name])
+    if dataclasses.is_dataclass(tp):
+      yield from leaves(value, prefix + f.name + ".")
+      continue
+    if typing.get_origin(tp) is tuple:
+      args = typing.get_args(tp)
+      if args and dataclasses.is_dataclass(args[0]):
+        continue
+    yield Leaf(prefix + f.name, tp, optional, value, f.metadata.get("doc", ""))
+
+
+def field(default: Any, doc: str = "", **kwargs) -> Any:
+  """A dataclass field with a one-line description (becomes the flag's help text)."""
+  return dataclasses.field(default=default, metadata={"doc": doc}, **kwargs)
+
+
+def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
+  """Dotted paths whose values differ between two `to_dict` forms: {path: (old, new)}."""
+  out = {}
+  for key in sorted(set(old) | set(new)):
+    a, b = old.get(key), new.get(key)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out.update(diff(a, b, f"{prefix}{key}."))
+    elif a != b:
+      out[prefix + key] = (a, b)
+  return out

@@ -1,0 +1,396 @@
+"""Preprocessing as small named ops over feature dicts, composed into chains (after big_vision's
+`pp` registry, without its string language).
+
+An op is a callable `op(example, seed) -> example`: `example` is a dict of tf.Tensors (one
+example, as TFDS reads it: images still encoded), `seed` an int64 shape-[2] stateless seed that
+deterministic ops ignore. Ops are made by registered factories:
+
+  ops.get("resize_image")(key="image", size=64)      # by name, e.g. from a config
+  ops.resize_image("image", 64)                      # the same factory, directly
+
+and composed with `ops.chain([...])`; the pipelines accept the list itself. Registered ops:
+decode_image, decode_mask, resize_image, resize_mask, augment, normalize, label, copy, keep and
+the one-to-many `patches`. `segmentation_ops` and `classification_ops` are the op lists of the
+segmentation and classification tasks.
+
+Seeds. A chain gives its first random op its own seed unchanged and the k-th (k >= 1) random op
+`fold_in(seed, k)`; deterministic ops do not count. So in a stream whose only random op is
+`augment`, each example is augmented with exactly the stream seed (seed, position), and adding
+random ops after it changes nothing for the ones before.
+
+One-to-many ops (`expand`, e.g. `patches`) return every feature with a new leading axis of N
+examples. `apply` runs a chain over a tf.data.Dataset and unbatches after each such op, so later
+ops and batching see N separate examples; the one-to-many op takes a random op's seed slot (s)
+and its j-th output continues the chain with seed fold_in(s, j), a function of (seed, stream
+position, j). Calling a chain directly works only without one-to-many ops.
+
+A missing input feature raises MissingFeatureError naming the op, the key and the keys present
+(at trace time, when the pipeline is built); the pipelines add the dataset's name.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Union
+
+import tensorflow as tf
+
+from lesion_jax.data import augment as augment_lib
+from lesion_jax import data as data_lib
+
+data_lib.hide_accelerators_from_tensorflow()  # TensorFlow is for input only
+
+Example = dict[str, tf.Tensor]
+_plain = tf.autograph.experimental.do_not_convert
+
+
+class MissingFeatureError(KeyError):
+  """An op's input feature is not in the example."""
+
+  def __str__(self) -> str:  # KeyError would print the message quoted
+    return str(self.args[0]) if self.args else ""
+
+
+class Op:
+  """A preprocessing step: `fn(example, seed) -> example` plus what the chain needs to know.
+
+  needs: the keys `fn` reads (checked before it runs, for a clear error).
+  random: whether it uses its seed (it then takes a seed slot of the chain).
+  expands: one-to-many: returns every feature with a leading axis of N examples.
+  """
+
+  def __init__(self, fn: Callable[[Example, tf.Tensor], Example], name: str | None = None,
+               needs: Sequence[str] = (), random: bool = False, expands: bool = False):
+    self.fn = fn
+    self.name = name or getattr(fn, "__name__", type(fn).__name__)
+    self.needs = tuple(needs)
+    self.random = random or expands  # the outputs' seeds derive from a one-to-many op's slot
+    self.expands = expands
+
+  def __call__(self, example: Mapping[str, tf.Tensor], seed: tf.Tensor) -> Example:
+    missing = [k for k in self.needs if k not in example]
+    if missing:
+      raise MissingFeatureError(f"op {self.name}: example has no {missing[0]!r} feature "
+                                f"(features: {sorted(example)})")
+    return self.fn(dict(example), seed)
+
+  def __repr__(self) -> str:
+    return self.name
+
+
+OpLike = Union[Op, Callable[[Example, tf.Tensor], Example], Sequence["OpLike"]]
+_REGISTRY: dict[str, Callable[..., Op]] = {}
+
+
+def register(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
+  """Registers an op factory under `name`; the ops it makes are named after their arguments."""
+
+  def decorator(factory: Callable[..., Op]) -> Callable[..., Op]:
+    if name in _REGISTRY:
+      raise ValueError(f"op {name!r} is already registered")
+
+    @functools.wraps(factory)
+    def make(*args, **kwargs) -> Op:
+      op = factory(*args, **kwargs)
+      op = op if isinstance(op, Op) else Op(op, random=True)
+      op.name = name + "(" + ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]) + ")"
+      return op
+
+    _REGISTRY[name] = make
+    return make
+
+  return decorator
+
+
+def get(name: str) -> Callable[..., Op]:
+  """The factory registered as `name`."""
+  if name not in _REGISTRY:
+    raise KeyError(f"no op {name!r}; registered: {sorted(_REGISTRY)}")
+  return _REGISTRY[name]
+
+
+def names() -> list[str]:
+  return sorted(_REGISTRY)
+
+
+def expand(fn: Callable[[Example, tf.Tensor], Example], name: str | None = None,
+           needs: Sequence[str] = ()) -> Op:
+  """A one-to-many op from `fn(example, seed) -> features with a leading axis of N`."""
+  return Op(fn, name, needs, expands=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chains and seeds.
+
+def _flatten(preprocess: OpLike) -> list[Op]:
+  if isinstance(preprocess, Chain):
+    return list(preprocess.ops)
+  if isinstance(preprocess, Op):
+    return [preprocess]
+  if isinstance(preprocess, (list, tuple)):
+    return [op for p in preprocess for op in _flatten(p)]
+  if callable(preprocess):  # a plain function: assume it is random, so it gets its own seed
+    return [Op(preprocess, random=True)]
+  raise TypeError(f"not an op, a chain or a list of them: {preprocess!r}")
+
+
+def slot_seed(seed: tf.Tensor, k: int) -> tf.Tensor:
+  """The seed of a chain's k-th random op."""
+  seed = tf.cast(seed, tf.int64)
+  return seed if k == 0 else tf.random.experimental.stateless_fold_in(seed, tf.constant(k, tf.int64))
+
+
+def fold_in_range(seed: tf.Tensor, n) -> tf.Tensor:
+  """(n, 2): row j is stateless_fold_in(seed, j) (int64), for all j at once."""
+  seed = tf.cast(seed, tf.int64)
+  first = tf.random.stateless_uniform([], seed=seed, dtype=tf.int64, minval=None, maxval=None)
+  return tf.stack([tf.fill([n], first), tf.range(n, dtype=tf.int64)], axis=1)
+
+
+def _run(ops: Sequence[Op], example: Example, seed: tf.Tensor) -> tuple[Example, int]:
+  """Runs one-to-one ops; returns the example and the number of seed slots used."""
+  k = 0
+  for op in ops:
+    if op.random:
+      example = op(example, slot_seed(seed, k))
+      k += 1
+    else:
+      example = op(example, seed)
+  return example, k
+
+
+class Chain(Op):
+  """Ops applied in order (nested chains and lists are flattened)."""
+
+  def __init__(self, preprocess: OpLike):
+    self.ops = tuple(_flatten(preprocess))
+    super().__init__(self._call, "chain[" + ", ".join(op.name for op in self.ops) + "]",
+                     random=any(op.random for op in self.ops), expands=any(op.expands for op in self.ops))
+
+  def _call(self, example: Example, seed: tf.Tensor) -> Example:
+    if self.expands:
+      raise ValueError(f"{self.name} has a one-to-many op: run it with ops.apply over a tf.data.Dataset")
+    return _run(self.ops, example, seed)[0]
+
+  def segments(self) -> list[tuple[tuple[Op, ...], Op | None]]:
+    """(one-to-one ops, the one-to-many op after them or None); the last has None."""
+    out, current = [], []
+    for op in self.ops:
+      if op.expands:
+        out.append((tuple(current), op))
+        current = []
+      else:
+        current.append(op)
+    out.append((tuple(current), None))
+    return out
+
+
+def chain(preprocess: OpLike) -> Chain:
+  return preprocess if isinstance(preprocess, Chain) else Chain(preprocess)
+
+
+def apply(ds: tf.data.Dataset, preprocess: OpLike, stream_seed: int | None = None,
+          num_parallel_calls: int = tf.data.AUTOTUNE) -> tf.data.Dataset:
+  """Runs `preprocess` over `ds`, keeping its order; yields the examples.
+
+  `ds` yields (seed, example), or with `stream_seed` (position, example) and the seed is
+  stack([stream_seed, position]), made in the same map as the first ops.
+  """
+  segments = chain(preprocess).segments()
+  for i, (ops, expander) in enumerate(segments):
+    last = i == len(segments) - 1
+    make_seed = i == 0 and stream_seed is not None
+
+    def fn(seed, example, ops=ops, expander=expander, last=last, make_seed=make_seed):
+      if make_seed:
+        seed = tf.stack([tf.constant(stream_seed, tf.int64), tf.cast(seed, tf.int64)])
+      example, k = _run(ops, example, seed)
+      if expander is None:
+        return example if last else (seed, example)
+      s = slot_seed(seed, k)
+      many = expander(example, s)
+      leaves = tf.nest.flatten(many)
+      if not leaves or any(t.shape.rank == 0 for t in leaves):
+        raise ValueError(f"one-to-many op {expander.name} must give every feature a leading axis")
+      return fold_in_range(s, tf.shape(leaves[0])[0]), many
+
+    ds = ds.map(_plain(fn), num_parallel_calls=num_parallel_calls, deterministic=True)
+    if expander is not None:
+      ds = ds.unbatch()
+  return ds
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor helpers (the single definitions the pipelines and predict-time preprocessing share).
+
+def normalize_image(image01):
+  """[0, 1] → [-1, 1]; the single definition shared by training, evaluation and predict."""
+  return image01 * 2.0 - 1.0
+
+
+def resize_image_tensor(image_uint8: tf.Tensor, size: int) -> tf.Tensor:
+  """uint8 (H, W, C) → float32 [0, 1] (size, size, C), area-preserving (antialiased) bilinear."""
+  image = tf.image.convert_image_dtype(image_uint8, tf.float32)
+  return tf.image.resize(image, [size, size], method="bilinear", antialias=True)
+
+
+def resize_mask_tensor(mask_uint8: tf.Tensor, size: int) -> tf.Tensor:
+  """uint8 (H, W, C) with values {0, 255} (or {0, 1}) → float32 {0, 1} (size, size, C)."""
+  mask = tf.cast(mask_uint8 > 0, tf.float32)
+  mask = tf.image.resize(mask, [size, size], method="bilinear", antialias=True)
+  return tf.cast(mask >= 0.5, tf.float32)
+
+
+def _decode(value: tf.Tensor, key: str, channels: int) -> tf.Tensor:
+  if value.dtype != tf.string:
+    raise TypeError(f"feature {key!r} is {value.dtype.name}, not encoded image bytes (PNG/JPEG)")
+  return tf.io.decode_image(value, channels=channels, expand_animations=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# The registered ops.
+
+@register("decode_image")
+def decode_image(key: str = "image", channels: int = 3, out: str | None = None) -> Op:
+  """Encoded bytes → uint8 (H, W, channels), into `out` (default: in place)."""
+  return Op(lambda ex, _: {**ex, (out or key): _decode(ex[key], key, channels)}, needs=(key,))
+
+
+@register("decode_mask")
+def decode_mask(key: str = "mask", out: str | None = None) -> Op:
+  """Encoded single-channel PNG → uint8 (H, W, 1), into `out` (default: in place)."""
+  return Op(lambda ex, _: {**ex, (out or key): _decode(ex[key], key, 1)}, needs=(key,))
+
+
+@register("resize_image")
+def resize_image(key: str, size: int) -> Op:
+  """uint8 → float32 [0, 1] (size, size, C), antialiased bilinear."""
+  return Op(lambda ex, _: {**ex, key: resize_image_tensor(ex[key], size)}, needs=(key,))
+
+
+@register("resize_mask")
+def resize_mask(key: str, size: int) -> Op:
+  """uint8 mask (nonzero = inside) → float32 {0, 1} (size, size, C)."""
+  return Op(lambda ex, _: {**ex, key: resize_mask_tensor(ex[key], size)}, needs=(key,))
+
+
+@register("augment")
+def augment(config: augment_lib.AugmentConfig, image_key: str = "image", spatial_keys: Sequence[str] = ("mask",),
+            box_keys: Sequence[str] = (), float_keys: Sequence[str] = (),
+            center_key: str | None = augment_lib.AUTO) -> Op:
+  """Random flips, rotation, crop and colour (`config`), moving the image, every spatial feature
+  and the boxes together; see augment.augment_features. Always takes a seed slot (even when
+  `config` disables everything), so the seeds of other ops do not depend on it."""
+  spatial_keys, box_keys, float_keys = tuple(spatial_keys), tuple(box_keys), tuple(float_keys)
+
+  def fn(example, seed):
+    return augment_lib.augment_features(example, seed, config, image_key, spatial_keys, box_keys,
+                                        float_keys, center_key)
+
+  return Op(fn, needs=(image_key, *spatial_keys, *box_keys), random=True)
+
+
+@register("normalize")
+def normalize(key: str = "image") -> Op:
+  """[0, 1] → [-1, 1] (normalize_image)."""
+  return Op(lambda ex, _: {**ex, key: normalize_image(ex[key])}, needs=(key,))
+
+
+@register("label")
+def label(key: str, out: str = "label") -> Op:
+  """A class label as int32, into `out`."""
+  return Op(lambda ex, _: {**ex, out: tf.cast(ex[key], tf.int32)}, needs=(key,))
+
+
+@register("copy")
+def copy(src: str, dst: str) -> Op:
+  """Copies feature `src` to `dst` (e.g. the encoded mask as 'mask_encoded', before decoding)."""
+  return Op(lambda ex, _: {**ex, dst: ex[src]}, needs=(src,))
+
+
+@register("keep")
+def keep(keys: Iterable[str]) -> Op:
+  """Only the features `keys` (in this order)."""
+  keys = tuple(keys)
+  return Op(lambda ex, _: {k: ex[k] for k in keys}, needs=keys)
+
+
+@register("patches")
+def patches(centers_key: str, size: int, keys: Sequence[str] = ("image",), index_key: str = "patch_index",
+            jitter: float = 0.0) -> Op:
+  """One example → one per centre (one-to-many): `size`×`size` crops of each feature of `keys`.
+
+  `centers_key` holds (N, 2) normalised (row, col) centres (0 and 1 the image edges), e.g.
+  superpixel centroids, or (N, 4) boxes [ymin, xmin, ymax, xmax], cropped around their centres.
+  Crops are pixel-exact (no resampling) and shifted inwards at the borders so they stay inside
+  the image; `keys` must share one (H, W) >= size. `jitter` (pixels) moves each centre by a
+  uniform random offset drawn from the op's seed. In the outputs `centers_key` holds the patch's
+  own row, `index_key` its index j (int32); every other feature is repeated N times.
+  """
+  keys = tuple(keys)
+
+  def fn(example, seed):
+    centers = tf.cast(example[centers_key], tf.float32)
+    if centers.shape.rank != 2 or centers.shape[-1] not in (2, 4):
+      raise ValueError(f"patches: {centers_key!r} must be (N, 2) centres or (N, 4) boxes, got {centers.shape}")
+    if centers.shape[-1] == 4:
+      centers = (centers[:, :2] + centers[:, 2:]) / 2.0
+    n = tf.shape(centers)[0]
+    shape = tf.shape(example[keys[0]])
+    hw = tf.cast(shape[:2], tf.float32)
+    pixel = centers * hw  # in pixel-edge coordinates
+    if jitter > 0:
+      pixel += tf.random.stateless_uniform([n, 2], seed, -jitter, jitter)
+    limit = tf.maximum(shape[:2] - size, 0)
+    corner = tf.clip_by_value(tf.cast(tf.round(pixel - size / 2.0), tf.int32), 0, limit)
+    checks = [tf.debugging.assert_greater_equal(shape[:2], size,
+                                                message=f"patches: {keys[0]!r} is smaller than {size}")]
+    with tf.control_dependencies(checks):
+      rows = corner[:, :1] + tf.range(size)[None]  # (N, size)
+      cols = corner[:, 1:] + tf.range(size)[None]
+    out = {}
+    for k, v in example.items():
+      if k in keys:
+        out[k] = tf.gather(tf.gather(v, rows, axis=0), cols, axis=2, batch_dims=1)  # (N, size, size, C)
+      elif k == centers_key:
+        out[k] = example[centers_key]
+      else:
+        out[k] = tf.broadcast_to(v[None], tf.concat([[n], tf.shape(v)], 0))
+    out[index_key] = tf.range(n, dtype=tf.int32)
+    return out
+
+  return expand(fn, needs=(centers_key, *keys))
+
+
+# ---------------------------------------------------------------------------------------------
+# The tasks' op lists.
+
+def segmentation_ops(image_size: int, augment_config: augment_lib.AugmentConfig | None, mask_key: str = "mask",
+                     mask_is_encoded: bool = True, keep_encoded_mask: bool = False) -> list[Op]:
+  """'id', 'image' (float32 [-1, 1], (size, size, 3)) and 'mask' (float32 {0, 1}, (size, size, 1),
+  read from `mask_key`), augmented unless `augment_config` is None (evaluation). With
+  `keep_encoded_mask`, also 'mask_encoded': the stored PNG at the image's own resolution, for
+  scoring as the challenges do."""
+  if keep_encoded_mask and not mask_is_encoded:
+    raise ValueError("keep_encoded_mask needs an encoded mask feature")
+  out = [copy(mask_key, "mask_encoded")] if keep_encoded_mask else []
+  out += [decode_image("image"), resize_image("image", image_size)]
+  if mask_is_encoded:
+    out.append(decode_mask(mask_key, out="mask"))
+  elif mask_key != "mask":
+    out.append(copy(mask_key, "mask"))
+  out.append(resize_mask("mask", image_size))
+  if augment_config is not None:
+    out.append(augment(augment_config, spatial_keys=("mask",)))
+  out += [normalize("image"), keep(("id", "image", "mask") + (("mask_encoded",) if keep_encoded_mask else ()))]
+  return out
+
+
+def classification_ops(image_size: int, augment_config: augment_lib.AugmentConfig | None,
+                       label_key: str = "label") -> list[Op]:
+  """'id', 'image' (float32 [-1, 1], (size, size, 3)) and 'label' (int32, from `label_key`),
+  augmented unless `augment_config` is None (evaluation)."""
+  out = [decode_image("image"), resize_image("image", image_size), label(label_key, "label")]
+  if augment_config is not None:
+    out.append(augment(augment_config, spatial_keys=()))
+  return out + [normalize("image"), keep(("id", "image", "label"))]

@@ -1,0 +1,180 @@
+"""The task contract: what a pipeline declares, so that one runner (tasks/runner.py) can train,
+resume, restore, evaluate and predict for every pipeline.
+
+A task is a class bound to its config (a frozen dataclass, `config_cls`) and registered by name:
+
+    @base.register
+    class MyTask(base.Task):
+      name = "my_task"
+      config_cls = MyConfig
+      def init_state(self, rng): ...            # any pytree with an integer `step`
+      def train_step(self): ...                 # pure (state, batch, rng) -> (state, metrics)
+      def train_batches(self, start_step): ...  # host batches (pytrees), resumable by step
+      def eval_batches(self, split): ...        # the split once, padded, with 'weight' and 'id'
+      def predict_fns(self): ...                # {"predict": fn(state, batch) -> pytree}
+      def evaluate(self, state, split, ...): ...# Evaluation, gathered across hosts
+
+`config.json` records `{"task": name, "config": to_dict(config)}`, so `runner.load(workdir)` gives
+the task back and `experiments/evaluate.py` / `predict.py` work on any task's workdir.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, ClassVar, Iterator, Sequence
+
+import jax
+import numpy as np
+
+from lesion_jax import config as config_lib
+from lesion_jax.train import loop, sharding
+
+Batch = dict[str, Any]
+_REGISTRY: dict[str, type["Task"]] = {}
+
+
+def register(cls: type["Task"]) -> type["Task"]:
+  """Class decorator: makes a task loadable by name from a workdir's config.json."""
+  if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+    raise ValueError(f"task name {cls.name!r} is registered twice ({_REGISTRY[cls.name]} and {cls})")
+  _REGISTRY[cls.name] = cls
+  return cls
+
+
+def get(name: str) -> type["Task"]:
+  import lesion_jax.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (registers)
+  if name not in _REGISTRY:
+    raise ValueError(f"unknown task {name!r}; registered: {sorted(_REGISTRY)}")
+  return _REGISTRY[name]
+
+
+@dataclasses.dataclass
+class Evaluation:
+  """A task's scores over a split, gathered over every host.
+
+  scores: JSON-ready summary (what metrics.json holds, without the split prefix).
+  per_example: arrays with one row per example, in `ids` order (e.g. per-image Jaccard).
+  ids: example ids.
+  examples: a few host examples for figures (task-defined keys).
+  predictions: per-example outputs worth keeping in predictions.json (None: not written).
+  """
+  scores: dict[str, Any]
+  per_example: dict[str, np.ndarray]
+  ids: list[str]
+  examples: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+  predictions: dict[str, Any] | None = None
+
+
+class Task:
+  """Base class of every pipeline's task; see the module docstring for the contract."""
+  name: ClassVar[str]
+  config_cls: ClassVar[type]
+
+  def __init__(self, config: Any):
+    if not isinstance(config, self.config_cls):
+      raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(config).__name__}")
+    self.config = config
+
+  # --- what every task declares -------------------------------------------------------------
+  def init_state(self, rng: jax.Array) -> Any:
+    raise NotImplementedError
+
+  def train_step(self) -> Callable:
+    raise NotImplementedError
+
+  def train_batches(self, start_step: int) -> Iterator[Batch]:
+    raise NotImplementedError
+
+  def eval_batches(self, split: str) -> Iterator[Batch]:
+    raise NotImplementedError
+
+  def predict_fns(self) -> dict[str, Callable]:
+    """Pure `fn(state, batch) -> outputs` by name; "predict" is the default one."""
+    raise NotImplementedError
+
+  def evaluate(self, state: Any, split: str, mesh: jax.sharding.Mesh,
+               predict: Callable | None = None, keep_examples: int = 0) -> Evaluation:
+    raise NotImplementedError
+
+  # --- defaults a task may override ---------------------------------------------------------
+  @property
+  def seed(self) -> int:
+    return self.config.input.seed
+
+  @property
+  def batch_size(self) -> int:
+    return self.config.input.batch_size
+
+  @property
+  def val_split(self) -> str:
+    """Split that picks the best checkpoint; "" trains without validation (latest = best)."""
+    return self.config.val_split
+
+  def best_metric(self) -> tuple[str, str] | None:
+    """(validation metric, "max" | "min") ranking checkpoints; None keeps the latest."""
+    return None
+
+  def loop_config(self) -> loop.LoopConfig:
+    best = self.best_metric() if self.val_split else None
+    c = self.config
+    return loop.LoopConfig(num_steps=c.num_steps, batch_size=self.batch_size, eval_every=c.eval_every,
+                           log_every=c.log_every, checkpoint_every=c.checkpoint_every,
+                           best_metric=best[0] if best else None, best_mode=best[1] if best else "max")
+
+  def validate(self, state: Any, mesh: jax.sharding.Mesh, predict: Callable) -> dict[str, float]:
+    """Validation metrics (logged, stored with the checkpoint, ranking it) on `val_split`."""
+    return self.validation_metrics(self.evaluate(state, self.val_split, mesh, predict))
+
+  def validation_metrics(self, evaluation: Evaluation) -> dict[str, float]:
+    """What the loop logs (and stores with the checkpoint) from a validation Evaluation."""
+    return {f"val/{k}": float(v) for k, v in evaluation.scores.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "num_images"}
+
+  def hooks(self, workdir: str, mesh: jax.sharding.Mesh) -> Sequence[loop.PeriodicHook]:
+    return ()
+
+  def final_splits(self, test_split: str) -> list[tuple[str, str]]:
+    """(metrics prefix, split) scored at the end of a run into metrics.json."""
+    return [("test", test_split)]
+
+  def write_figures(self, evaluation: Evaluation, fig_dir: str, prefix: str) -> None:
+    """Figures of one evaluation (overlays, ROC, ...) into `fig_dir`, files named by `prefix`."""
+
+  def example_input(self, image: np.ndarray) -> Batch:
+    """A model input example from one uint8 RGB image (for `runner.predict_images`)."""
+    raise NotImplementedError(f"task {self.name!r} does not predict from image files")
+
+  # --- helpers -------------------------------------------------------------------------------
+  def jit_predict(self, state: Any, mesh: jax.sharding.Mesh, name: str = "predict") -> Callable:
+    fns = self.predict_fns()
+    if name not in fns:
+      raise ValueError(f"task {self.name!r} has no predict function {name!r}; it has {sorted(fns)}")
+    return sharding.jit_predict_step(fns[name], state, mesh)
+
+  def describe(self) -> dict[str, Any]:
+    """What config.json records."""
+    return {"task": self.name, "config": config_lib.to_dict(self.config)}
+
+
+def from_record(record: dict[str, Any], where: str = "config.json") -> Task:
+  """The task a config.json record describes; unknown keys are errors naming the key."""
+  if "task" not in record or "config" not in record:
+    raise ValueError(f"{where} has no 'task'/'config' entries: it was not written by a lesion_jax "
+                     "task run (runs made before the task runner need retraining)")
+  cls = get(record["task"])
+  try:
+    return cls(config_lib.from_dict(cls.config_cls, record["config"]))
+  except config_lib.ConfigError as e:
+    raise config_lib.ConfigError(f"{where}: {e}") from e
+
+
+def gather_strings(ids: list[str]) -> list[str]:
+  return sharding.allgather_strings(ids)
+
+
+def decode_ids(ids: np.ndarray) -> list[str]:
+  return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, "checkpoints")

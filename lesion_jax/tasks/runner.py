@@ -1,0 +1,199 @@
+"""The one runner: train / resume / restore / evaluate / predict for every registered task.
+
+    task = segmentation.SegmentationTask(config)
+    metrics = runner.run(task, workdir)                 # train (or resume), score, metrics.json
+    task = runner.load(workdir)                         # from config.json, any task
+    state = runner.restore(task, workdir, "best")
+    scores = runner.evaluate(task, state, "test", workdir=workdir)
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+
+from lesion_jax import checkpoint, io
+from lesion_jax import config as config_lib
+from lesion_jax.eval import figures, inference
+from lesion_jax.tasks import base
+from lesion_jax.train import loop, sharding
+
+# Config fields that only say how long or how often: a resumed run may change them.
+RESUMABLE_CHANGES = frozenset({"num_steps", "eval_every", "log_every", "checkpoint_every"})
+
+
+def config_path(workdir: str) -> str:
+  return os.path.join(workdir, "config.json")
+
+
+def write_config(workdir: str, task: base.Task | dict[str, Any]) -> None:
+  """Records the task and its config (or a pipeline's record) in `workdir`/config.json. A
+  workdir already holding another run's config is refused (only RESUMABLE_CHANGES may differ),
+  so runs are never mixed."""
+  path = config_path(workdir)
+  new = task.describe() if isinstance(task, base.Task) else task
+  if os.path.exists(path):
+    old = io.read_json(path)
+    changed = config_lib.diff(old, new)
+    changed = {k: v for k, v in changed.items() if k.rsplit(".", 1)[-1] not in RESUMABLE_CHANGES}
+    if changed:
+      raise ValueError(f"{path} was written by a run with other flags {changed} (old, new); use a "
+                       "new --workdir or the same flags to resume")
+  io.write_json(path, new)
+
+
+def load(workdir: str) -> base.Task:
+  """The task (and config) of the run in `workdir`."""
+  path = config_path(workdir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {workdir!r} the --workdir of a training run?")
+  return base.from_record(io.read_json(path), path)
+
+
+def _checkpoints(task: base.Task, workdir: str, read_only: bool) -> checkpoint.Checkpoints:
+  config = task.loop_config()
+  return checkpoint.Checkpoints(base.checkpoint_dir(workdir), config.best_metric, config.best_mode,
+                                config.keep_latest, config.keep_best, read_only=read_only)
+
+
+def restore(task: base.Task, workdir: str, which: checkpoint.Which = "best",
+            mesh: jax.sharding.Mesh | None = None) -> Any:
+  """The state saved in `workdir` (its best checkpoint by default), replicated on `mesh`."""
+  mesh = mesh or sharding.make_mesh()
+  # Restored straight into the mesh's sharding (on several hosts, arrays committed to one local
+  # device could not be moved onto the global mesh afterwards).
+  template = sharding.replicate(task.init_state(jax.random.key(0)), mesh)
+  with _checkpoints(task, workdir, read_only=True) as ckpts:
+    step = ckpts.best_step() if which == "best" else ckpts.latest_step() if which == "latest" else which
+    state = ckpts.restore(template, which)
+  logging.info("Restored %s from %s (step %s).", task.name, workdir, step)
+  return state
+
+
+def train(task: base.Task, workdir: str, mesh: jax.sharding.Mesh | None = None) -> Any:
+  """Trains (or resumes) `task` in `workdir`, keeping the latest and the best checkpoint by the
+  task's validation metric; returns the best state."""
+  mesh = mesh or sharding.make_mesh()
+  write_config(workdir, task)
+  rng_init, rng_train = jax.random.split(jax.random.key(task.seed))
+  state = task.init_state(rng_init)
+  validate = None
+  if task.val_split:
+    predict = task.jit_predict(sharding.replicate(state, mesh), mesh)
+    validate = lambda s: task.validate(s, mesh, predict)
+  loop.train(state, task.train_step(), task.train_batches, validate, workdir, task.loop_config(),
+             rng_train, mesh, hooks=task.hooks(workdir, mesh))
+  return restore(task, workdir, "best", mesh)
+
+
+def evaluate(task: base.Task, state: Any, split: str, mesh: jax.sharding.Mesh | None = None,
+             workdir: str | None = None, prefix: str | None = None, predict: str = "predict",
+             figures_too: bool = True) -> tuple[dict[str, Any], base.Evaluation]:
+  """Scores `state` on `split` with the task's predict function `predict`; with `workdir`, writes
+  the task's figures (named by `prefix`, default the split) into `workdir`/figures. Returns the
+  scores prefixed by `prefix` and the Evaluation."""
+  mesh = mesh or sharding.make_mesh()
+  prefix = prefix or split
+  result = task.evaluate(state, split, mesh, task.jit_predict(state, mesh, predict),
+                         keep_examples=16 if workdir and figures_too else 0)
+  if workdir and figures_too:
+    fig_dir = os.path.join(workdir, "figures")
+    task.write_figures(result, fig_dir, prefix)
+    save_curves(workdir)
+  return {f"{prefix}/{k}": v for k, v in result.scores.items()}, result
+
+
+def save_curves(workdir: str) -> None:
+  history = os.path.join(workdir, "history.json")
+  if os.path.exists(history):
+    figures.save_curves(os.path.join(workdir, "figures", "curves.png"), io.read_json(history))
+
+
+def write_results(workdir: str, metrics: dict[str, Any], predictions: dict[str, Any]) -> None:
+  if predictions:
+    io.write_json(os.path.join(workdir, "predictions.json"), predictions)
+  io.write_json(os.path.join(workdir, "metrics.json"), metrics)
+
+
+def run(task: base.Task, workdir: str, test_split: str = "test",
+        mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+  """Trains (or resumes) and scores the task's final splits; writes metrics.json (and
+  predictions.json where the task keeps per-example predictions). Returns the metrics. A task
+  with `folds` > 1 is cross-validated instead (`cross_validate`)."""
+  mesh = mesh or sharding.make_mesh()
+  if getattr(task, "folds", 1) > 1:
+    return cross_validate(task, workdir, test_split, mesh)
+  state = train(task, workdir, mesh)
+  metrics: dict[str, Any] = {}
+  predictions: dict[str, Any] = {}
+  for prefix, split in task.final_splits(test_split):
+    scores, result = evaluate(task, state, split, mesh, workdir, prefix, figures_too=prefix != "train")
+    metrics.update(scores)
+    if result.predictions is not None:
+      predictions[f"{prefix}/_predictions"] = result.predictions
+  save_curves(workdir)
+  write_results(workdir, metrics, predictions)
+  return metrics
+
+
+def predict_examples(task: base.Task, state: Any, examples: list[Any], mesh=None,
+                     predict: str | Callable = "predict") -> list[Any]:
+  """The task's `predict` function over model-input examples (pytrees), batched and padded."""
+  mesh = mesh or sharding.make_mesh()
+  fn = predict if callable(predict) else task.jit_predict(state, mesh, predict)
+  return inference.predict_examples(fn, state, examples, task.batch_size, mesh)
+
+
+def fold_splits(split: str, num_examples: int, folds: int, fold: int) -> tuple[str, str]:
+  """(train, held-out) TFDS split strings of fold `fold` of a `folds`-fold split of `split`
+  (contiguous index ranges, so every example is held out exactly once)."""
+  if not 0 <= fold < folds or folds < 2:
+    raise ValueError(f"fold {fold} of {folds} is not valid (need folds >= 2 and 0 <= fold < folds)")
+  a, b = fold * num_examples // folds, (fold + 1) * num_examples // folds
+  train_split = "+".join(p for p in ((f"{split}[:{a}]" if a > 0 else ""),
+                                     (f"{split}[{b}:]" if b < num_examples else "")) if p)
+  return train_split, f"{split}[{a}:{b}]"
+
+
+def cross_validate(task: base.Task, workdir: str, test_split: str = "test",
+                   mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
+  """k-fold cross-validation over the task's train split (`task.folds` folds; fold models in
+  `workdir`/fold_i, each validated on its held-out part). Reports the pooled held-out predictions
+  (`cv/*`, via `task.pooled`) and the mean/std over folds of `task.summary_keys`; writes
+  metrics.json and figures. The task provides `folds`, `with_splits`, `pooled`, `summary_keys`."""
+  mesh = mesh or sharding.make_mesh()
+  write_config(workdir, task)
+  split = task.config.train_split
+  n = task.builder.info.splits[split].num_examples
+  per_fold, held_out_results = [], []
+  for fold in range(task.folds):
+    train_split, held_out = fold_splits(split, n, task.folds, fold)
+    fold_task = task.with_splits(train_split, held_out)
+    fold_dir = os.path.join(workdir, f"fold_{fold}")
+    state = train(fold_task, fold_dir, mesh)
+    scores: dict[str, Any] = {}
+    for prefix, fold_split, figs in (("train", train_split, False), ("cv", held_out, False),
+                                     ("test", test_split, True)):
+      s, result = evaluate(fold_task, state, fold_split, mesh, fold_dir if figs else None, prefix)
+      scores.update(s)
+      if result.predictions is not None:
+        scores[f"{prefix}/_predictions"] = result.predictions
+      if prefix == "cv":
+        held_out_results.append(result)
+    io.write_json(os.path.join(fold_dir, "metrics.json"), scores)
+    per_fold.append(scores)
+  pooled = task.pooled(held_out_results)
+  metrics = {f"cv/{k}": v for k, v in pooled.scores.items()}
+  for prefix in ("train", "cv", "test"):
+    for k in task.summary_keys:
+      values = [f[f"{prefix}/{k}"] for f in per_fold if f.get(f"{prefix}/{k}") is not None]
+      if values:
+        metrics[f"{prefix}/{k}_fold_mean"] = float(np.mean(values))
+        metrics[f"{prefix}/{k}_fold_std"] = float(np.std(values))
+  metrics["folds"] = task.folds
+  task.write_figures(pooled, os.path.join(workdir, "figures"), "cv")
+  write_results(workdir, metrics, {})
+  return metrics

@@ -1,0 +1,225 @@
+"""The task contract end to end with what the next pipelines need: a task whose batches are
+nested dicts, whose model takes two inputs (image, hole mask: an inpainter's shape) and whose
+predictions are pytrees, run through the one runner (train, resume, evaluate, predict), with a
+periodic hook; plus the loop's state contract."""
+import dataclasses
+import json
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from lesion_jax import config as config_lib
+from lesion_jax.data import ops, pipeline
+from lesion_jax.eval import inference
+from lesion_jax.tasks import base, runner
+from lesion_jax.train import loop, losses, sharding, steps
+from lesion_jax.train.state import OptimizerConfig, create_train_state
+
+
+class HoleAwareNet(nn.Module):
+  """Two positional inputs: an image with a hole cut out, and the hole mask."""
+
+  @nn.compact
+  def __call__(self, image, hole, train: bool = False):
+    x = jnp.concatenate([image * (1 - hole), hole], axis=-1)
+    x = nn.relu(nn.Conv(4, (3, 3))(x))
+    return nn.Conv(1, (3, 3))(x)
+
+
+@dataclasses.dataclass(frozen=True)
+class HoleConfig:
+  input: pipeline.InputConfig = pipeline.InputConfig()
+  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-2, lr_schedule="constant")
+  hole_size: int = 8
+  num_steps: int = 4
+  eval_every: int = 2
+  checkpoint_every: int | None = None
+  log_every: int = 2
+  train_split: str = "train"
+  val_split: str = "validation"
+
+
+def cut_hole(size: int):
+  """An op: a random square hole per example (seeded by its stream position), and the example
+  regrouped as {"inputs": {...}, "targets": {...}}."""
+
+  def op(example, seed):
+    h = tf.shape(example["image"])[0]
+    corner = tf.random.stateless_uniform([2], seed, 0, h - size, dtype=tf.int32)
+    rows = tf.range(h)[:, None]
+    cols = tf.range(h)[None, :]
+    hole = ((rows >= corner[0]) & (rows < corner[0] + size) & (cols >= corner[1]) & (cols < corner[1] + size))
+    return {"id": example["id"],
+            "inputs": {"image": example["image"], "hole": tf.cast(hole, tf.float32)[..., None]},
+            "targets": {"mask": example["mask"]}}
+
+  return op
+
+
+@base.register
+class HoleTask(base.Task):
+  name = "test_hole_segmentation"
+  config_cls = HoleConfig
+
+  @property
+  def builder(self):
+    c = self.config.input
+    return pipeline.get_builder(c.dataset, c.data_dir)
+
+  def init_state(self, rng):
+    size = self.config.input.image_size
+    tx = self.config.optimizer.build(self.config.num_steps)
+    return create_train_state(HoleAwareNet(), tx, rng, jnp.zeros((1, size, size, 3)), jnp.zeros((1, size, size, 1)))
+
+  def train_step(self):
+    def train_step(state, batch, rng):
+      def loss_fn(params):
+        logits, _ = steps.apply_model(state, params, batch["inputs"]["image"], batch["inputs"]["hole"], train=True)
+        per_example = losses.segmentation_loss_per_example(logits, batch["targets"]["mask"], "bce")
+        return losses.weighted_mean(per_example, batch.get("weight"))
+      loss, grads = jax.value_and_grad(loss_fn)(state.params)
+      return state.apply_gradients(grads=grads), {"loss": loss, "hole_loss": 2 * loss}
+    return train_step
+
+  def _ops(self, train):
+    c = self.config
+    return ops.segmentation_ops(c.input.image_size, c.input.augment if train else None) + [
+        cut_hole(c.hole_size)]
+
+  def train_batches(self, start_step):
+    c = self.config
+    return pipeline.train_iterator(c.input, self._ops(True), c.train_split, start_step, self.builder)
+
+  def eval_batches(self, split):
+    return pipeline.eval_iterator(self.config.input, self._ops(False), split, self.builder)
+
+  def predict_fns(self):
+    def predict(state, batch):
+      logits, _ = steps.apply_model(state, state.params, batch["inputs"]["image"], batch["inputs"]["hole"],
+                                    train=False)
+      return {"prob": jax.nn.sigmoid(logits[..., 0]), "hole_area": batch["inputs"]["hole"].mean(axis=(1, 2, 3))}
+    return {"predict": predict}
+
+  def best_metric(self):
+    return "val/accuracy", "max"
+
+  def evaluate(self, state, split, mesh, predict=None, keep_examples=0):
+    predict = predict or self.jit_predict(state, mesh)
+    accuracy, ids = [], []
+    for batch, out in inference.predict_over(predict, state, self.eval_batches(split), mesh):
+      real = batch["weight"] > 0
+      correct = (out["prob"] > 0.5) == (batch["targets"]["mask"][..., 0] > 0.5)
+      accuracy.append(correct.mean(axis=(1, 2))[real])
+      ids.extend(base.decode_ids(batch["id"][real]))
+    rows = sharding.allgather_rows({"accuracy": np.concatenate(accuracy)})
+    return base.Evaluation({"accuracy": float(rows["accuracy"].mean()), "num_images": len(rows["accuracy"])},
+                           rows, base.gather_strings(ids))
+
+  def hooks(self, workdir, mesh):
+    def record(step, state, writer):
+      path = os.path.join(workdir, "hook_steps.txt")
+      with open(path, "a") as f:
+        f.write(f"{step} {int(jax.device_get(state.step))}\n")
+    return (loop.PeriodicHook(3, record, "record"),)
+
+
+@pytest.fixture(scope="module")
+def task(tiny_data_dir, tiny_dataset):
+  return HoleTask(HoleConfig(input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir,
+                                                        image_size=32, batch_size=8)))
+
+
+@pytest.fixture(scope="module")
+def straight(task, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("hole"))
+  return workdir, runner.run(task, workdir)
+
+
+def test_nested_batches_reach_a_two_input_model(task):
+  batch = next(task.train_batches(0))
+  assert set(batch) >= {"id", "inputs", "targets"} and set(batch["inputs"]) == {"image", "hole"}
+  assert batch["inputs"]["hole"].shape == (8, 32, 32, 1) and batch["inputs"]["hole"].sum() == 8 * 8 * 8
+  device = sharding.shard_batch(sharding.device_fields(batch), sharding.make_mesh())
+  assert set(device) == {"inputs", "targets"}  # ids stay on the host, nothing else is dropped
+  with pytest.raises(TypeError, match=r"\['id'\].*device_fields"):
+    sharding.shard_batch(batch, sharding.make_mesh())  # a string leaf is never dropped silently
+
+
+def test_train_evaluate_and_record(task, straight):
+  workdir, metrics = straight
+  assert 0.0 <= metrics["test/accuracy"] <= 1.0 and metrics["test/num_images"] == 16
+  record = json.load(open(os.path.join(workdir, "config.json")))
+  assert record["task"] == "test_hole_segmentation"
+  assert config_lib.from_dict(HoleConfig, record["config"]) == task.config  # round trip
+  history = json.load(open(os.path.join(workdir, "history.json")))
+  assert "train/hole_loss" in history and [s for s, _ in history["val/accuracy"]] == [2, 4]
+  # The hook ran every 3 steps and at the end, seeing the state of that step.
+  assert open(os.path.join(workdir, "hook_steps.txt")).read().split("\n")[:2] == ["3 3", "4 4"]
+  # evaluate from the workdir alone: the task comes back from config.json, the scores are equal.
+  loaded = runner.load(workdir)
+  state = runner.restore(loaded, workdir, "best")
+  scores, result = runner.evaluate(loaded, state, "test")
+  assert scores["test/accuracy"] == metrics["test/accuracy"] and len(result.ids) == 16
+
+
+def test_resume_equals_uninterrupted(task, straight, tmp_path):
+  workdir = str(tmp_path)
+  runner.train(HoleTask(dataclasses.replace(task.config, num_steps=2)), workdir)
+  runner.train(task, workdir)  # resumes at 2, runs to 4
+  a = runner.restore(task, straight[0], "latest")
+  b = runner.restore(task, workdir, "latest")
+  for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+    np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match=r"other flags \{'config.hole_size': \(8, 4\)\}"):
+    runner.train(HoleTask(dataclasses.replace(task.config, hole_size=4)), workdir)
+
+
+def test_predict_returns_a_pytree_per_example(task, straight):
+  state = runner.restore(task, straight[0])
+  examples = [{"inputs": {"image": np.zeros((32, 32, 3), np.float32),
+                          "hole": np.full((32, 32, 1), float(i % 2), np.float32)}} for i in range(11)]
+  out = runner.predict_examples(task, state, examples)  # 11 examples: two batches, one padded
+  assert len(out) == 11 and out[0]["prob"].shape == (32, 32)
+  assert [float(o["hole_area"]) for o in out] == [float(i % 2) for i in range(11)]
+
+
+def test_loop_checks_the_state_and_leaves_the_callers_state_alone(task, tmp_path):
+  with pytest.raises(TypeError, match="needs a state with a `step` attribute"):
+    loop.train({"params": 1}, None, None, None, str(tmp_path), loop.LoopConfig(1, 8), jax.random.key(0))
+  state = task.init_state(jax.random.key(0))
+  before = jax.device_get(state.params)
+  loop.train(state, task.train_step(), task.train_batches, None, str(tmp_path / "run"),
+             loop.LoopConfig(num_steps=2, batch_size=8, eval_every=2, log_every=1), jax.random.key(1))
+  after = jax.device_get(state.params)  # still readable (not donated) and unchanged
+  for x, y in zip(jax.tree.leaves(before), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(x, y)
+
+
+def test_divergence_guard_covers_every_loss():
+  loop.check_finite_losses(1, {"train/loss": 0.5, "train/accuracy": float("nan")})
+  with pytest.raises(FloatingPointError, match="train/g_loss"):
+    loop.check_finite_losses(3, {"train/loss": 0.5, "train/g_loss": float("inf")})
+
+
+class _TwoBatchesOnly(HoleTask):
+  """A run cut short: its input ends after 2 batches (as if the job were killed at step 3)."""
+  name = "test_hole_two_batches"
+
+  def train_batches(self, start_step):
+    it = super().train_batches(start_step)
+    return iter([next(it), next(it)])
+
+
+def test_checkpoints_have_their_own_cadence(task, tmp_path):
+  config = dataclasses.replace(task.config, num_steps=4, eval_every=4, checkpoint_every=2)
+  with pytest.raises(RuntimeError, match="ran out at step 3"):
+    runner.train(_TwoBatchesOnly(config), str(tmp_path))
+  from lesion_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  with checkpoint.Checkpoints(os.path.join(str(tmp_path), "checkpoints"), read_only=True) as c:
+    assert c.latest_step() == 2  # saved at step 2 although nothing was evaluated there
+  assert "val/accuracy" not in json.load(open(os.path.join(str(tmp_path), "history.json")))
