@@ -129,7 +129,31 @@ def print_scores(scores: dict[str, Any]) -> None:
 
 
 def checkpoint_flag_value(value: str):
-  return int(value) if value.isdigit() else value
+  """--checkpoint: 'best', 'latest' or a step number."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  if value.isdigit():
+    return int(value)
+  if value not in ("best", "latest"):
+    raise app.UsageError(f"--checkpoint={value!r}: give 'best', 'latest' or a step number")
+  return value
+
+
+def main_with_usage_errors(main):
+  """`main` with config problems (ConfigError: a field, its value and what is wrong) reported as
+  one-line usage errors instead of tracebacks. They are raised before anything is written."""
+  import functools  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=g-import-not-at-top
+
+  from lesion_jax.data.builders import common as builders_common  # pylint: disable=g-import-not-at-top
+
+  @functools.wraps(main)
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except (config_lib.ConfigError, builders_common.ManualDataError) as e:
+      raise app.UsageError(str(e)) from None
+
+  return wrapped
 
 
 # The K-means knobs exposed as flags: flag name → KMeansConfig field (defaults come from there).

@@ -19,6 +19,7 @@ from experiments import common
 from lesion_jax.artifacts import store
 from lesion_jax.data import pipeline
 from lesion_jax.tasks import classification, runner, segmentation
+from lesion_jax.train import sharding
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
@@ -37,6 +38,8 @@ def main(argv):
   del argv
   common.init_distributed()
   config = common.without_augmentation(common.config_from_flags(classification.ClassifierConfig()))
+  # Refuse bad flags before minutes of cropping (and before config.json is written).
+  classification.ClassificationTask(config).check(sharding.make_mesh(), [("test_split", FLAGS.test_split)])
   if FLAGS.input == "segmented":
     if not config.crop.segmenter_workdir:
       raise app.UsageError("--input=segmented needs --segmenter_workdir (a train_segmenter run)")
@@ -53,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(common.main_with_usage_errors(main))

@@ -15,6 +15,7 @@ from absl import app, flags
 
 from experiments import common
 from lesion_jax.tasks import runner, segmentation
+from lesion_jax.train import sharding
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
@@ -34,6 +35,8 @@ def main(argv):
   del argv
   common.init_distributed()
   config = common.without_augmentation(common.config_from_flags(segmentation.SegmenterConfig()))
+  # Refuse bad flags before minutes of annotation (and before config.json is written).
+  segmentation.SegmentationTask(config).check(sharding.make_mesh(), [("test_split", FLAGS.test_split)])
   if FLAGS.labels == "kmeans":
     store = common.ensure_kmeans_masks(config.input, [config.train_split, config.val_split])
     config = dataclasses.replace(config, mask_artifacts=store)
@@ -43,4 +46,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(common.main_with_usage_errors(main))

@@ -6,6 +6,7 @@ pytree (one TrainState, or several for a multi-player model).
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 from typing import Any, Literal
@@ -14,6 +15,17 @@ import jax
 import orbax.checkpoint as ocp
 
 Which = int | Literal["latest", "best"]
+
+
+class _ReadOnlyNotice(logging.Filter):
+  """Drops orbax's "Given directory is read only" warning: evaluate and predict open checkpoints
+  read-only on purpose, and the warning on every run reads like a problem."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+logging.getLogger("absl").addFilter(_ReadOnlyNotice())
 
 
 class Checkpoints:

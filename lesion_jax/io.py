@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
+import threading
 from typing import Any
 
 import numpy as np
@@ -165,15 +167,84 @@ class ImageError(ValueError):
   """An input image that cannot be used; the message names the file and the problem."""
 
 
+_STDERR_LOCK = threading.Lock()
+# libjpeg's warnings for a damaged stream (OpenCV still returns an image, partly flat grey).
+_JPEG_DAMAGE = ("Corrupt JPEG data", "Premature end of JPEG file", "Invalid JPEG", "Bogus")
+
+
+def _imdecode_jpeg_checked(path: str, data: bytes):
+  """cv2.imdecode of a JPEG, refusing one that libjpeg had to patch up. libjpeg reports damage
+  (a bad Huffman code, a premature end of a segment) only as a warning on stderr, so stderr is
+  captured at the file-descriptor level for the decode (one decode at a time)."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  with _STDERR_LOCK, tempfile.TemporaryFile() as captured:
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(captured.fileno(), 2)
+    try:
+      image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    finally:
+      os.dup2(saved, 2)
+      os.close(saved)
+    captured.seek(0)
+    messages = captured.read().decode(errors="replace")
+  damage = [line for line in messages.splitlines() if any(d in line for d in _JPEG_DAMAGE)]
+  if damage:
+    raise ImageError(f"{path}: corrupt JPEG data ({damage[0].strip()}); the decoded image would be damaged")
+  if messages.strip():  # anything else is not ours to swallow
+    sys.stderr.write(messages)
+  return image
+
+
+# EXIF orientation (tag 0x0112) → the array operation that shows the image as cameras and viewers do.
+_EXIF_ORIENTATION = {
+    2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: np.swapaxes(a, 0, 1), 6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.swapaxes(a[::-1, ::-1], 0, 1), 8: lambda a: np.rot90(a, 1)}
+
+
+def _image_facts(data: bytes) -> dict[str, int]:
+  """EXIF orientation and frame count, where the file says (PIL reads only the headers)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  import io as pyio  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(pyio.BytesIO(data)) as im:
+      return {"orientation": int(im.getexif().get(0x0112, 1) or 1), "frames": int(getattr(im, "n_frames", 1))}
+  except Exception:  # pylint: disable=broad-except  (OpenCV decoded it; the facts are optional)
+    return {"orientation": 1, "frames": 1}
+
+
+def read_rgb_image_with_notes(path: str | os.PathLike, min_size: int = 1) -> tuple[np.ndarray, list[str]]:
+  """`read_rgb_image`, plus notes on what was done to show the file as a viewer does: an EXIF
+  orientation applied, the first frame of an animation used."""
+  image, facts = _read_rgb(path, min_size)
+  notes = []
+  if facts["orientation"] in _EXIF_ORIENTATION:
+    notes.append(f"EXIF orientation {facts['orientation']} applied")
+  if facts["frames"] > 1:
+    notes.append(f"animated: first of {facts['frames']} frames used")
+  return image, notes
+
+
 def read_rgb_image(path: str | os.PathLike, min_size: int = 1) -> np.ndarray:
   """Reads an image file as uint8 RGB (H, W, 3), or raises ImageError naming file and reason.
 
   Dermoscopy methods here rely on colour, so grayscale and images with an alpha channel are
-  refused rather than silently converted. 16-bit images are scaled to 8 bits.
+  refused rather than silently converted. 16-bit images are scaled to 8 bits. A JPEG damaged
+  mid-stream is refused. The EXIF orientation is applied (a phone photo comes out as displayed).
   """
+  return _read_rgb(path, min_size)[0]
+
+
+def _read_rgb(path: str | os.PathLike, min_size: int = 1) -> tuple[np.ndarray, dict[str, int]]:
+  """The validated reader (see read_rgb_image): the image and the facts read from its header."""
   import cv2  # pylint: disable=g-import-not-at-top
 
   path = os.fspath(path)
+  if os.path.isdir(path):
+    raise ImageError(f"{path}: is a directory, not an image file")
+  if os.path.islink(path) and not os.path.exists(path):
+    raise ImageError(f"{path}: broken symbolic link (to {os.readlink(path)})")
   try:
     with open(path, "rb") as f:
       data = f.read()
@@ -181,7 +252,10 @@ def read_rgb_image(path: str | os.PathLike, min_size: int = 1) -> np.ndarray:
     raise ImageError(f"{path}: cannot read file ({e.strerror or e})") from e
   if not data:
     raise ImageError(f"{path}: file is empty")
-  image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+  if data[:2] == b"\xff\xd8":  # JPEG
+    image = _imdecode_jpeg_checked(path, data)
+  else:
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
   if image is None:
     raise ImageError(f"{path}: not a decodable image (corrupt or unsupported format)")
   if image.dtype == np.uint16:
@@ -197,4 +271,8 @@ def read_rgb_image(path: str | os.PathLike, min_size: int = 1) -> np.ndarray:
   h, w = image.shape[:2]
   if min(h, w) < min_size:
     raise ImageError(f"{path}: image is {w}x{h} px, smaller than the minimum {min_size} px")
-  return np.ascontiguousarray(image[..., ::-1])
+  image = image[..., ::-1]
+  facts = _image_facts(data)
+  if facts["orientation"] in _EXIF_ORIENTATION:
+    image = _EXIF_ORIENTATION[facts["orientation"]](image)
+  return np.ascontiguousarray(image), facts

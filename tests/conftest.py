@@ -33,3 +33,17 @@ def tiny_data_dir(tmp_path_factory) -> str:
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   pipeline.get_builder(TINY, data_dir)
   return data_dir
+
+
+@pytest.fixture(scope="session")
+def damaged_jpeg():
+  """Bytes of a JPEG with 2000 bytes overwritten mid-stream: OpenCV still decodes it (the rest
+  of the image flat grey), with only a libjpeg warning on stderr."""
+  import cv2  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  image = cv2.GaussianBlur(rng.integers(0, 255, (120, 160, 3), dtype=np.uint8), (9, 9), 3)
+  data = bytearray(cv2.imencode(".jpg", image)[1].tobytes())
+  data[len(data) // 2:len(data) // 2 + 2000] = rng.integers(0, 255, 2000, dtype=np.uint8).tobytes()
+  assert cv2.imdecode(np.frombuffer(bytes(data), np.uint8), cv2.IMREAD_COLOR) is not None
+  return bytes(data)

@@ -55,6 +55,14 @@ def test_resumes_and_recomputes_only_what_is_incomplete(builder, tmp_path):
   assert (third.computed, third.reused, third.computed_ids) == (1, 15, [victim]) and calls == [[victim]]
   assert open(store.png_path(victim), "rb").read() == before
   assert not [f for f in os.listdir(store.directory) if f.startswith(".tmp")]
+  # A kill during an atomic write leaves a .tmp-* file: the next run removes it once it is stale
+  # (a young one may be another process's write in progress).
+  stale, young = os.path.join(store.directory, ".tmp-abc.png"), os.path.join(store.directory, ".tmp-def.png")
+  for path in (stale, young):
+    open(path, "wb").write(b"partial")
+  os.utime(stale, (0, 0))
+  st.run_split(builder, SPLIT, features=("image",))
+  assert not os.path.exists(stale) and os.path.exists(young)
 
 
 def test_a_failing_example_is_skipped_counted_and_named(builder, tmp_path):

@@ -255,13 +255,24 @@ def test_isic2017_missing_everything_and_partial_split(tmp_path):
     prepare(isic2017.Isic2017, manual, tmp_path / "d2")
 
 
-def test_isic2017_bad_examples_fail_with_id_and_reason(isic2017_manual, tmp_path):
+def test_isic2017_bad_examples_fail_with_id_and_reason(isic2017_manual, tmp_path, damaged_jpeg):
   manual = _copy(isic2017_manual, tmp_path)
   data = manual / "ISIC-2017_Training_Data"
   (data / "ISIC_0000002.jpg").write_bytes(b"not a jpeg")
   with pytest.raises(common.BadExampleError,
                      match=r"ISIC_0000002: bad image.*not a decodable.*skip_bad_examples"):
     prepare(isic2017.Isic2017, manual, tmp_path / "d1")
+  # Damaged mid-stream: OpenCV alone would decode it (bottom part flat grey) with only a libjpeg
+  # warning on stderr; the validated reader refuses it.
+  (data / "ISIC_0000002.jpg").write_bytes(damaged_jpeg)
+  with pytest.raises(common.BadExampleError, match=r"ISIC_0000002: bad image.*corrupt JPEG data"):
+    prepare(isic2017.Isic2017, manual, tmp_path / "d0")
+  # Every bad example of a split is reported in one pass, not one per run.
+  (data / "ISIC_0000003.jpg").write_bytes(b"")
+  with pytest.raises(common.BadExampleError, match=r"ISIC_0000002: bad image.*2 bad examples in this split: "
+                     r"ISIC_0000003: bad image.*empty"):
+    prepare(isic2017.Isic2017, manual, tmp_path / "d01")
+  _image(data / "ISIC_0000003.jpg", 20, 20)
   _image(data / "ISIC_0000002.jpg", 30, 20)
   mask = manual / "ISIC-2017_Training_Part1_GroundTruth" / "ISIC_0000003_segmentation.png"
   _mask(mask, 20, 21)
@@ -444,6 +455,17 @@ def test_ph2_stratified_folds(ph2_builder):
   # Cross-validation and external testing use TFDS split arithmetic.
   assert len(read(ph2_builder, "fold1+fold2+fold3+fold4")) == 20
   assert len(read(ph2_builder, "all")) == 25
+
+
+def test_ph2_reads_a_tab_separated_resave_of_its_table(tmp_path):
+  manual = make_ph2(tmp_path / "m")
+  table = manual / "PH2Dataset" / "PH2_dataset.txt"
+  rows = ["Name\tHistological Diagnosis\tClinical Diagnosis\tAsymmetry"]
+  rows += [f"{i}\t{'Melanoma' if code == 2 else ''}\t{code}\t0" for i, code in _ph2_ids().items()]
+  table.write_bytes(("\r\n".join(rows) + "\r\n").encode())  # as a spreadsheet saves it
+  builder = prepare(ph2.Ph2, manual, tmp_path / "d")
+  labels = {i: int(ex["label"]) for i, ex in read(builder, "all").items()}
+  assert labels == _ph2_ids()
 
 
 def test_ph2_missing_mask_names_the_path(tmp_path):

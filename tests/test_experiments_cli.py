@@ -100,7 +100,10 @@ def test_predict_segments_good_files_and_reports_bad_ones(trained, tmp_path):
   cv2.imwrite(str(images / "e_rgba.png"), rng.integers(0, 255, (48, 48, 4), dtype=np.uint8))
   cv2.imwrite(str(images / "f_tiny.png"), rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
   out = tmp_path / "out"
-  proc = run("experiments.predict", f"--workdir={workdir}", f"--images={images}/*", f"--out={out}")
+  # A pixel budget smaller than one image: each chunk holds one image (memory bounded by pixels).
+  proc = run("experiments.predict", f"--workdir={workdir}", f"--images={images}/*", f"--out={out}",
+             "--chunk_megapixels=0.002")
+  assert "1/6 files done" in proc.stderr and "6/6 files done" in proc.stderr
   rows = {os.path.basename(r["file"]): r for r in csv.DictReader(open(out / "predictions.csv"))}
   assert len(rows) == 6
   for name, (h, w) in {"a_good.png": (40, 56), "b_good.jpg": (64, 64)}.items():
@@ -177,3 +180,54 @@ def test_a_classifier_workdir_evaluates_and_predicts(classifier, tmp_path):
   # Trained on segmented input: its own segmenter (from its config) made the crop and the mask.
   assert row["predicted"] in ("benign", "malignant") and int(row["lesion_pixels"]) > 0
   assert "Segmented 1 of 1 images" in proc.stdout
+
+
+def test_bad_flags_are_refused_by_name_before_anything_is_written(trained, tiny_data_dir, tmp_path):
+  workdir, _ = trained
+  for flag, expected in (("--image_size=50", "--image_size=50: a U-Net with --levels=4 needs a multiple of 16"),
+                         ("--dataset=no_such_set", "--dataset='no_such_set': no such dataset"),
+                         ("--test_split=tset", "--test_split='tset'")):
+    run_dir = tmp_path / flag.split("=")[0].strip("-")
+    proc = run("experiments.train_segmenter", f"--workdir={run_dir}", f"--data_dir={tiny_data_dir}",
+               "--dataset=synthetic_lesions/tiny", flag, check=False)
+    assert proc.returncode != 0 and expected in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr  # one line naming the flag, not a stack
+    assert not os.path.exists(run_dir / "config.json")  # so the corrected command is not refused
+  proc = run("experiments.evaluate", f"--workdir={workdir}", "--checkpoint=newest", check=False)
+  assert proc.returncode != 0 and "--checkpoint='newest'" in proc.stderr
+
+
+def test_predict_never_overwrites_inputs_or_another_files_outputs(trained, tmp_path, damaged_jpeg):
+  workdir, _ = trained
+  folder = tmp_path / "photos"
+  folder.mkdir()
+  rng = np.random.default_rng(2)
+  for name in ("photo.png", "x.jpg", "x_overlay.jpg"):
+    cv2.imwrite(str(folder / name), rng.integers(0, 255, (40, 40, 3), dtype=np.uint8))
+  original = (folder / "photo.png").read_bytes()
+  (folder / "dir.jpg").mkdir()  # a directory and a broken link matched by the glob
+  os.symlink(folder / "gone.jpg", folder / "link.jpg")
+  (folder / "damaged.jpg").write_bytes(damaged_jpeg)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  phone = Image.fromarray(rng.integers(0, 255, (40, 64, 3), dtype=np.uint8))  # stored landscape
+  exif = phone.getexif()
+  exif[0x0112] = 6  # shown rotated by 90 degrees: portrait
+  phone.save(folder / "phone.jpg", exif=exif.tobytes())
+  proc = run("experiments.predict", f"--workdir={workdir}", f"--images={folder}/*", f"--out={folder}")
+  rows = {os.path.basename(r["file"]): r for r in csv.DictReader(open(folder / "predictions.csv"))}
+  assert (folder / "photo.png").read_bytes() == original  # the input is untouched
+  assert "would overwrite the input" in rows["photo.png"]["error"]
+  assert rows["x.jpg"]["status"] == "ok" and "also written for" in rows["x_overlay.jpg"]["error"]
+  assert "is a directory" in rows["dir.jpg"]["error"] and "broken symbolic link" in rows["link.jpg"]["error"]
+  assert "corrupt JPEG data" in rows["damaged.jpg"]["error"]
+  assert rows["phone.jpg"]["notes"] == "EXIF orientation 6 applied"
+  assert cv2.imread(str(folder / "phone.png"), cv2.IMREAD_UNCHANGED).shape == (64, 40)  # as displayed
+  assert "Segmented 2 of 7 images" in proc.stdout
+  again = run("experiments.predict", f"--workdir={workdir}", f"--images={folder}/x.jpg", f"--out={folder}",
+              check=False)
+  assert again.returncode != 0 and "--overwrite" in again.stderr
+  assert len(list(csv.DictReader(open(folder / "predictions.csv")))) == 7  # the earlier table stands
+  unwritable = run("experiments.predict", f"--workdir={workdir}", f"--images={folder}/x.jpg",
+                   f"--out={folder / 'x.jpg' / 'out'}", check=False)
+  assert unwritable.returncode != 0 and "cannot write there" in unwritable.stderr
+  assert "Traceback" not in unwritable.stderr

@@ -90,6 +90,28 @@ def test_read_rgb_image_refuses_bad_files(tmp_path):
     assert name in str(e.value)
 
 
+def test_reader_applies_exif_orientation_and_notes_animations(tmp_path):
+  import io as pyio  # pylint: disable=g-import-not-at-top
+  from PIL import Image, ImageOps  # pylint: disable=g-import-not-at-top
+  pixels = np.random.default_rng(1).integers(0, 255, (24, 40, 3), dtype=np.uint8)
+  for orientation in range(1, 9):
+    im = Image.fromarray(pixels)
+    exif = im.getexif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.png"
+    im.save(path, exif=exif.tobytes())
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+    image, notes = io.read_rgb_image_with_notes(path)
+    np.testing.assert_array_equal(image, expected)  # as a viewer shows it
+    assert (notes == [f"EXIF orientation {orientation} applied"]) == (orientation > 1)
+  frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (10, 200)]
+  buf = pyio.BytesIO()
+  frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])  # two pages
+  (tmp_path / "pages.tif").write_bytes(buf.getvalue())
+  image, notes = io.read_rgb_image_with_notes(tmp_path / "pages.tif")
+  assert image.shape == (16, 16, 3) and image.max() == 10 and notes == ["animated: first of 2 frames used"]
+
+
 def test_atomic_writes_leave_no_temporaries(tmp_path):
   io.write_json(tmp_path / "a" / "m.json", {"x": np.float32(0.5), "y": np.arange(3)})
   assert io.read_json(tmp_path / "a" / "m.json") == {"x": 0.5, "y": [0, 1, 2]}

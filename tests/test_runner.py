@@ -150,7 +150,7 @@ def test_nested_batches_reach_a_two_input_model(task):
     sharding.shard_batch(batch, sharding.make_mesh())  # a string leaf is never dropped silently
 
 
-def test_train_evaluate_and_record(task, straight):
+def test_train_evaluate_and_record(task, straight, caplog):
   workdir, metrics = straight
   assert 0.0 <= metrics["test/accuracy"] <= 1.0 and metrics["test/num_images"] == 16
   record = json.load(open(os.path.join(workdir, "config.json")))
@@ -162,7 +162,9 @@ def test_train_evaluate_and_record(task, straight):
   assert open(os.path.join(workdir, "hook_steps.txt")).read().split("\n")[:2] == ["3 3", "4 4"]
   # evaluate from the workdir alone: the task comes back from config.json, the scores are equal.
   loaded = runner.load(workdir)
-  state = runner.restore(loaded, workdir, "best")
+  with caplog.at_level("WARNING"):
+    state = runner.restore(loaded, workdir, "best")
+  assert "read only" not in caplog.text  # orbax's notice on every read-only open is dropped
   scores, result = runner.evaluate(loaded, state, "test")
   assert scores["test/accuracy"] == metrics["test/accuracy"] and len(result.ids) == 16
 
@@ -223,3 +225,33 @@ def test_checkpoints_have_their_own_cadence(task, tmp_path):
   with checkpoint.Checkpoints(os.path.join(str(tmp_path), "checkpoints"), read_only=True) as c:
     assert c.latest_step() == 2  # saved at step 2 although nothing was evaluated there
   assert "val/accuracy" not in json.load(open(os.path.join(str(tmp_path), "history.json")))
+
+
+def test_a_moved_workdir_and_data_dir_still_resume(task, tmp_path, tiny_data_dir):
+  import shutil  # pylint: disable=g-import-not-at-top
+  first = str(tmp_path / "a")
+  runner.train(HoleTask(dataclasses.replace(task.config, num_steps=2)), first)
+  moved_data = str(tmp_path / "moved_tfds")
+  shutil.copytree(tiny_data_dir, moved_data)
+  shutil.copytree(first, str(tmp_path / "b"))
+  moved = HoleTask(dataclasses.replace(task.config, input=dataclasses.replace(task.config.input, data_dir=moved_data)))
+  runner.train(moved, str(tmp_path / "b") + "/./")  # another spelling of the folder, too
+  with pytest.raises(ValueError, match="other flags"):  # what the run computes still may not change
+    runner.train(HoleTask(dataclasses.replace(moved.config, hole_size=4)), str(tmp_path / "b"))
+  history = json.load(open(tmp_path / "b" / "history.json"))
+  assert [s for s, _ in history["val/accuracy"]] == [2, 4]  # resumed at 2, not started over
+
+
+def test_bad_config_is_refused_before_anything_is_written(task, tmp_path):
+  bad = {"num_steps": 0, "eval_every": 0, "batch_size": 0, "val_split": "valid"}
+  for field_name, value in bad.items():
+    if field_name == "batch_size":
+      config = dataclasses.replace(task.config, input=dataclasses.replace(task.config.input, batch_size=0))
+    else:
+      config = dataclasses.replace(task.config, **{field_name: value})
+    with pytest.raises(config_lib.ConfigError, match=f"--{field_name}="):
+      runner.run(HoleTask(config), str(tmp_path))
+    assert not os.path.exists(tmp_path / "config.json")
+  with pytest.raises(config_lib.ConfigError, match=r"--test_split='test\[:2\]\+nope'"):
+    runner.run(task, str(tmp_path), test_split="test[:2]+nope")
+  assert not os.path.exists(tmp_path / "config.json")

@@ -40,6 +40,24 @@ from lesion_jax.artifacts.store import ArtifactStore
 Example = dict[str, Any]
 
 
+# A temporary file (io's atomic writes: `.tmp-*`) this old is no write in progress: a run was killed.
+STALE_TEMPORARY_SECONDS = 600.0
+
+
+def remove_stale_temporaries(directory: str, older_than: float = STALE_TEMPORARY_SECONDS) -> int:
+  """Deletes `.tmp-*` files older than `older_than` seconds in `directory` (files an interrupted
+  atomic write left behind; younger ones may be another process's write in progress)."""
+  if not os.path.isdir(directory):
+    return 0
+  now, removed = time.time(), 0
+  for entry in os.scandir(directory):
+    if entry.name.startswith(".tmp-") and entry.is_file() and now - entry.stat().st_mtime > older_than:
+      with contextlib.suppress(FileNotFoundError):  # another process got there first
+        os.remove(entry.path)
+        removed += 1
+  return removed
+
+
 @dataclasses.dataclass
 class Artifact:
   """One example's result. `image`: a mask ((H, W), nonzero = lesion; stored as a {0,255} PNG)
@@ -243,6 +261,9 @@ class ArtifactStage:
     index = jax.process_index() if process_index is None else process_index
     count = jax.process_count() if process_count is None else process_count
     ids = list(dict.fromkeys(ids))
+    removed = remove_stale_temporaries(self.store.directory)
+    if removed:
+      logging.info("%s: removed %d temporary files left by an interrupted run", self.name, removed)
     share = set(shard_ids(ids, index, count))
     todo = [i for i in ids if i in share and not self.store.has(i)]
     reused = len(share) - len(todo)

@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from lesion_jax.config import field
+from lesion_jax.config import ConfigError, field
 from lesion_jax.data import batching, ops
 from lesion_jax.data.augment import AugmentConfig
 from lesion_jax.data.batching import pad_batch  # noqa: F401  (re-exported; numpy only)
@@ -35,6 +35,9 @@ data_lib.hide_accelerators_from_tensorflow()  # TensorFlow is for input only
 # convert, and its attempts only print warnings about lambdas.
 tf.autograph.set_verbosity(0)
 _plain = tf.autograph.experimental.do_not_convert
+
+
+LESION_DATASETS = ("synthetic_lesions", "isic2016", "isic2017", "isic2018", "ph2", "ham10000")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +73,12 @@ def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None =
   """The TFDS builder for `name`, prepared on first use (the synthetic set renders itself; the
   real archives read `manual_dir`)."""
   import lesion_jax.data.builders  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
-  builder = tfds.builder(name, data_dir=data_dir)
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    ours = ", ".join(LESION_DATASETS)
+    raise ConfigError(f"--dataset={name!r}: no such dataset (this package's: {ours}; any TFDS name "
+                      "also works)") from None
   if prepare and not _is_prepared(builder):
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None
     builder.download_and_prepare(download_config=download_config)

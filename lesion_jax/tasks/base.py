@@ -130,6 +130,29 @@ class Task:
     return {f"val/{k}": float(v) for k, v in evaluation.scores.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "num_images"}
 
+  def check(self, mesh: jax.sharding.Mesh, extra_splits: Sequence[tuple[str, str]] = ()) -> None:
+    """Refuses, before anything is written, a config the run would fail on later: loop lengths,
+    the batch size, and every split the run will read. Raises ConfigError naming the field.
+    Tasks extend it with their own checks (call super)."""
+    c = self.config
+    for name in ("num_steps", "eval_every", "log_every"):
+      if getattr(c, name) < 1:
+        raise config_lib.ConfigError(f"--{name}={getattr(c, name)}: must be at least 1")
+    if c.checkpoint_every is not None and c.checkpoint_every < 1:
+      raise config_lib.ConfigError(f"--checkpoint_every={c.checkpoint_every}: must be at least 1 (or unset)")
+    if self.batch_size < 1:
+      raise config_lib.ConfigError(f"--batch_size={self.batch_size}: must be at least 1")
+    try:
+      sharding.check_batch_size(self.batch_size, mesh)
+    except ValueError as e:
+      raise config_lib.ConfigError(f"--batch_size={self.batch_size}: {e}") from None
+    builder = getattr(self, "builder", None)
+    if builder is None:
+      return
+    splits = [("train_split", c.train_split)] + ([("val_split", c.val_split)] if c.val_split else [])
+    for flag, split in [*splits, *extra_splits]:
+      check_split(builder, split, flag)
+
   def hooks(self, workdir: str, mesh: jax.sharding.Mesh) -> Sequence[loop.PeriodicHook]:
     return ()
 
@@ -166,6 +189,16 @@ def from_record(record: dict[str, Any], where: str = "config.json") -> Task:
     return cls(config_lib.from_dict(cls.config_cls, record["config"]))
   except config_lib.ConfigError as e:
     raise config_lib.ConfigError(f"{where}: {e}") from e
+
+
+def check_split(builder, split: str, flag: str) -> None:
+  """A TFDS split string (`train`, `train[:80%]`, `train+validation`) the builder can read."""
+  try:
+    builder.info.splits[split].num_examples  # pylint: disable=expression-not-assigned
+  except (KeyError, ValueError, AssertionError) as e:
+    raise config_lib.ConfigError(
+        f"--{flag}={split!r}: {builder.info.full_name} has no such split (its splits: "
+        f"{sorted(builder.info.splits)}; {e})") from None
 
 
 def gather_strings(ids: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lesion_jax import config as config_lib
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, inference, metrics
@@ -75,6 +76,18 @@ class ClassificationTask(base.Task):
   @property
   def folds(self) -> int:
     return self.config.folds
+
+  def check(self, mesh, extra_splits=()) -> None:
+    c = self.config
+    if c.model.name not in CLASSIFIERS:
+      raise config_lib.ConfigError(f"--model={c.model.name!r}: not a classifier; choose one of {list(CLASSIFIERS)}")
+    if c.input.image_size < 1:
+      raise config_lib.ConfigError(f"--image_size={c.input.image_size}: must be at least 1")
+    features = self.builder.info.features
+    if c.label_key not in features or not hasattr(features[c.label_key], "names"):
+      raise config_lib.ConfigError(f"--target={c.label_key!r}: {self.builder.info.full_name} has no such class "
+                                   f"feature (features: {sorted(features)})")
+    super().check(mesh, extra_splits)
 
   def init_state(self, rng: jax.Array) -> TrainState:
     c = self.config

@@ -23,6 +23,21 @@ from lesion_jax.train import loop, sharding
 
 # Config fields that only say how long or how often: a resumed run may change them.
 RESUMABLE_CHANGES = frozenset({"num_steps", "eval_every", "log_every", "checkpoint_every"})
+# Fields that say where things are, not what the run computes: a moved or copied workdir, data
+# directory or archive still resumes. Artifact stores are compared by what names their content
+# (<dataset>/<kind>/<parameters>), not by where they are.
+LOCATION_FIELDS = frozenset({"data_dir", "manual_dir", "artifact_dir", "segmenter_workdir"})
+ARTIFACT_FIELDS = frozenset({"mask_artifacts", "image_artifacts"})
+
+
+def _defines_the_run(path: str, old: Any, new: Any) -> bool:
+  leaf = path.rsplit(".", 1)[-1]
+  if leaf in RESUMABLE_CHANGES or leaf in LOCATION_FIELDS:
+    return False
+  if leaf in ARTIFACT_FIELDS and old and new:
+    tail = lambda p: os.path.normpath(p).split(os.sep)[-3:]
+    return tail(old) != tail(new)
+  return True
 
 
 def config_path(workdir: str) -> str:
@@ -37,8 +52,7 @@ def write_config(workdir: str, task: base.Task | dict[str, Any]) -> None:
   new = task.describe() if isinstance(task, base.Task) else task
   if os.path.exists(path):
     old = io.read_json(path)
-    changed = config_lib.diff(old, new)
-    changed = {k: v for k, v in changed.items() if k.rsplit(".", 1)[-1] not in RESUMABLE_CHANGES}
+    changed = {k: v for k, v in config_lib.diff(old, new).items() if _defines_the_run(k, *v)}
     if changed:
       raise ValueError(f"{path} was written by a run with other flags {changed} (old, new); use a "
                        "new --workdir or the same flags to resume")
@@ -77,6 +91,7 @@ def train(task: base.Task, workdir: str, mesh: jax.sharding.Mesh | None = None) 
   """Trains (or resumes) `task` in `workdir`, keeping the latest and the best checkpoint by the
   task's validation metric; returns the best state."""
   mesh = mesh or sharding.make_mesh()
+  task.check(mesh)
   write_config(workdir, task)
   rng_init, rng_train = jax.random.split(jax.random.key(task.seed))
   state = task.init_state(rng_init)
@@ -126,6 +141,8 @@ def run(task: base.Task, workdir: str, test_split: str = "test",
   mesh = mesh or sharding.make_mesh()
   if getattr(task, "folds", 1) > 1:
     return cross_validate(task, workdir, test_split, mesh)
+  # Every split the run reads is checked before the first step, not after training.
+  task.check(mesh, [("test_split", split) for prefix, split in task.final_splits(test_split) if prefix == "test"])
   state = train(task, workdir, mesh)
   metrics: dict[str, Any] = {}
   predictions: dict[str, Any] = {}
@@ -165,6 +182,9 @@ def cross_validate(task: base.Task, workdir: str, test_split: str = "test",
   (`cv/*`, via `task.pooled`) and the mean/std over folds of `task.summary_keys`; writes
   metrics.json and figures. The task provides `folds`, `with_splits`, `pooled`, `summary_keys`."""
   mesh = mesh or sharding.make_mesh()
+  task.check(mesh, [("test_split", test_split)])
+  if task.folds > task.builder.info.splits[task.config.train_split].num_examples:
+    raise config_lib.ConfigError(f"--folds={task.folds}: more folds than examples in {task.config.train_split!r}")
   write_config(workdir, task)
   split = task.config.train_split
   n = task.builder.info.splits[split].num_examples

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lesion_jax import config as config_lib
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, inference, metrics, postprocess
@@ -88,6 +89,19 @@ class SegmentationTask(base.Task):
       raise ValueError(f"unknown segmentation model {m.name!r}; choose one of {list(SEGMENTERS)}")
     return UNet(features=m.features, levels=m.levels, norm=m.norm, upsample=m.upsample,
                 dtype=jnp.dtype(m.dtype), **SEGMENTERS[m.name])
+
+  def check(self, mesh, extra_splits=()) -> None:
+    c = self.config
+    if c.model.name not in SEGMENTERS:
+      raise config_lib.ConfigError(f"--model={c.model.name!r}: not a segmentation model; choose one of "
+                                   f"{list(SEGMENTERS)}")
+    factor = 2 ** c.model.levels
+    if c.input.image_size < factor or c.input.image_size % factor:
+      raise config_lib.ConfigError(
+          f"--image_size={c.input.image_size}: a U-Net with --levels={c.model.levels} needs a multiple of {factor}")
+    if not 0.0 < c.threshold < 1.0:
+      raise config_lib.ConfigError(f"--threshold={c.threshold}: must be between 0 and 1")
+    super().check(mesh, extra_splits)
 
   def init_state(self, rng: jax.Array) -> TrainState:
     size = self.config.input.image_size
@@ -231,7 +245,8 @@ def lesion_crops(segmenter_workdir: str, builder, splits: list[str], size: int, 
   mesh = mesh or sharding.make_mesh()
   task = runner.load(segmenter_workdir)
   if not isinstance(task, SegmentationTask):
-    raise ValueError(f"{segmenter_workdir} holds a {task.name!r} run, not a segmentation run")
+    raise config_lib.ConfigError(f"--segmenter_workdir={segmenter_workdir}: holds a {task.name!r} run, "
+                                 "not a segmentation run (train_segmenter)")
   state = runner.restore(task, segmenter_workdir, "best", mesh)
   step = int(jax.device_get(state.step))
   cstore = crops.crop_store(root, builder.info.full_name, segmenter_workdir, step, size, margin, black_out)

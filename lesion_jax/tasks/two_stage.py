@@ -65,11 +65,13 @@ def _slug(text: str) -> str:
 
 def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
   """Runs every stage (each resumable) and writes config.json, report.md, report.json and figures/."""
-  runner.write_config(workdir, describe(config))
   mesh = sharding.make_mesh()
   start = time.perf_counter()
   timings: dict[str, float] = {}
   builder = pipeline.get_builder(config.dataset, config.data_dir, config.manual_dir)
+  for task in _stage_tasks(config):  # every stage's config is checked before anything is written
+    task.check(mesh, [("test_split", config.test_split)])
+  runner.write_config(workdir, describe(config))
   has_masks = "mask" in builder.info.features
   root = config.artifact_dir or store.default_root(config.data_dir)
   fig_dir = os.path.join(workdir, "figures")
@@ -84,10 +86,7 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
 
   # 2. U-Net trained on the pseudo-masks of train (best checkpoint by pseudo-mask JA on validation).
   t = time.perf_counter()
-  seg_input = dataclasses.replace(config.segmenter.input, dataset=config.dataset, data_dir=config.data_dir,
-                                  manual_dir=config.manual_dir, seed=config.seed)
-  seg_config = dataclasses.replace(config.segmenter, input=seg_input, mask_artifacts=kstore.directory,
-                                   train_split=config.train_split, val_split=config.val_split)
+  seg_config = _segmenter_config(config, kstore.directory)
   seg_dir = os.path.join(workdir, "segmenter")
   seg_task = segmentation.SegmentationTask(seg_config)
   seg_state = runner.train(seg_task, seg_dir, mesh=mesh)
@@ -126,19 +125,7 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
   roc_curves = {}
   for spec in config.classifiers:
     t = time.perf_counter()
-    cls_input = pipeline.InputConfig(
-        dataset=config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
-        image_size=config.classifier_image_size, batch_size=config.classifier_batch_size,
-        seed=config.seed)
-    segmented = spec.input == "segmented"
-    cls_config = classification.ClassifierConfig(
-        input=cls_input, label_key=config.target,
-        model=classification.ClassifierModelConfig(spec.model, width=spec.width),
-        optimizer=dataclasses.replace(classification.ClassifierConfig().optimizer, learning_rate=spec.learning_rate),
-        num_steps=spec.num_steps, eval_every=max(1, spec.num_steps // 4), balanced=config.balanced,
-        train_split=config.train_split, val_split=config.val_split,
-        image_artifacts=crops_dir if segmented else None,
-        crop=crop if segmented else classification.LesionCropConfig())
+    cls_config = _classifier_config(config, spec, crops_dir, crop)
     cls_dir = os.path.join(workdir, "classifiers", _slug(spec.name))
     result = runner.run(classification.ClassificationTask(cls_config), cls_dir, config.test_split, mesh)
     predictions = io.read_json(os.path.join(cls_dir, "predictions.json"))["test/_predictions"]
@@ -222,6 +209,35 @@ def render_report(report: dict[str, Any], config: TwoStageConfig) -> str:
   lines += ["", "![ROC](figures/roc_classifiers.png)", "", "## Time (seconds)", ""]
   lines += [f"- {k}: {v}" for k, v in report["timings_seconds"].items()]
   return "\n".join(lines) + "\n"
+
+
+def _segmenter_config(config: TwoStageConfig, mask_artifacts: str | None) -> segmentation.SegmenterConfig:
+  seg_input = dataclasses.replace(config.segmenter.input, dataset=config.dataset, data_dir=config.data_dir,
+                                  manual_dir=config.manual_dir, seed=config.seed)
+  return dataclasses.replace(config.segmenter, input=seg_input, mask_artifacts=mask_artifacts,
+                             train_split=config.train_split, val_split=config.val_split)
+
+
+def _classifier_config(config: TwoStageConfig, spec: ClassifierSpec, crops_dir: str | None,
+                       crop: classification.LesionCropConfig) -> classification.ClassifierConfig:
+  cls_input = pipeline.InputConfig(
+      dataset=config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
+      image_size=config.classifier_image_size, batch_size=config.classifier_batch_size, seed=config.seed)
+  segmented = spec.input == "segmented"
+  return classification.ClassifierConfig(
+      input=cls_input, label_key=config.target,
+      model=classification.ClassifierModelConfig(spec.model, width=spec.width),
+      optimizer=dataclasses.replace(classification.ClassifierConfig().optimizer, learning_rate=spec.learning_rate),
+      num_steps=spec.num_steps, eval_every=max(1, spec.num_steps // 4), balanced=config.balanced,
+      train_split=config.train_split, val_split=config.val_split,
+      image_artifacts=crops_dir if segmented else None,
+      crop=crop if segmented else classification.LesionCropConfig())
+
+
+def _stage_tasks(config: TwoStageConfig) -> list:
+  crop = classification.LesionCropConfig()
+  return [segmentation.SegmentationTask(_segmenter_config(config, None))] + [
+      classification.ClassificationTask(_classifier_config(config, spec, None, crop)) for spec in config.classifiers]
 
 
 def describe(config: TwoStageConfig) -> dict[str, Any]:

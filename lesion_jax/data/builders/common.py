@@ -465,16 +465,26 @@ def _skip_hint() -> str:
 
 def _iter_examples(records: Iterable[Record], spec: LoadSpec, split: str, context: str,
                    skips: SkipLog | None) -> Iterator[tuple[str, dict[str, Any]]]:
-  """In-process generation; `skips` None means fail on the first bad example."""
+  """In-process generation; `skips` None means fail, after the whole split has been checked, with
+  every bad example of the split in one error (not one per run)."""
+  bad: list[BadExampleError] = []
   for record in records:
     try:
       example = load_example(record, spec)
     except BadExampleError as e:
       if skips is None:
-        raise BadExampleError(e.example_id, f"{e.reason}. {_skip_hint()}", context) from e
+        bad.append(e)
+        continue
       skips.add(split, e.example_id, e.reason)
       continue
-    yield record.id, example
+    if not bad:  # once one is bad the split fails: the rest are only checked
+      yield record.id, example
+  if bad:
+    first = bad[0]
+    more = (f" ({len(bad)} bad examples in this split: "
+            + "; ".join(f"{e.example_id}: {e.reason}" for e in bad[1:20]) + (", ..." if len(bad) > 20 else "") + ")"
+            if len(bad) > 1 else "")
+    raise BadExampleError(first.example_id, f"{first.reason}{more}. {_skip_hint()}", context)
   if skips is not None and skips.count(split):
     logging.warning("%s: %d bad examples skipped in total in this split: %s", context,
                     skips.count(split), ", ".join(sorted(skips.skipped[split])))

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import re
 
+from absl import logging
 from etils import epath
 
 from lesion_jax.data.builders import common
@@ -46,20 +47,30 @@ _TABLE = f"{_ROOT}/PH2_dataset.txt"
 _ID = re.compile(r"IMD\d+")
 
 
+# The official table separates columns by '||'; copies re-saved by a spreadsheet use tabs or commas.
+_SEPARATORS = (("||", "the official '||'-separated table"), ("\t", "a tab-separated re-save"),
+               (",", "a comma-separated re-save"))
+
+
 def read_table(path: epath.Path) -> common.LabelTable:
   """Diagnoses from PH2_dataset.txt: the header row names the columns; data rows are the ones
-  whose Name cell is an IMDxxx id (the legend below the table is skipped)."""
+  whose Name cell is an IMDxxx id (the legend below the table is skipped). Reads the official
+  '||' table and tab- or comma-separated re-saves of it (any line endings); says which it read."""
   common.require(path, "ph2")
   table = common.LabelTable(path)
-  name_col = diagnosis_col = None
-  for line, text in enumerate(path.read_bytes().decode("utf-8", "replace").splitlines(), 1):
-    if "||" not in text:
+  name_col = diagnosis_col = separator = None
+  for line, text in enumerate(path.read_bytes().decode("utf-8-sig", "replace").splitlines(), 1):
+    if separator is None:  # the header decides the format
+      for sep, what in _SEPARATORS:
+        cells = [c.strip().strip('"') for c in text.split(sep)]
+        if sep in text and "Name" in cells and "Clinical Diagnosis" in cells:
+          name_col, diagnosis_col, separator = cells.index("Name"), cells.index("Clinical Diagnosis"), sep
+          logging.info("ph2: %s is %s.", path, what)
+          break
       continue
-    cells = [c.strip() for c in text.split("||")]
-    if name_col is None:
-      if "Name" in cells and "Clinical Diagnosis" in cells:
-        name_col, diagnosis_col = cells.index("Name"), cells.index("Clinical Diagnosis")
+    if separator not in text:
       continue
+    cells = [c.strip().strip('"') for c in text.split(separator)]
     if len(cells) <= max(name_col, diagnosis_col) or not _ID.fullmatch(cells[name_col]):
       continue
     image_id, code = cells[name_col], cells[diagnosis_col]
@@ -68,9 +79,10 @@ def read_table(path: epath.Path) -> common.LabelTable:
       continue
     table.add(line, image_id, {"label": int(code), "malignant": int(code == "2")})
   if name_col is None:
+    xlsx = " (PH2_dataset.xlsx is not read: save it as text)" if path.with_suffix(".xlsx").exists() else ""
     raise common.ManualDataError(
-        f"ph2: {path} has no header row with 'Name' and 'Clinical Diagnosis' columns. "
-        + common.instructions_hint("ph2"))
+        f"ph2: {path} has no header row with 'Name' and 'Clinical Diagnosis' columns, "
+        f"separated by '||', tabs or commas{xlsx}. " + common.instructions_hint("ph2"))
   return table
 
 
