@@ -264,6 +264,8 @@ def _read_rgb(path: str | os.PathLike, min_size: int = 1) -> tuple[np.ndarray, d
     raise ImageError(f"{path}: unsupported pixel type {image.dtype}")
   if image.ndim == 2 or image.shape[-1] == 1:
     raise ImageError(f"{path}: grayscale image; dermoscopy needs RGB colour")
+  if image.shape[-1] == 4 and image[..., 3].min() == np.iinfo(image.dtype).max:
+    image = image[..., :3]  # a fully opaque alpha channel holds nothing (OpenCV decodes GIFs so)
   if image.shape[-1] == 4:
     raise ImageError(f"{path}: image has an alpha channel (RGBA); save it as RGB")
   if image.shape[-1] != 3:

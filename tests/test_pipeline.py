@@ -105,11 +105,12 @@ def test_reader_applies_exif_orientation_and_notes_animations(tmp_path):
     np.testing.assert_array_equal(image, expected)  # as a viewer shows it
     assert (notes == [f"EXIF orientation {orientation} applied"]) == (orientation > 1)
   frames = [Image.fromarray(np.full((16, 16, 3), v, np.uint8)) for v in (10, 200)]
-  buf = pyio.BytesIO()
-  frames[0].save(buf, format="TIFF", save_all=True, append_images=frames[1:])  # two pages
-  (tmp_path / "pages.tif").write_bytes(buf.getvalue())
-  image, notes = io.read_rgb_image_with_notes(tmp_path / "pages.tif")
-  assert image.shape == (16, 16, 3) and image.max() == 10 and notes == ["animated: first of 2 frames used"]
+  for fmt, name in (("GIF", "anim.gif"), ("TIFF", "pages.tif")):  # an animation, two pages
+    buf = pyio.BytesIO()
+    frames[0].save(buf, format=fmt, save_all=True, append_images=frames[1:])
+    (tmp_path / name).write_bytes(buf.getvalue())
+    image, notes = io.read_rgb_image_with_notes(tmp_path / name)
+    assert image.shape == (16, 16, 3) and image.max() <= 12 and notes == ["animated: first of 2 frames used"]
 
 
 def test_atomic_writes_leave_no_temporaries(tmp_path):
