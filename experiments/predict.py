@@ -136,9 +136,8 @@ def load_models(workdir: str, classifier_workdir: str | None, which):
   if classifier_workdir:
     # A cross-validated run (--folds) has one model per fold: their probabilities are averaged.
     run_dirs = sorted(glob.glob(os.path.join(classifier_workdir, "fold_*"))) or [classifier_workdir]
-    fold_task = cls_task.with_splits(cls_task.config.train_split, cls_task.config.val_split)
     cls_which = which if classifier_workdir == workdir else "best"
-    classifier = (cls_task, [runner.restore(fold_task, d, cls_which) for d in run_dirs])
+    classifier = (cls_task, [runner.restore(cls_task, d, cls_which) for d in run_dirs])
   return segmenter, classifier
 
 

@@ -66,11 +66,6 @@ class HoleTask(base.Task):
   name = "test_hole_segmentation"
   config_cls = HoleConfig
 
-  @property
-  def builder(self):
-    c = self.config.input
-    return pipeline.get_builder(c.dataset, c.data_dir)
-
   def init_state(self, rng):
     size = self.config.input.image_size
     tx = self.config.optimizer.build(self.config.num_steps)
@@ -118,7 +113,7 @@ class HoleTask(base.Task):
       ids.extend(base.decode_ids(batch["id"][real]))
     rows = sharding.allgather_rows({"accuracy": np.concatenate(accuracy)})
     return base.Evaluation({"accuracy": float(rows["accuracy"].mean()), "num_images": len(rows["accuracy"])},
-                           rows, base.gather_strings(ids))
+                           rows, sharding.allgather_strings(ids))
 
   def hooks(self, workdir, mesh):
     def record(step, state, writer):

@@ -25,8 +25,7 @@ import tensorflow_datasets as tfds
 from lesion_jax.config import ConfigError, field
 from lesion_jax.data import batching, ops
 from lesion_jax.data.augment import AugmentConfig
-from lesion_jax.data.batching import pad_batch  # noqa: F401  (re-exported; numpy only)
-from lesion_jax.data.ops import classification_ops, segmentation_ops  # noqa: F401  (re-exported)
+from lesion_jax.data.batching import pad_batch  # numpy only (also imported from here)
 from lesion_jax import data as data_lib
 
 data_lib.hide_accelerators_from_tensorflow()  # TensorFlow is for input only

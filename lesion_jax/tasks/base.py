@@ -20,6 +20,7 @@ the task back and `experiments/evaluate.py` / `predict.py` work on any task's wo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
@@ -97,6 +98,13 @@ class Task:
     raise NotImplementedError
 
   # --- defaults a task may override ---------------------------------------------------------
+  @functools.cached_property
+  def builder(self):
+    """The TFDS builder of `config.input`, prepared on first use."""
+    from lesion_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    c = self.config.input
+    return pipeline.get_builder(c.dataset, c.data_dir, c.manual_dir)
+
   @property
   def seed(self) -> int:
     return self.config.input.seed
@@ -146,12 +154,9 @@ class Task:
       sharding.check_batch_size(self.batch_size, mesh)
     except ValueError as e:
       raise config_lib.ConfigError(f"--batch_size={self.batch_size}: {e}") from None
-    builder = getattr(self, "builder", None)
-    if builder is None:
-      return
     splits = [("train_split", c.train_split)] + ([("val_split", c.val_split)] if c.val_split else [])
     for flag, split in [*splits, *extra_splits]:
-      check_split(builder, split, flag)
+      check_split(self.builder, split, flag)
 
   def hooks(self, workdir: str, mesh: jax.sharding.Mesh) -> Sequence[loop.PeriodicHook]:
     return ()
@@ -164,8 +169,10 @@ class Task:
     """Figures of one evaluation (overlays, ROC, ...) into `fig_dir`, files named by `prefix`."""
 
   def example_input(self, image: np.ndarray) -> Batch:
-    """A model input example from one uint8 RGB image (for `runner.predict_images`)."""
-    raise NotImplementedError(f"task {self.name!r} does not predict from image files")
+    """A model input example from one uint8 RGB image, preprocessed exactly as in training (for
+    `runner.predict_examples`); a task whose model takes more than the image overrides it."""
+    from lesion_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
+    return {"image": pipeline.preprocess_image(image, self.config.input.image_size)}
 
   # --- helpers -------------------------------------------------------------------------------
   def jit_predict(self, state: Any, mesh: jax.sharding.Mesh, name: str = "predict") -> Callable:
@@ -199,10 +206,6 @@ def check_split(builder, split: str, flag: str) -> None:
     raise config_lib.ConfigError(
         f"--{flag}={split!r}: {builder.info.full_name} has no such split (its splits: "
         f"{sorted(builder.info.splits)}; {e})") from None
-
-
-def gather_strings(ids: list[str]) -> list[str]:
-  return sharding.allgather_strings(ids)
 
 
 def decode_ids(ids: np.ndarray) -> list[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -63,11 +63,6 @@ class ClassificationTask(base.Task):
   config_cls = ClassifierConfig
   summary_keys = ("accuracy", "misclassification_rate", "f1", "precision", "recall", "sensitivity",
                   "specificity", "roc_auc", "average_precision")
-
-  @functools.cached_property
-  def builder(self):
-    c = self.config.input
-    return pipeline.get_builder(c.dataset, c.data_dir, c.manual_dir)
 
   @functools.cached_property
   def class_names(self) -> list[str]:
@@ -133,7 +128,7 @@ class ClassificationTask(base.Task):
       ids.extend(base.decode_ids(batch["id"][real]))
     # Each host predicted its own shard of the split; every host scores all of it.
     rows = sharding.allgather_rows({"labels": np.concatenate(labels), "probs": np.concatenate(probs)})
-    return self.evaluation_of(rows["labels"], rows["probs"], base.gather_strings(ids))
+    return self.evaluation_of(rows["labels"], rows["probs"], sharding.allgather_strings(ids))
 
   def evaluation_of(self, labels: np.ndarray, probs: np.ndarray, ids: list[str]) -> base.Evaluation:
     scores = metrics.classification_scores(labels, probs, self.class_names)
@@ -168,9 +163,6 @@ class ClassificationTask(base.Task):
       label = f"{self.config.model.name} ({'pooled CV' if prefix == 'cv' else prefix})"
       figures.save_roc_curve(os.path.join(fig_dir, f"{prefix}_roc.png"), evaluation.per_example["labels"],
                              evaluation.per_example["probs"][:, 1], label=label)
-
-  def example_input(self, image: np.ndarray) -> base.Batch:
-    return {"image": pipeline.preprocess_image(image, self.config.input.image_size)}
 
   def classify_images(self, state, images: list[np.ndarray], mesh=None) -> list[np.ndarray]:
     """Class probabilities for uint8 RGB model inputs (raw images, or lesion crops for a classifier

@@ -3,7 +3,6 @@ scored per image at each image's own resolution as the ISIC challenges do."""
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any, Callable, Iterator
 
 import jax
@@ -77,11 +76,6 @@ def binarize_predictions(probs: np.ndarray, threshold: float, clean: bool) -> np
 class SegmentationTask(base.Task):
   name = "segmentation"
   config_cls = SegmenterConfig
-
-  @functools.cached_property
-  def builder(self):
-    c = self.config.input
-    return pipeline.get_builder(c.dataset, c.data_dir, c.manual_dir)
 
   def model(self) -> UNet:
     m = self.config.model
@@ -183,7 +177,7 @@ class SegmentationTask(base.Task):
     # Each host scored its own shard of the split; every host summarises all of it.
     per_image = metrics.scores_from_counts(sharding.allgather_rows(acc.counts()))
     return base.Evaluation(metrics.summarize_segmentation(per_image, acc.threshold_ja), per_image,
-                           base.gather_strings(ids), {k: np.asarray(v) for k, v in kept.items()})
+                           sharding.allgather_strings(ids), {k: np.asarray(v) for k, v in kept.items()})
 
   def hooks(self, workdir, mesh):
     """Validation overlays in TensorBoard at each evaluation."""
@@ -191,9 +185,13 @@ class SegmentationTask(base.Task):
     if not c.summary_images or not c.val_split:
       return ()
 
+    jitted = []  # compiled once, at the first call (the state's shardings are needed)
+
     def write_overlays(step, state, writer):
       # Computed on every process (the prediction is one sharded computation), written by one.
-      predict = self.jit_predict(state, mesh)
+      if not jitted:
+        jitted.append(self.jit_predict(state, mesh))
+      predict = jitted[0]
       batch = next(iter(self.eval_batches(c.val_split)))
       probs = inference.predict_over(predict, state, [batch], mesh)
       _, p = next(probs)
@@ -216,9 +214,6 @@ class SegmentationTask(base.Task):
     if len(evaluation.per_example["jaccard"]):
       figures.save_histogram(os.path.join(fig_dir, f"{prefix}_jaccard_hist.png"),
                              {prefix: evaluation.per_example["jaccard"]}, xlabel="per-image Jaccard")
-
-  def example_input(self, image: np.ndarray) -> base.Batch:
-    return {"image": pipeline.preprocess_image(image, self.config.input.image_size)}
 
   def segment_images(self, state, images: list[np.ndarray], mesh=None, predict=None) -> list[np.ndarray]:
     """Lesion probability maps for uint8 RGB images of any size, each at its image's resolution
