@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from typing import Any, Callable, ClassVar, Iterator, Sequence
 
 import jax
@@ -210,7 +209,3 @@ def check_split(builder, split: str, flag: str) -> None:
 
 def decode_ids(ids: np.ndarray) -> list[str]:
   return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
-
-
-def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(workdir, "checkpoints")

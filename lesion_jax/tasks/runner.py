@@ -46,8 +46,8 @@ def config_path(workdir: str) -> str:
 
 def write_config(workdir: str, task: base.Task | dict[str, Any]) -> None:
   """Records the task and its config (or a pipeline's record) in `workdir`/config.json. A
-  workdir already holding another run's config is refused (only RESUMABLE_CHANGES may differ),
-  so runs are never mixed."""
+  workdir already holding another run's config is refused unless only RESUMABLE_CHANGES,
+  locations (LOCATION_FIELDS) or artifact-store roots differ, so runs are never mixed."""
   path = config_path(workdir)
   new = task.describe() if isinstance(task, base.Task) else task
   if os.path.exists(path):
@@ -67,12 +67,6 @@ def load(workdir: str) -> base.Task:
   return base.from_record(io.read_json(path), path)
 
 
-def _checkpoints(task: base.Task, workdir: str, read_only: bool) -> checkpoint.Checkpoints:
-  config = task.loop_config()
-  return checkpoint.Checkpoints(base.checkpoint_dir(workdir), config.best_metric, config.best_mode,
-                                config.keep_latest, config.keep_best, read_only=read_only)
-
-
 def restore(task: base.Task, workdir: str, which: checkpoint.Which = "best",
             mesh: jax.sharding.Mesh | None = None) -> Any:
   """The state saved in `workdir` (its best checkpoint by default), replicated on `mesh`."""
@@ -80,7 +74,7 @@ def restore(task: base.Task, workdir: str, which: checkpoint.Which = "best",
   # Restored straight into the mesh's sharding (on several hosts, arrays committed to one local
   # device could not be moved onto the global mesh afterwards).
   template = sharding.replicate(task.init_state(jax.random.key(0)), mesh)
-  with _checkpoints(task, workdir, read_only=True) as ckpts:
+  with loop.checkpoints_for(workdir, task.loop_config(), read_only=True) as ckpts:
     step = ckpts.best_step() if which == "best" else ckpts.latest_step() if which == "latest" else which
     state = ckpts.restore(template, which)
   logging.info("Restored %s from %s (step %s).", task.name, workdir, step)

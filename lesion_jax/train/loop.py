@@ -86,9 +86,10 @@ def format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
 
 
-def checkpoints_for(workdir: str, config: LoopConfig) -> checkpoint.Checkpoints:
+def checkpoints_for(workdir: str, config: LoopConfig, read_only: bool = False) -> checkpoint.Checkpoints:
+  """The run's checkpoints (`workdir`/checkpoints), ranked as `config` says."""
   return checkpoint.Checkpoints(f"{workdir}/checkpoints", config.best_metric, config.best_mode,
-                                config.keep_latest, config.keep_best)
+                                config.keep_latest, config.keep_best, read_only=read_only)
 
 
 def train(state: Any, train_step: Callable, batches_from: Callable[[int], Iterator[dict]],
