@@ -138,6 +138,45 @@ def save_overlay_grid(path: str | os.PathLike, images: Sequence[Any], pred_masks
   _save(fig, path)
 
 
+def save_refinement_grid(path: str | os.PathLike, images: Sequence[Any], fcn_maps: Sequence[Any],
+                         borders: Sequence[Any], refined_maps: Sequence[Any], final_masks: Sequence[Any],
+                         true_masks: Sequence[Any] | None = None,
+                         titles: Sequence[str] | None = None) -> None:
+  """One row per example: image | FCN map | superpixel borders | refined (fused) map | final
+  contour (cyan) vs ground truth (green). Maps are [0, 1] floats, borders and masks bool, each
+  row at one size."""
+  n = len(images)
+  for name, seq in (("fcn_maps", fcn_maps), ("borders", borders), ("refined_maps", refined_maps),
+                    ("final_masks", final_masks), ("true_masks", true_masks), ("titles", titles)):
+    _check_len(name, seq, n)
+  columns = ("image", "FCN map", "superpixels", "refined map", "final vs truth")
+  fig = _new_figure(len(columns) * 2.2, max(n, 1) * 2.4)
+  for i in range(max(n, 1)):
+    for j, column in enumerate(columns):
+      ax = fig.add_subplot(max(n, 1), len(columns), i * len(columns) + j + 1)
+      ax.set_axis_off()
+      if i == 0:
+        ax.set_title(column, fontsize=8)
+      if n == 0:
+        continue
+      image = to_uint8_rgb(images[i])
+      if column == "image":
+        ax.imshow(image)
+        if titles is not None:
+          ax.text(0, -0.5, str(titles[i]), fontsize=6, va="bottom")
+      elif column in ("FCN map", "refined map"):
+        ax.imshow(np.asarray(fcn_maps[i] if column == "FCN map" else refined_maps[i], np.float32),
+                  cmap="magma", vmin=0.0, vmax=1.0)
+      elif column == "superpixels":
+        shown = image.copy()
+        shown[_mask_for(borders[i], image.shape[:2], "borders")] = (255, 255, 0)
+        ax.imshow(shown)
+      else:
+        ax.imshow(overlay(image, final_masks[i], _nth(true_masks, i), alpha=0.0))
+  fig.tight_layout()
+  _save(fig, path)
+
+
 def save_sample_grid(path: str | os.PathLike, images: Sequence[Any],
                      masks: Sequence[Any] | None = None, titles: Sequence[str] | None = None,
                      ncols: int = 8) -> None:

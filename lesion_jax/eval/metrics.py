@@ -14,7 +14,8 @@ Per-image definitions, with tp/fp/fn/tn counted over the image's pixels:
 So an empty prediction for a non-empty target scores jaccard = dice = sensitivity = 0, and a
 non-empty prediction for an empty target scores jaccard = dice = 0, sensitivity = 1.
 "jaccard_thresholded" is the ISIC 2018 score: a per-image Jaccard below `threshold_ja` (0.65)
-counts as 0, one at or above it counts as is, then the mean is taken.
+counts as 0, one at or above it counts as is, then the mean is taken. Boundary metrics (HD95 and
+the DAVIS boundary F-score, with their empty-mask rules) are in `boundary_scores`.
 
 Classification (`classification_scores`):
 
@@ -97,6 +98,8 @@ def scores_from_counts(counts: Mapping[str, Any]) -> dict[str, np.ndarray]:
       "accuracy": _ratio(tp + tn, tp + fp + fn + tn, 1.0),
       "sensitivity": _ratio(tp, tp + fn, 1.0),
       "specificity": _ratio(tn, tn + fp, 1.0),
+      # Boundary scores computed with the counts travel with them.
+      **{k: np.asarray(counts[k], np.float64) for k in BOUNDARY_KEYS if k in counts},
   }
 
 
@@ -115,6 +118,9 @@ def summarize_segmentation(per_image: Mapping[str, np.ndarray],
   out: dict[str, float | int | None] = {
       k: float(np.mean(per_image[k])) for k in SEGMENTATION_KEYS}
   out["jaccard_thresholded"] = float(np.mean(np.where(ja < threshold_ja, 0.0, ja)))
+  for k in BOUNDARY_KEYS:
+    if k in per_image:
+      out[k] = float(np.mean(per_image[k]))
   out["num_images"] = n
   return out
 
@@ -126,16 +132,143 @@ def segmentation_scores(pred: Any, target: Any,
   return summarize_segmentation(per_image_segmentation_scores(pred, target), threshold_ja)
 
 
-class SegmentationAccumulator:
-  """Streaming `segmentation_scores` over batches; keeps only 4 counts per image."""
+# ----------------------------------------------------------------------------------------------
+# Boundary metrics
 
-  def __init__(self, threshold_ja: float = 0.65):
+
+def mask_boundary(mask: Any) -> np.ndarray:
+  """bool (H, W): the mask's pixels with a 4-neighbour outside it; outside the image counts as
+  outside the mask, so a lesion cut by the image edge has a closed contour."""
+  m = np.asarray(mask, bool)
+  padded = np.pad(m, 1)
+  interior = (padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+  return m & ~interior
+
+
+def _distance_to(boundary: np.ndarray, sampling) -> np.ndarray:
+  """Euclidean distance of every pixel to the nearest pixel of a non-empty `boundary`."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  return ndimage.distance_transform_edt(~boundary, sampling=sampling)
+
+
+def boundary_tolerance(shape: Sequence[int], fraction: float = 0.008) -> int:
+  """The DAVIS boundary-F tolerance in pixels: ceil(fraction x image diagonal)."""
+  return int(np.ceil(fraction * np.hypot(*shape[:2])))
+
+
+def boundary_scores_one(pred: Any, target: Any, pixel_size: float | None = None,
+                        tolerance_fraction: float = 0.008) -> dict[str, float]:
+  """HD95 and boundary F of one (H, W) mask pair; see `boundary_scores`."""
+  p, t = np.asarray(pred, bool), np.asarray(target, bool)
+  if p.shape != t.shape or p.ndim != 2:
+    raise ValueError(f"pred and target must be (H, W) of one shape, got {p.shape} and {t.shape}")
+  diagonal = float(np.hypot(*p.shape))
+  bp, bt = mask_boundary(p), mask_boundary(t)
+  if not bp.any() and not bt.any():
+    hd95, bf = 0.0, 1.0
+  elif not bp.any() or not bt.any():
+    hd95, bf = diagonal, 0.0
+  else:
+    to_t, to_p = _distance_to(bt, None), _distance_to(bp, None)
+    d_pt, d_tp = to_t[bp], to_p[bt]
+    hd95 = float(max(np.percentile(d_pt, 95), np.percentile(d_tp, 95)))
+    tol = boundary_tolerance(p.shape, tolerance_fraction)
+    precision, recall = float(np.mean(d_pt <= tol)), float(np.mean(d_tp <= tol))
+    bf = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+  out = {"hd95": hd95, "boundary_f": bf}
+  if pixel_size is not None:
+    out["hd95_mm"] = hd95 * float(pixel_size)
+  return out
+
+
+def boundary_scores(pred: Any, target: Any, pixel_size: float | None = None,
+                    tolerance_fraction: float = 0.008) -> dict[str, np.ndarray]:
+  """Per-image boundary metrics of (N, H, W) masks, float64 (N,) arrays:
+
+  hd95        symmetric 95th-percentile Hausdorff distance in pixels: the larger of the two
+              directed 95th percentiles (numpy's linear interpolation) of the Euclidean
+              distances from each boundary pixel (`mask_boundary`) of one mask to the nearest
+              boundary pixel of the other. One mask empty: the image diagonal (the worst value);
+              both empty: 0.
+  boundary_f  F-score of boundary precision and recall, a boundary pixel matching when the other
+              boundary is within `boundary_tolerance` (ceil(0.8 % of the diagonal): the DAVIS
+              convention). One mask empty: 0; both empty: 1.
+  hd95_mm     hd95 x `pixel_size` (mm per pixel), only when the pixel size is known.
+  """
+  p, t = _as_mask_batch(pred, "pred"), _as_mask_batch(target, "target")
+  if p.shape != t.shape:
+    raise ValueError(f"pred and target shapes differ: {np.shape(pred)} vs {np.shape(target)}")
+  rows = [boundary_scores_one(a, b, pixel_size, tolerance_fraction) for a, b in zip(p, t)]
+  keys = ("hd95", "boundary_f") + (("hd95_mm",) if pixel_size is not None else ())
+  return {k: np.asarray([r[k] for r in rows], np.float64).reshape(-1) for k in keys}
+
+
+BOUNDARY_KEYS = ("hd95", "boundary_f", "hd95_mm")
+
+
+# ----------------------------------------------------------------------------------------------
+# Superpixel quality against a ground-truth segmentation
+
+
+def _label_edges(labels: np.ndarray) -> np.ndarray:
+  """bool (H, W): pixels with a 4-neighbour (inside the image) of another label: both sides of
+  every boundary."""
+  e = np.zeros(labels.shape, bool)
+  dx = labels[:, :-1] != labels[:, 1:]
+  dy = labels[:-1, :] != labels[1:, :]
+  e[:, :-1] |= dx
+  e[:, 1:] |= dx
+  e[:-1, :] |= dy
+  e[1:, :] |= dy
+  return e
+
+
+def boundary_recall(labels: Any, truth: Any, tolerance: float = 2.0) -> float:
+  """Fraction of the ground truth's boundary pixels (either side of a change of `truth`, inside
+  the image) within `tolerance` pixels (Euclidean) of a superpixel boundary pixel; 1.0 when the
+  truth has no boundary."""
+  lab, t = np.asarray(labels), np.asarray(truth)
+  if lab.shape != t.shape:
+    raise ValueError(f"label map shape {lab.shape} does not match truth shape {t.shape}")
+  gt_edges = _label_edges(t)
+  if not gt_edges.any():
+    return 1.0
+  sp_edges = _label_edges(lab)
+  if not sp_edges.any():
+    return 0.0
+  return float(np.mean(_distance_to(sp_edges, None)[gt_edges] <= tolerance))
+
+
+def undersegmentation_error(labels: Any, truth: Any) -> float:
+  """Neubert and Protzel's (corrected) under-segmentation error: over ground-truth segments G and
+  the superpixels S overlapping them, sum min(|S & G|, |S - G|), divided by the pixel count. 0 when
+  no superpixel straddles a boundary."""
+  lab, t = np.asarray(labels).ravel(), np.asarray(truth).ravel()
+  if lab.shape != t.shape:
+    raise ValueError(f"label map and truth differ in size: {np.shape(labels)} vs {np.shape(truth)}")
+  _, sp = np.unique(lab, return_inverse=True)
+  _, gt = np.unique(t, return_inverse=True)
+  joint = np.zeros((sp.max() + 1, gt.max() + 1), np.int64)
+  np.add.at(joint, (sp, gt), 1)
+  size = joint.sum(1, keepdims=True)
+  leak = np.where(joint > 0, np.minimum(joint, size - joint), 0)
+  return float(leak.sum() / lab.size)
+
+
+class SegmentationAccumulator:
+  """Streaming `segmentation_scores` over batches; keeps only 4 counts per image (and, with
+  `boundary=True`, each image's `boundary_scores`)."""
+
+  def __init__(self, threshold_ja: float = 0.65, boundary: bool = False):
     self.threshold_ja = threshold_ja
+    self.boundary = boundary
     self._counts: list[dict[str, np.ndarray]] = []
 
   def update(self, pred: Any, target: Any, weights: Any = None) -> None:
     """Adds a batch; `weights` (N,) of 0/1 marks padding examples (0) to ignore."""
     counts = segmentation_counts(pred, target)
+    if self.boundary:
+      counts.update(boundary_scores(pred, target))
     if weights is not None:
       w = np.asarray(weights).reshape(-1)
       n = counts["tp"].shape[0]
@@ -150,8 +283,9 @@ class SegmentationAccumulator:
 
   def counts(self) -> dict[str, np.ndarray]:
     """Per-image counts of all non-padding images, in update order."""
+    keys = ("tp", "fp", "fn", "tn") + (("hd95", "boundary_f") if self.boundary else ())
     return {k: np.concatenate([c[k] for c in self._counts]) if self._counts
-            else np.zeros((0,), np.int64) for k in ("tp", "fp", "fn", "tn")}
+            else np.zeros((0,), np.int64 if k in ("tp", "fp", "fn", "tn") else np.float64) for k in keys}
 
   def per_image(self) -> dict[str, np.ndarray]:
     """Per-image scores of all non-padding images, in update order."""

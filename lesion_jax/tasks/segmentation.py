@@ -1,10 +1,11 @@
-"""Segmentation task: a U-Net (or the dilated U-Net) giving a per-pixel lesion probability,
+"""Segmentation task: a U-Net (or the dilated U-Net, or the multi-scale FCN) giving a per-pixel lesion probability,
 scored per image at each image's own resolution as the ISIC challenges do."""
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, Callable, Iterator
 
+import cv2
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,17 +13,37 @@ import numpy as np
 from lesion_jax import config as config_lib
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
-from lesion_jax.eval import figures, inference, metrics, postprocess
+from lesion_jax.artifacts import superpixels as superpixels_lib
+from lesion_jax.artifacts.store import default_root
+from lesion_jax.artifacts.superpixels import SuperpixelConfig
+from lesion_jax.eval import figures, inference, metrics, postprocess, superpixel_refine
+from lesion_jax.eval.superpixel_refine import RefineConfig
+from lesion_jax.models.fcn import FCN
 from lesion_jax.models.unet import UNet
 from lesion_jax.tasks import base
 from lesion_jax.train import sharding, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
-# Segmentation networks by name: the U-Net's keyword arguments that make each one.
-SEGMENTERS: dict[str, dict[str, Any]] = {
-    "unet": {},
-    "dilated_unet": {"bottleneck_dilations": (1, 2, 4, 8)},  # the purification paper's U-Net
+def _unet(m, **kwargs) -> UNet:
+  return UNet(features=m.features, levels=m.levels, norm=m.norm, upsample=m.upsample,
+              dtype=jnp.dtype(m.dtype), **kwargs)
+
+
+def _fcn(m) -> FCN:
+  return FCN(features=m.features, levels=m.levels, head_features=m.head_features, norm=m.norm,
+             upsample=m.upsample, dtype=jnp.dtype(m.dtype))
+
+
+# Segmentation networks by name: each builds its Flax module from the model config.
+SEGMENTERS: dict[str, Callable[[Any], Any]] = {
+    "unet": _unet,
+    "dilated_unet": lambda m: _unet(m, bottleneck_dilations=(1, 2, 4, 8)),  # the purification paper's
+    "fcn": _fcn,  # the superpixel-guided paper's multi-scale FCN (any input size)
 }
+REFINEMENTS = ("none", "superpixel")
+REFINEMENT_FIGURE_ROWS = 8
+# Networks whose input side must be a multiple of 2^levels (the FCN pads itself).
+FIXED_GRID = ("unet", "dilated_unet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +55,7 @@ class SegmenterModelConfig:
                     "converges in far fewer steps than none).")
   upsample: str = field("depth_to_space", "Decoder up-sampling: depth_to_space (the same function "
                         "class as the papers' 2x2 transposed conv, faster on CPU), transpose, resize_conv.")
+  head_features: int = field(32, "FCN: channels of each projected scale and of the fused map.")
   dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
 
 
@@ -58,6 +80,11 @@ class SegmenterConfig:
   mask_artifacts: str | None = field(None, "Artifact store of masks trained on instead of the ground truth.")
   drop_uncertain: bool = field(True, "With mask_artifacts: leave out masks flagged uncertain.")
   summary_images: int = field(4, "Validation overlays written to TensorBoard at each evaluation (0: none).")
+  refine: str = field("none", "Post-processing of the map before scoring: none, or superpixel "
+                      "(SLIC superpixels + manifold-ranking propagation + fusion + Otsu: "
+                      "eval/superpixel_refine.py). Applies to evaluation, not to validation.")
+  superpixels: SuperpixelConfig = SuperpixelConfig()
+  superpixel_refine: RefineConfig = RefineConfig()
 
 
 def joins_features(joins) -> set[str]:
@@ -77,12 +104,11 @@ class SegmentationTask(base.Task):
   name = "segmentation"
   config_cls = SegmenterConfig
 
-  def model(self) -> UNet:
+  def model(self):
     m = self.config.model
     if m.name not in SEGMENTERS:
       raise ValueError(f"unknown segmentation model {m.name!r}; choose one of {list(SEGMENTERS)}")
-    return UNet(features=m.features, levels=m.levels, norm=m.norm, upsample=m.upsample,
-                dtype=jnp.dtype(m.dtype), **SEGMENTERS[m.name])
+    return SEGMENTERS[m.name](m)
 
   def check(self, mesh, extra_splits=()) -> None:
     c = self.config
@@ -90,9 +116,11 @@ class SegmentationTask(base.Task):
       raise config_lib.ConfigError(f"--model={c.model.name!r}: not a segmentation model; choose one of "
                                    f"{list(SEGMENTERS)}")
     factor = 2 ** c.model.levels
-    if c.input.image_size < factor or c.input.image_size % factor:
+    if c.model.name in FIXED_GRID and (c.input.image_size < factor or c.input.image_size % factor):
       raise config_lib.ConfigError(
           f"--image_size={c.input.image_size}: a U-Net with --levels={c.model.levels} needs a multiple of {factor}")
+    if c.refine not in REFINEMENTS:
+      raise config_lib.ConfigError(f"--refine={c.refine!r}: choose one of {list(REFINEMENTS)}")
     if not 0.0 < c.threshold < 1.0:
       raise config_lib.ConfigError(f"--threshold={c.threshold}: must be between 0 and 1")
     super().check(mesh, extra_splits)
@@ -141,9 +169,12 @@ class SegmentationTask(base.Task):
     return "val/jaccard", "max"
 
   def evaluate(self, state, split, mesh, predict=None, keep_examples=0) -> base.Evaluation:
-    """ISIC segmentation scores over `split`, against the dataset's ground-truth masks."""
+    """ISIC segmentation and boundary scores over `split`, against the dataset's ground-truth
+    masks, after the configured refinement."""
     predict = predict or self.jit_predict(state, mesh)
-    return self.evaluate_batches(state, self.eval_batches(split, joins=()), mesh, predict, keep_examples)
+    store = self.superpixel_store(split) if self.config.refine == "superpixel" else None
+    return self.evaluate_batches(state, self.eval_batches(split, joins=()), mesh, predict, keep_examples,
+                                 boundary=True, superpixels=store)
 
   def validate(self, state, mesh, predict) -> dict[str, float]:
     """Validation scores against the masks trained on (pseudo-masks, with mask_artifacts): a
@@ -151,33 +182,73 @@ class SegmentationTask(base.Task):
     batches = self.eval_batches(self.config.val_split)
     return self.validation_metrics(self.evaluate_batches(state, batches, mesh, predict))
 
-  def evaluate_batches(self, state, batches, mesh, predict, keep_examples=0) -> base.Evaluation:
+  def superpixel_store(self, split: str):
+    """The split's SLIC superpixel artifacts (computed now where missing: resumable)."""
     c = self.config
-    acc = metrics.SegmentationAccumulator()
+    store = superpixels_lib.superpixel_store(default_root(c.input.data_dir), self.builder.info.full_name,
+                                             c.superpixels)
+    superpixels_lib.superpixels_for_split(self.builder, split, store, c.superpixels)
+    return store
+
+  def evaluate_batches(self, state, batches, mesh, predict, keep_examples=0, boundary=False,
+                       superpixels=None) -> base.Evaluation:
+    """Scores each image at its own resolution (the encoded truth's, else the model's) as the
+    ISIC challenges do; with `superpixels` (a store) the map is refined on them first."""
+    c = self.config
+    acc = metrics.SegmentationAccumulator(boundary=boundary)
     ids: list[str] = []
-    kept: dict[str, list[np.ndarray]] = {"image": [], "mask": [], "pred": []}
+    refined: list[bool] = []  # per image: superpixel refinement applied (else the map was kept)
+    kept: dict[str, list[np.ndarray]] = {}
     for batch, probs in inference.predict_over(predict, state, batches, mesh):
-      real = batch["weight"] > 0
-      if "mask_encoded" in batch:  # score at each image's own resolution, as the ISIC challenges do
-        for i in np.flatnonzero(real):
+      real = np.flatnonzero(batch["weight"] > 0)
+      batch_ids = base.decode_ids(batch["id"][real])
+      for i, image_id in zip(real, batch_ids):
+        if "mask_encoded" in batch:
           truth = postprocess.decode_mask(batch["mask_encoded"][i])
-          native = binarize_predictions(postprocess.resize_prob(probs[i], *truth.shape)[None],
-                                        c.threshold, c.postprocess)
-          acc.update(native, truth[None])
-      else:
-        acc.update(binarize_predictions(probs, c.threshold, c.postprocess),
-                   batch["mask"][..., 0] > 0.5, batch["weight"])
-      ids.extend(base.decode_ids(batch["id"][real]))
-      room = keep_examples - len(kept["image"])
-      if room > 0:  # examples for figures, at the model's input size
-        take = np.flatnonzero(real)[:room]
-        kept["image"].extend(figures.to_uint8_rgb((im + 1) / 2) for im in batch["image"][take])
-        kept["mask"].extend(batch["mask"][take, ..., 0] > 0.5)
-        kept["pred"].extend(binarize_predictions(probs[take], c.threshold, c.postprocess))
+        else:
+          truth = batch["mask"][i, ..., 0] > 0.5
+        refinement = None
+        if superpixels is not None:
+          sp = superpixels_lib.read_superpixels(superpixels, image_id)
+          prob = postprocess.resize_prob(probs[i], *sp.labels.shape)
+          refinement = superpixel_refine.refine(prob, sp, c.superpixel_refine)
+          refined.append(refinement.refined)
+          pred = refinement.mask
+          if pred.shape != truth.shape:
+            pred = postprocess.resize_mask(pred, *truth.shape)
+        else:
+          prob = probs[i] if probs[i].shape == truth.shape else postprocess.resize_prob(probs[i], *truth.shape)
+          pred = binarize_predictions(prob[None], c.threshold, c.postprocess)[0]
+        acc.update(pred[None], truth[None])
+        if len(ids) < keep_examples:  # examples for figures, at the model's input size
+          self._keep(kept, batch["image"][i], probs[i], pred, truth, refinement,
+                     sp if refinement is not None else None)
+        ids.append(image_id)
     # Each host scored its own shard of the split; every host summarises all of it.
-    per_image = metrics.scores_from_counts(sharding.allgather_rows(acc.counts()))
-    return base.Evaluation(metrics.summarize_segmentation(per_image, acc.threshold_ja), per_image,
-                           sharding.allgather_strings(ids), {k: np.asarray(v) for k, v in kept.items()})
+    rows = acc.counts()
+    if superpixels is not None:
+      rows["refined"] = np.asarray(refined, np.int64).reshape(-1)
+    rows = sharding.allgather_rows(rows)
+    per_image = metrics.scores_from_counts(rows)
+    scores = metrics.summarize_segmentation(per_image, acc.threshold_ja)
+    if superpixels is not None:
+      per_image["refined"] = rows["refined"]
+      scores["refined_images"] = int(rows["refined"].sum())  # the others kept the network's map
+    return base.Evaluation(scores, per_image, sharding.allgather_strings(ids),
+                           {k: np.stack(v) for k, v in kept.items()})
+
+  @staticmethod
+  def _keep(kept, image, prob, pred, truth, refinement, sp) -> None:
+    size = image.shape[:2]
+    add = lambda k, v: kept.setdefault(k, []).append(v)
+    add("image", figures.to_uint8_rgb((image + 1) / 2))
+    add("mask", postprocess.resize_mask(truth, *size))
+    add("pred", postprocess.resize_mask(pred, *size))
+    if refinement is not None:
+      add("fcn_prob", postprocess.resize_prob(prob, *size))
+      add("refined_prob", postprocess.resize_prob(refinement.fused, *size))
+      add("superpixel_borders", superpixels_lib.label_borders(
+          cv2.resize(sp.labels, size[::-1], interpolation=cv2.INTER_NEAREST_EXACT)))
 
   def hooks(self, workdir, mesh):
     """Validation overlays in TensorBoard at each evaluation."""
@@ -211,6 +282,13 @@ class SegmentationTask(base.Task):
       figures.save_overlay_grid(os.path.join(fig_dir, f"{prefix}_overlays.png"), examples["image"],
                                 examples["pred"], examples["mask"],
                                 titles=[f"{i}  JA {j:.2f}" for i, j in zip(evaluation.ids, ja)])
+    if "refined_prob" in examples:
+      n = min(REFINEMENT_FIGURE_ROWS, len(examples["image"]))
+      ja = evaluation.per_example["jaccard"][:n]
+      figures.save_refinement_grid(os.path.join(fig_dir, f"{prefix}_superpixel_refinement.png"),
+                                   *(examples[k][:n] for k in ("image", "fcn_prob", "superpixel_borders",
+                                                               "refined_prob", "pred", "mask")),
+                                   titles=[f"{i}  JA {j:.2f}" for i, j in zip(evaluation.ids, ja)])
     if len(evaluation.per_example["jaccard"]):
       figures.save_histogram(os.path.join(fig_dir, f"{prefix}_jaccard_hist.png"),
                              {prefix: evaluation.per_example["jaccard"]}, xlabel="per-image Jaccard")
