@@ -171,7 +171,8 @@ def test_builder_info(data_dir):
   assert builder.info.features["label"].names == list(synthetic.DIAGNOSES)
   assert builder.info.features["malignant"].names == ["benign", "malignant"]
   assert [c.name for c in synthetic_lesions.SyntheticLesions.BUILDER_CONFIGS] == [
-      "s64", "s128", "s256", "tiny"]
+      "s64", "s128", "s256", "tiny", "features64", "features128", "features_tiny"]
+  assert "feature_masks" not in builder.info.features  # only the features* configs have it
 
 
 def test_custom_config_object(data_dir):

@@ -9,8 +9,8 @@ deterministic ops ignore. Ops are made by registered factories:
   ops.resize_image("image", 64)                      # the same factory, directly
 
 and composed with `ops.chain([...])`; the pipelines accept the list itself. Registered ops:
-decode_image, decode_mask, resize_image, resize_mask, augment, normalize, label, copy, keep and
-the one-to-many `patches`. `segmentation_ops` and `classification_ops` are the op lists of the
+decode_image, decode_mask, resize_image, resize_mask, center_crop, augment, normalize, label, copy,
+keep, letterbox and the one-to-many `patches` and `class_rotations`. `segmentation_ops` and `classification_ops` are the op lists of the
 segmentation and classification tasks.
 
 Seeds. A chain gives its first random op its own seed unchanged and the k-th (k >= 1) random op
@@ -30,6 +30,7 @@ A missing input feature raises MissingFeatureError naming the op, the key and th
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Union
 
@@ -360,6 +361,106 @@ def patches(centers_key: str, size: int, keys: Sequence[str] = ("image",), index
     return out
 
   return expand(fn, needs=(centers_key, *keys))
+
+
+@register("center_crop")
+def center_crop(keys: Sequence[str] = ("image",), aspect: float = 1.0) -> Op:
+  """The central window of aspect `aspect` (width / height) of each feature of `keys` (which
+  share one (H, W)), as large as fits: with a resize after it, the lesion keeps its shape
+  instead of being stretched (the Lesion Indexing Network's pre-processing)."""
+  keys = tuple(keys)
+
+  def fn(example, _):
+    shape = tf.shape(example[keys[0]])
+    h, w = tf.cast(shape[0], tf.float32), tf.cast(shape[1], tf.float32)
+    ch = tf.cast(tf.round(tf.minimum(h, w / aspect)), tf.int32)
+    cw = tf.cast(tf.round(tf.minimum(w, h * aspect)), tf.int32)
+    y0, x0 = (shape[0] - ch) // 2, (shape[1] - cw) // 2
+    return {**example, **{k: example[k][y0:y0 + ch, x0:x0 + cw] for k in keys}}
+
+  return Op(fn, needs=keys)
+
+
+@register("letterbox")
+def letterbox(key: str, size: int, out: str | None = None) -> Op:
+  """uint8 (H, W, C) → float32 [0, 1] (size, size, C): resized proportionally so the longer side
+  is `size` (antialiased bilinear), centred on black; into `out` (default: in place).
+  `letterbox_window` gives the window the image occupies, to map predictions back."""
+
+  def fn(example, _):
+    image = tf.image.convert_image_dtype(example[key], tf.float32)
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    (top, left, nh, nw) = letterbox_window_tensor(h, w, size)
+    image = tf.image.resize(image, [nh, nw], method="bilinear", antialias=True)
+    image = tf.pad(image, [[top, size - nh - top], [left, size - nw - left], [0, 0]])
+    return {**example, (out or key): tf.ensure_shape(image, [size, size, image.shape[-1]])}
+
+  return Op(fn, needs=(key,))
+
+
+def letterbox_window_tensor(h, w, size: int):
+  longer = tf.cast(tf.maximum(h, w), tf.float32)
+  nh = tf.maximum(1, tf.cast(tf.round(tf.cast(h, tf.float32) * size / longer), tf.int32))
+  nw = tf.maximum(1, tf.cast(tf.round(tf.cast(w, tf.float32) * size / longer), tf.int32))
+  return (size - nh) // 2, (size - nw) // 2, nh, nw
+
+
+def letterbox_window(h: int, w: int, size: int) -> tuple[int, int, int, int]:
+  """(top, left, height, width) of an (h, w) image inside its `letterbox` of side `size`
+  (numpy twin of the op's geometry: the same rounding)."""
+  longer = max(h, w)
+  nh = max(1, int(round(h * size / longer)))
+  nw = max(1, int(round(w * size / longer)))
+  return (size - nh) // 2, (size - nw) // 2, nh, nw
+
+
+@register("class_rotations")
+def class_rotations(label_key: str, degrees_per_class: Sequence[float], image_key: str = "image",
+                    spatial_keys: Sequence[str] = ("mask",), flip: bool = False,
+                    index_key: str = "rotation_index") -> Op:
+  """One example → its rotations by every multiple of its class's step (one-to-many): the Lesion
+  Indexing Network's class-balancing augmentation "DR" (with `flip`: "DM", each copy also flipped
+  at random from the op's seed). An example of class c gives round(360 / degrees_per_class[c])
+  copies, rotated by 0, step, 2 step, ... about the image centre, with `spatial_keys` (masks)
+  moved alongside; a step of 0 or >= 360 gives the example once. Copies are numbered in
+  `index_key`."""
+  spatial_keys = tuple(spatial_keys)
+  steps = [float(d) for d in degrees_per_class]
+  counts = tf.constant([1 if d <= 0 or d >= 360 else max(1, int(round(360.0 / d))) for d in steps], tf.int32)
+  step_table = tf.constant([d if 0 < d < 360 else 0.0 for d in steps], tf.float32)
+
+  def fn(example, seed):
+    label = tf.cast(example[label_key], tf.int32)
+    checks = [tf.debugging.assert_less(label, len(steps), message=f"class_rotations: {label_key} beyond "
+                                       f"the {len(steps)} classes given")]
+    with tf.control_dependencies(checks):
+      n = tf.gather(counts, label)
+    angles = tf.range(n, dtype=tf.float32) * tf.gather(step_table, label) * (math.pi / 180.0)
+    image = example[image_key]
+    h, w = tf.shape(image)[0], tf.shape(image)[1]
+    center = ((tf.cast(h, tf.float32) - 1.0) / 2.0, (tf.cast(w, tf.float32) - 1.0) / 2.0)
+    keys = (image_key, *spatial_keys)
+
+    def one(args):
+      angle, j = args
+      rotated = {k: augment_lib.rotate(tf.cast(example[k], tf.float32), None, angle, center)[0] for k in keys}
+      if flip:
+        s = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), tf.cast(j, tf.int64))
+        flipped = augment_lib.augment_features(rotated, s, augment_lib.AugmentConfig(
+            flip=True, rotate=False, crop=False, color=0.0), image_key, spatial_keys)
+        rotated = {k: flipped[k] for k in keys}
+      # Masks stay binary after bilinear rotation.
+      return {k: rotated[k] if k == image_key else tf.cast(rotated[k] >= 0.5, tf.float32) for k in keys}
+
+    signature = {k: tf.TensorSpec(example[k].shape, tf.float32) for k in keys}
+    many = tf.map_fn(one, (angles, tf.range(n)), fn_output_signature=signature)
+    out = {k: tf.broadcast_to(v[None], tf.concat([[n], tf.shape(v)], 0)) for k, v in example.items()
+           if k not in keys}
+    out.update(many)
+    out[index_key] = tf.range(n, dtype=tf.int32)
+    return out
+
+  return expand(fn, needs=(label_key, image_key, *spatial_keys))
 
 
 # ---------------------------------------------------------------------------------------------

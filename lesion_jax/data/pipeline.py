@@ -193,7 +193,7 @@ def _preprocessed(ds: tf.data.Dataset, preprocess: ops.OpLike, seed: int,
 
 def train_stream(config: InputConfig, preprocess: ops.OpLike, split: str = "train", start_step: int = 0,
                  builder: tfds.core.DatasetBuilder | None = None,
-                 balance_key: str | None = None) -> tf.data.Dataset:
+                 balance_key: str | None = None, expanded_shuffle: int = 0) -> tf.data.Dataset:
   """An endless stream of batches of `preprocess`ed training examples, starting at `start_step`.
 
   Uses config's dataset, data_dir, manual_dir, batch_size (global), seed, shuffle_buffer and
@@ -204,6 +204,9 @@ def train_stream(config: InputConfig, preprocess: ops.OpLike, split: str = "trai
 
   `balance_key` (a ClassLabel feature) samples every class equally often (each class's examples
   cycle in their own shuffled epochs), for the skewed benign/malignant ratios of dermoscopy archives.
+  `expanded_shuffle` > 0 shuffles the outputs of a one-to-many op in a buffer of that many
+  (decoded) examples, seeded, so that e.g. the rotated copies of one image do not fill whole
+  batches; the stream stays a pure function of (seed, step).
   """
   builder = builder or get_builder(config.dataset, config.data_dir, config.manual_dir)
   base = read_split(builder, split, joins=config.joins)
@@ -233,6 +236,8 @@ def train_stream(config: InputConfig, preprocess: ops.OpLike, split: str = "trai
     start_epoch, offset = divmod(skip, n)
     ds = _epochs(base, buffer, seed, start_epoch).skip(offset)
   ds = _preprocessed(ds.enumerate(start=skip), preprocess, seed, builder)
+  if expands and expanded_shuffle > 0:
+    ds = ds.shuffle(expanded_shuffle, seed=seed * 1_000_003 + 17, reshuffle_each_iteration=False)
   if expands:
     ds = ds.skip(first)
   ds = ds.batch(local_batch, drop_remainder=True)
@@ -250,9 +255,10 @@ def eval_stream(config: InputConfig, preprocess: ops.OpLike, split: str,
 
 def train_iterator(config: InputConfig, preprocess: ops.OpLike, split: str = "train", start_step: int = 0,
                    builder: tfds.core.DatasetBuilder | None = None,
-                   balance_key: str | None = None) -> Iterator[dict[str, Any]]:
+                   balance_key: str | None = None, expanded_shuffle: int = 0) -> Iterator[dict[str, Any]]:
   """train_stream as numpy batches."""
-  return train_stream(config, preprocess, split, start_step, builder, balance_key).as_numpy_iterator()
+  return train_stream(config, preprocess, split, start_step, builder, balance_key,
+                      expanded_shuffle).as_numpy_iterator()
 
 
 def eval_iterator(config: InputConfig, preprocess: ops.OpLike, split: str,

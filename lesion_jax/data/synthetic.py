@@ -18,6 +18,14 @@ Geometry is sampled in image-relative units, so one seed gives the same scene at
 Masks: `mask` is the hard lesion contour (anti-aliased at `supersample` x and thresholded at
 50% coverage) restricted to the visible field of view, unaffected by occlusions. Occlusion
 masks mark pixels at least 25% covered by a (visible) occluder.
+
+Dermoscopic structures (the five attributes of ISIC 2018 task 2): `feature_masks` marks, per
+structure in FEATURE_NAMES order, where it was drawn. Pigment network, globules and milia-like
+cysts are always drawn as before; negative network and streaks are drawn only with
+`RenderConfig(dermoscopic_features=True)`. They take their randomness from streams of their own,
+so with the option off every seed renders exactly the bytes it rendered before they existed,
+and with it on a lesion without the new structures renders the same pixels as with it off
+(streaks cross the lesion border, so with them `mask` also covers their outer parts).
 """
 from __future__ import annotations
 
@@ -30,6 +38,8 @@ import cv2
 import numpy as np
 
 DIAGNOSES = ("nevus", "melanoma", "seborrheic_keratosis")  # class index = position
+# Channels of `feature_masks`, in order (the ISIC 2018 task 2 lesion attributes).
+FEATURE_NAMES = ("pigment_network", "negative_network", "streaks", "milia_like_cyst", "globules")
 MALIGNANT = {"nevus": False, "melanoma": True, "seborrheic_keratosis": False}
 
 # Dermoscopic colours (RGB on light skin; darkened on darker skin). Index order is used by cues.
@@ -71,6 +81,8 @@ class RenderConfig:
     supersample: anti-aliasing factor for hard edges (lesion contour, occluders); None picks
       4 up to 128 px and 2 above (cheaper, and large images need less).
     noise_level: scale of sensor noise (0 disables it).
+    dermoscopic_features: also draw negative network and streaks (class-dependent, from
+      their own random streams; off by default so that existing seeds render as before).
   """
   image_size: int = 128
   hair_probability: float = 0.5
@@ -83,6 +95,7 @@ class RenderConfig:
   low_contrast_probability: float = 0.1
   supersample: int | None = None
   noise_level: float = 1.0
+  dermoscopic_features: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +113,10 @@ class _ClassModel:
   globule_probability: float
   cyst_probability: float
   fissure_probability: float
+  # Used only with RenderConfig.dermoscopic_features (drawn from a stream of their own).
+  negative_network_probability: float = 0.0
+  streak_probability: float = 0.0
+  regular_streak_probability: float = 0.5  # P(symmetric starburst | streaks), else irregular
 
 
 _CLASS_MODELS = (
@@ -109,21 +126,24 @@ _CLASS_MODELS = (
         colour_weights=(0.45, 0.42, 0.04, 0.03, 0.06),
         border_blur=(1.0, 3.0), contrast=(0.6, 1.0), network_probability=0.6,
         atypia=(2.0, 5.0), globule_probability=0.35, cyst_probability=0.05,
-        fissure_probability=0.0),
+        fissure_probability=0.0, negative_network_probability=0.05, streak_probability=0.08,
+        regular_streak_probability=0.8),
     _ClassModel(  # melanoma: larger, asymmetric, irregular, many colours incl. blue-grey/black
         diameter=(0.44, 0.09), asymmetry=(4.0, 2.5), irregularity=(4.0, 2.5),
         num_colours=(0.03, 0.14, 0.30, 0.33, 0.20),
         colour_weights=(0.22, 0.25, 0.20, 0.18, 0.15),
         border_blur=(0.5, 3.0), contrast=(0.6, 1.0), network_probability=0.55,
         atypia=(4.0, 3.0), globule_probability=0.5, cyst_probability=0.0,
-        fissure_probability=0.0),
+        fissure_probability=0.0, negative_network_probability=0.35, streak_probability=0.4,
+        regular_streak_probability=0.2),
     _ClassModel(  # seborrheic keratosis: mid-size, sharp border, tan, waxy, cysts
         diameter=(0.38, 0.08), asymmetry=(2.5, 4.0), irregularity=(2.5, 4.0),
         num_colours=(0.25, 0.45, 0.25, 0.05, 0.0),
         colour_weights=(0.50, 0.35, 0.07, 0.05, 0.03),
         border_blur=(0.3, 1.2), contrast=(0.7, 1.0), network_probability=0.1,
         atypia=(2.0, 4.0), globule_probability=0.5, cyst_probability=0.75,
-        fissure_probability=0.6),
+        fissure_probability=0.6, negative_network_probability=0.02, streak_probability=0.03,
+        regular_streak_probability=0.3),
 )
 
 
@@ -239,6 +259,22 @@ def _sample_cues(rng: np.random.Generator, label: int, config: RenderConfig) -> 
   return cues
 
 
+def _sample_feature_cues(rng: np.random.Generator, look: int) -> dict[str, float]:
+  """Negative network and streaks (RenderConfig.dermoscopic_features), from their own stream.
+
+  They depend on the appearance class like the other cues: mostly melanoma (and Spitz/Reed-like
+  nevi, the nevus-looking melanomas and melanoma-looking nevi give the overlap).
+  """
+  m = _CLASS_MODELS[look]
+  u = rng.random(3)  # always three draws, whatever is drawn
+  streaks = u[1] < m.streak_probability
+  return {
+      "negative_network": float(u[0] < m.negative_network_probability),
+      "streaks": float(streaks),
+      "streaks_regular": float(streaks and u[2] < m.regular_streak_probability),
+  }
+
+
 def _lesion_contour(rng: np.random.Generator, cues: dict[str, Any]) -> np.ndarray:
   """Radius table r(theta) / image width over _CONTOUR_POINTS angles from theta = 0.
 
@@ -290,9 +326,13 @@ def _render_skin(rng: np.random.Generator, size: int) -> tuple[np.ndarray, float
   return skin, luma, tone
 
 
-def _worley_edge_distance(rng: np.random.Generator, size: int, cell: float,
-                          jitter: float) -> np.ndarray:
-  """Distance (px) to the nearest Voronoi boundary of jittered grid seeds: a honeycomb."""
+def _worley_edge_distance(rng: np.random.Generator, size: int, cell: float, jitter: float,
+                          warp: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+  """Distance (px) to the nearest Voronoi boundary of jittered grid seeds: a honeycomb.
+
+  `warp` = (dy, dx) px offsets (S, S) of the lookup position bends the cell walls (serpiginous
+  lines); without it the result is what it always was.
+  """
   g = int(math.ceil(size / cell)) + 3
   idx = np.arange(g, dtype=np.float32) - 1.0
   seeds = np.stack(np.meshgrid(idx, idx, indexing="ij"), axis=-1) + 0.5
@@ -300,8 +340,12 @@ def _worley_edge_distance(rng: np.random.Generator, size: int, cell: float,
   seeds = (seeds + jitter * (_child(rng).random((g, g, 2), dtype=np.float32) - 0.5)) * np.float32(
       cell)
   y, x = _pixel_centres(size)
+  if warp is not None:
+    y, x = y + warp[0], x + warp[1]
   ci = (y / cell).astype(np.int32) + 1
   cj = (x / cell).astype(np.int32) + 1
+  if warp is not None:
+    ci, cj = np.clip(ci, 1, g - 2), np.clip(cj, 1, g - 2)
   d1 = np.full((size, size), np.inf, np.float32)
   d2 = np.full((size, size), np.inf, np.float32)
   for di in (-1, 0, 1):
@@ -332,10 +376,100 @@ def _points_in_lesion(rng: np.random.Generator, n: int, centre: np.ndarray, rtab
   return centre + (rho * r * size)[:, None] * np.stack([np.cos(theta), np.sin(theta)], -1)
 
 
+def _draw_streaks(rng: np.random.Generator, regular: bool, size: int, factor: int,
+                  centre: np.ndarray, rtab: np.ndarray) -> tuple[np.ndarray, int]:
+  """Coverage (S, S) of streaks: radial dark projections crossing the lesion border.
+
+  Regular streaks (a symmetric starburst, as in Spitz/Reed nevi) go all round the lesion with
+  similar lengths; irregular ones (melanoma) sit in one or two sectors of the periphery, with
+  uneven lengths and widths, some ending in a bulbous tip (pseudopods). Each runs from about
+  0.65-0.88 of the contour radius at its angle to 1.02-1.25 of it, tapering outwards.
+  """
+  s128 = size / 128.0
+  if regular:
+    n = int(rng.integers(16, 33))
+    angles = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(n) / n
+    angles = angles + rng.normal(0, 0.3 * 2 * np.pi / n, n)
+    start = rng.uniform(0.72, 0.84) + rng.normal(0, 0.03, n)
+    end = rng.uniform(1.06, 1.18) + rng.normal(0, 0.03, n)
+    width = rng.uniform(1.8, 2.8) * rng.uniform(0.85, 1.15, n)
+    knob = rng.random(n) < 0.15
+  else:
+    parts = []
+    for _ in range(1 + int(rng.random() < 0.35)):
+      m = int(rng.integers(4, 13))
+      parts.append(rng.uniform(0, 2 * np.pi) + rng.uniform(-1, 1, m) * rng.uniform(0.35, 1.1))
+    angles = np.concatenate(parts)
+    n = angles.size
+    start = rng.uniform(0.65, 0.88, n)
+    end = rng.uniform(1.02, 1.25, n)
+    width = rng.uniform(1.6, 3.6, n)
+    knob = rng.random(n) < 0.35
+  bend = rng.normal(0, 0.06, n)  # radians of sideways drift towards the tip
+  end = np.where(knob, 1.0 + 0.65 * (end - 1.0), end)  # pseudopods are stubbier
+  w = size * factor
+  canvas = np.zeros((w, w), np.uint8)
+  t = np.linspace(0.0, 1.0, 8)
+  for a, r_start, r_end, wd, k, b in zip(angles, start, end, width, knob, bend):
+    r = rtab[int(round((a % (2 * np.pi)) / (2 * np.pi) * _CONTOUR_POINTS)) % _CONTOUR_POINTS]
+    radius = (r_start + (r_end - r_start) * t) * r * size
+    phi = a + b * t
+    along = np.stack([np.cos(phi), np.sin(phi)], -1)
+    axis = centre + radius[:, None] * along
+    normal = np.stack([-along[:, 1], along[:, 0]], -1)
+    half = 0.5 * max(wd * s128, 0.6) * (1.0 - (0.2 if k else 0.5) * t)
+    outline = np.concatenate([axis + half[:, None] * normal, (axis - half[:, None] * normal)[::-1]])
+    cv2.fillPoly(canvas, [_canvas_points(outline, factor)], 255, cv2.LINE_AA, 4)
+    if k:
+      tip = _canvas_points(axis[-1:], factor)[0]
+      knob_radius = max(int(round(half[0] * 1.25 * factor * 16)), 8)
+      cv2.circle(canvas, (int(tip[0]), int(tip[1])), knob_radius, 255, -1, cv2.LINE_AA, 4)
+  cover = _downsample(canvas, size)
+  if size >= 96:  # pigment, not ink: soft edges
+    cover = cv2.GaussianBlur(cover, (0, 0), 0.5 * s128)
+  return cover, int(n)
+
+
+def _negative_network(rng: np.random.Generator, cues: dict[str, Any], size: int,
+                      centre: np.ndarray, rtab: np.ndarray,
+                      rho: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Negative network: (light lines, dark holes, region) maps in [0, 1], each (S, S).
+
+  Light, serpiginous lines around larger dark "holes": a honeycomb coarser than the pigment
+  network and inverted. It covers a patch around a random point of the lesion (a third of the
+  time about the whole lesion, as in Spitz nevi) and fades out before the border.
+  """
+  cell = max(size / rng.uniform(11, 18), 3.0)
+  bend = np.float32(rng.uniform(0.25, 0.45) * cell)
+  warp = (_smooth_noise(rng, size, 9) * bend, _smooth_noise(rng, size, 9) * bend)
+  edge = _worley_edge_distance(rng, size, cell, jitter=0.9, warp=warp)
+  width = cell * rng.uniform(0.1, 0.16) * (1.0 + 0.4 * _smooth_noise(rng, size, 10))
+  lines = 1.0 - _smoothstep(0.0, 1.0, edge / np.maximum(width, 0.4))
+  holes = _smoothstep(0.0, 0.3 * cell, edge)
+  y, x = _pixel_centres(size)
+  point = _points_in_lesion(rng, 1, centre, rtab, (0.0, 0.5), size)[0]
+  reach = (rng.uniform(1.6, 2.2) if rng.random() < 0.33 else rng.uniform(0.55, 1.0))
+  reach *= cues["diameter"] / 2.0 * size
+  d = np.hypot(x - np.float32(point[0]), y - np.float32(point[1])) * np.float32(1.0 / reach)
+  d = d + 0.25 * _smooth_noise(rng, size, 5)
+  region = _smoothstep(1.0, 0.7, d) * _smoothstep(1.0, 0.82, rho)
+  return lines, holes, region
+
+
 def _render_lesion(rng: np.random.Generator, cues: dict[str, Any], look: int, size: int,
                    factor: int, centre: np.ndarray, rtab: np.ndarray, rho: np.ndarray,
-                   theta: np.ndarray, skin_luma: float) -> np.ndarray:
-  """Lesion colour (S, S, 3): base colour, zones/blotches, network, dots, cysts, texture."""
+                   theta: np.ndarray, skin_luma: float,
+                   rng_negative: np.random.Generator | None = None,
+                   streaks: tuple[np.random.Generator, np.ndarray] | None = None,
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  """Lesion colour (S, S, 3): base colour, zones/blotches, network, dots, cysts, texture.
+
+  Also returns, per structure drawn, a map (S, S) in [0, 1] of where it is: the region of a
+  network (not just its lines), the coverage of dots. With `rng_negative` it draws a negative
+  network from that stream; with `streaks` = (stream, coverage) streaks of that coverage. Both
+  use nothing from `rng`, and leave pixels outside themselves untouched.
+  """
+  structures: dict[str, np.ndarray] = {}
   s128 = size / 128.0
   # Lesions on darker skin are darker too; brightness and hue vary per image.
   scale = float(np.clip(skin_luma / _REF_SKIN_LUMA, 0.6, 1.08)) * rng.uniform(0.88, 1.12)
@@ -376,6 +510,9 @@ def _render_lesion(rng: np.random.Generator, cues: dict[str, Any], look: int, si
       pts = _points_in_lesion(rng, n, centre, rtab, (lo, 0.95), size)
       radii = rng.uniform(0.6, 1.8, n) * s128 * (1.4 if c != 3 else 0.8)
       m = _disc_coverage(size, factor, pts, np.maximum(radii, 0.45))
+      if c in (1, 2):  # brown/black dots count as globules (ISIC's "globules" has dots too);
+        # blue-grey peppering is not one of the five structures.
+        structures["globules"] = np.maximum(structures.get("globules", 0.0), m)
     lesion += (m * strength)[..., None] * (palette[c] - lesion)
 
   # Pigment network: honeycomb of dark lines; typical ones fade out towards the border,
@@ -387,13 +524,35 @@ def _render_lesion(rng: np.random.Generator, cues: dict[str, Any], look: int, si
     width = cell * (0.26 + 0.14 * atypia) * (1.0 + atypia * 0.5 * _smooth_noise(rng, size, 10))
     lines = 1.0 - _smoothstep(0.0, 1.0, edge / np.maximum(width, 0.4))
     if atypia > 0.5:
-      lines *= _smoothstep(-0.8, -0.2, _smooth_noise(rng, size, 8))
+      region = _smoothstep(-0.8, -0.2, _smooth_noise(rng, size, 8))
     else:
-      lines *= _smoothstep(1.05, 0.55, rho)
+      region = _smoothstep(1.05, 0.55, rho)
+    lines *= region
+    structures["pigment_network"] = region
     # Lines are brown pigment (darker for atypical networks), not a grey shadow.
     line_rgb = palette[1] * np.float32(1.0 - 0.35 * atypia)
     strength = np.float32(cues["network"] * (0.55 + 0.3 * atypia))
     lesion += (lines * strength)[..., None] * (line_rgb - lesion)
+
+  if rng_negative is not None:  # dark holes, then light lines on top; hides pigment network
+    nn_lines, nn_holes, nn_region = _negative_network(rng_negative, cues, size, centre, rtab, rho)
+    hole_rgb = palette[1] * np.float32(rng_negative.uniform(0.75, 1.0))
+    light_rgb = 0.35 * palette[0] + 0.65 * np.float32(scale) * np.array((232, 200, 182), np.float32)
+    hole_strength = np.float32(rng_negative.uniform(0.5, 0.8))
+    line_strength = np.float32(rng_negative.uniform(0.6, 0.9))
+    lesion += (nn_region * nn_holes * hole_strength)[..., None] * (hole_rgb - lesion)
+    lesion += (nn_region * nn_lines * line_strength)[..., None] * (light_rgb - lesion)
+    structures["negative_network"] = nn_region
+
+  if streaks is not None:
+    rng_streaks, streak_cover = streaks
+    dark = palette[1] * np.float32(0.8)  # dark brown, towards black when the lesion has black
+    if 2 in colours:
+      dark = dark + np.float32(rng_streaks.uniform(0.3, 0.8)) * (palette[2] - dark)
+    dark = dark * np.float32(rng_streaks.uniform(0.85, 1.1))
+    strength = np.float32(rng_streaks.uniform(0.75, 0.95))
+    lesion += (streak_cover * strength)[..., None] * (dark - lesion)
+    structures["streaks"] = streak_cover
 
   if cues["globules"]:
     n = int(rng.poisson(rng.uniform(5, 25) * (cues["diameter"] / 0.3)**2)) + 2
@@ -411,6 +570,7 @@ def _render_lesion(rng: np.random.Generator, cues: dict[str, Any], look: int, si
     m = _disc_coverage(size, factor, pts, np.maximum(radii, 0.45))
     if size >= 96:  # globules have soft edges
       m = cv2.GaussianBlur(m, (0, 0), 0.5 * s128)
+    structures["globules"] = np.maximum(structures.get("globules", 0.0), m)
     lesion += (m * np.float32(rng.uniform(0.45, 0.85)))[..., None] * (dark - lesion)
 
   if cues["fissures"]:  # cerebriform ridges and furrows of seborrheic keratoses
@@ -426,10 +586,11 @@ def _render_lesion(rng: np.random.Generator, cues: dict[str, Any], look: int, si
     pts = _points_in_lesion(rng, n, centre, rtab, (0.0, 0.9), size)
     m = _disc_coverage(size, factor, pts, np.maximum(rng.uniform(0.8, 1.8, n) * s128, 0.5))
     lesion += (m * np.float32(rng.uniform(0.7, 1.0)))[..., None] * (_CYST_RGB * scale - lesion)
+    structures["milia_like_cyst"] = m
 
   texture = 1.0 + np.float32(rng.uniform(0.04, 0.1)) * _smooth_noise(rng, size, max(size // 6, 4))
   lesion *= texture[..., None]
-  return lesion
+  return lesion, structures
 
 
 def _choose_style(rng: np.random.Generator, look: int, colour: int) -> str:
@@ -582,7 +743,16 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
     ('asymmetry', 'border_irregularity', 'num_colours', 'diameter' as a fraction of the image
     width, one-hot 'has_<colour>' flags) plus other drawing parameters ('border_blur' in px at
     128 px, 'contrast', 'network', 'network_atypia', 'globules', 'cysts', 'fissures', and the
-    nuisances 'skin_tone', 'vignette', 'num_hairs', ...).
+    nuisances 'skin_tone', 'vignette', 'num_hairs', ...); with `dermoscopic_features` also
+    'negative_network', 'streaks', 'streaks_regular' (0/1) and 'num_streaks'.
+    'feature_masks' uint8 (S, S, 5) in {0, 1}, channels in FEATURE_NAMES order, each inside
+    `mask`: for the pigment and negative networks the region the network pattern occupies
+    (where its fade-in weight is at least one half, as an annotator outlines a patch of
+    network, not only the line pixels; pigment network is not marked where a negative network
+    covers it, nor on the parts of streaks outside the lesion contour); for streaks, milia-like cysts and globules the drawn lines or dots (coverage at
+    least 0.2), dilated by about 1 px per 128 px (at least 1 px). Globules include brown/black
+    dot-style colour zones. It is given with the option off too: pigment network, cysts and
+    globules are drawn regardless, and the negative network and streaks channels are then zero.
   """
   size = int(config.image_size)
   if size < 16:
@@ -591,6 +761,8 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
   # One independent stream per part of the picture (see the module docstring).
   (rng_cues, rng_lesion, rng_skin, rng_view, rng_hair, rng_ruler, rng_bubble, rng_sticker,
    rng_noise) = (np.random.default_rng([seed, k]) for k in range(9))
+  # Streams 9-11 are only created with dermoscopic_features, for the structures added with it;
+  # nothing above draws from them, so existing seeds render unchanged.
 
   u = rng_cues.random()  # drawn even when the label is forced, to keep the stream aligned
   if config.label is None:
@@ -643,10 +815,27 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
   coverage = _downsample(canvas, size)
 
   skin, skin_luma, tone = _render_skin(rng_skin, size)
-  lesion = _render_lesion(rng_lesion, cues, int(cues["appearance"]), size, factor, centre, rtab,
-                          rho, theta, skin_luma)
+  look = int(cues["appearance"])
+  feature_cues: dict[str, float] = {}
+  rng_negative = streaks = None
+  if config.dermoscopic_features:
+    rng_features, rng_negative, rng_streaks = (np.random.default_rng([seed, k])
+                                               for k in (9, 10, 11))
+    feature_cues = _sample_feature_cues(rng_features, look)
+    feature_cues["num_streaks"] = 0.0
+    if not feature_cues["negative_network"]:
+      rng_negative = None
+    if feature_cues["streaks"]:
+      streak_cover, count = _draw_streaks(rng_streaks, bool(feature_cues["streaks_regular"]), size,
+                                          factor, centre, rtab)
+      streaks = (rng_streaks, streak_cover)
+      feature_cues["num_streaks"] = float(count)
+  lesion, structures = _render_lesion(rng_lesion, cues, look, size, factor, centre, rtab, rho,
+                                      theta, skin_luma, rng_negative, streaks)
   sigma = cues["border_blur"] * size / 128.0
   alpha = cv2.GaussianBlur(coverage, (0, 0), sigma) if sigma > 0.25 else coverage
+  if streaks is not None:  # streaks cross the border: they are part of the lesion
+    alpha = np.maximum(alpha, streaks[1])
   fade = np.float32(rng_lesion.uniform(0.0, 0.3))
   alpha = alpha * np.float32(cues["contrast"]) * (1.0 - fade * np.minimum(rho, 1.0)**2)
   image = skin + alpha[..., None] * (lesion - skin)
@@ -697,8 +886,12 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
   image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
 
   lesion_mask = coverage >= 0.5
+  body_mask = lesion_mask  # the lesion without the outer parts of streaks
+  if streaks is not None:
+    lesion_mask = lesion_mask | (streaks[1] >= 0.5)
   if has_vignette:
     lesion_mask &= visible >= _FOV_VISIBLE
+    body_mask &= visible >= _FOV_VISIBLE
   hair_mask = hair * visible >= _OCCLUSION_THRESHOLD
   occlusion = np.maximum(np.maximum(hair, bubble), np.maximum(ruler, sticker)) * visible
   occlusion_mask = (occlusion >= _OCCLUSION_THRESHOLD) | hair_mask
@@ -708,6 +901,7 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
     cues_out[f"has_{name}"] = float(i in cues["colours"])
   cues_out.update(skin_tone=tone, vignette=float(has_vignette), num_hairs=num_hairs,
                   centre_x=float(centre[0] / size), centre_y=float(centre[1] / size))
+  cues_out.update(feature_cues)
   return {
       "image": image,
       "mask": lesion_mask.astype(np.uint8) * np.uint8(255),
@@ -716,4 +910,29 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
       "label": label,
       "malignant": int(MALIGNANT[DIAGNOSES[label]]),
       "cues": cues_out,
+      "feature_masks": _feature_masks(structures, lesion_mask, body_mask, size),
   }
+
+
+def _feature_masks(structures: dict[str, np.ndarray], lesion_mask: np.ndarray,
+                   body_mask: np.ndarray, size: int) -> np.ndarray:
+  """uint8 (S, S, len(FEATURE_NAMES)) in {0, 1} from the structure maps (see render_example).
+
+  Networks are kept to `body_mask` (the lesion contour: not on the parts of streaks that stick
+  out), the other structures to `lesion_mask`.
+  """
+  out = np.zeros((size, size, len(FEATURE_NAMES)), np.uint8)
+  r = max(int(round(size / 128.0)), 1)
+  kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+  for i, name in enumerate(FEATURE_NAMES):
+    if name not in structures:
+      continue
+    if name.endswith("network"):
+      m = structures[name] >= 0.5
+      if name == "pigment_network" and "negative_network" in structures:
+        m &= structures["negative_network"] < 0.5
+      m &= body_mask
+    else:
+      m = cv2.dilate((structures[name] >= 0.2).astype(np.uint8), kernel) > 0
+    out[..., i] = m & lesion_mask
+  return out

@@ -38,7 +38,7 @@ class RefineConfig:
   high: float = field(0.8, "Superpixels with mean FCN probability >= this seed the lesion.")
   low: float = field(0.2, "Superpixels with mean FCN probability <= this seed the background.")
   roi_margin: float = field(0.1, "Region of interest: the FCN lesion's box grown by this fraction.")
-  fusion_weight: float = field(0.5, "Weight of the local (propagated) map; 1 - it of the FCN map.")
+  fusion_weight: float = field(0.3, "Weight of the local (propagated) map; 1 - it of the FCN map.")
 
   def __post_init__(self):
     if not 0.0 < self.alpha < 1.0:

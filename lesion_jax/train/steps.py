@@ -35,15 +35,16 @@ def apply_model(state: TrainState, params: Any, *inputs: Any, train: bool,
   return state.apply_fn(variables, *inputs, train=train, rngs=rngs), state.batch_stats
 
 
-def make_supervised_train_step(target_key: str, loss_per_example: Callable, batch_metrics: Callable
-                               ) -> TrainStep:
+def make_supervised_train_step(target_key: str | Callable[[Batch], jax.Array], loss_per_example: Callable,
+                               batch_metrics: Callable) -> TrainStep:
   """A train step for a single-input model: the mean of `loss_per_example(logits, target)`
   (weighted by batch['weight'] where present) is minimised; `batch_metrics(logits, target,
-  weights)` adds metrics beside "loss"."""
+  weights)` adds metrics beside "loss". The target is batch[target_key], or target_key(batch)
+  when it is a function (a target built from several features)."""
 
   def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
     weights = batch.get("weight")
-    target = batch[target_key]
+    target = target_key(batch) if callable(target_key) else batch[target_key]
 
     def loss_fn(params):
       logits, batch_stats = apply_model(state, params, batch["image"], train=True, rng=rng)

@@ -10,5 +10,7 @@ from lesion_jax.data.builders import synthetic_lesions
 from lesion_jax.data.builders import ham10000
 from lesion_jax.data.builders import isic2016
 from lesion_jax.data.builders import isic2017
+from lesion_jax.data.builders import isic2017_features
 from lesion_jax.data.builders import isic2018
+from lesion_jax.data.builders import isic2018_features
 from lesion_jax.data.builders import ph2

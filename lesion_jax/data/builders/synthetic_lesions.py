@@ -4,11 +4,18 @@ Usage:
   import lesion_jax.data.builders  # registers the builders with TFDS
   ds = tfds.load("synthetic_lesions", split="train", data_dir=...)          # default s64
   ds = tfds.load("synthetic_lesions/s128", split="test", data_dir=...)
+  ds = tfds.load("synthetic_lesions/features128", split="train", data_dir=...)  # + feature_masks
   builder = tfds.builder("synthetic_lesions", data_dir=...,
                          config=SyntheticLesionsConfig(name="big", num_train=5000))
 
 TFDS stores a config under data_dir/synthetic_lesions/<name>/1.0.0 and reuses whatever is there:
 give each distinct custom config its own name (built-in names cannot be reused).
+
+The `features*` configs render with `RenderConfig(dermoscopic_features=True)`: lesions may also
+show negative network and streaks, and examples carry `feature_masks`, uint8 (S, S, 5) in {0, 1}
+with channels in `synthetic.FEATURE_NAMES` order (pigment network, negative network, streaks,
+milia-like cysts, globules). The other configs are unchanged (same features, same bytes), which
+is why VERSION stays 1.0.0: adding configs does not alter any data already prepared under it.
 """
 from __future__ import annotations
 
@@ -16,6 +23,7 @@ import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import tensorflow_datasets as tfds
 
 from lesion_jax.data import synthetic
@@ -30,16 +38,26 @@ depend, with overlap, on the diagnosis (nevus / melanoma / seborrheic keratosis)
 (hair, ruler marks, gel bubbles, calibration stickers) under a dermoscope field-of-view vignette.
 `mask` is the lesion before occlusions; `hair_mask` and `occlusion_mask` mark the occluders.
 """
+# Appended only for configs with dermoscopic_features (the others keep their DatasetInfo as is).
+_FEATURES_DESCRIPTION = """\
+This config also draws negative network and streaks (more often in melanoma) and gives
+`feature_masks`, one {0, 1} channel per dermoscopic structure (pigment network, negative network,
+streaks, milia-like cysts, globules), each marking where that structure is drawn.
+"""
 
 
 @dataclasses.dataclass
 class SyntheticLesionsConfig(tfds.core.BuilderConfig):
-  """Size and split sizes of a `synthetic_lesions` variant; `seed` selects a different sample."""
+  """Size and split sizes of a `synthetic_lesions` variant; `seed` selects a different sample.
+
+  `dermoscopic_features` draws negative network and streaks too and adds `feature_masks`.
+  """
   image_size: int = 64
   num_train: int = 1000
   num_validation: int = 200
   num_test: int = 200
   seed: int = 0
+  dermoscopic_features: bool = False
 
 
 def example_seed(seed: int, split: str, index: int) -> int:
@@ -51,11 +69,16 @@ def example_id(split: str, index: int) -> str:
   return f"synth_{split}_{index:06d}"
 
 
-def make_example(image_size: int, seed: int, split: str, index: int) -> dict[str, Any]:
-  """One example as the builder stores it (masks get a trailing channel axis)."""
-  ex = synthetic.render_example(example_seed(seed, split, index),
-                                synthetic.RenderConfig(image_size=image_size))
-  return {
+def make_example(image_size: int, seed: int, split: str, index: int,
+                 dermoscopic_features: bool = False) -> dict[str, Any]:
+  """One example as the builder stores it (masks get a trailing channel axis).
+
+  With `dermoscopic_features` it renders the new structures too and adds 'feature_masks'.
+  """
+  config = synthetic.RenderConfig(image_size=image_size,
+                                  dermoscopic_features=dermoscopic_features)
+  ex = synthetic.render_example(example_seed(seed, split, index), config)
+  out = {
       "id": example_id(split, index),
       "image": ex["image"],
       "mask": ex["mask"][..., None],
@@ -64,6 +87,9 @@ def make_example(image_size: int, seed: int, split: str, index: int) -> dict[str
       "label": ex["label"],
       "malignant": ex["malignant"],
   }
+  if dermoscopic_features:
+    out["feature_masks"] = ex["feature_masks"]
+  return out
 
 
 def _mask_feature(size: int) -> tfds.features.Image:
@@ -84,24 +110,45 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
                              image_size=256),
       SyntheticLesionsConfig(name="tiny", description="32x32 px, 64/16/16 examples, for tests.",
                              image_size=32, num_train=64, num_validation=16, num_test=16),
+      SyntheticLesionsConfig(
+          name="features64", description="64x64 px, 1000/200/200 examples, with negative "
+          "network, streaks and per-structure feature_masks.", image_size=64,
+          dermoscopic_features=True),
+      SyntheticLesionsConfig(
+          name="features128", description="128x128 px, 1000/200/200 examples, with negative "
+          "network, streaks and per-structure feature_masks.", image_size=128,
+          dermoscopic_features=True),
+      SyntheticLesionsConfig(
+          name="features_tiny", description="32x32 px, 64/16/16 examples, with feature_masks, "
+          "for tests.", image_size=32, num_train=64, num_validation=16, num_test=16,
+          dermoscopic_features=True),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
     s = self.builder_config.image_size
+    features = {
+        "id": tfds.features.Text(),
+        "image": tfds.features.Image(shape=(s, s, 3), encoding_format="png"),
+        "mask": _mask_feature(s),
+        "hair_mask": _mask_feature(s),
+        "occlusion_mask": _mask_feature(s),
+        "label": tfds.features.ClassLabel(names=list(synthetic.DIAGNOSES)),
+        "malignant": tfds.features.ClassLabel(names=["benign", "malignant"]),
+    }
+    description = _DESCRIPTION
+    if self.builder_config.dermoscopic_features:
+      description += _FEATURES_DESCRIPTION
+      # Five channels do not fit a PNG; zlib keeps the sparse {0, 1} masks small.
+      features["feature_masks"] = tfds.features.Tensor(
+          shape=(s, s, len(synthetic.FEATURE_NAMES)), dtype=np.uint8,
+          encoding=tfds.features.Encoding.ZLIB,
+          doc="1 where a structure is, channels: " + ", ".join(synthetic.FEATURE_NAMES))
     # DatasetInfo is built directly rather than via dataset_info_from_configs(): that would pick
     # up a README.md placed in this package, which all builders here share.
     return tfds.core.DatasetInfo(
         builder=self,
-        description=_DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            "id": tfds.features.Text(),
-            "image": tfds.features.Image(shape=(s, s, 3), encoding_format="png"),
-            "mask": _mask_feature(s),
-            "hair_mask": _mask_feature(s),
-            "occlusion_mask": _mask_feature(s),
-            "label": tfds.features.ClassLabel(names=list(synthetic.DIAGNOSES)),
-            "malignant": tfds.features.ClassLabel(names=["benign", "malignant"]),
-        }),
+        description=description,
+        features=tfds.features.FeaturesDict(features),
         supervised_keys=("image", "label"),
     )
 
@@ -117,5 +164,5 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, num: int) -> Iterator[tuple[str, dict[str, Any]]]:
     c = self.builder_config
     for index in range(num):
-      ex = make_example(c.image_size, c.seed, split, index)
+      ex = make_example(c.image_size, c.seed, split, index, c.dermoscopic_features)
       yield ex["id"], ex

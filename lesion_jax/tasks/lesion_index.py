@@ -1,0 +1,307 @@
+"""Lesion Indexing Network task (pipeline 5, Li and Shen 2018): an FCRN that segments and coarsely
+classifies in one per-pixel softmax (background + one class per diagnosis), trained on centre-
+cropped, proportionally resized images balanced by class-specific rotations (DR; with random
+flips, DM); tested at several scales whose maps are summed at each image's own resolution; the
+Lesion Index Calculation Unit turns the summed maps into one index per class.
+
+One FCRN per run (`flip=False`: DR, `flip=True`: DM); `evaluate_members` scores the sum of several
+runs' maps (the LIN = FCRN on DR + FCRN on DM), as `experiments/lesion_index_report.py` does.
+
+Scores: the ISIC segmentation scores (JA, thresholded JA, Dice, AC, SE, SP, HD95, boundary F) of
+the lesion mask (pixels where the background's share of the summed maps is below one half, holes
+filled, largest component kept), and per class the ROC AUC / AP of its index with the LICU
+(`licu_*`) and without (`mean_*`: class scores averaged over the lesion).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Iterator, Sequence
+
+import cv2
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lesion_jax import config as config_lib
+from lesion_jax.config import field
+from lesion_jax.data import ops, pipeline
+from lesion_jax.eval import figures, inference, licu, metrics, postprocess
+from lesion_jax.models.fcrn import FCRN_VARIANTS, fcrn
+from lesion_jax.tasks import base
+from lesion_jax.train import losses, sharding, steps
+from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
+
+
+@dataclasses.dataclass(frozen=True)
+class FCRNConfig:
+  variant: str = field("fcrn_small", "FCRN depth: " + ", ".join(FCRN_VARIANTS) + " (fcrn88: the paper's).")
+  width: int = field(0, "Bottleneck width of the first stage (0: the variant's own).")
+  norm: str = field("batch", "Normalisation: batch, group, layer, none.")
+  upsample: str = field("depth_to_space", "Learned up-sampling: depth_to_space (fast on CPU) or transpose.")
+  dtype: str = field("float32", "Compute dtype: float32 or bfloat16.")
+
+
+@dataclasses.dataclass(frozen=True)
+class LesionIndexConfig:
+  """Everything that defines one FCRN run of the Lesion Indexing Network."""
+  input: pipeline.InputConfig = pipeline.InputConfig(image_size=64, batch_size=8)
+  model: FCRNConfig = FCRNConfig()
+  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, warmup_steps=50)
+  label_key: str = field("label", "Diagnosis feature; pixel class = 1 + its value inside the lesion.")
+  mask_key: str = field("mask", "Lesion mask feature.")
+  rotation_degrees: tuple[float, ...] = field(
+      (45.0, 18.0, 18.0), "DR: rotation step per class in the label's order (synthetic_lesions / isic2017: "
+      "nevus, melanoma, seborrheic keratosis; the paper: 45, 18, 18); empty: no rotation balancing.")
+  flip: bool = field(False, "DM: also flip each rotated copy at random (the paper's second FCRN).")
+  expanded_shuffle: int = field(1024, "Shuffle buffer of the rotated copies (decoded examples).")
+  test_scales: tuple[int, ...] = field((64,), "Test sides in pixels (letterboxed); maps summed at native size.")
+  melanoma_class: str = field("melanoma", "Label name scored as melanoma (AUC, AP).")
+  keratosis_class: str = field("seborrheic_keratosis", "Label name scored as seborrheic keratosis.")
+  num_steps: int = field(2000, "Training steps.")
+  eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
+  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
+  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
+  train_split: str = field("train", "Split trained on.")
+  val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
+
+
+def pixel_classes(batch) -> jax.Array:
+  """(N, H, W) int32 targets: 0 background, 1 + label inside the lesion."""
+  return jnp.where(batch["mask"][..., 0] > 0.5, batch["label"][:, None, None] + 1, 0).astype(jnp.int32)
+
+
+def pixel_softmax_loss(logits: jax.Array, target: jax.Array) -> jax.Array:
+  return optax.softmax_cross_entropy_with_integer_labels(logits, target).mean(axis=(1, 2))
+
+
+def _train_metrics(logits, target, weights):
+  pred = jnp.argmax(logits, -1)
+  lesion_pred, lesion = pred > 0, target > 0
+  inter = jnp.sum(lesion_pred & lesion, axis=(1, 2))
+  union = jnp.sum(lesion_pred | lesion, axis=(1, 2))
+  ja = jnp.where(union > 0, inter / jnp.maximum(union, 1), 1.0)
+  return {"jaccard": losses.weighted_mean(ja, weights),
+          "pixel_accuracy": losses.weighted_mean(jnp.mean(pred == target, axis=(1, 2)), weights)}
+
+
+def scale_key(size: int) -> str:
+  return f"image_{size}"
+
+
+def native_maps(probs_by_scale: dict[int, np.ndarray], height: int, width: int) -> np.ndarray:
+  """(H, W, C) sum over scales of letterboxed (s, s, C) probability maps, each cut to the window
+  the image occupied and resized (bilinear) to the image's own size."""
+  total = np.zeros((height, width, next(iter(probs_by_scale.values())).shape[-1]), np.float32)
+  for size, probs in probs_by_scale.items():
+    top, left, nh, nw = ops.letterbox_window(height, width, size)
+    window = np.ascontiguousarray(probs[top:top + nh, left:left + nw], np.float32)
+    total += cv2.resize(window, (width, height), interpolation=cv2.INTER_LINEAR).reshape(total.shape)
+  return total
+
+
+def lesion_mask(maps: np.ndarray) -> np.ndarray:
+  """Lesion where background holds under half of the summed maps; holes filled, largest kept."""
+  return postprocess.clean_mask(maps[..., 0] < 0.5 * maps.sum(-1))
+
+
+@base.register
+class LesionIndexTask(base.Task):
+  name = "lesion_index"
+  config_cls = LesionIndexConfig
+
+  @property
+  def class_names(self) -> list[str]:
+    return list(self.builder.info.features[self.config.label_key].names)
+
+  def model(self):
+    m = self.config.model
+    return fcrn(m.variant, num_classes=1 + len(self.class_names), norm=m.norm, upsample=m.upsample,
+                dtype=jnp.dtype(m.dtype), width=m.width or None)
+
+  def check(self, mesh, extra_splits=()) -> None:
+    c = self.config
+    if c.model.variant not in FCRN_VARIANTS:
+      raise config_lib.ConfigError(f"--variant={c.model.variant!r}: choose one of {list(FCRN_VARIANTS)}")
+    if c.rotation_degrees and len(c.rotation_degrees) != len(self.class_names):
+      raise config_lib.ConfigError(
+          f"--rotation_degrees: {len(c.rotation_degrees)} steps for the {len(self.class_names)} classes "
+          f"{self.class_names}")
+    if not c.test_scales or min(c.test_scales) < 32:
+      raise config_lib.ConfigError(f"--test_scales={list(c.test_scales)}: give sides of at least 32 px")
+    for name in (c.melanoma_class, c.keratosis_class):
+      if name not in self.class_names:
+        raise config_lib.ConfigError(f"class {name!r} is not a {c.label_key!r} of {c.input.dataset} "
+                                     f"({self.class_names})")
+    super().check(mesh, extra_splits)
+
+  def init_state(self, rng: jax.Array) -> TrainState:
+    size = self.config.input.image_size
+    tx = self.config.optimizer.build(self.config.num_steps)
+    return create_train_state(self.model(), tx, rng, jnp.zeros((1, size, size, 3), jnp.float32))
+
+  def train_step(self) -> Callable:
+    return steps.make_supervised_train_step(pixel_classes, pixel_softmax_loss, _train_metrics)
+
+  def _train_ops(self) -> list:
+    c = self.config
+    size = c.input.image_size
+    out = [ops.decode_image("image"), ops.decode_mask(c.mask_key, out="mask"),
+           ops.center_crop(("image", "mask")), ops.resize_image("image", size), ops.resize_mask("mask", size),
+           ops.label(c.label_key, "label")]
+    if c.rotation_degrees:
+      out.append(ops.class_rotations("label", c.rotation_degrees, flip=c.flip))
+    return out + [ops.normalize("image"), ops.keep(("id", "image", "mask", "label"))]
+
+  def _eval_ops(self) -> list:
+    c = self.config
+    out = [ops.copy(c.mask_key, "mask_encoded"), ops.decode_image("image"), ops.label(c.label_key, "label")]
+    for size in c.test_scales:
+      out += [ops.letterbox("image", size, out=scale_key(size)), ops.normalize(scale_key(size))]
+    return out + [ops.keep(("id", "label", "mask_encoded") + tuple(scale_key(s) for s in c.test_scales))]
+
+  def train_batches(self, start_step: int) -> Iterator[base.Batch]:
+    c = self.config
+    return pipeline.train_iterator(c.input, self._train_ops(), c.train_split, start_step, self.builder,
+                                   expanded_shuffle=c.expanded_shuffle if c.rotation_degrees else 0)
+
+  def eval_batches(self, split: str) -> Iterator[base.Batch]:
+    return pipeline.eval_iterator(self.config.input, self._eval_ops(), split, self.builder)
+
+  def predict_fns(self) -> dict[str, Callable]:
+    scales = tuple(self.config.test_scales)
+
+    def predict(state, batch):
+      out = {}
+      for size in scales:
+        logits, _ = steps.apply_model(state, state.params, batch[scale_key(size)], train=False)
+        out[scale_key(size)] = jax.nn.softmax(logits, axis=-1)
+      return out
+
+    return {"predict": predict}
+
+  def example_input(self, image: np.ndarray) -> dict[str, np.ndarray]:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    example = {"image": tf.convert_to_tensor(image)}
+    for size in self.config.test_scales:
+      example = ops.chain([ops.letterbox("image", size, out=scale_key(size)), ops.normalize(scale_key(size))])(
+          example, tf.zeros([2], tf.int64))
+    return {scale_key(s): example[scale_key(s)].numpy() for s in self.config.test_scales}
+
+  def best_metric(self) -> tuple[str, str]:
+    return "val/jaccard", "max"
+
+  def evaluate(self, state, split, mesh, predict=None, keep_examples=0) -> base.Evaluation:
+    predict = predict or self.jit_predict(state, mesh)
+    return evaluate_members([(self, state, predict)], split, mesh, keep_examples)
+
+  def validate(self, state, mesh, predict) -> dict[str, float]:
+    return self.validation_metrics(self.evaluate(state, self.config.val_split, mesh, predict))
+
+  def write_figures(self, evaluation, fig_dir, prefix) -> None:
+    write_lesion_index_figures(evaluation, fig_dir, prefix, self.class_names, self.config.melanoma_class)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring one FCRN or the sum of several (the LIN)
+
+
+FIGURE_SIZE = 128
+
+
+def member_maps(task: LesionIndexTask, state, predict, split: str, mesh
+                ) -> Iterator[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]]:
+  """(id, label, truth mask, summed native maps, a FIGURE_SIZE display image) per image of
+  `split` for one FCRN."""
+  scales = task.config.test_scales
+  for batch, probs in inference.predict_over(predict, state, task.eval_batches(split), mesh):
+    real = np.flatnonzero(batch["weight"] > 0)
+    for i, image_id in zip(real, base.decode_ids(batch["id"][real])):
+      truth = postprocess.decode_mask(batch["mask_encoded"][i])
+      maps = native_maps({s: probs[scale_key(s)][i] for s in scales}, *truth.shape)
+      top, left, nh, nw = ops.letterbox_window(*truth.shape, scales[0])
+      shown = (batch[scale_key(scales[0])][i][top:top + nh, left:left + nw] + 1.0) / 2.0
+      shown = cv2.resize(np.ascontiguousarray(shown, np.float32), (FIGURE_SIZE, FIGURE_SIZE))
+      yield image_id, int(batch["label"][i]), truth, maps, figures.to_uint8_rgb(np.clip(shown, 0, 1))
+
+
+def evaluate_members(members: Sequence[tuple[LesionIndexTask, Any, Callable]], split: str, mesh,
+                     keep_examples: int = 0) -> base.Evaluation:
+  """Scores the sum of the members' native maps (one member: that FCRN alone)."""
+  first = members[0][0]
+  names = first.class_names
+  for task, _, _ in members[1:]:
+    if task.class_names != names or task.config.input.dataset != first.config.input.dataset:
+      raise config_lib.ConfigError("LIN members must be runs on one dataset with the same classes")
+  streams = [member_maps(task, state, predict, split, mesh) for task, state, predict in members]
+  acc = metrics.SegmentationAccumulator(boundary=True)
+  ids, labels, licu_rows, mean_rows = [], [], [], []
+  kept: dict[str, list[np.ndarray]] = {}
+  for rows in zip(*streams):
+    image_id, label, truth, _, shown = rows[0]
+    if any(r[0] != image_id for r in rows):
+      raise RuntimeError(f"members read {split} in different orders ({[r[0] for r in rows]})")
+    maps = sum(r[3] for r in rows)
+    mask = lesion_mask(maps)
+    acc.update(mask[None], truth[None])
+    ids.append(image_id)
+    labels.append(label)
+    licu_rows.append(licu.lesion_index(maps, mask))
+    mean_rows.append(licu.mean_index(maps, mask))
+    if len(ids) <= keep_examples:
+      kept.setdefault("image", []).append(shown)
+      kept.setdefault("pred", []).append(postprocess.resize_mask(mask, FIGURE_SIZE, FIGURE_SIZE))
+      kept.setdefault("mask", []).append(postprocess.resize_mask(truth, FIGURE_SIZE, FIGURE_SIZE))
+      kept.setdefault("index", []).append(licu_rows[-1])
+  rows = sharding.allgather_rows({**acc.counts(), "label": np.asarray(labels, np.int64).reshape(-1),
+                                  "licu": np.asarray(licu_rows, np.float64).reshape(-1, len(names)),
+                                  "mean": np.asarray(mean_rows, np.float64).reshape(-1, len(names))})
+  per_image = metrics.scores_from_counts(rows)
+  scores = metrics.summarize_segmentation(per_image, acc.threshold_ja)
+  scores.update(classification_summary(rows["label"], rows["licu"], rows["mean"], names,
+                                       first.config.melanoma_class, first.config.keratosis_class))
+  per_image.update(label=rows["label"], licu=rows["licu"], mean=rows["mean"])
+  return base.Evaluation(scores, per_image, sharding.allgather_strings(ids),
+                         {k: np.stack(v) for k, v in kept.items()})
+
+
+def classification_summary(labels, licu_index, mean_index, names, melanoma: str, keratosis: str
+                           ) -> dict[str, Any]:
+  """Melanoma and seborrheic keratosis ROC AUC, AP and specificity at 82/89/95 % sensitivity of
+  the index with the LICU (licu_*) and without (mean_*), their mean AUC (the ISIC 2017 rank), and
+  the 3-class accuracy of the largest index; None where a class is missing from the labels."""
+  out: dict[str, Any] = {}
+  if not len(labels):
+    return out
+  for kind, index in (("licu", licu_index), ("mean", mean_index)):
+    scores = metrics.classification_scores(labels, index, class_names=names)
+    for short, name in (("melanoma", melanoma), ("keratosis", keratosis)):
+      entry = scores["per_class"][name]
+      out[f"{kind}_{short}_auc"] = entry["roc_auc"]
+      out[f"{kind}_{short}_ap"] = entry["average_precision"]
+      if short == "melanoma":
+        for sens, spec in entry["specificity_at_sensitivity"].items():
+          out[f"{kind}_melanoma_spec_at_sens{sens}"] = spec
+    aucs = [out[f"{kind}_melanoma_auc"], out[f"{kind}_keratosis_auc"]]
+    out[f"{kind}_mean_auc"] = float(np.mean(aucs)) if None not in aucs else None
+    out[f"{kind}_accuracy"] = scores["accuracy"]
+  return out
+
+
+def write_lesion_index_figures(evaluation, fig_dir, prefix, names, melanoma) -> None:
+  per = evaluation.per_example
+  if not len(per["jaccard"]):
+    return
+  ex = evaluation.examples
+  if len(ex.get("pred", ())):
+    n = len(ex["pred"])
+    titles = [f"{i} {names[int(l)][:4]} JA {j:.2f} mel {ix[names.index(melanoma)]:.2f}"
+              for i, l, j, ix in zip(evaluation.ids[:n], per["label"][:n], per["jaccard"][:n], ex["index"])]
+    figures.save_overlay_grid(os.path.join(fig_dir, f"{prefix}_overlays.png"), ex["image"], ex["pred"],
+                              ex["mask"], titles=titles)
+  y = (per["label"] == names.index(melanoma)).astype(np.int64)
+  if 0 < y.sum() < len(y):
+    c = names.index(melanoma)
+    figures.save_roc_curve(os.path.join(fig_dir, f"{prefix}_melanoma_roc.png"),
+                           {"with LICU": (y, per["licu"][:, c]), "without LICU": (y, per["mean"][:, c])})
