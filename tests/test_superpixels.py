@@ -100,6 +100,10 @@ def test_superpixel_stage_round_trips_and_resumes(superpixel_store):
   for name, value in fresh.to_arrays().items():
     np.testing.assert_array_equal(getattr(stored, name), value, err_msg=name)
   assert store.read_record(ex["id"])["count"] == fresh.count
+  png = io.read_rgb_image(store.png_path(ex["id"]))  # the label map, ISIC 2017's RGB index encoding
+  np.testing.assert_array_equal(sp_lib.decode_index_rgb(png), fresh.labels)
+  big = np.array([[0, 255, 256], [65535, 65536, 2 ** 24 - 1]])
+  np.testing.assert_array_equal(sp_lib.decode_index_rgb(sp_lib.encode_index_rgb(big)), big)
   # A second run reuses everything; a deleted record is recomputed (resume).
   os.remove(store.record_path(ex["id"]))
   again = sp_lib.superpixels_for_split(builder, "test", store, config)

@@ -10,7 +10,10 @@ size from the wanted superpixel count, compactness ("ruler") 10 as skimage's def
 iterations, then connectivity enforcement so every label is one connected region. It runs on the
 image at `max_side` pixels on its longer side (large dermoscopy photos are downscaled: SLIC cost
 grows with pixels, superpixel count does not) and the label map is scaled back to the image's own
-resolution (nearest), so it joins the image pixel for pixel. `benchmarks/superpixels.py` compares
+resolution (nearest), so it joins the image pixel for pixel. The store keeps, per image, the label
+map as a PNG in ISIC 2017 Part 2's RGB index encoding (index = R + 256 G + 65536 B: joinable in
+tf.data like any PNG artifact, and read like the official superpixels) and the full `Superpixels`
+table as `<id>.npz`. `benchmarks/superpixels.py` compares
 speed, boundary recall and under-segmentation error with `skimage.segmentation.slic`.
 """
 from __future__ import annotations
@@ -54,7 +57,7 @@ class SuperpixelConfig:
   @property
   def version(self) -> str:
     digest = hashlib.sha1(repr(dataclasses.astuple(self)).encode()).hexdigest()[:8]
-    return f"n{self.num_superpixels}-c{self.compactness:g}-{digest}"
+    return f"v2-n{self.num_superpixels}-c{self.compactness:g}-{digest}"  # v2: + the label-map PNG
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +103,21 @@ class Superpixels:
   def borders(self) -> np.ndarray:
     """bool (H, W): pixels whose right or lower neighbour is in another superpixel."""
     return label_borders(self.labels)
+
+
+def encode_index_rgb(labels: np.ndarray) -> np.ndarray:
+  """uint8 (H, W, 3) RGB with index = R + 256 G + 65536 B: the ISIC 2017 Part 2 superpixel PNG
+  encoding, so stored label maps join in tf.data as PNGs and read like the official ones."""
+  lab = np.asarray(labels, np.int64)
+  if lab.size and (lab.min() < 0 or lab.max() >= 2 ** 24):
+    raise ValueError(f"labels must be in [0, 2^24), got [{lab.min()}, {lab.max()}]")
+  return np.stack([lab & 255, (lab >> 8) & 255, (lab >> 16) & 255], -1).astype(np.uint8)
+
+
+def decode_index_rgb(rgb: np.ndarray) -> np.ndarray:
+  """int32 (H, W) index map from its RGB encoding (`encode_index_rgb`)."""
+  x = np.asarray(rgb).astype(np.int64)
+  return (x[..., 0] + 256 * x[..., 1] + 65536 * x[..., 2]).astype(np.int32)
 
 
 def label_borders(labels: np.ndarray) -> np.ndarray:
@@ -238,8 +256,9 @@ def superpixel_compute(config: SuperpixelConfig) -> stage.Compute:
 
   def compute(examples: list[dict[str, Any]], pool) -> list[stage.Artifact]:
     results = list(pool.map(lambda ex: compute_superpixels(ex["image"], config), examples))
-    return [stage.Artifact(None, {"count": sp.count, "height": int(sp.labels.shape[0]),
-                                  "width": int(sp.labels.shape[1])}, sp.to_arrays())
+    # The PNG is the label map in ISIC 2017's RGB index encoding (joinable in tf.data).
+    return [stage.Artifact(encode_index_rgb(sp.labels), {"count": sp.count, "height": int(sp.labels.shape[0]),
+                                                         "width": int(sp.labels.shape[1])}, sp.to_arrays())
             for sp in results]
 
   return compute

@@ -4,7 +4,7 @@ cropped, proportionally resized images balanced by class-specific rotations (DR;
 flips, DM); tested at several scales whose maps are summed at each image's own resolution; the
 Lesion Index Calculation Unit turns the summed maps into one index per class.
 
-One FCRN per run (`flip=False`: DR, `flip=True`: DM); `evaluate_members` scores the sum of several
+One FCRN per run (`augmentation`: dr, dm or dr+dm); `evaluate_members` scores the sum of several
 runs' maps (the LIN = FCRN on DR + FCRN on DM), as `experiments/lesion_index_report.py` does.
 
 Scores: the ISIC segmentation scores (JA, thresholded JA, Dice, AC, SE, SP, HD95, boundary F) of
@@ -54,7 +54,8 @@ class LesionIndexConfig:
   rotation_degrees: tuple[float, ...] = field(
       (45.0, 18.0, 18.0), "DR: rotation step per class in the label's order (synthetic_lesions / isic2017: "
       "nevus, melanoma, seborrheic keratosis; the paper: 45, 18, 18); empty: no rotation balancing.")
-  flip: bool = field(False, "DM: also flip each rotated copy at random (the paper's second FCRN).")
+  augmentation: str = field("dr", "dr: class-specific rotations (the paper's DR); dm: DR with random "
+                            "flips (DM); dr+dm: both sets (one FCRN on DR + DM, which the paper found overfits).")
   expanded_shuffle: int = field(1024, "Shuffle buffer of the rotated copies (decoded examples).")
   test_scales: tuple[int, ...] = field((64,), "Test sides in pixels (letterboxed); maps summed at native size.")
   melanoma_class: str = field("melanoma", "Label name scored as melanoma (AUC, AP).")
@@ -65,6 +66,10 @@ class LesionIndexConfig:
   log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
   train_split: str = field("train", "Split trained on.")
   val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
+
+
+# --augmentation -> class_rotations' flip mode.
+AUGMENTATIONS = {"dr": "none", "dm": "random", "dr+dm": "both"}
 
 
 def pixel_classes(batch) -> jax.Array:
@@ -124,6 +129,8 @@ class LesionIndexTask(base.Task):
     c = self.config
     if c.model.variant not in FCRN_VARIANTS:
       raise config_lib.ConfigError(f"--variant={c.model.variant!r}: choose one of {list(FCRN_VARIANTS)}")
+    if c.augmentation not in AUGMENTATIONS:
+      raise config_lib.ConfigError(f"--augmentation={c.augmentation!r}: choose one of {list(AUGMENTATIONS)}")
     if c.rotation_degrees and len(c.rotation_degrees) != len(self.class_names):
       raise config_lib.ConfigError(
           f"--rotation_degrees: {len(c.rotation_degrees)} steps for the {len(self.class_names)} classes "
@@ -151,7 +158,7 @@ class LesionIndexTask(base.Task):
            ops.center_crop(("image", "mask")), ops.resize_image("image", size), ops.resize_mask("mask", size),
            ops.label(c.label_key, "label")]
     if c.rotation_degrees:
-      out.append(ops.class_rotations("label", c.rotation_degrees, flip=c.flip))
+      out.append(ops.class_rotations("label", c.rotation_degrees, flip=AUGMENTATIONS[c.augmentation]))
     return out + [ops.normalize("image"), ops.keep(("id", "image", "mask", "label"))]
 
   def _eval_ops(self) -> list:

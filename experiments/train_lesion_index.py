@@ -1,0 +1,37 @@
+r"""Trains one FCRN of the Lesion Indexing Network (pipeline 5) and scores it on the test split.
+
+  python -m experiments.train_lesion_index --workdir=runs/fcrn_dr [--augmentation=dr|dm|dr+dm] \
+      [--dataset=synthetic_lesions] [--variant=fcrn_small|fcrn50|fcrn88] [--image_size=64] \
+      [--test_scales=64,96] [--rotation_degrees=45,18,18] [--num_steps=2000]
+
+Every field of LesionIndexConfig (lesion_jax/tasks/lesion_index.py) is a flag. Images are
+centre-cropped and resized proportionally, balanced by class-specific rotations (DR; DM adds
+random flips), and scored at each image's own resolution from the sum of the maps at every test
+scale: segmentation (JA, Dice, AC, SE, SP, HD95, boundary F) and the melanoma / seborrheic
+keratosis AUC and AP of the lesion index with and without the LICU. Combine a DR and a DM run
+into the LIN with experiments.lesion_index_report.
+"""
+from absl import app, flags
+
+from experiments import common
+from lesion_jax.tasks import lesion_index, runner
+from lesion_jax.train import sharding
+
+FLAGS = flags.FLAGS
+common.define_workdir_flag()
+flags.DEFINE_string("test_split", "test", "Split scored at the end.")
+common.define_config_flags(lesion_index.LesionIndexConfig(), aliases={"optimizer": "optimizer.name"})
+
+
+def main(argv):
+  del argv
+  common.init_distributed()
+  config = common.config_from_flags(lesion_index.LesionIndexConfig())
+  task = lesion_index.LesionIndexTask(config)
+  task.check(sharding.make_mesh(), [("test_split", FLAGS.test_split)])
+  common.run_directory(FLAGS.workdir)
+  common.print_scores(runner.run(task, FLAGS.workdir, FLAGS.test_split))
+
+
+if __name__ == "__main__":
+  app.run(common.main_with_usage_errors(main))

@@ -1,0 +1,372 @@
+"""Lesion Feature Network task (Li and Shen 2018, ISIC 2017 task 2: dermoscopic features): every
+superpixel of an image becomes a patch (`ops.superpixel_patches`: its bounding box, pixels outside
+it zeroed, resized to `patch.size`), labelled background or the feature it shows, and a plain CNN
+(`models/lfn.py`) classifies the patches.
+
+Superpixels. The dataset's own `superpixels` feature where it has one (`isic2017_features`: the
+official ones), else SLIC superpixel artifacts (`artifacts/superpixels.py`, computed per split
+before its stream is built, resumable) joined by id as PNGs in ISIC 2017's RGB index encoding
+(`superpixel_source` chooses).
+
+Labels. 0 = background, then `patch.features` (by name; default the ISIC 2017 four: pigment
+network, negative network, milia-like cysts, streaks). A name is found among the dataset's
+`feature_masks` channels by `patch.mask_channels` (empty: the dataset's own, from its metadata
+`feature_names` or `synthetic.FEATURE_NAMES`). A superpixel shows a feature when at least
+`patch.min_fraction` of its pixels are in the feature's mask; where several qualify,
+`patch.priority` decides (default rarest first as the paper's class weights rank them:
+streaks, negative network, milia-like cysts, pigment network).
+
+Training, as the paper: patches balanced in the op (background kept with probability
+`balance.keep_probability[0]`, drawn from the op's seed; the `balance.rotate` classes emitted 4
+times, rotated by 0/90/180/270 degrees), shuffled in a buffer of `balance.expanded_shuffle`
+patches; a class-weighted softmax cross-entropy (`class_weights`, the paper's 1, 1, 5, 3, 8 for
+background, pigment network, negative network, milia-like cysts, streaks; `weighted_loss=False`
+for the ablation); SGD with momentum 0.9 from 0.01, the rate multiplied by `decay_factor` every
+`decay_every` steps (a step schedule built here; `decay_every=0` uses optimizer.lr_schedule).
+
+Evaluation scores every patch of the split (no balancing, no rotations): per feature the
+one-vs-rest ROC AUC, average precision, sensitivity and specificity (`metrics.classification_scores`;
+None where the split has no patch of the feature), their means over the features (`mean_auc`
+picks the best checkpoint), the overall accuracy and the confusion matrix. Figures: a grid of
+example patches per class and the confusion matrix.
+
+`input.image_size` and `input.augment` are not read: images are used at their stored resolution
+(the superpixel maps join them pixel for pixel) and patches have side `patch.size`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lesion_jax import config as config_lib
+from lesion_jax.artifacts import superpixels as superpixels_lib
+from lesion_jax.artifacts.store import default_root
+from lesion_jax.artifacts.superpixels import SuperpixelConfig
+from lesion_jax.config import field
+from lesion_jax.data import ops, pipeline
+from lesion_jax.eval import figures, inference, metrics
+from lesion_jax.models.lfn import LFN_VARIANTS, lfn
+from lesion_jax.tasks import base
+from lesion_jax.train import losses, sharding, steps
+from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state, make_optimizer
+
+ISIC2017_FEATURES = ("pigment_network", "negative_network", "milia_like_cyst", "streaks")
+SUPERPIXEL_SOURCES = ("auto", "dataset", "slic")
+PATCHES_PER_CLASS_IN_FIGURE = 8
+
+
+@dataclasses.dataclass(frozen=True)
+class LFNModelConfig:
+  variant: str = field("lfn", "LFN width: " + ", ".join(LFN_VARIANTS) + " (models/lfn.py).")
+  batchnorm: bool = field(True, "BatchNorm after every conv (--nobatchnorm: the ablation).")
+  dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
+
+
+@dataclasses.dataclass(frozen=True)
+class PatchConfig:
+  size: int = field(56, "Patch side in pixels (the paper's 56).")
+  features: tuple[str, ...] = field(ISIC2017_FEATURES, "Feature classes 1..K after background (0), by name.")
+  mask_channels: tuple[str, ...] = field((), "Names of the dataset's feature_masks channels in order (empty: "
+                                         "the dataset's own: its metadata feature_names, or "
+                                         "synthetic.FEATURE_NAMES for synthetic_lesions).")
+  min_fraction: float = field(0.5, "A superpixel shows a feature when at least this fraction of its "
+                              "pixels is in the feature's mask.")
+  priority: tuple[str, ...] = field(("streaks", "negative_network", "milia_like_cyst", "pigment_network"),
+                                    "Which feature wins when several qualify, first = highest (rarest first).")
+
+
+@dataclasses.dataclass(frozen=True)
+class BalanceConfig:
+  keep_probability: tuple[float, ...] = field(
+      (0.1, 1.0, 1.0, 1.0, 1.0), "Training: probability of keeping a patch, per class (background first); "
+      "below 1 subsamples the class.")
+  rotate: tuple[str, ...] = field(("negative_network", "milia_like_cyst", "streaks"),
+                                  "Training: small classes whose patches are emitted rotated by 0/90/180/270.")
+  expanded_shuffle: int = field(2048, "Shuffle buffer of the training patches.")
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureNetworkConfig:
+  """Everything that defines one Lesion Feature Network run."""
+  input: pipeline.InputConfig = pipeline.InputConfig(dataset="synthetic_lesions/features64", batch_size=64)
+  model: LFNModelConfig = LFNModelConfig()
+  optimizer: OptimizerConfig = OptimizerConfig(name="sgd", learning_rate=0.01, lr_schedule="constant",
+                                               momentum=0.9)
+  decay_every: int = field(1000, "Step decay: multiply the learning rate by decay_factor every this many "
+                           "steps (0: use optimizer.lr_schedule instead).")
+  decay_factor: float = field(0.1, "Step decay factor.")
+  class_weights: tuple[float, ...] = field(
+      (1.0, 1.0, 5.0, 3.0, 8.0), "Softmax cross-entropy weight per class (background first; the paper's "
+      "for background, pigment network, negative network, milia-like cysts, streaks).")
+  weighted_loss: bool = field(True, "Weight the loss by class_weights (--noweighted_loss: the ablation).")
+  patch: PatchConfig = PatchConfig()
+  balance: BalanceConfig = BalanceConfig()
+  superpixel_source: str = field("auto", "Superpixels: auto (the dataset's `superpixels` feature where it "
+                                 "has one, else SLIC), dataset, or slic (SLIC artifacts).")
+  superpixels: SuperpixelConfig = SuperpixelConfig()
+  artifact_dir: str | None = field(None, "Where SLIC superpixels are stored (default: "
+                                   "<data_dir>/lesion_jax_artifacts).")
+  num_steps: int = field(3000, "Training steps.")
+  eval_every: int = field(1000, "Validate (and checkpoint) every this many steps.")
+  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
+  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
+  train_split: str = field("train", "Split trained on.")
+  val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
+
+
+def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None) -> jax.Array:
+  """Per example w[label] * softmax cross-entropy (w = 1 without `class_weights`); the train step
+  averages it over the batch (as Caffe's weighted softmax loss: normalised by the number of
+  examples, not by the sum of weights)."""
+  ce = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), labels)
+  if class_weights is None:
+    return ce
+  return jnp.asarray(class_weights, jnp.float32)[labels] * ce
+
+
+def _train_metrics(logits, labels, weights):
+  return {"accuracy": losses.weighted_mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32), weights)}
+
+
+def step_decay_schedule(learning_rate: float, decay_every: int, decay_factor: float) -> optax.Schedule:
+  """learning_rate * decay_factor ** floor(step / decay_every)."""
+  return optax.exponential_decay(learning_rate, transition_steps=decay_every, decay_rate=decay_factor,
+                                 staircase=True)
+
+
+def _mean_defined(values) -> float | None:
+  values = [v for v in values if v is not None]
+  return float(np.mean(values)) if values else None
+
+
+@base.register
+class FeatureNetworkTask(base.Task):
+  name = "feature_network"
+  config_cls = FeatureNetworkConfig
+
+  # --- labels and superpixels -----------------------------------------------------------------
+  @property
+  def class_names(self) -> list[str]:
+    return ["background", *self.config.patch.features]
+
+  @functools.cached_property
+  def mask_channel_names(self) -> tuple[str, ...]:
+    """The names of the dataset's feature_masks channels, in order."""
+    c = self.config.patch
+    if c.mask_channels:
+      return tuple(c.mask_channels)
+    names = (self.builder.info.metadata or {}).get("feature_names")
+    if names:
+      return tuple(names)
+    if self.builder.info.name == "synthetic_lesions":
+      from lesion_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+      return tuple(synthetic.FEATURE_NAMES)
+    raise config_lib.ConfigError(f"--mask_channels: {self.builder.info.full_name} does not name its "
+                                 "feature_masks channels; give their names in order")
+
+  def _class_of(self, name: str) -> int:
+    return 1 + list(self.config.patch.features).index(name)
+
+  @property
+  def uses_dataset_superpixels(self) -> bool:
+    source = self.config.superpixel_source
+    return source == "dataset" or (source == "auto" and "superpixels" in self.builder.info.features)
+
+  @functools.cached_property
+  def superpixel_store(self):
+    c = self.config
+    return superpixels_lib.superpixel_store(c.artifact_dir or default_root(c.input.data_dir),
+                                            self.builder.info.full_name, c.superpixels)
+
+  def ensure_superpixels(self, split: str) -> None:
+    """SLIC superpixels of every image of `split` (computed where missing; resumable)."""
+    if self.uses_dataset_superpixels:
+      return
+    done = self.__dict__.setdefault("_superpixel_splits", set())
+    if split not in done:
+      superpixels_lib.superpixels_for_split(self.builder, split, self.superpixel_store, self.config.superpixels)
+      done.add(split)
+
+  def _input(self) -> pipeline.InputConfig:
+    joins = () if self.uses_dataset_superpixels else (
+        pipeline.ArtifactJoin(feature="superpixels", directory=self.superpixel_store.directory),)
+    return dataclasses.replace(self.config.input, joins=joins)
+
+  # --- the contract ------------------------------------------------------------------------------
+  def check(self, mesh, extra_splits=()) -> None:
+    c = self.config
+    err = config_lib.ConfigError
+    if c.model.variant not in LFN_VARIANTS:
+      raise err(f"--variant={c.model.variant!r}: choose one of {list(LFN_VARIANTS)}")
+    p = c.patch
+    if p.size < 8:
+      raise err(f"--patch.size={p.size}: must be at least 8 (three 2x2 poolings)")
+    if not p.features or len(set(p.features)) != len(p.features):
+      raise err(f"--features={list(p.features)}: give one or more distinct feature names")
+    if not 0.0 < p.min_fraction <= 1.0:
+      raise err(f"--min_fraction={p.min_fraction}: must be in (0, 1]")
+    if sorted(p.priority) != sorted(p.features):
+      raise err(f"--priority={list(p.priority)}: must order exactly the features {list(p.features)}")
+    k = len(p.features)
+    for flag, values in (("class_weights", c.class_weights), ("keep_probability", c.balance.keep_probability)):
+      if len(values) != k + 1:
+        raise err(f"--{flag}={list(values)}: give {k + 1} values (background, then {list(p.features)})")
+    if any(w < 0 for w in c.class_weights):
+      raise err(f"--class_weights={list(c.class_weights)}: must not be negative")
+    if any(not 0.0 <= q <= 1.0 for q in c.balance.keep_probability):
+      raise err(f"--keep_probability={list(c.balance.keep_probability)}: probabilities in [0, 1]")
+    unknown = [r for r in c.balance.rotate if r not in p.features]
+    if unknown:
+      raise err(f"--rotate={list(c.balance.rotate)}: {unknown} not among the features {list(p.features)}")
+    if c.superpixel_source not in SUPERPIXEL_SOURCES:
+      raise err(f"--superpixel_source={c.superpixel_source!r}: choose one of {list(SUPERPIXEL_SOURCES)}")
+    if c.decay_every < 0 or not 0.0 < c.decay_factor <= 1.0:
+      raise err(f"--decay_every={c.decay_every} / --decay_factor={c.decay_factor}: need decay_every >= 0 "
+                "and 0 < decay_factor <= 1")
+    features = self.builder.info.features
+    if "feature_masks" not in features:
+      raise err(f"--dataset={c.input.dataset!r}: has no feature_masks (use e.g. synthetic_lesions/features64 "
+                "or isic2017_features)")
+    if c.superpixel_source == "dataset" and "superpixels" not in features:
+      raise err(f"--superpixel_source=dataset: {self.builder.info.full_name} has no superpixels feature")
+    channels = self.mask_channel_names
+    if len(channels) != features["feature_masks"].shape[-1]:
+      raise err(f"--mask_channels={list(channels)}: {len(channels)} names for the "
+                f"{features['feature_masks'].shape[-1]} feature_masks channels")
+    missing = [f for f in p.features if f not in channels]
+    if missing:
+      raise err(f"--features: {missing} not among {self.builder.info.full_name}'s feature_masks channels "
+                f"{list(channels)}")
+    super().check(mesh, extra_splits)
+
+  def model(self):
+    m = self.config.model
+    return lfn(m.variant, len(self.class_names), m.batchnorm, jnp.dtype(m.dtype))
+
+  def init_state(self, rng: jax.Array) -> TrainState:
+    c = self.config
+    if c.decay_every > 0:
+      o = c.optimizer
+      tx = make_optimizer(o.name, step_decay_schedule(o.learning_rate, c.decay_every, c.decay_factor),
+                          o.momentum, o.weight_decay)
+    else:
+      tx = c.optimizer.build(c.num_steps)
+    size = c.patch.size
+    return create_train_state(self.model(), tx, rng, jnp.zeros((1, size, size, 3), jnp.float32))
+
+  def train_step(self) -> Callable:
+    c = self.config
+    weights = tuple(c.class_weights) if c.weighted_loss else None
+    return steps.make_supervised_train_step(
+        "label", lambda logits, labels: weighted_cross_entropy(logits, labels, weights), _train_metrics)
+
+  def patch_op(self, train: bool) -> ops.Op:
+    """The superpixel patch op: balanced (training) or every patch once (evaluation)."""
+    c = self.config
+    p, b = c.patch, c.balance
+    channels = [self.mask_channel_names.index(f) for f in p.features]
+    return ops.superpixel_patches(
+        channels, size=p.size, min_fraction=p.min_fraction, priority=[self._class_of(f) for f in p.priority],
+        keep_probability=tuple(b.keep_probability) if train else (),
+        rotate_classes=tuple(self._class_of(f) for f in b.rotate) if train else ())
+
+  def _ops(self, train: bool) -> list:
+    return [ops.decode_image("image"), ops.decode_superpixels("superpixels"), self.patch_op(train),
+            ops.keep(("id", "image", "label", "patch_index"))]
+
+  def train_batches(self, start_step: int) -> Iterator[base.Batch]:
+    c = self.config
+    self.ensure_superpixels(c.train_split)
+    return pipeline.train_iterator(self._input(), self._ops(train=True), c.train_split, start_step, self.builder,
+                                   expanded_shuffle=c.balance.expanded_shuffle)
+
+  def eval_batches(self, split: str) -> Iterator[base.Batch]:
+    self.ensure_superpixels(split)
+    return pipeline.eval_iterator(self._input(), self._ops(train=False), split, self.builder)
+
+  def predict_fns(self) -> dict[str, Callable]:
+    return {"predict": steps.classification_predict_step}
+
+  def example_input(self, image: np.ndarray) -> base.Batch:
+    """A uint8 RGB patch image (e.g. one superpixel's crop) resized to the patch size."""
+    return {"image": pipeline.preprocess_image(image, self.config.patch.size)}
+
+  def best_metric(self) -> tuple[str, str]:
+    return "val/best_metric", "max"
+
+  def evaluate(self, state, split, mesh, predict=None, keep_examples=0) -> base.Evaluation:
+    predict = predict or self.jit_predict(state, mesh)
+    labels, probs, index, ids = [], [], [], []
+    per_class = PATCHES_PER_CLASS_IN_FIGURE if keep_examples else 0
+    kept: dict[int, list] = {}
+    for batch, out in inference.predict_over(predict, state, self.eval_batches(split), mesh):
+      real = np.flatnonzero(batch["weight"] > 0)
+      labels.append(batch["label"][real])
+      probs.append(out[real])
+      index.append(batch["patch_index"][real])
+      ids.extend(base.decode_ids(batch["id"][real]))
+      for i in real if per_class else ():
+        shelf = kept.setdefault(int(batch["label"][i]), [])
+        if len(shelf) < per_class:
+          shelf.append((batch["image"][i], int(np.argmax(out[i]))))
+    k = len(self.class_names)
+    rows = sharding.allgather_rows({
+        "labels": np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
+        "probs": np.concatenate(probs).astype(np.float64) if probs else np.zeros((0, k)),
+        "patch_index": np.concatenate(index).astype(np.int64) if index else np.zeros(0, np.int64)})
+    ids = sharding.allgather_strings(ids)
+    examples = {}
+    if kept:
+      chosen = [(c, im, pred) for c in sorted(kept) for im, pred in kept[c]]
+      examples = {"image": np.stack([im for _, im, _ in chosen]),
+                  "label": np.asarray([c for c, _, _ in chosen], np.int64),
+                  "pred": np.asarray([pred for _, _, pred in chosen], np.int64)}
+    return base.Evaluation(self.scores_of(rows["labels"], rows["probs"], len(set(ids))), rows, ids, examples)
+
+  def scores_of(self, labels: np.ndarray, probs: np.ndarray, num_images: int) -> dict:
+    """Per feature AUC / AP / sensitivity / specificity (one-vs-rest), their means over the
+    features, accuracy, confusion matrix (rows = true class) and patch counts."""
+    names = self.class_names
+    out = {"num_images": num_images, "num_patches": int(len(labels))}
+    if not len(labels):
+      return out
+    s = metrics.classification_scores(labels, probs, class_names=names)
+    out.update(accuracy=s["accuracy"], confusion_matrix=s["confusion_matrix"],
+               support={n: s["per_class"][n]["support"] for n in names})
+    for name in names:
+      entry = s["per_class"][name]
+      out[f"{name}_auc"] = entry["roc_auc"]
+      out[f"{name}_ap"] = entry["average_precision"]
+      out[f"{name}_sensitivity"] = entry["sensitivity"]
+      out[f"{name}_specificity"] = entry["specificity"]
+    features = names[1:]
+    for metric in ("auc", "ap", "sensitivity", "specificity"):
+      out[f"mean_{metric}"] = _mean_defined([out[f"{f}_{metric}"] for f in features])
+    return out
+
+  def validation_metrics(self, evaluation: base.Evaluation) -> dict[str, float]:
+    scores = evaluation.scores
+    keys = ["accuracy", "mean_auc", "mean_ap"] + [f"{f}_auc" for f in self.config.patch.features]
+    out = {f"val/{k}": float(scores[k]) for k in keys if scores.get(k) is not None}
+    best = scores.get("mean_auc")
+    out["val/best_metric"] = float(best) if best is not None else float(scores.get("accuracy", 0.0))
+    return out
+
+  def write_figures(self, evaluation, fig_dir, prefix) -> None:
+    names = self.class_names
+    if "confusion_matrix" in evaluation.scores:
+      figures.save_confusion_matrix(os.path.join(fig_dir, f"{prefix}_confusion.png"),
+                                    np.asarray(evaluation.scores["confusion_matrix"]), names)
+    ex = evaluation.examples
+    if len(ex.get("image", ())):
+      titles = [f"{names[t][:12]} -> {names[p][:12]}" for t, p in zip(ex["label"], ex["pred"])]
+      shown = np.clip((ex["image"] + 1.0) / 2.0, 0.0, 1.0)  # model input [-1, 1] -> [0, 1]
+      figures.save_sample_grid(os.path.join(fig_dir, f"{prefix}_patches.png"), list(shown), titles=titles,
+                               ncols=PATCHES_PER_CLASS_IN_FIGURE)
