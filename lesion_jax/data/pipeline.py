@@ -36,7 +36,8 @@ tf.autograph.set_verbosity(0)
 _plain = tf.autograph.experimental.do_not_convert
 
 
-LESION_DATASETS = ("synthetic_lesions", "isic2016", "isic2017", "isic2018", "ph2", "ham10000")
+LESION_DATASETS = ("synthetic_lesions", "isic2016", "isic2017", "isic2018", "ph2", "ham10000", "isic2017_features",
+                   "isic2018_features")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,8 @@ Evaluation scores every patch of the split (no balancing, no rotations): per fea
 one-vs-rest ROC AUC, average precision, sensitivity and specificity (`metrics.classification_scores`;
 None where the split has no patch of the feature), their means over the features (`mean_auc`
 picks the best checkpoint), the overall accuracy and the confusion matrix. Figures: a grid of
-example patches per class and the confusion matrix.
+example patches per class and the confusion matrix. Evaluation is single-host (the pipeline's
+`eval_iterator` does not split a one-to-many op's outputs over hosts).
 
 `input.image_size` and `input.augment` are not read: images are used at their stored resolution
 (the superpixel maps join them pixel for pixel) and patches have side `patch.size`.
@@ -59,7 +60,7 @@ from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_sta
 
 ISIC2017_FEATURES = ("pigment_network", "negative_network", "milia_like_cyst", "streaks")
 SUPERPIXEL_SOURCES = ("auto", "dataset", "slic")
-PATCHES_PER_CLASS_IN_FIGURE = 8
+PATCHES_PER_CLASS_IN_FIGURE = 6
 
 
 @dataclasses.dataclass(frozen=True)

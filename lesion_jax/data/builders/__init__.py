@@ -1,8 +1,9 @@
 """TFDS dataset builders; importing this package registers them with TFDS.
 
-`synthetic_lesions` renders itself; `isic2016`, `isic2017`, `isic2018`, `ph2` and `ham10000` read
-archives the user downloaded by hand (pass their folder as manual_dir; each module's docstring
-and MANUAL_DOWNLOAD_INSTRUCTIONS give the layout). Their shared conventions (features, the `512`
+`synthetic_lesions` renders itself; `isic2016`, `isic2017`, `isic2018`, `ph2`, `ham10000` and the
+dermoscopic-feature ground truths `isic2017_features` (ISIC 2017 Part 2) and `isic2018_features`
+(ISIC 2018 Task 2) read archives the user downloaded by hand (pass their folder as manual_dir;
+each module's docstring and MANUAL_DOWNLOAD_INSTRUCTIONS give the layout). Their shared conventions (features, the `512`
 and `full` configs, bad-example handling, Apache Beam) are described in `common`.
 """
 # pylint: disable=unused-import
