@@ -2,9 +2,12 @@
 Lesion Indexing Network's network), rebuilt in PyTorch (NCHW) layer for layer. Needs only torch.
 
   python torch_fcrn_step.py --blocks=1,1,1,1 --width=8 [--batch=8] [--size=128] [--repeats=3] [--inner=5]
+                            [--threads=0,1]
 
-Prints one line: `torch_fcrn_step blocks=... width=... batch=B size=S params=P ms=... img_per_s=...`
-(ms: the best mean over `repeats` rounds of `inner` steps, after two warm-up steps).
+Prints one line per thread count of --threads (0: torch's default, one per core):
+`torch_fcrn_step blocks=... width=... batch=B size=S params=P threads=T ms=... img_per_s=...`
+(ms: the best mean over `repeats` rounds of `inner` steps, after two warm-up steps for the first
+thread count and one for each further one).
 
 The network, as fcrn.py (its docstring and code are the spec):
   stem: 7x7 stride-2 conv to 2*width (no bias), BatchNorm, ReLU, 2x2 max-pool;
@@ -125,6 +128,8 @@ def main():
   parser.add_argument("--size", type=int, default=128)
   parser.add_argument("--repeats", type=int, default=3)
   parser.add_argument("--inner", type=int, default=5)
+  parser.add_argument("--threads", default="0", help="Comma-separated intra-op thread counts to time "
+                      "in turn (0: torch's default).")
   parser.add_argument("--params_only", action="store_true", help="Print the parameter count and exit.")
   args = parser.parse_args()
   blocks = tuple(int(b) for b in args.blocks.split(","))
@@ -151,15 +156,18 @@ def main():
     opt.step()
     return loss
 
+  default_threads = torch.get_num_threads()
   step()
-  step()
-  best = float("inf")
-  for _ in range(args.repeats):
-    start = time.perf_counter()
-    for _ in range(args.inner):
-      step()
-    best = min(best, (time.perf_counter() - start) / args.inner)
-  print(f"{tag} threads={torch.get_num_threads()} ms={best * 1e3:.2f} img_per_s={b / best:.2f}")
+  for threads in (int(t) for t in args.threads.split(",")):
+    torch.set_num_threads(threads or default_threads)
+    step()
+    best = float("inf")
+    for _ in range(args.repeats):
+      start = time.perf_counter()
+      for _ in range(args.inner):
+        step()
+      best = min(best, (time.perf_counter() - start) / args.inner)
+    print(f"{tag} threads={torch.get_num_threads()} ms={best * 1e3:.2f} img_per_s={b / best:.2f}", flush=True)
 
 
 if __name__ == "__main__":
