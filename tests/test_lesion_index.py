@@ -1,6 +1,5 @@
 """Pipeline 5, the Lesion Indexing Network: DR/DM rotations, centre crop, letterbox geometry,
 multi-scale fusion at the native resolution, the LICU, the FCRN, and a tiny run."""
-import dataclasses
 import os
 
 import jax
@@ -126,10 +125,10 @@ def test_licu_weighs_the_centre_over_the_border_and_normalises_per_pixel():
 
 
 def test_fcrn_variants_give_per_pixel_class_scores_at_any_size():
-  model = fcrn("fcrn_small", num_classes=4)
-  variables = model.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))
-  for shape in ((2, 64, 64, 3), (1, 45, 70, 3)):
-    assert model.apply(variables, jnp.zeros(shape)).shape == shape[:3] + (4,)
+  model = fcrn("fcrn_small", num_classes=4, width=2)
+  variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))  # shapes only: no compile
+  for shape in ((2, 32, 32, 3), (1, 33, 45, 3)):
+    assert jax.eval_shape(model.apply, variables, jnp.zeros(shape)).shape == shape[:3] + (4,)
   with pytest.raises(ValueError, match="unknown FCRN"):
     fcrn("fcrn7")
 
@@ -160,7 +159,3 @@ def test_tiny_lin_run_scores_segmentation_and_indices(lin_run):
   pair = lesion_index.evaluate_members([(task, state, predict), (task, state, predict)], "test", mesh)
   assert pair.scores["jaccard"] == pytest.approx(scores["test/jaccard"])
   assert pair.scores["licu_melanoma_auc"] == pytest.approx(scores["test/licu_melanoma_auc"])
-  # Single-scale scoring of the same run differs from two scales.
-  single = dataclasses.replace(task.config, test_scales=(32,))
-  one = lesion_index.LesionIndexTask(single).evaluate(state, "test", mesh)
-  assert one.scores["num_images"] == 16
