@@ -306,23 +306,30 @@ def stable_fraction(key: str) -> float:
 # Reading, checking and resizing one example.
 
 
+def decode_image_file(path: str, what: str) -> np.ndarray:
+  """The file's pixels as stored (cv2.IMREAD_UNCHANGED: any depth and channel count), or
+  io.ImageError naming the file and `what` it should have been when it cannot be read or decoded."""
+  import cv2  # pylint: disable=g-import-not-at-top
+
+  try:
+    with open(path, "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise io.ImageError(f"{path}: cannot read {what} ({e.strerror or e})") from e
+  pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
+  if pixels is None:
+    raise io.ImageError(f"{path}: not a decodable {what} (corrupt, empty or unsupported)")
+  return pixels
+
+
 def read_mask(path: str | os.PathLike) -> np.ndarray:
   """A lesion mask file as bool (H, W), or io.ImageError naming the file and the problem.
 
   Accepts single-channel or grey (equal-channel) images, 8 or 16 bit; values {0, 1} are taken as
   they are, anything else is thresholded at half the range (so JPEG noise falls on its side).
   """
-  import cv2  # pylint: disable=g-import-not-at-top
-
   path = os.fspath(path)
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    raise io.ImageError(f"{path}: cannot read mask file ({e.strerror or e})") from e
-  mask = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-  if mask is None:
-    raise io.ImageError(f"{path}: not a decodable mask image (corrupt, empty or unsupported)")
+  mask = decode_image_file(path, "mask image")
   if mask.dtype not in (np.uint8, np.uint16):
     raise io.ImageError(f"{path}: unsupported mask pixel type {mask.dtype}")
   if mask.ndim == 3:

@@ -230,17 +230,8 @@ def read_superpixels(path: str | os.PathLike) -> np.ndarray:
   """The decoded int32 (H, W) superpixel map of an ISIC 2017 *_superpixels.png, or io.ImageError
   naming the file and the problem (it must be an 8-bit, 3-channel PNG; an opaque alpha channel
   is dropped)."""
-  import cv2  # pylint: disable=g-import-not-at-top
-
   path = os.fspath(path)
-  try:
-    with open(path, "rb") as f:
-      data = f.read()
-  except OSError as e:
-    raise io.ImageError(f"{path}: cannot read superpixel map ({e.strerror or e})") from e
-  bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-  if bgr is None:
-    raise io.ImageError(f"{path}: not a decodable superpixel map (corrupt, empty or unsupported)")
+  bgr = common.decode_image_file(path, "superpixel map")
   if bgr.dtype != np.uint8 or bgr.ndim != 3 or bgr.shape[-1] not in (3, 4):
     channels = 1 if bgr.ndim == 2 else bgr.shape[-1]
     raise io.ImageError(f"{path}: superpixel map has {channels} channel(s) of {bgr.dtype}; "
