@@ -3,10 +3,14 @@ r"""Trains a lesion classifier on raw images or on segmented lesion crops.
   python -m experiments.train_classifier --workdir=runs/lenet --model=lenet5 [--input=raw]
   python -m experiments.train_classifier --workdir=runs/alex --model=alexnet --input=segmented \
       --segmenter_workdir=runs/unet --folds=5
+  python -m experiments.train_classifier --workdir=runs/resnet_pure --model=resnet18 --input=purified \
+      --inpainter_workdir=runs/inpainter
 
 Every field of the task config (lesion_jax/tasks/classification.py: ClassifierConfig) is a flag,
 by its dotted path and, where unique, by its last part. Segmented input: the segmenter's mask
-ANDed with the image, cropped to the lesion and resized (stored once as artifacts). Writes
+ANDed with the image, cropped to the lesion and resized (stored once as artifacts). Purified
+input: hairs and ruler marks detected classically and filled by an inpainter run (stored once as
+artifacts; training and test images alike). Writes
 metrics.json (train/test accuracy, F1, misclassification rate, sensitivity, specificity,
 precision, ROC AUC, confusion matrix; cv/* with --folds), checkpoints, TensorBoard events and
 ROC / confusion figures.
@@ -16,16 +20,20 @@ import dataclasses
 from absl import app, flags
 
 from experiments import common
-from lesion_jax.artifacts import store
+from lesion_jax.artifacts import occlusion, store
 from lesion_jax.data import pipeline
-from lesion_jax.tasks import classification, runner, segmentation
+from lesion_jax.tasks import classification, inpainting, runner, segmentation
 from lesion_jax.train import sharding
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
-flags.DEFINE_enum("input", "raw", ["raw", "segmented"], "Whole images, or lesion crops from a segmenter.")
+flags.DEFINE_enum("input", "raw", ["raw", "segmented", "purified"],
+                  "Whole images, lesion crops from a segmenter, or images with their occlusions inpainted.")
+flags.DEFINE_string("inpainter_workdir", None, "With --input=purified: the train_inpainter run that fills occlusions.")
+flags.DEFINE_enum("occlusion_method", None, ["luv", "dullrazor"],
+                  "With --input=purified: the classical occlusion detector (default: OcclusionConfig's).")
 flags.DEFINE_string("test_split", "test", "Split scored at the end.")
-flags.DEFINE_string("artifact_dir", None, "Where crops are stored (default: <data_dir>/lesion_jax_artifacts).")
+flags.DEFINE_string("artifact_dir", None, "Where crops / purified images are stored (default: <data_dir>/lesion_jax_artifacts).")
 common.define_augment_flag()
 common.define_config_flags(classification.ClassifierConfig(),
                            aliases={"model": "model.name", "optimizer": "optimizer.name",
@@ -50,6 +58,16 @@ def main(argv):
                                       FLAGS.artifact_dir or store.default_root(data.data_dir),
                                       config.crop.margin, config.crop.black_out)
     config = dataclasses.replace(config, image_artifacts=crops)
+  if FLAGS.input == "purified":
+    if not FLAGS.inpainter_workdir:
+      raise app.UsageError("--input=purified needs --inpainter_workdir (a train_inpainter run)")
+    data = config.input
+    builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
+    splits = [s for s in dict.fromkeys([config.train_split, config.val_split, FLAGS.test_split]) if s]
+    detector = occlusion.OcclusionConfig(**({"method": FLAGS.occlusion_method} if FLAGS.occlusion_method else {}))
+    purified = inpainting.purified_images(FLAGS.inpainter_workdir, builder, splits,
+                                          FLAGS.artifact_dir or store.default_root(data.data_dir), detector)
+    config = dataclasses.replace(config, image_artifacts=purified)
   common.run_directory(FLAGS.workdir)
   result = runner.run(classification.ClassificationTask(config), FLAGS.workdir, FLAGS.test_split)
   common.print_scores({k: v for k, v in result.items() if isinstance(v, float) and "fold" not in k})

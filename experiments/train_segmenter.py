@@ -14,6 +14,7 @@ import dataclasses
 from absl import app, flags
 
 from experiments import common
+from lesion_jax.data import pipeline
 from lesion_jax.tasks import runner, segmentation
 from lesion_jax.train import sharding
 
@@ -23,6 +24,9 @@ flags.DEFINE_string("test_split", "test", "Split scored at the end.")
 flags.DEFINE_enum("labels", "ground_truth", ["ground_truth", "kmeans"],
                   "Train on the dataset's masks, or on K-means pseudo-masks (self-learning: no "
                   "manual labels; computed and stored first if missing). Test scores use ground truth.")
+flags.DEFINE_enum("input_norm", "none", ["none", "dataset"],
+                  "U-Nets: standardise the input per channel with the training split's mean and std "
+                  "(measured here and stored in config.json; the purification paper's dilated U-Net does).")
 common.define_augment_flag()
 common.define_kmeans_flags()
 common.define_config_flags(segmentation.SegmenterConfig(),
@@ -37,6 +41,9 @@ def main(argv):
   config = common.without_augmentation(common.config_from_flags(segmentation.SegmenterConfig()))
   # Refuse bad flags before minutes of annotation (and before config.json is written).
   segmentation.SegmentationTask(config).check(sharding.make_mesh(), [("test_split", FLAGS.test_split)])
+  if FLAGS.input_norm == "dataset" and config.model.channel_mean is None:
+    mean, std = pipeline.channel_statistics(config.input, config.train_split)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, channel_mean=mean, channel_std=std))
   if FLAGS.labels == "kmeans":
     store = common.ensure_kmeans_masks(config.input, [config.train_split, config.val_split])
     config = dataclasses.replace(config, mask_artifacts=store)

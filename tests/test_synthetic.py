@@ -93,6 +93,30 @@ def test_hair_changes_only_hair_pixels():
     assert not np.array_equal(clean["image"][near_hair], hairy["image"][near_hair])
 
 
+def test_image_clean_is_the_scene_rendered_without_occluders():
+  # The exact ground truth of occlusion removal: the same seed with every occluder off.
+  for seed in range(4):
+    occluded = synthetic.render_example(seed, _config(48, on=_OCCLUDERS))
+    bare = synthetic.render_example(seed, _config(48))
+    assert occluded["occlusion_mask"].any()
+    np.testing.assert_array_equal(occluded["image_clean"], bare["image"])
+    np.testing.assert_array_equal(bare["image_clean"], bare["image"])
+    assert not np.array_equal(occluded["image"], occluded["image_clean"])
+
+
+def test_occlusions_can_follow_the_diagnosis():
+  shortcut = synthetic_lesions.render_config(32, "train", shortcut=True)
+  seeds = range(300)
+  for name, by_label in (("hair", synthetic_lesions.SHORTCUT_HAIR),
+                         ("ruler", synthetic_lesions.SHORTCUT_RULER)):
+    assert getattr(shortcut, f"{name}_probability_by_label") == by_label
+  rows = [synthetic.render_example(s, shortcut) for s in seeds]
+  hairy = {k: np.mean([r["cues"]["num_hairs"] > 0 for r in rows if r["malignant"] == k]) for k in (0, 1)}
+  assert hairy[1] > 0.85 and hairy[0] < 0.45, hairy
+  # The test split of a shortcut config renders as the plain configs do.
+  assert synthetic_lesions.render_config(32, "test", shortcut=True) == synthetic_lesions.render_config(32, "test")
+
+
 def test_forced_label():
   for label in range(3):
     ex = synthetic.render_example(0, synthetic.RenderConfig(image_size=32, label=label))
@@ -160,7 +184,7 @@ def test_tiny_builder_matches_the_renderer(data_dir):
   stored = {ex["id"].decode(): ex for ex in tfds.as_numpy(ds)}
   fresh = synthetic_lesions.make_example(32, 0, "validation", 5)
   ex = stored[fresh["id"]]
-  for key in ("image", "mask", "hair_mask", "occlusion_mask"):
+  for key in ("image", "image_clean", "mask", "hair_mask", "occlusion_mask"):
     np.testing.assert_array_equal(ex[key], fresh[key])
   assert ex["label"] == fresh["label"]
 
@@ -171,7 +195,8 @@ def test_builder_info(data_dir):
   assert builder.info.features["label"].names == list(synthetic.DIAGNOSES)
   assert builder.info.features["malignant"].names == ["benign", "malignant"]
   assert [c.name for c in synthetic_lesions.SyntheticLesions.BUILDER_CONFIGS] == [
-      "s64", "s128", "s256", "tiny", "features64", "features128", "features_tiny"]
+      "s64", "s128", "s256", "tiny", "features64", "features128", "features_tiny", "shortcut128",
+      "shortcut_tiny"]
   assert "feature_masks" not in builder.info.features  # only the features* configs have it
 
 

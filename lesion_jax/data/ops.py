@@ -34,6 +34,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Union
 
+import numpy as np
 import tensorflow as tf
 
 from lesion_jax.data import augment as augment_lib
@@ -314,6 +315,23 @@ def keep(keys: Iterable[str]) -> Op:
   """Only the features `keys` (in this order)."""
   keys = tuple(keys)
   return Op(lambda ex, _: {k: ex[k] for k in keys}, needs=keys)
+
+
+@register("random_holes")
+def random_holes(size: int, config=None, out: str = "holes") -> Op:
+  """float32 {0, 1} (size, size, 1) random hole mask (1 = hole) into `out`: strokes, hair-like
+  curves and blobs (data/holes.py), drawn from the op's seed."""
+  from lesion_jax.data import holes  # pylint: disable=g-import-not-at-top  (OpenCV)
+  config = config or holes.HoleConfig()
+
+  def draw(seed):
+    return (holes.random_hole_mask(seed.astype(np.uint64), size, config) > 0).astype(np.float32)[..., None]
+
+  def fn(example, seed):
+    mask = tf.numpy_function(draw, [tf.cast(seed, tf.int64)], tf.float32, stateful=False)
+    return {**example, out: tf.ensure_shape(mask, [size, size, 1])}
+
+  return Op(fn, random=True)
 
 
 @register("patches")

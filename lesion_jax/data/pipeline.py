@@ -288,3 +288,25 @@ def _padded(batches: Iterator[dict[str, Any]], size: int, num_batches: int) -> I
   while count < num_batches and last is not None:  # this host's shard was shorter
     count += 1
     yield {**pad_batch(batching.tree_map(lambda v: v[:1], last), size), "weight": np.zeros(size, np.float32)}
+
+
+def channel_statistics(config: InputConfig, split: str, builder: tfds.core.DatasetBuilder | None = None
+                       ) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+  """Per-channel (mean, std) of the images of `split` in [0, 1], resized to config.image_size as
+  the models see them (every host reads the whole split, so all agree)."""
+  builder = builder or get_builder(config.dataset, config.data_dir, config.manual_dir)
+  size = config.image_size
+  ds = read_split(builder, split, per_process=False).map(
+      _plain(lambda ex: resize_image(tf.io.decode_image(ex["image"], 3, expand_animations=False), size)),
+      num_parallel_calls=tf.data.AUTOTUNE)
+  total, squares, count = np.zeros(3), np.zeros(3), 0
+  for image in ds.batch(64).as_numpy_iterator():
+    pixels = image.reshape(-1, 3).astype(np.float64)
+    total += pixels.sum(0)
+    squares += (pixels ** 2).sum(0)
+    count += len(pixels)
+  if not count:
+    raise ValueError(f"split {split!r} of {builder.info.full_name} is empty")
+  mean = total / count
+  std = np.sqrt(np.maximum(squares / count - mean ** 2, 1e-12))
+  return tuple(float(v) for v in mean), tuple(float(v) for v in std)

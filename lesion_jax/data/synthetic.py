@@ -83,6 +83,9 @@ class RenderConfig:
     noise_level: scale of sensor noise (0 disables it).
     dermoscopic_features: also draw negative network and streaks (class-dependent, from
       their own random streams; off by default so that existing seeds render as before).
+    hair_probability_by_label, ruler_probability_by_label: if set, the chance of hairs / ruler
+      per diagnosis (DIAGNOSES order) instead of the one above: occlusions that correlate with
+      the diagnosis, the shortcut a classifier learns (the purification paper's point).
   """
   image_size: int = 128
   hair_probability: float = 0.5
@@ -96,6 +99,12 @@ class RenderConfig:
   supersample: int | None = None
   noise_level: float = 1.0
   dermoscopic_features: bool = False
+  hair_probability_by_label: tuple[float, float, float] | None = None
+  ruler_probability_by_label: tuple[float, float, float] | None = None
+
+
+def _by_label(probability: float, by_label: tuple[float, ...] | None, label: int) -> float:
+  return probability if by_label is None else float(by_label[label])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -737,7 +746,8 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
     config: rendering knobs.
 
   Returns:
-    dict with 'image' uint8 (S, S, 3) RGB; 'mask', 'hair_mask', 'occlusion_mask' uint8 (S, S)
+    dict with 'image' uint8 (S, S, 3) RGB; 'image_clean' the same scene without occluders
+    (no hair, ruler, bubbles or sticker; same lesion, skin, optics and sensor noise); 'mask', 'hair_mask', 'occlusion_mask' uint8 (S, S)
     in {0, 255} (occlusion = hair | ruler | bubbles | sticker); 'label' int index into
     DIAGNOSES; 'malignant' int 0/1; 'cues' dict of floats: the ABCD cues used to draw it
     ('asymmetry', 'border_irregularity', 'num_colours', 'diameter' as a fraction of the image
@@ -841,9 +851,10 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
   image = skin + alpha[..., None] * (lesion - skin)
 
   # Occluders, in physical order: hairs on the skin, gel bubbles, then ruler and sticker.
+  clean = image.copy()  # the scene without occluders (ground truth for inpainting)
   hair = np.zeros((size, size), np.float32)
   num_hairs = 0.0
-  if rng_hair.random() < config.hair_probability:
+  if rng_hair.random() < _by_label(config.hair_probability, config.hair_probability_by_label, label):
     hair_rgb, hair, count = _draw_hairs(rng_hair, size, factor, fov_centre, fov_inner)
     image = image * (1.0 - hair[..., None]) + hair_rgb
     num_hairs = float(count)
@@ -854,7 +865,7 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
     image *= (1.0 - 0.3 * edge)[..., None]
     image += (rim * np.float32(rng_bubble.uniform(0.5, 0.85)))[..., None] * (255.0 - image)
   ruler = np.zeros((size, size), np.float32)
-  if rng_ruler.random() < config.ruler_probability:
+  if rng_ruler.random() < _by_label(config.ruler_probability, config.ruler_probability_by_label, label):
     # Keep the ticks inside the field of view whichever edge they end up on.
     inset = max(0.0, max(*fov_centre, *(size - fov_centre)) - fov_inner)
     ruler = _draw_ruler(rng_ruler, size, factor, inset)
@@ -878,12 +889,19 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
     visible = _smoothstep(r_fov, r_fov - np.float32(fov_edge * size), r_ell)
   else:
     visible = np.ones((size, size), np.float32)
-  image = image * (light * visible)[..., None] * white_balance
-  image += (1.0 - visible)[..., None] * np.float32(black_level)
+  noise = None
   if config.noise_level > 0:
     sd = np.float32(rng_noise.uniform(0.8, 2.5) * config.noise_level)
-    image += rng_noise.standard_normal((size, size, 3), dtype=np.float32) * sd
-  image = np.clip(image + 0.5, 0, 255).astype(np.uint8)
+    noise = rng_noise.standard_normal((size, size, 3), dtype=np.float32) * sd
+
+  def expose(scene: np.ndarray) -> np.ndarray:  # the same optics and sensor noise for both
+    scene = scene * (light * visible)[..., None] * white_balance
+    scene += (1.0 - visible)[..., None] * np.float32(black_level)
+    if noise is not None:
+      scene += noise
+    return np.clip(scene + 0.5, 0, 255).astype(np.uint8)
+
+  image, clean = expose(image), expose(clean)
 
   lesion_mask = coverage >= 0.5
   body_mask = lesion_mask  # the lesion without the outer parts of streaks
@@ -904,6 +922,7 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
   cues_out.update(feature_cues)
   return {
       "image": image,
+      "image_clean": clean,
       "mask": lesion_mask.astype(np.uint8) * np.uint8(255),
       "hair_mask": hair_mask.astype(np.uint8) * np.uint8(255),
       "occlusion_mask": occlusion_mask.astype(np.uint8) * np.uint8(255),

@@ -177,6 +177,37 @@ def save_refinement_grid(path: str | os.PathLike, images: Sequence[Any], fcn_map
   _save(fig, path)
 
 
+def save_column_grid(path: str | os.PathLike, columns: Mapping[str, Sequence[Any]],
+                     titles: Sequence[str] | None = None, cell: float = 2.2) -> None:
+  """One row per example, one column per named sequence: uint8/float RGB images, or 2-D masks
+  and maps (shown grey-scale, [0, 1] or {0, 255}). E.g. original | detected occlusions |
+  purified | truth. `titles` label the rows (drawn above the first column)."""
+  names = list(columns)
+  n = len(columns[names[0]]) if names else 0
+  for name in names:
+    _check_len(name, columns[name], n)
+  _check_len("titles", titles, n)
+  fig = _new_figure(max(len(names), 1) * cell, max(n, 1) * (cell + 0.2))
+  for i in range(max(n, 1)):
+    for j, name in enumerate(names):
+      ax = fig.add_subplot(max(n, 1), len(names), i * len(names) + j + 1)
+      ax.set_axis_off()
+      if i == 0:
+        ax.set_title(name, fontsize=8)
+      if n == 0:
+        continue
+      value = np.asarray(columns[name][i])
+      if value.ndim == 2 or (value.ndim == 3 and value.shape[-1] == 1):
+        value = value.reshape(value.shape[:2]).astype(np.float32)
+        ax.imshow(value / 255.0 if value.max() > 1.0 else value, cmap="gray", vmin=0.0, vmax=1.0)
+      else:
+        ax.imshow(to_uint8_rgb(value))
+      if j == 0 and titles is not None:
+        ax.text(0, -0.5, str(titles[i]), fontsize=6, va="bottom")
+  fig.tight_layout()
+  _save(fig, path)
+
+
 def save_sample_grid(path: str | os.PathLike, images: Sequence[Any],
                      masks: Sequence[Any] | None = None, titles: Sequence[str] | None = None,
                      ncols: int = 8) -> None:

@@ -1,11 +1,13 @@
 """Building blocks shared by the segmentation and generation models."""
 from __future__ import annotations
 
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 Dtype = Any
 UPSAMPLE_MODES = ("depth_to_space", "transpose", "resize_conv")
@@ -140,3 +142,75 @@ def max_pool_2x(x: jax.Array) -> jax.Array:
   if h % 2 or w % 2:
     raise ValueError(f"max_pool_2x needs even height and width, got {h}x{w}")
   return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _pair(value: int | Sequence[int]) -> tuple[int, int]:
+  return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _conv_padding(padding: str | int | Sequence[Any]) -> str | tuple[tuple[int, int], ...]:
+  """nn.Conv's padding forms ('SAME', 'VALID', p, (p_h, p_w), ((lo, hi), (lo, hi))) for lax."""
+  if isinstance(padding, str):
+    return padding
+  if isinstance(padding, int):
+    return ((padding, padding),) * 2
+  return tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+
+
+class PartialConv(nn.Module):
+  """Partial convolution (Liu et al. 2018), as NVIDIA's partialconv2d.py with return_mask=True.
+
+  For each output pixel, with X the input window, M its mask (1 = valid, 0 = hole; zero padding
+  counts as hole), sum(1) the number of elements in the window and sum(M) the number of valid ones:
+
+    y = W^T (X ⊙ M) · sum(1) / sum(M) + b   where sum(M) > 0, else 0;
+    new mask = 1 where sum(M) > 0, else 0   (clip(sum(M), 0, 1) for non-binary masks, as NVIDIA).
+
+  The mask is single-channel, (N, H, W, 1), broadcast over the input channels (NVIDIA's
+  multi_channel=False: sum(1) = kh·kw), or has the input's C_in channels (multi_channel=True:
+  sum(1) = kh·kw·C_in); with C_in = 1 the two agree. The updated mask is returned with one channel,
+  (N, H', W', 1), in both modes: NVIDIA's multi-channel mode returns `features` channels, but they
+  are copies of one another (its all-ones kernel sums over every input channel), so
+  `jnp.broadcast_to(new_mask, y.shape)` is NVIDIA's mask, without materialising it.
+
+  Parameters are nn.Conv's: `kernel` (kh, kw, C_in, features), lecun_normal, and `bias`
+  (features,), zeros. `padding` takes nn.Conv's forms; 'SAME' pads as lax does (the extra row or
+  column of an odd total at the bottom/right), an int p pads p on every side as PyTorch does.
+  """
+  features: int
+  kernel_size: int | Sequence[int] = 3
+  strides: int | Sequence[int] = 1
+  padding: str | int | Sequence[Any] = "SAME"
+  dilation: int | Sequence[int] = 1
+  use_bias: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    c_in = x.shape[-1]
+    if mask.shape[-1] not in (1, c_in) or mask.shape[:-1] != x.shape[:-1]:
+      raise ValueError(f"PartialConv needs a mask of shape {x.shape[:-1] + (1,)} or {x.shape}, "
+                       f"got {mask.shape}")
+    kernel_size, strides, dilation = _pair(self.kernel_size), _pair(self.strides), _pair(self.dilation)
+    padding = _conv_padding(self.padding)
+    conv = functools.partial(lax.conv_general_dilated, window_strides=strides, padding=padding,
+                             rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), kernel_size + (c_in, self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,)) if self.use_bias else None
+
+    # The valid count of every window: summing the mask over channels first makes the all-ones
+    # convolution 1 -> 1 channels (NVIDIA's C_in -> features costs as much as the layer itself).
+    # HIGHEST: the counts reach kh·kw·C_in, beyond what TF32/bf16 accelerator convolutions keep exact.
+    mask = lax.stop_gradient(mask.astype(jnp.float32))
+    counts = mask if mask.shape[-1] == 1 else mask.sum(axis=-1, keepdims=True)
+    valid = conv(counts, jnp.ones(kernel_size + (1, 1), jnp.float32), precision=lax.Precision.HIGHEST)
+    window = kernel_size[0] * kernel_size[1] * mask.shape[-1]
+    new_mask = jnp.clip(valid, 0.0, 1.0)
+    # As NVIDIA: the + 1e-8 is lost against counts >= 1 and leaves a finite 0 where nothing is valid.
+    ratio = window / (valid + 1e-8) * new_mask
+
+    x, kernel = nn.dtypes.promote_dtype(x, kernel, dtype=self.dtype)
+    y = conv(x * mask.astype(x.dtype), kernel) * ratio.astype(x.dtype)
+    if bias is not None:
+      y = (y + bias.astype(x.dtype)) * new_mask.astype(x.dtype)
+    return y, new_mask

@@ -19,8 +19,12 @@ class UNet(nn.Module):
     levels: number of down-sampling (and up-sampling) steps; H and W must divide by 2^levels.
     norm: 'none' (original U-Net), 'batch', 'group' or 'layer'.
     upsample: see `layers.Upsample2x`.
-    bottleneck_dilations: dilation rates of extra convs in the bottleneck (the dilated U-Net of
-      the purification paper uses (1, 2, 4, 8)); empty for the plain U-Net.
+    bottleneck_dilations: dilation rates of extra 3x3 convs (each followed by norm and ReLU) in
+      cascade after the bottleneck block (the purification paper's dilated U-Net: (2, 4)); empty
+      for the plain U-Net.
+    input_mean, input_std: per-channel statistics of the training images in [0, 1]; if set, the
+      [-1, 1] input is mapped back to [0, 1] and standardised with them (the purification paper
+      normalises its input per channel with the dataset's mean and standard deviation).
   """
   features: int = 16
   levels: int = 4
@@ -28,6 +32,8 @@ class UNet(nn.Module):
   norm: str = "none"
   upsample: str = "depth_to_space"
   bottleneck_dilations: tuple[int, ...] = ()
+  input_mean: tuple[float, float, float] | None = None
+  input_std: tuple[float, float, float] | None = None
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -36,6 +42,9 @@ class UNet(nn.Module):
     if x.shape[1] % factor or x.shape[2] % factor:
       raise ValueError(f"UNet with {self.levels} levels needs height and width divisible by "
                        f"{factor}, got {x.shape[1]}x{x.shape[2]}")
+    if self.input_mean is not None:
+      std = jnp.asarray(self.input_std if self.input_std is not None else (1.0, 1.0, 1.0), jnp.float32)
+      x = ((x + 1.0) / 2.0 - jnp.asarray(self.input_mean, jnp.float32)) / std
     x = x.astype(self.dtype)
     skips = []
     for i in range(self.levels):
@@ -44,8 +53,8 @@ class UNet(nn.Module):
       x = layers.max_pool_2x(x)
     x = layers.ConvBlock(self.features * 2 ** self.levels, self.norm, dtype=self.dtype, name="bottleneck")(x, train)
     for j, rate in enumerate(self.bottleneck_dilations):
-      x = x + layers.ConvBlock(self.features * 2 ** self.levels, self.norm, num_convs=1, dilation=rate,
-                               dtype=self.dtype, name=f"dilated{j}")(x, train)
+      x = layers.ConvBlock(self.features * 2 ** self.levels, self.norm, num_convs=1, dilation=rate,
+                           dtype=self.dtype, name=f"dilated{j}")(x, train)
     for i in reversed(range(self.levels)):
       x = layers.Upsample2x(self.features * 2 ** i, self.upsample, dtype=self.dtype, name=f"up{i}")(x)
       x = jnp.concatenate([x, skips[i]], axis=-1)

@@ -26,7 +26,7 @@ from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_sta
 
 def _unet(m, **kwargs) -> UNet:
   return UNet(features=m.features, levels=m.levels, norm=m.norm, upsample=m.upsample,
-              dtype=jnp.dtype(m.dtype), **kwargs)
+              input_mean=m.channel_mean, input_std=m.channel_std, dtype=jnp.dtype(m.dtype), **kwargs)
 
 
 def _fcn(m) -> FCN:
@@ -37,7 +37,8 @@ def _fcn(m) -> FCN:
 # Segmentation networks by name: each builds its Flax module from the model config.
 SEGMENTERS: dict[str, Callable[[Any], Any]] = {
     "unet": _unet,
-    "dilated_unet": lambda m: _unet(m, bottleneck_dilations=(1, 2, 4, 8)),  # the purification paper's
+    # The purification paper's: 3x3 convs dilated 2 then 4 after the bottleneck (see README).
+    "dilated_unet": lambda m: _unet(m, bottleneck_dilations=(2, 4)),
     "fcn": _fcn,  # the superpixel-guided paper's multi-scale FCN (any input size)
 }
 REFINEMENTS = ("none", "superpixel")
@@ -57,6 +58,10 @@ class SegmenterModelConfig:
                         "class as the papers' 2x2 transposed conv, faster on CPU), transpose, resize_conv.")
   head_features: int = field(32, "FCN: channels of each projected scale and of the fused map.")
   dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
+  channel_mean: tuple[float, float, float] | None = field(
+      None, "U-Nets: per-channel mean of the training images in [0, 1]; set, the input is standardised "
+      "with it (train_segmenter --input_norm=dataset measures it; the purification paper's normalisation).")
+  channel_std: tuple[float, float, float] | None = field(None, "U-Nets: per-channel standard deviation, with channel_mean.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,14 +8,22 @@ Usage:
   builder = tfds.builder("synthetic_lesions", data_dir=...,
                          config=SyntheticLesionsConfig(name="big", num_train=5000))
 
-TFDS stores a config under data_dir/synthetic_lesions/<name>/1.0.0 and reuses whatever is there:
-give each distinct custom config its own name (built-in names cannot be reused).
+TFDS stores a config under data_dir/synthetic_lesions/<name>/<version> and reuses whatever is
+there: give each distinct custom config its own name (built-in names cannot be reused).
+
+Every example has `image_clean`: the same scene without occluders (hair, ruler, bubbles, sticker),
+the exact target of occlusion removal (version 1.1.0; `image` and the masks are byte for byte
+those of 1.0.0).
+
+The `shortcut*` configs make occlusions a cue for the diagnosis in the train and validation splits
+(melanomas mostly have hair and often a ruler, benign lesions seldom), but not in the test split
+(every diagnosis with the default chances): a classifier that learns hairs and rulers as cues
+scores well on validation and worse on test, the purification paper's point.
 
 The `features*` configs render with `RenderConfig(dermoscopic_features=True)`: lesions may also
 show negative network and streaks, and examples carry `feature_masks`, uint8 (S, S, 5) in {0, 1}
 with channels in `synthetic.FEATURE_NAMES` order (pigment network, negative network, streaks,
-milia-like cysts, globules). The other configs are unchanged (same features, same bytes), which
-is why VERSION stays 1.0.0: adding configs does not alter any data already prepared under it.
+milia-like cysts, globules).
 """
 from __future__ import annotations
 
@@ -36,7 +44,8 @@ Synthetic dermoscopy images with lesion masks, rendered procedurally by
 colours and structures (pigment network, globules, milia-like cysts) follow ABCD-style cues that
 depend, with overlap, on the diagnosis (nevus / melanoma / seborrheic keratosis), and occlusions
 (hair, ruler marks, gel bubbles, calibration stickers) under a dermoscope field-of-view vignette.
-`mask` is the lesion before occlusions; `hair_mask` and `occlusion_mask` mark the occluders.
+`mask` is the lesion before occlusions; `hair_mask` and `occlusion_mask` mark the occluders;
+`image_clean` is the same scene rendered without occluders.
 """
 # Appended only for configs with dermoscopic_features (the others keep their DatasetInfo as is).
 _FEATURES_DESCRIPTION = """\
@@ -51,6 +60,8 @@ class SyntheticLesionsConfig(tfds.core.BuilderConfig):
   """Size and split sizes of a `synthetic_lesions` variant; `seed` selects a different sample.
 
   `dermoscopic_features` draws negative network and streaks too and adds `feature_masks`.
+  `shortcut`: in train and validation, hairs and rulers with the per-diagnosis chances of
+  SHORTCUT_HAIR / SHORTCUT_RULER (the test split keeps the renderer's defaults).
   """
   image_size: int = 64
   num_train: int = 1000
@@ -58,6 +69,23 @@ class SyntheticLesionsConfig(tfds.core.BuilderConfig):
   num_test: int = 200
   seed: int = 0
   dermoscopic_features: bool = False
+  shortcut: bool = False
+
+
+# Per diagnosis (nevus, melanoma, seborrheic keratosis) chance of hair / ruler in the shortcut
+# configs' train and validation splits; the overall rate is near the renderer's defaults (0.5,
+# 0.15) which the test split uses for every diagnosis.
+SHORTCUT_HAIR = (0.3, 0.95, 0.3)
+SHORTCUT_RULER = (0.05, 0.6, 0.05)
+
+
+def render_config(image_size: int, split: str, dermoscopic_features: bool = False,
+                  shortcut: bool = False) -> synthetic.RenderConfig:
+  """The renderer settings of one split of a config."""
+  by_label = shortcut and split != "test"
+  return synthetic.RenderConfig(image_size=image_size, dermoscopic_features=dermoscopic_features,
+                                hair_probability_by_label=SHORTCUT_HAIR if by_label else None,
+                                ruler_probability_by_label=SHORTCUT_RULER if by_label else None)
 
 
 def example_seed(seed: int, split: str, index: int) -> int:
@@ -70,17 +98,17 @@ def example_id(split: str, index: int) -> str:
 
 
 def make_example(image_size: int, seed: int, split: str, index: int,
-                 dermoscopic_features: bool = False) -> dict[str, Any]:
+                 dermoscopic_features: bool = False, shortcut: bool = False) -> dict[str, Any]:
   """One example as the builder stores it (masks get a trailing channel axis).
 
   With `dermoscopic_features` it renders the new structures too and adds 'feature_masks'.
   """
-  config = synthetic.RenderConfig(image_size=image_size,
-                                  dermoscopic_features=dermoscopic_features)
+  config = render_config(image_size, split, dermoscopic_features, shortcut)
   ex = synthetic.render_example(example_seed(seed, split, index), config)
   out = {
       "id": example_id(split, index),
       "image": ex["image"],
+      "image_clean": ex["image_clean"],
       "mask": ex["mask"][..., None],
       "hair_mask": ex["hair_mask"][..., None],
       "occlusion_mask": ex["occlusion_mask"][..., None],
@@ -99,8 +127,9 @@ def _mask_feature(size: int) -> tfds.features.Image:
 class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
   """Procedurally rendered dermoscopy images with lesion, hair and occlusion masks."""
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "image_clean: the scene without occluders; shortcut configs."}
   BUILDER_CONFIGS = [  # the first one is the default
       SyntheticLesionsConfig(name="s64", description="64x64 px, 1000/200/200 examples.",
                              image_size=64),
@@ -122,6 +151,12 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
           name="features_tiny", description="32x32 px, 64/16/16 examples, with feature_masks, "
           "for tests.", image_size=32, num_train=64, num_validation=16, num_test=16,
           dermoscopic_features=True),
+      SyntheticLesionsConfig(
+          name="shortcut128", description="128x128 px, 1000/200/200 examples; hairs and rulers "
+          "follow the diagnosis in train/validation, not in test.", image_size=128, shortcut=True),
+      SyntheticLesionsConfig(
+          name="shortcut_tiny", description="32x32 px, 64/16/16 examples, shortcut occlusions, "
+          "for tests.", image_size=32, num_train=64, num_validation=16, num_test=16, shortcut=True),
   ]
 
   def _info(self) -> tfds.core.DatasetInfo:
@@ -129,6 +164,8 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
     features = {
         "id": tfds.features.Text(),
         "image": tfds.features.Image(shape=(s, s, 3), encoding_format="png"),
+        "image_clean": tfds.features.Image(shape=(s, s, 3), encoding_format="png",
+                                           doc="The scene without occluders."),
         "mask": _mask_feature(s),
         "hair_mask": _mask_feature(s),
         "occlusion_mask": _mask_feature(s),
@@ -164,5 +201,5 @@ class SyntheticLesions(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self, split: str, num: int) -> Iterator[tuple[str, dict[str, Any]]]:
     c = self.builder_config
     for index in range(num):
-      ex = make_example(c.image_size, c.seed, split, index, c.dermoscopic_features)
+      ex = make_example(c.image_size, c.seed, split, index, c.dermoscopic_features, c.shortcut)
       yield ex["id"], ex

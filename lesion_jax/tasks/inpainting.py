@@ -1,0 +1,330 @@
+"""Inpainting task (pipeline 3, data purification): a partial-convolution U-Net (Liu et al. 2018)
+learns to fill occluded pixels (hairs, ruler marks) from the rest of the image, with the paper's
+loss (L1 on valid and hole pixels, total variation, perceptual and style terms).
+
+Training pairs: a clean image (synthetic `image_clean`; on real data, the image itself) with
+holes = random strokes, hair-like curves and blobs (data/holes.py, the paper's random masking),
+united with the detected occlusion mask of the same image when an occlusion artifact store is
+given (the shapes real hairs and rulers have). The model only sees the valid pixels.
+
+Two phases, as the purification paper trains it: Adam first (`num_steps`), then a second run
+with `finetune_from` = the first run's workdir: SGD with momentum (`finetune`), the encoder's
+BatchNorm frozen (running statistics, as Liu et al. fine-tune). experiments/train_inpainter.py
+chains them.
+
+Evaluation: holes = the true occlusion mask (`eval_holes="occlusion_mask"`, synthetic data), the
+detected one ("detected") or random ones ("random", real data without a clean truth); the
+network's output and OpenCV's Telea and Navier-Stokes inpainting of the same input and masks are
+scored inside the holes (PSNR, SSIM, L1 against the target), side by side.
+
+Perceptual and style terms need a fixed feature network. No pretrained VGG can be downloaded
+here: `perceptual_workdir` takes the first convolutions (ReLU'd) of one of this project's own
+trained classifiers (a train_classifier workdir); without it both terms are off.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any, Callable, Iterator
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+
+from lesion_jax import config as config_lib
+from lesion_jax.config import field
+from lesion_jax.data import holes as holes_lib
+from lesion_jax.data import ops, pipeline
+from lesion_jax.eval import figures, inference
+from lesion_jax.eval import inpainting as inpainting_eval
+from lesion_jax.models.inpainting import PConvUNet
+from lesion_jax.tasks import base
+from lesion_jax.train import losses, sharding, steps
+from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
+
+EVAL_HOLES = ("occlusion_mask", "detected", "random")
+NETWORK = "pconv"
+METHODS = (NETWORK, *inpainting_eval.OPENCV_METHODS)
+FIGURE_ROWS = 8
+DETECTED_KEY = "detected_occlusion"
+
+
+@dataclasses.dataclass(frozen=True)
+class InpainterModelConfig:
+  features: int = field(32, "Width of the first encoder layer (the paper: 64); doubles per level up to 8x.")
+  levels: int = field(5, "Stride-2 partial-conv encoder layers (the paper: 8 at 512 px); the image side "
+                      "must divide by 2^levels.")
+  dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
+
+
+@dataclasses.dataclass(frozen=True)
+class InpainterConfig:
+  input: pipeline.InputConfig = pipeline.InputConfig(dataset="synthetic_lesions/s128", image_size=128,
+                                                     batch_size=8)
+  model: InpainterModelConfig = InpainterModelConfig()
+  optimizer: OptimizerConfig = OptimizerConfig(learning_rate=2e-4, warmup_steps=50)
+  finetune: OptimizerConfig = OptimizerConfig(name="sgd", learning_rate=1e-2, momentum=0.9,
+                                              lr_schedule="constant", warmup_steps=0)
+  loss: losses.InpaintingLossWeights = losses.InpaintingLossWeights()
+  perceptual_workdir: str | None = field(
+      None, "train_classifier run whose first convolutions give the perceptual and style features "
+      "(no pretrained VGG offline); unset: those two terms are off.")
+  perceptual_layers: int = field(3, "How many of that classifier's first convolutions (ReLU'd) to use.")
+  target_key: str = field("image_clean", "Feature of the clean target: image_clean (synthetic), or "
+                          "image on real data (its own pixels are the truth outside the holes).")
+  holes: holes_lib.HoleConfig = holes_lib.HoleConfig()
+  occlusion_artifacts: str | None = field(
+      None, "Occlusion-mask artifact store (artifacts/occlusion.py) whose masks are added to the random "
+      "holes in training, and are the holes with --eval_holes=detected.")
+  eval_holes: str = field("occlusion_mask", "Holes scored in evaluation: occlusion_mask (the truth), "
+                          "detected (occlusion_artifacts) or random.")
+  finetune_from: str | None = field(None, "Workdir of the initial (Adam) run: start from its best state, "
+                                    "train with the `finetune` optimiser and the encoder BatchNorm frozen.")
+  num_steps: int = field(2000, "Training steps.")
+  eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
+  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
+  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
+  train_split: str = field("train", "Split trained on.")
+  val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
+
+
+def classifier_features(workdir: str, num_layers: int) -> Callable[[jax.Array], list[jax.Array]]:
+  """`fn(images in [-1, 1]) -> [ReLU(conv_k(...)) for the first num_layers convolutions]` of the
+  best checkpoint of a classification run: a fixed network for the perceptual and style losses."""
+  from lesion_jax.tasks import classification, runner  # pylint: disable=g-import-not-at-top
+  task = runner.load(workdir)
+  if not isinstance(task, classification.ClassificationTask):
+    raise config_lib.ConfigError(f"--perceptual_workdir={workdir}: holds a {task.name!r} run, not a "
+                                 "classification run (train_classifier)")
+  state = jax.device_get(runner.restore(task, workdir, "best"))
+  variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+  apply_fn = state.apply_fn
+
+  def features(images: jax.Array) -> list[jax.Array]:
+    captured: list[jax.Array] = []
+
+    def keep_convs(next_fun, args, kwargs, context):
+      out = next_fun(*args, **kwargs)
+      if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
+        captured.append(out)
+      return out
+
+    with nn.intercept_methods(keep_convs):
+      apply_fn(jax.lax.stop_gradient(variables), images, train=False)
+    if len(captured) < num_layers:
+      raise ValueError(f"{workdir}: the classifier has {len(captured)} convolutions, fewer than "
+                       f"perceptual_layers={num_layers}")
+    return [nn.relu(x.astype(jnp.float32)) for x in captured[:num_layers]]
+
+  return features
+
+
+def _valid_from_holes(*hole_keys: str) -> ops.Op:
+  """'mask' = 1 where no hole key is set (1 = valid pixel, the partial convolution's convention)."""
+
+  def fn(example, _):
+    holes = functools.reduce(tf.maximum, [example[k] for k in hole_keys])
+    return {**example, "mask": 1.0 - holes}
+
+  return ops.Op(fn, name=f"valid_from_holes{hole_keys}", needs=hole_keys)
+
+
+@base.register
+class InpaintingTask(base.Task):
+  name = "inpainting"
+  config_cls = InpainterConfig
+
+  @property
+  def finetuning(self) -> bool:
+    return bool(self.config.finetune_from)
+
+  def model(self) -> PConvUNet:
+    m = self.config.model
+    return PConvUNet(features=m.features, levels=m.levels, freeze_encoder_bn=self.finetuning,
+                     dtype=jnp.dtype(m.dtype))
+
+  def check(self, mesh, extra_splits=()) -> None:
+    c = self.config
+    size, factor = c.input.image_size, 2 ** c.model.levels
+    if size < factor or size % factor:
+      raise config_lib.ConfigError(f"--image_size={size}: a partial-conv U-Net with --levels="
+                                   f"{c.model.levels} needs a multiple of {factor}")
+    if c.eval_holes not in EVAL_HOLES:
+      raise config_lib.ConfigError(f"--eval_holes={c.eval_holes!r}: choose one of {list(EVAL_HOLES)}")
+    if c.eval_holes == "detected" and not c.occlusion_artifacts:
+      raise config_lib.ConfigError("--eval_holes=detected needs --occlusion_artifacts (a store of detected masks)")
+    features = self.builder.info.features
+    for key in (c.target_key, *(["occlusion_mask"] if c.eval_holes == "occlusion_mask" else [])):
+      if key not in features:
+        raise config_lib.ConfigError(
+            f"{self.builder.info.full_name} has no {key!r} feature (features: {sorted(features)}); on "
+            "real data use --target_key=image and --eval_holes=random or detected")
+    if c.finetune_from and not os.path.isdir(c.finetune_from):
+      raise config_lib.ConfigError(f"--finetune_from={c.finetune_from}: no such workdir")
+    super().check(mesh, extra_splits)
+
+  def init_state(self, rng: jax.Array) -> TrainState:
+    c = self.config
+    size = c.input.image_size
+    optimizer = c.finetune if self.finetuning else c.optimizer
+    state = create_train_state(self.model(), optimizer.build(c.num_steps), rng,
+                               jnp.zeros((1, size, size, 3), jnp.float32), jnp.ones((1, size, size, 1), jnp.float32))
+    if not self.finetuning:
+      return state
+    from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
+    initial_task = runner.load(c.finetune_from)
+    initial = jax.device_get(runner.restore(initial_task, c.finetune_from, "best"))
+    return state.replace(params=initial.params, batch_stats=initial.batch_stats,
+                         opt_state=state.tx.init(initial.params))
+
+  @functools.cached_property
+  def _feature_fn(self):
+    c = self.config
+    return classifier_features(c.perceptual_workdir, c.perceptual_layers) if c.perceptual_workdir else None
+
+  def train_step(self) -> Callable:
+    return steps.make_inpainting_train_step(self.config.loss, self._feature_fn)
+
+  def _joins(self) -> tuple[pipeline.ArtifactJoin, ...]:
+    c = self.config
+    return (pipeline.ArtifactJoin(DETECTED_KEY, c.occlusion_artifacts),) if c.occlusion_artifacts else ()
+
+  def _train_ops(self) -> list:
+    c = self.config
+    size = c.input.image_size
+    hole_keys = ("holes", DETECTED_KEY) if c.occlusion_artifacts else ("holes",)
+    out = [ops.decode_image(c.target_key, out="target"), ops.resize_image("target", size),
+           ops.random_holes(size, c.holes, out="holes")]
+    if c.occlusion_artifacts:
+      out += [ops.decode_mask(DETECTED_KEY), ops.resize_mask(DETECTED_KEY, size)]
+    out += [ops.augment(c.input.augment, image_key="target", spatial_keys=hole_keys, center_key=None),
+            _valid_from_holes(*hole_keys), ops.normalize("target"), ops.keep(("id", "target", "mask"))]
+    return out
+
+  def _eval_ops(self) -> list:
+    c = self.config
+    size = c.input.image_size
+    out = [ops.decode_image("image"), ops.resize_image("image", size),
+           ops.decode_image(c.target_key, out="target"), ops.resize_image("target", size)]
+    if c.eval_holes == "random":
+      out.append(ops.random_holes(size, c.holes, out="holes"))
+    else:
+      key = "occlusion_mask" if c.eval_holes == "occlusion_mask" else DETECTED_KEY
+      out += [ops.decode_mask(key, out="holes"), ops.resize_mask("holes", size)]
+    if c.target_key == "image" or c.eval_holes == "random":
+      # No clean truth inside real occlusions: score the holes we made on the image itself.
+      out.append(ops.copy("target", "image"))
+    return out + [_valid_from_holes("holes"), ops.normalize("image"), ops.normalize("target"),
+                  ops.keep(("id", "image", "target", "mask"))]
+
+  def _input(self) -> pipeline.InputConfig:
+    return dataclasses.replace(self.config.input, joins=self._joins())
+
+  def train_batches(self, start_step: int) -> Iterator[base.Batch]:
+    return pipeline.train_iterator(self._input(), self._train_ops(), self.config.train_split, start_step,
+                                   self.builder)
+
+  def eval_batches(self, split: str) -> Iterator[base.Batch]:
+    return pipeline.eval_iterator(self._input(), self._eval_ops(), split, self.builder)
+
+  def predict_fns(self) -> dict[str, Callable]:
+    return {"predict": steps.inpainting_predict_step}
+
+  def best_metric(self) -> tuple[str, str]:
+    return f"val/{NETWORK}_psnr", "max"
+
+  def validate(self, state, mesh, predict) -> dict[str, float]:
+    return self.validation_metrics(self.evaluate_batches(state, self.eval_batches(self.config.val_split),
+                                                         mesh, predict, baselines=False))
+
+  def evaluate(self, state, split, mesh, predict=None, keep_examples=0) -> base.Evaluation:
+    predict = predict or self.jit_predict(state, mesh)
+    return self.evaluate_batches(state, self.eval_batches(split), mesh, predict, keep_examples)
+
+  def evaluate_batches(self, state, batches, mesh, predict, keep_examples=0, baselines=True) -> base.Evaluation:
+    """Hole PSNR / SSIM / L1 of the network (and of OpenCV's methods on the same inputs and masks)."""
+    methods = METHODS if baselines else (NETWORK,)
+    acc = inpainting_eval.InpaintingAccumulator(methods)
+    ids: list[str] = []
+    kept: dict[str, list[np.ndarray]] = {}
+    for batch, out in inference.predict_over(predict, state, batches, mesh):
+      for i in np.flatnonzero(batch["weight"] > 0):
+        image, target = (figures.to_uint8_rgb((batch[k][i] + 1) / 2) for k in ("image", "target"))
+        holes = batch["mask"][i, ..., 0] < 0.5
+        outputs = {NETWORK: figures.to_uint8_rgb(np.clip((out[i] + 1) / 2, 0, 1))}
+        if baselines:
+          outputs.update({m: inpainting_eval.opencv_inpaint(image, holes, m) for m in inpainting_eval.OPENCV_METHODS})
+        acc.update(outputs, target, holes)
+        if len(ids) < keep_examples and holes.any():
+          for k, v in (("image", image), ("holes", holes), ("target", target), *outputs.items()):
+            kept.setdefault(k, []).append(v)
+        ids.append(base.decode_ids(batch["id"][i:i + 1])[0])
+    rows = sharding.allgather_rows(acc.per_image())
+    return base.Evaluation(acc.summarize(rows, methods), rows, sharding.allgather_strings(ids),
+                           {k: np.stack(v) for k, v in kept.items()})
+
+  def write_figures(self, evaluation, fig_dir, prefix) -> None:
+    ex = evaluation.examples
+    if not len(ex.get("image", ())):
+      return
+    n = min(FIGURE_ROWS, len(ex["image"]))
+    columns = {"input": ex["image"][:n], "holes": ex["holes"][:n]}
+    columns.update({name: ex[name][:n] for name in METHODS if name in ex})
+    columns["truth"] = ex["target"][:n]
+    figures.save_column_grid(os.path.join(fig_dir, f"{prefix}_inpainting.png"), columns)
+
+  def inpaint_images(self, state, images: list[np.ndarray], holes: list[np.ndarray], mesh=None,
+                     predict=None) -> list[np.ndarray]:
+    """uint8 RGB images of any size with their bool hole masks (True = occluded) → the images with
+    the holes filled: the network runs at the run's image size, its output is resized back and
+    replaces only the hole pixels (every other pixel is kept as it was)."""
+    from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
+    import cv2  # pylint: disable=g-import-not-at-top
+    size = self.config.input.image_size
+    examples = []
+    for image, hole in zip(images, holes):
+      small = cv2.resize(np.asarray(hole, np.uint8), (size, size), interpolation=cv2.INTER_AREA) > 0
+      examples.append({"image": pipeline.preprocess_image(image, size),
+                       "mask": (~small).astype(np.float32)[..., None]})
+    outs = runner.predict_examples(self, state, examples, mesh, predict or "predict")
+    filled = []
+    for image, hole, out in zip(images, holes, outs):
+      out = figures.to_uint8_rgb(np.clip((np.asarray(out) + 1) / 2, 0, 1))
+      out = cv2.resize(out, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_CUBIC)
+      result = np.array(image, np.uint8, copy=True)
+      hole = np.asarray(hole, bool)
+      result[hole] = out[hole]
+      filled.append(result)
+    return filled
+
+
+def inpainter_from_workdir(workdir: str, mesh=None) -> tuple[InpaintingTask, Any]:
+  """(task, best state) of a train_inpainter run, with a clear error for another kind of run."""
+  from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
+  task = runner.load(workdir)
+  if not isinstance(task, InpaintingTask):
+    raise config_lib.ConfigError(f"--inpainter_workdir={workdir}: holds a {task.name!r} run, not an "
+                                 "inpainting run (train_inpainter)")
+  return task, runner.restore(task, workdir, "best", mesh)
+
+
+def purified_images(inpainter_workdir: str, builder, splits: list[str], root: str,
+                    occlusion_config, mesh=None) -> str:
+  """Detects the occlusions of every image of `splits` and fills them with the best checkpoint of
+  an inpainter run (artifact stages: resumable); returns the purified-image store directory, to
+  join as a classifier's images."""
+  from lesion_jax.artifacts import occlusion, purify  # pylint: disable=g-import-not-at-top
+  mesh = mesh or sharding.make_mesh()
+  task, state = inpainter_from_workdir(inpainter_workdir, mesh)
+  step = int(jax.device_get(state.step))
+  dataset = builder.info.full_name
+  occlusions = occlusion.occlusion_store(root, dataset, occlusion_config)
+  store = purify.purified_store(root, dataset, inpainter_workdir, step, occlusions)
+  predict = task.jit_predict(state, mesh)
+  inpaint = lambda images, masks: task.inpaint_images(state, images, masks, mesh, predict)
+  for split in splits:
+    purify.purify_split(builder, split, store, occlusions, occlusion_config, inpaint)
+  return store.directory
