@@ -1,7 +1,16 @@
-"""Timing helpers shared by the benchmarks: best-of-N wall time, matmul peak, XLA FLOP counts."""
+"""Timing helpers shared by the benchmarks: best-of-N wall time, matmul peak, XLA FLOP counts; and
+the JAX-against-PyTorch scaffolding of fcrn_step.py and inpainter_step.py (finding torch, timing its
+reference script in a subprocess, the XLA-defaults subprocess, alternating rounds, the report).
+The PyTorch reference scripts cannot import this (their interpreter may lack jax): theirs is
+torch_common.py."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import os
+import re
+import subprocess
+import sys
 import time
 from typing import Any, Callable
 
@@ -38,3 +47,175 @@ def xla_flops(jitted, *args) -> float:
   cost = jitted.lower(*args).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return float(cost.get("flops", 0.0))
+
+
+# --- JAX against a PyTorch reference (fcrn_step.py, inpainter_step.py) ---------------------------
+
+class JaxTrainStep:
+  """A library train step on one fixed batch, jitted with the state donated; compiled (and its FLOPs
+  counted) once on construction, then timed round after round. Subclasses build the state and batch."""
+
+  def __init__(self, step: Callable, state, batch: dict, count_flops: bool = True):
+    self.batch = batch
+    self.params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    self.jitted = jax.jit(step, donate_argnums=(0,))
+    self.rng = jax.random.key(1)
+    start = time.perf_counter()
+    self.state, metrics = self.jitted(state, self.batch, self.rng)  # compiles
+    jax.block_until_ready(metrics)
+    self.compile_s = time.perf_counter() - start
+    self.flops = xla_flops(self.jitted, self.state, self.batch, self.rng) if count_flops else 0.0
+
+  def call(self):
+    self.state, metrics = self.jitted(self.state, self.batch, self.rng)
+    return metrics["loss"]
+
+  def probe_seconds(self) -> float:
+    start = time.perf_counter()
+    jax.block_until_ready(self.call())
+    return time.perf_counter() - start
+
+
+def comparison_parser(doc: str) -> argparse.ArgumentParser:
+  """The parser of a JAX-against-PyTorch benchmark, with --torch_python; the script adds its
+  workload flag, then add_round_args, its own flags, then add_xla_defaults_args."""
+  parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--torch_python", default=os.environ.get("TORCH_PYTHON"),
+                      help="Python interpreter that has torch (default: this one).")
+  return parser
+
+
+def add_round_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--rounds", type=int, default=3, help="Alternating JAX/PyTorch rounds.")
+  parser.add_argument("--repeats", type=int, default=3, help="Timed windows per round (best kept).")
+  parser.add_argument("--window_s", type=float, default=1.0,
+                      help="Aim for timed windows of about this long: steps per window = "
+                           "clip(window_s / step time, 1, 5), the same for JAX and PyTorch.")
+  parser.add_argument("--torch_threads", default="0,1",
+                      help="PyTorch intra-op thread counts to time, comma-separated (0: torch's default, "
+                           "one per core); the ratio is against the fastest.")
+
+
+def add_xla_defaults_args(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument("--no_xla_defaults", action="store_true",
+                      help="Skip the timing with XLA's default CPU convolutions (LESION_JAX_XLA_DEFAULTS=0).")
+  parser.add_argument("--xla_defaults_child", help=argparse.SUPPRESS)
+
+
+def window_steps(step: JaxTrainStep, window_s: float) -> int:
+  """Steps per timed window: clip(window_s / one step's time, 1, 5)."""
+  return int(np.clip(round(window_s / step.probe_seconds()), 1, 5))
+
+
+def find_torch(python_flag: str | None) -> str | None:
+  """The interpreter (--torch_python, else this one) if it imports torch, else None."""
+  python = python_flag or sys.executable
+  try:
+    ok = subprocess.run([python, "-c", "import torch"], capture_output=True, timeout=300).returncode == 0
+  except (OSError, subprocess.TimeoutExpired):
+    ok = False
+  return python if ok else None
+
+
+def print_setup(python_flag: str | None, torch_note: str = "") -> tuple[float, str | None]:
+  """Prints the JAX, matmul-peak and (if found) PyTorch lines; returns (peak GFLOP/s, torch python)."""
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{len(jax.devices())}; "
+        f"{os.cpu_count()} CPU cores; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+  peak = matmul_peak_gflops()
+  print(f"matmul peak (float32, 2048^3): {peak:.0f} GFLOP/s")
+  torch_python = find_torch(python_flag)
+  if torch_python:
+    version = subprocess.run([torch_python, "-c", "import torch; print(torch.__version__, torch.get_num_threads())"],
+                             capture_output=True, text=True).stdout.split()
+    print(f"PyTorch {version[0]} ({version[1]} threads) from {torch_python}{torch_note}")
+  return peak, torch_python
+
+
+def run_torch_reference(cmd: list[str]) -> tuple[dict[int, float], int | None, str]:
+  """({thread count: seconds per step}, parameter count, error text) from a PyTorch reference script's
+  `... params=P threads=T ms=...` lines (benchmarks/torch_common.time_threads), run as `cmd`."""
+  # OpenMP threads that spin while they wait collapse when the cores are shared (a 2-thread fcrn_small
+  # step went from ~0.15 s to ~3 s with other jobs running): let them sleep unless told otherwise.
+  env = dict(os.environ)
+  env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+  proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=env)
+  seconds = {int(t): float(ms) / 1e3 for t, ms in re.findall(r"threads=(\d+) ms=([\d.]+)", proc.stdout)}
+  params = re.search(r"params=(\d+)", proc.stdout)
+  error = "" if seconds else (proc.stderr.strip() or proc.stdout.strip())[-300:]
+  return seconds, (int(params.group(1)) if params else None), error
+
+
+def xla_defaults_seconds(script: str, items: list[str], repeats: int, key: str) -> dict[str, float]:
+  """{name: seconds per step} of `script`'s JAX steps, timed in one fresh `script
+  --xla_defaults_child=ITEM,...` process without lesion_jax's XLA:CPU flag (LESION_JAX_XLA_DEFAULTS=0,
+  no XLA_FLAGS), which prints one `xla_defaults KEY=NAME ms=...` line per item."""
+  env = dict(os.environ, LESION_JAX_XLA_DEFAULTS="0")
+  env.pop("XLA_FLAGS", None)
+  proc = subprocess.run([sys.executable, os.path.abspath(script), f"--repeats={repeats}",
+                         f"--xla_defaults_child={','.join(items)}"], env=env, capture_output=True, text=True,
+                        timeout=1800)
+  return {n: float(ms) / 1e3 for n, ms in re.findall(rf"xla_defaults {key}=(\S+) ms=([\d.]+)", proc.stdout)}
+
+
+@dataclasses.dataclass
+class Rounds:
+  """Best times of alternating JAX / PyTorch rounds."""
+  jax_s: float = float("inf")
+  torch_s: dict[int, float] = dataclasses.field(default_factory=dict)  # {thread count: seconds per step}
+  torch_params: int | None = None
+  torch_error: str = ""
+
+  @property
+  def torch_best(self) -> float:
+    return min(self.torch_s.values(), default=float("inf"))
+
+
+def alternate_rounds(rounds: int, repeats: int, inner: int, jax_call: Callable[[], Any],
+                     measure_torch: Callable[[], tuple[dict[int, float], int | None, str]] | None) -> Rounds:
+  """`rounds` times: best_seconds(jax_call), then (unless None) measure_torch(), as run_torch_reference
+  returns; keeps the best of each (per PyTorch thread count)."""
+  out = Rounds()
+  for _ in range(rounds):
+    out.jax_s = min(out.jax_s, best_seconds(jax_call, repeats=repeats, inner=inner))
+    if measure_torch is not None:
+      seconds, params, error = measure_torch()
+      out.torch_params, out.torch_error = params or out.torch_params, error
+      for threads, t in seconds.items():
+        out.torch_s[threads] = min(out.torch_s.get(threads, float("inf")), t)
+  return out
+
+
+def report_comparison(name: str, measured: Rounds, *, batch: int, flops: float, params: int, peak: float,
+                      defaults_s: float, torch_python: str | None, torch_python_flag: str | None,
+                      torch_script: str) -> None:
+  """Prints a config's JAX line, XLA-defaults line (if defaults_s is finite), one PyTorch line per
+  thread count, the parameter counts and the JAX/PyTorch ratios (or why they were skipped)."""
+  jax_s, torch_best = measured.jax_s, measured.torch_best
+  gflops = flops / jax_s / 1e9
+  print(f"  JAX:     {jax_s * 1e3:8.1f} ms/step, {batch / jax_s:7.2f} img/s, "
+        f"{flops / 1e9:.1f} GFLOP/step (XLA), {gflops:.0f} GFLOP/s = {gflops / peak:.0%} of matmul peak")
+  if defaults_s < float("inf"):
+    d_gflops = flops / defaults_s / 1e9
+    print(f"  JAX, XLA's default CPU convolutions (LESION_JAX_XLA_DEFAULTS=0): {defaults_s * 1e3:.1f} ms/step, "
+          f"{batch / defaults_s:.2f} img/s, {d_gflops:.0f} GFLOP/s = {d_gflops / peak:.0%} of matmul peak")
+  for threads, t in sorted(measured.torch_s.items(), reverse=True):
+    t_gflops = flops / t / 1e9
+    print(f"  PyTorch: {t * 1e3:8.1f} ms/step, {batch / t:7.2f} img/s, {t_gflops:.0f} GFLOP/s at JAX's "
+          f"FLOP count = {t_gflops / peak:.0%} of matmul peak ({threads} thread{'s' * (threads > 1)}"
+          f"{', fastest' if t == torch_best and len(measured.torch_s) > 1 else ''})")
+  if measured.torch_params is not None:
+    same = "same" if measured.torch_params == params else "MISMATCH: the reference is not the same network"
+    print(f"  parameters: JAX {params:,}, PyTorch {measured.torch_params:,} ({same})")
+  else:
+    print(f"  parameters: JAX {params:,}")
+  if torch_best < float("inf"):
+    print(f"  ratio JAX/PyTorch images/s, {name}: {torch_best / jax_s:.2f} (against PyTorch's fastest)")
+    if defaults_s < float("inf"):
+      print(f"  ratio JAX/PyTorch images/s, {name} with XLA's default CPU convolutions: "
+            f"{torch_best / defaults_s:.2f}")
+  elif torch_python:
+    print(f"  ratio JAX/PyTorch: skipped ({torch_script} failed: {measured.torch_error})")
+  else:
+    where = f"--torch_python={torch_python_flag} does not import torch" if torch_python_flag else \
+        "torch is not installed in this interpreter"
+    print(f"  ratio JAX/PyTorch: skipped ({where}; pip install torch==2.13.0, or pass --torch_python)")

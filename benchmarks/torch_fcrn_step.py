@@ -27,11 +27,12 @@ images; Adam(1e-3). Inputs are padded to a multiple of 32 by edge replication as
 benchmark's 128 px needs none).
 """
 import argparse
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import torch_common  # benchmarks/torch_common.py, beside this script
 
 
 def bn(c):
@@ -124,50 +125,27 @@ def main():
   parser.add_argument("--width", type=int, default=8, help="Bottleneck width of the first stage.")
   parser.add_argument("--num_classes", type=int, default=4)
   parser.add_argument("--group_size", type=int, default=2)
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--size", type=int, default=128)
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--inner", type=int, default=5)
-  parser.add_argument("--threads", default="0", help="Comma-separated intra-op thread counts to time "
-                      "in turn (0: torch's default).")
-  parser.add_argument("--params_only", action="store_true", help="Print the parameter count and exit.")
+  torch_common.add_step_args(parser)
+  torch_common.add_params_only_arg(parser)
   args = parser.parse_args()
   blocks = tuple(int(b) for b in args.blocks.split(","))
   torch.manual_seed(0)
   model = FCRN(blocks, args.width, args.num_classes, args.group_size)
-  params = sum(p.numel() for p in model.parameters())
-  tag = (f"torch_fcrn_step blocks={args.blocks} width={args.width} batch={args.batch} size={args.size} "
-         f"params={params}")
-  if args.params_only:
-    print(tag)
-    return
-  model.train()
-  opt = torch.optim.Adam(model.parameters(), 1e-3)
   b, s = args.batch, args.size
-  image = torch.rand(b, 3, s, s) * 2 - 1
-  mask = (torch.rand(b, 1, s, s) > 0.5).float()
-  label = torch.randint(0, args.num_classes - 1, (b,))
 
-  def step():
-    target = (mask[:, 0] * (label[:, None, None] + 1)).long()  # 0 background, 1 + label in the lesion
-    opt.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(image), target)
-    loss.backward()
-    opt.step()
+  def make_loss():
+    image = torch.rand(b, 3, s, s) * 2 - 1
+    mask = (torch.rand(b, 1, s, s) > 0.5).float()
+    label = torch.randint(0, args.num_classes - 1, (b,))
+
+    def loss():
+      target = (mask[:, 0] * (label[:, None, None] + 1)).long()  # 0 background, 1 + label in the lesion
+      return F.cross_entropy(model(image), target)
+
     return loss
 
-  default_threads = torch.get_num_threads()
-  step()
-  for threads in (int(t) for t in args.threads.split(",")):
-    torch.set_num_threads(threads or default_threads)
-    step()
-    best = float("inf")
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      for _ in range(args.inner):
-        step()
-      best = min(best, (time.perf_counter() - start) / args.inner)
-    print(f"{tag} threads={torch.get_num_threads()} ms={best * 1e3:.2f} img_per_s={b / best:.2f}", flush=True)
+  torch_common.train_and_time(model, f"torch_fcrn_step blocks={args.blocks} width={args.width} batch={b} size={s}",
+                              make_loss, args)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,12 @@ Loss: lesion_jax.train.losses.inpainting_loss_per_example without feature networ
 on the model's input target * mask; Adam(1e-3).
 """
 import argparse
-import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+import torch_common  # benchmarks/torch_common.py, beside this script
 
 
 class PartialConv2d(nn.Conv2d):
@@ -129,48 +130,21 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--features", type=int, default=32)
   parser.add_argument("--levels", type=int, default=5)
-  parser.add_argument("--batch", type=int, default=8)
-  parser.add_argument("--size", type=int, default=128)
-  parser.add_argument("--repeats", type=int, default=3)
-  parser.add_argument("--inner", type=int, default=5)
-  parser.add_argument("--threads", default="0", help="Comma-separated intra-op thread counts to time "
-                      "in turn (0: torch's default).")
+  torch_common.add_step_args(parser)
   parser.add_argument("--mask_conv", default="channel_sum", choices=("channel_sum", "nvidia"))
-  parser.add_argument("--params_only", action="store_true", help="Print the parameter count and exit.")
+  torch_common.add_params_only_arg(parser)
   args = parser.parse_args()
   torch.manual_seed(0)
   model = PConvUNet(args.features, args.levels, mask_conv=args.mask_conv)
-  params = sum(p.numel() for p in model.parameters())
-  tag = (f"torch_inpainter_step features={args.features} levels={args.levels} batch={args.batch} "
-         f"size={args.size} mask_conv={args.mask_conv} params={params}")
-  if args.params_only:
-    print(tag)
-    return
-  model.train()
-  opt = torch.optim.Adam(model.parameters(), 1e-3)
   b, s = args.batch, args.size
-  target = torch.rand(b, 3, s, s) * 2 - 1
-  mask = hole_masks(b, s, torch.Generator().manual_seed(0))
 
-  def step():
-    opt.zero_grad(set_to_none=True)
-    loss = inpainting_loss(model(target * mask, mask), target, mask)
-    loss.backward()
-    opt.step()
-    return loss
+  def make_loss():
+    target = torch.rand(b, 3, s, s) * 2 - 1
+    mask = hole_masks(b, s, torch.Generator().manual_seed(0))
+    return lambda: inpainting_loss(model(target * mask, mask), target, mask)
 
-  default_threads = torch.get_num_threads()
-  step()
-  for threads in (int(t) for t in args.threads.split(",")):
-    torch.set_num_threads(threads or default_threads)
-    step()
-    best = float("inf")
-    for _ in range(args.repeats):
-      start = time.perf_counter()
-      for _ in range(args.inner):
-        step()
-      best = min(best, (time.perf_counter() - start) / args.inner)
-    print(f"{tag} threads={torch.get_num_threads()} ms={best * 1e3:.2f} img_per_s={b / best:.2f}", flush=True)
+  torch_common.train_and_time(model, f"torch_inpainter_step features={args.features} levels={args.levels} "
+                              f"batch={b} size={s} mask_conv={args.mask_conv}", make_loss, args)
 
 
 if __name__ == "__main__":
