@@ -193,6 +193,21 @@ def test_bad_inpainter_configs_are_refused(tiny_data_dir, tiny_dataset):
       inpainting.InpaintingTask(dataclasses.replace(base, **change)).check(mesh)
 
 
+def test_real_data_mode_scores_random_holes_in_the_image_itself(tiny_data_dir, tiny_dataset):
+  # No clean truth on real images: --target_key=image --eval_holes=random.
+  config = inpainting.InpainterConfig(
+      input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8),
+      target_key="image", eval_holes="random")
+  task = inpainting.InpaintingTask(config)
+  batch = next(iter(task.eval_batches("test")))
+  np.testing.assert_array_equal(batch["image"], batch["target"])
+  assert (batch["mask"] < 0.5).any() and (batch["mask"] > 0.5).any()
+  again = next(iter(task.eval_batches("test")))  # the same random holes every evaluation
+  np.testing.assert_array_equal(batch["mask"], again["mask"])
+  train = next(iter(task.train_batches(0)))
+  assert set(train) >= {"target", "mask"} and train["target"].shape == (8, 32, 32, 3)
+
+
 # --- the dilated U-Net -----------------------------------------------------------------------
 
 def test_dilated_unet_has_dilated_2_then_4_convs_and_standardises_its_input():

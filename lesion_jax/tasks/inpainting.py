@@ -207,16 +207,18 @@ class InpaintingTask(base.Task):
   def _eval_ops(self) -> list:
     c = self.config
     size = c.input.image_size
-    out = [ops.decode_image("image"), ops.resize_image("image", size),
-           ops.decode_image(c.target_key, out="target"), ops.resize_image("target", size)]
+    out = [ops.decode_image("image"), ops.resize_image("image", size)]
+    if c.target_key == "image":
+      out.append(ops.copy("image", "target"))
+    else:
+      out += [ops.decode_image(c.target_key, out="target"), ops.resize_image("target", size)]
     if c.eval_holes == "random":
       out.append(ops.random_holes(size, c.holes, out="holes"))
     else:
       key = "occlusion_mask" if c.eval_holes == "occlusion_mask" else DETECTED_KEY
       out += [ops.decode_mask(key, out="holes"), ops.resize_mask("holes", size)]
-    if c.target_key == "image" or c.eval_holes == "random":
-      # No clean truth inside real occlusions: score the holes we made on the image itself.
-      out.append(ops.copy("target", "image"))
+    if c.eval_holes == "random" and c.target_key != "image":
+      out.append(ops.copy("target", "image"))  # random holes in the clean image, scored against it
     return out + [_valid_from_holes("holes"), ops.normalize("image"), ops.normalize("target"),
                   ops.keep(("id", "image", "target", "mask"))]
 
