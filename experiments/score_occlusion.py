@@ -26,6 +26,7 @@ from lesion_jax import io
 from lesion_jax.artifacts import occlusion, stage
 from lesion_jax.artifacts import store as store_lib
 from lesion_jax.data import pipeline
+from lesion_jax.eval import figures
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
@@ -52,35 +53,21 @@ def _paint(image: np.ndarray, mask: np.ndarray, colour) -> np.ndarray:
 
 def save_figure(path: str, rows: list[dict], methods: list[str]) -> None:
   """Rows of (image, true occlusion if any, one detection per method), masks painted."""
-  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
-  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
   has_truth = any("truth" in r for r in rows)
-  columns = ["image"] + (["true occlusion"] if has_truth else []) + [f"{m} detection" for m in methods]
-  n = max(len(rows), 1)
+  columns = {"image": [r["image"] for r in rows]}
+  cell_titles = {"image": [r["id"] for r in rows]}
+  if has_truth:
+    columns["true occlusion"] = [_paint(r["image"], r["truth"], TRUE_COLOUR) if r.get("truth") is not None
+                                 else r["image"] for r in rows]
+    cell_titles["true occlusion"] = ["true occlusion" if r.get("truth") is not None else "no true mask"
+                                     for r in rows]
+  for m in methods:
+    columns[f"{m} detection"] = [_paint(r["image"], r["detections"][m], DETECTION_COLOUR) for r in rows]
+    cell_titles[f"{m} detection"] = [m + (f" Dice {r['dice'][m]:.2f}" if r.get("dice", {}).get(m) is not None
+                                          else "") for r in rows]
   aspect = max([r["image"].shape[0] / r["image"].shape[1] for r in rows] or [1.0])
-  fig = Figure(figsize=(2.4 * len(columns), (2.4 * aspect + 0.3) * n), dpi=100)
-  FigureCanvasAgg(fig)
-  for i, row in enumerate(rows):
-    panels = [(row["image"], row["id"])]
-    if has_truth:
-      truth = row.get("truth")
-      panels.append((_paint(row["image"], truth, TRUE_COLOUR) if truth is not None else row["image"],
-                     "true occlusion" if truth is not None else "no true mask"))
-    for m in methods:
-      dice = row.get("dice", {}).get(m)
-      panels.append((_paint(row["image"], row["detections"][m], DETECTION_COLOUR),
-                     m + (f" Dice {dice:.2f}" if dice is not None else "")))
-    for j, (picture, title) in enumerate(panels):
-      ax = fig.add_subplot(n, len(columns), i * len(columns) + j + 1)
-      ax.imshow(picture, interpolation="nearest")
-      ax.set_title(title, fontsize=7)
-      ax.set_axis_off()
-  fig.suptitle(("true occlusion: green   " if has_truth else "") + "detection: cyan", fontsize=9)
-  fig.tight_layout()
-  import io as _io  # pylint: disable=g-import-not-at-top
-  buf = _io.BytesIO()
-  fig.savefig(buf, format="png")
-  io.atomic_write_bytes(path, buf.getvalue())
+  figures.save_column_grid(path, columns, cell=2.4 * aspect, cell_titles=cell_titles,
+                           suptitle=("true occlusion: green   " if has_truth else "") + "detection: cyan")
 
 
 def _figure_ids(ids: list[str], truth: dict[str, np.ndarray] | None, count: int) -> list[str]:

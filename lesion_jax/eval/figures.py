@@ -178,21 +178,29 @@ def save_refinement_grid(path: str | os.PathLike, images: Sequence[Any], fcn_map
 
 
 def save_column_grid(path: str | os.PathLike, columns: Mapping[str, Sequence[Any]],
-                     titles: Sequence[str] | None = None, cell: float = 2.2) -> None:
+                     titles: Sequence[str] | None = None, cell: float = 2.2,
+                     cell_titles: Mapping[str, Sequence[str]] | None = None,
+                     suptitle: str | None = None) -> None:
   """One row per example, one column per named sequence: uint8/float RGB images, or 2-D masks
   and maps (shown grey-scale, [0, 1] or {0, 255}). E.g. original | detected occlusions |
-  purified | truth. `titles` label the rows (drawn above the first column)."""
+  purified | truth. `titles` label the rows (drawn above the first column); `cell_titles[name]`
+  gives every cell of column `name` its own title instead of the column's name on the first row."""
   names = list(columns)
   n = len(columns[names[0]]) if names else 0
+  cell_titles = cell_titles or {}
   for name in names:
     _check_len(name, columns[name], n)
+  for name, seq in cell_titles.items():
+    _check_len(f"cell_titles[{name!r}]", seq, n)
   _check_len("titles", titles, n)
   fig = _new_figure(max(len(names), 1) * cell, max(n, 1) * (cell + 0.2))
   for i in range(max(n, 1)):
     for j, name in enumerate(names):
       ax = fig.add_subplot(max(n, 1), len(names), i * len(names) + j + 1)
       ax.set_axis_off()
-      if i == 0:
+      if name in cell_titles and n:
+        ax.set_title(str(cell_titles[name][i]), fontsize=7)
+      elif i == 0:
         ax.set_title(name, fontsize=8)
       if n == 0:
         continue
@@ -204,6 +212,8 @@ def save_column_grid(path: str | os.PathLike, columns: Mapping[str, Sequence[Any
         ax.imshow(to_uint8_rgb(value))
       if j == 0 and titles is not None:
         ax.text(0, -0.5, str(titles[i]), fontsize=6, va="bottom")
+  if suptitle:
+    fig.suptitle(suptitle, fontsize=9)
   fig.tight_layout()
   _save(fig, path)
 
