@@ -192,9 +192,19 @@ def _preprocessed(ds: tf.data.Dataset, preprocess: ops.OpLike, seed: int,
     raise ops.MissingFeatureError(f"dataset {builder.info.full_name}: {e}") from None
 
 
+def extra_examples(records: list[dict[str, Any]], keys: tuple[str, ...]) -> tf.data.Dataset:
+  """Examples from outside the TFDS split (generated images), in the layout `read_split` gives:
+  each record has 'id', 'image' (PNG bytes) and the int class features in `keys`."""
+  columns = {"id": tf.constant([r["id"] for r in records], tf.string),
+             "image": tf.constant([r["image"] for r in records], tf.string),
+             **{k: tf.constant([int(r[k]) for r in records], tf.int64) for k in keys}}
+  return tf.data.Dataset.from_tensor_slices(columns)
+
+
 def train_stream(config: InputConfig, preprocess: ops.OpLike, split: str = "train", start_step: int = 0,
                  builder: tfds.core.DatasetBuilder | None = None,
-                 balance_key: str | None = None, expanded_shuffle: int = 0) -> tf.data.Dataset:
+                 balance_key: str | None = None, expanded_shuffle: int = 0,
+                 extra: tf.data.Dataset | None = None) -> tf.data.Dataset:
   """An endless stream of batches of `preprocess`ed training examples, starting at `start_step`.
 
   Uses config's dataset, data_dir, manual_dir, batch_size (global), seed, shuffle_buffer and
@@ -205,12 +215,17 @@ def train_stream(config: InputConfig, preprocess: ops.OpLike, split: str = "trai
 
   `balance_key` (a ClassLabel feature) samples every class equally often (each class's examples
   cycle in their own shuffled epochs), for the skewed benign/malignant ratios of dermoscopy archives.
+  `extra` (from `extra_examples`) adds examples to the split before shuffling (the split is then
+  cut to the extra examples' keys, which must cover what `preprocess` reads).
   `expanded_shuffle` > 0 shuffles the outputs of a one-to-many op in a buffer of that many
   (decoded) examples, seeded, so that e.g. the rotated copies of one image do not fill whole
   batches; the stream stays a pure function of (seed, step).
   """
   builder = builder or get_builder(config.dataset, config.data_dir, config.manual_dir)
   base = read_split(builder, split, joins=config.joins)
+  if extra is not None:
+    keys = tuple(extra.element_spec)
+    base = base.map(_plain(lambda ex: {k: ex[k] for k in keys})).concatenate(extra)
   n = int(base.cardinality().numpy())
   if n <= 0:
     raise ValueError(f"split {split!r} of {config.dataset} is empty")
@@ -256,10 +271,47 @@ def eval_stream(config: InputConfig, preprocess: ops.OpLike, split: str,
 
 def train_iterator(config: InputConfig, preprocess: ops.OpLike, split: str = "train", start_step: int = 0,
                    builder: tfds.core.DatasetBuilder | None = None,
-                   balance_key: str | None = None, expanded_shuffle: int = 0) -> Iterator[dict[str, Any]]:
+                   balance_key: str | None = None, expanded_shuffle: int = 0,
+                   extra: tf.data.Dataset | None = None) -> Iterator[dict[str, Any]]:
   """train_stream as numpy batches."""
   return train_stream(config, preprocess, split, start_step, builder, balance_key,
-                      expanded_shuffle).as_numpy_iterator()
+                      expanded_shuffle, extra).as_numpy_iterator()
+
+
+def class_counts(builder: tfds.core.DatasetBuilder, split: str, label_key: str,
+                 joins: tuple[ArtifactJoin, ...] = ()) -> np.ndarray:
+  """Examples of each class of `label_key` in `split` (all hosts)."""
+  base = read_split(builder, split, per_process=False, joins=joins)
+  labels = np.fromiter(base.map(_plain(lambda ex: ex[label_key])).as_numpy_iterator(), np.int64)
+  return np.bincount(labels, minlength=num_classes(builder, label_key))
+
+
+def class_grouped_iterator(config: InputConfig, preprocess: ops.OpLike, split: str, label_key: str,
+                           classes: tuple[int, ...], start_step: int = 0,
+                           builder: tfds.core.DatasetBuilder | None = None) -> Iterator[dict[str, Any]]:
+  """Endless numpy batches whose leaves are (B, C, ...): B examples of each of the C `classes`
+  (class indices of `label_key`) per batch, each class cycling through its own shuffled epochs
+  (the input of class-specific models trained side by side, e.g. per-class GANs). A pure function
+  of (seed, step), like `train_stream`."""
+  builder = builder or get_builder(config.dataset, config.data_dir, config.manual_dir)
+  base = read_split(builder, split, joins=config.joins)
+  counts = class_counts(builder, split, label_key, config.joins) if jax.process_count() == 1 else None
+  local_batch = config.batch_size // jax.process_count()
+  first = start_step * local_batch
+  streams = []
+  for c in classes:
+    subset = base.filter(_plain(lambda ex, c=c: ex[label_key] == c))
+    n = int(counts[c]) if counts is not None else sum(1 for _ in subset)
+    if n == 0:
+      raise ValueError(f"split {split!r} of {builder.info.full_name} has no example of class {c} of {label_key!r}")
+    seed = config.seed + 7919 * (c + 1)
+    start_epoch, offset = divmod(first, n)
+    ds = _epochs(subset, min(n, config.shuffle_buffer), seed, start_epoch).skip(offset)
+    streams.append(_preprocessed(ds.enumerate(start=first), preprocess, seed, builder).batch(
+        local_batch, drop_remainder=True))
+  stacked = tf.data.Dataset.zip(tuple(streams)).map(
+      _plain(lambda *batches: tf.nest.map_structure(lambda *xs: tf.stack(xs, axis=1), *batches)))
+  return stacked.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def eval_iterator(config: InputConfig, preprocess: ops.OpLike, split: str,

@@ -26,6 +26,19 @@ cysts are always drawn as before; negative network and streaks are drawn only wi
 so with the option off every seed renders exactly the bytes it rendered before they existed,
 and with it on a lesion without the new structures renders the same pixels as with it off
 (streaks cross the lesion border, so with them `mask` also covers their outer parts).
+
+Class sets: `RenderConfig(class_set="isic2017")` (the default) has the 3 diagnoses above and
+renders every seed as before class sets existed. `class_set="ham10000"` has the 7 HAM10000 /
+ISIC 2018 task 3 classes (DIAGNOSES_HAM10000, malignant per MALIGNANT_HAM10000): nevus and
+melanoma keep their cue models, benign keratosis uses the seborrheic keratosis one, and four
+appearance classes are added with cues of their own and structures drawn from a stream of their
+own (STRUCTURE_NAMES): vascular lesion (red to purple lacunae, sharply demarcated), basal cell
+carcinoma (pink, translucent; arborising vessels, blue-grey ovoid nests, ulceration),
+dermatofibroma (small; central white scar-like patch, faint light-brown peripheral ring) and
+actinic keratosis (red pseudo-network of skin-coloured follicular openings, whitish scale). As
+with the three classes, every diagnosis has look-alikes (_APPEARANCE_HAM10000), and a few
+signature structures turn up, rarely, in other classes (e.g. regression, a white scar-like
+area, in melanoma).
 """
 from __future__ import annotations
 
@@ -41,6 +54,37 @@ DIAGNOSES = ("nevus", "melanoma", "seborrheic_keratosis")  # class index = posit
 # Channels of `feature_masks`, in order (the ISIC 2018 task 2 lesion attributes).
 FEATURE_NAMES = ("pigment_network", "negative_network", "streaks", "milia_like_cyst", "globules")
 MALIGNANT = {"nevus": False, "melanoma": True, "seborrheic_keratosis": False}
+
+# The seven ISIC 2018 task 3 / HAM10000 classes (RenderConfig(class_set="ham10000")), in the
+# alphabetical order of HAM10000's `dx` codes (HAM10000_CODES). Note: the `ham10000` and `isic2018`
+# builders order their labels as the ISIC 2018 CSV columns do (common.HAM_CLASSES), not like this.
+DIAGNOSES_HAM10000 = ("actinic_keratosis", "basal_cell_carcinoma", "benign_keratosis",
+                      "dermatofibroma", "melanoma", "nevus", "vascular_lesion")
+HAM10000_CODES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+# Malignant as HAM10000 counts it (mel, bcc and akiec; actinic keratoses/Bowen's disease are
+# in situ carcinoma or its precursor, so the dataset's convention counts them as malignant).
+MALIGNANT_HAM10000 = {"actinic_keratosis": True, "basal_cell_carcinoma": True,
+                      "benign_keratosis": False, "dermatofibroma": False, "melanoma": True,
+                      "nevus": False, "vascular_lesion": False}
+# Image counts of the classes in HAM10000 (10015 images), DIAGNOSES_HAM10000 order; normalised,
+# the priors RenderConfig(class_set="ham10000") samples real-world proportions with.
+HAM10000_COUNTS = (327, 514, 1099, 115, 1113, 6705, 142)
+HAM10000_PRIORS = tuple(c / sum(HAM10000_COUNTS) for c in HAM10000_COUNTS)
+CLASS_SETS = {"isic2017": DIAGNOSES, "ham10000": DIAGNOSES_HAM10000}
+_MALIGNANT_BY_SET = {"isic2017": MALIGNANT, "ham10000": MALIGNANT_HAM10000}
+
+
+def class_names(class_set: str = "isic2017") -> tuple[str, ...]:
+  """The diagnoses of a class set ("isic2017": DIAGNOSES, "ham10000": DIAGNOSES_HAM10000)."""
+  if class_set not in CLASS_SETS:
+    raise ValueError(f"class_set must be one of {tuple(CLASS_SETS)}, got {class_set!r}")
+  return CLASS_SETS[class_set]
+
+
+def malignant_map(class_set: str = "isic2017") -> dict[str, bool]:
+  """Diagnosis name -> malignant, for a class set (a copy)."""
+  class_names(class_set)  # validates
+  return dict(_MALIGNANT_BY_SET[class_set])
 
 # Dermoscopic colours (RGB on light skin; darkened on darker skin). Index order is used by cues.
 COLOUR_NAMES = ("light_brown", "dark_brown", "black", "blue_grey", "red_pink")
@@ -75,8 +119,9 @@ class RenderConfig:
     bubble_probability: chance of gel bubbles.
     sticker_probability: chance of a coloured calibration sticker near a corner.
     vignette_probability: chance of a dark dermoscope field-of-view border.
-    class_priors: diagnosis probabilities, in DIAGNOSES order.
-    label: if set, force this diagnosis index instead of sampling it.
+    class_priors: diagnosis probabilities, in the order of the class set's names (3 for
+      "isic2017", 7 for "ham10000", e.g. HAM10000_PRIORS); needed only when `label` is None.
+    label: if set, force this diagnosis index (into the class set's names) instead of sampling.
     low_contrast_probability: chance of a faint, hard-to-segment lesion.
     supersample: anti-aliasing factor for hard edges (lesion contour, occluders); None picks
       4 up to 128 px and 2 above (cheaper, and large images need less).
@@ -84,8 +129,13 @@ class RenderConfig:
     dermoscopic_features: also draw negative network and streaks (class-dependent, from
       their own random streams; off by default so that existing seeds render as before).
     hair_probability_by_label, ruler_probability_by_label: if set, the chance of hairs / ruler
-      per diagnosis (DIAGNOSES order) instead of the one above: occlusions that correlate with
+      per diagnosis (class set order) instead of the one above: occlusions that correlate with
       the diagnosis, the shortcut a classifier learns (the purification paper's point).
+    class_set: "isic2017" (DIAGNOSES: nevus, melanoma, seborrheic keratosis; what every seed
+      rendered before class sets existed, unchanged) or "ham10000" (DIAGNOSES_HAM10000, the 7
+      ISIC 2018 classes: nevus and melanoma keep their cue models, benign keratosis uses the
+      seborrheic keratosis one, and vascular lesion, basal cell carcinoma, dermatofibroma and
+      actinic keratosis have cue models and structures of their own; see _draw_class_structures).
   """
   image_size: int = 128
   hair_probability: float = 0.5
@@ -93,14 +143,15 @@ class RenderConfig:
   bubble_probability: float = 0.2
   sticker_probability: float = 0.1
   vignette_probability: float = 0.7
-  class_priors: tuple[float, float, float] = (0.6, 0.2, 0.2)
+  class_priors: tuple[float, ...] = (0.6, 0.2, 0.2)
   label: int | None = None
   low_contrast_probability: float = 0.1
   supersample: int | None = None
   noise_level: float = 1.0
   dermoscopic_features: bool = False
-  hair_probability_by_label: tuple[float, float, float] | None = None
-  ruler_probability_by_label: tuple[float, float, float] | None = None
+  hair_probability_by_label: tuple[float, ...] | None = None
+  ruler_probability_by_label: tuple[float, ...] | None = None
+  class_set: str = "isic2017"
 
 
 def _by_label(probability: float, by_label: tuple[float, ...] | None, label: int) -> float:
@@ -153,6 +204,91 @@ _CLASS_MODELS = (
         atypia=(2.0, 4.0), globule_probability=0.5, cyst_probability=0.75,
         fissure_probability=0.6, negative_network_probability=0.02, streak_probability=0.03,
         regular_streak_probability=0.3),
+    # The appearance classes below are drawn only with RenderConfig(class_set="ham10000").
+    # Their base is a colour of their own (_CLASS_BASE_RGB), their cue colours other than
+    # red/pink are zones on it, and their signature structures come from _STRUCTURE_MODELS.
+    _ClassModel(  # vascular lesion: small-mid, round, sharply demarcated, red (blue-grey veil)
+        diameter=(0.28, 0.07), asymmetry=(2.0, 5.0), irregularity=(1.8, 6.0),
+        num_colours=(0.6, 0.34, 0.06, 0.0, 0.0),
+        colour_weights=(0.04, 0.04, 0.02, 0.3, 0.6),
+        border_blur=(0.3, 1.0), contrast=(0.8, 1.0), network_probability=0.0,
+        atypia=(2.0, 5.0), globule_probability=0.02, cyst_probability=0.0,
+        fissure_probability=0.0),
+    _ClassModel(  # basal cell carcinoma: pink, translucent, few browns, blue-grey
+        diameter=(0.36, 0.09), asymmetry=(3.0, 3.5), irregularity=(2.5, 4.0),
+        num_colours=(0.45, 0.4, 0.13, 0.02, 0.0),
+        colour_weights=(0.12, 0.08, 0.02, 0.33, 0.45),
+        border_blur=(1.0, 3.0), contrast=(0.55, 0.85), network_probability=0.02,
+        atypia=(2.0, 5.0), globule_probability=0.05, cyst_probability=0.02,
+        fissure_probability=0.0, streak_probability=0.08, regular_streak_probability=0.3),
+    _ClassModel(  # dermatofibroma: small, round, regular, pink-brown, fading into the skin
+        diameter=(0.26, 0.05), asymmetry=(1.8, 6.0), irregularity=(1.8, 6.0),
+        num_colours=(0.65, 0.3, 0.05, 0.0, 0.0),
+        colour_weights=(0.2, 0.08, 0.01, 0.03, 0.68),
+        border_blur=(2.0, 4.0), contrast=(0.6, 0.95), network_probability=0.1,
+        atypia=(2.0, 5.0), globule_probability=0.03, cyst_probability=0.0,
+        fissure_probability=0.0, negative_network_probability=0.15,
+        regular_streak_probability=0.5),
+    _ClassModel(  # actinic keratosis: mid-size, ill-defined, red/pink, rarely pigmented
+        diameter=(0.38, 0.1), asymmetry=(3.0, 3.0), irregularity=(3.0, 3.5),
+        num_colours=(0.5, 0.38, 0.1, 0.02, 0.0),
+        colour_weights=(0.2, 0.1, 0.02, 0.03, 0.65),
+        border_blur=(2.5, 5.0), contrast=(0.6, 0.9), network_probability=0.03,
+        atypia=(3.0, 3.0), globule_probability=0.03, cyst_probability=0.02,
+        fissure_probability=0.02),
+)
+_LOOK_DF = 5  # appearance classes 3-6: vascular lesion, BCC, dermatofibroma, actinic keratosis
+# Base colour (RGB on light skin) of the appearance classes 3-6.
+_CLASS_BASE_RGB = np.array(
+    [
+        (212, 132, 142),  # vascular lesion: pale red-pink septa between the lacunae
+        (224, 150, 154),  # basal cell carcinoma: pink, translucent (low contrast)
+        (204, 148, 126),  # dermatofibroma: pinkish light brown
+        (216, 116, 118),  # actinic keratosis: erythema (the pseudo-network's background)
+    ],
+    np.float32,
+)
+_VESSEL_RGB = np.array((196, 36, 52), np.float32)  # arborising vessels: bright, in-focus red
+_NEST_RGB = np.array((98, 112, 138), np.float32)  # blue-grey ovoid nests / globules of BCC
+_ULCER_RGB = np.array((118, 42, 38), np.float32)  # ulceration / haemorrhagic crust
+_SCAR_RGB = np.array((246, 238, 232), np.float32)  # white scar-like patch (regression in mel)
+_SCALE_RGB = np.array((240, 232, 218), np.float32)  # whitish-yellow scale of keratoses
+_PLUG_RGB = np.array((238, 226, 196), np.float32)  # keratin plugs in follicular openings
+# Lacunae, from red to thrombosed: red, maroon, purple, blue-black.
+_LACUNA_RGB = np.array([(204, 52, 66), (144, 34, 56), (124, 58, 112), (62, 40, 72)], np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StructureModel:
+  """P(structure) per appearance class, for the structures of RenderConfig(class_set="ham10000").
+
+  Each is the signature of one class, but occurs, rarely, in others: regression (a white,
+  scar-like area) in melanoma, arborising vessels in amelanotic melanoma, scale on keratoses.
+  """
+  lacunae: float = 0.0  # vascular lesion: round, sharply demarcated red-purple blobs
+  arborizing_vessels: float = 0.0  # basal cell carcinoma: thin, branching red vessels
+  blue_grey_nests: float = 0.0  # basal cell carcinoma: blue-grey ovoid nests and globules
+  ulceration: float = 0.0  # basal cell carcinoma (mostly): dark red-brown crust
+  white_scar: float = 0.0  # dermatofibroma: central white scar-like patch
+  pigment_ring: float = 0.0  # dermatofibroma: faint light-brown ring at the periphery
+  pseudo_network: float = 0.0  # actinic keratosis: red background, skin-coloured follicles
+  scale: float = 0.0  # actinic keratosis: whitish scale
+
+
+STRUCTURE_NAMES = tuple(f.name for f in dataclasses.fields(_StructureModel))
+_STRUCTURE_MODELS = (  # by appearance class (the columns of _APPEARANCE_HAM10000)
+    _StructureModel(white_scar=0.02),  # nevus
+    _StructureModel(lacunae=0.01, arborizing_vessels=0.06, blue_grey_nests=0.04, ulceration=0.03,
+                    white_scar=0.15, pseudo_network=0.02, scale=0.02),  # melanoma
+    _StructureModel(arborizing_vessels=0.03, pseudo_network=0.05, scale=0.15),  # keratosis
+    _StructureModel(lacunae=0.97, arborizing_vessels=0.02, ulceration=0.05,
+                    white_scar=0.05),  # vascular lesion
+    _StructureModel(lacunae=0.02, arborizing_vessels=0.85, blue_grey_nests=0.6, ulceration=0.25,
+                    white_scar=0.12, pseudo_network=0.03, scale=0.05),  # basal cell carcinoma
+    _StructureModel(arborizing_vessels=0.02, white_scar=0.88, pigment_ring=0.85,
+                    pseudo_network=0.02, scale=0.02),  # dermatofibroma
+    _StructureModel(arborizing_vessels=0.05, ulceration=0.05, white_scar=0.03,
+                    pseudo_network=0.88, scale=0.7),  # actinic keratosis
 )
 
 
@@ -167,6 +303,16 @@ _STYLE_PROBABILITIES = (
      (0.0, 0.3, 0.7, 0.0)),
     ((0.2, 0.2, 0.6, 0.0), (0.15, 0.0, 0.45, 0.4), (0.0, 0.0, 0.3, 0.7), (0.2, 0.0, 0.8, 0.0),
      (0.0, 0.3, 0.7, 0.0)),
+    # class_set="ham10000" only: vascular lesion, basal cell carcinoma (blue-grey blotches and
+    # dots, brown dots of pigmented BCC), dermatofibroma (brown rings), actinic keratosis.
+    ((0.2, 0.2, 0.6, 0.0), (0.1, 0.0, 0.6, 0.3), (0.0, 0.0, 0.4, 0.6), (0.3, 0.0, 0.7, 0.0),
+     (0.0, 0.0, 1.0, 0.0)),
+    ((0.0, 0.2, 0.8, 0.0), (0.0, 0.0, 0.5, 0.5), (0.0, 0.0, 0.3, 0.7), (0.0, 0.0, 0.5, 0.5),
+     (0.0, 0.3, 0.7, 0.0)),
+    ((0.0, 0.8, 0.2, 0.0), (0.0, 0.6, 0.4, 0.0), (0.0, 0.0, 0.5, 0.5), (0.3, 0.0, 0.7, 0.0),
+     (0.0, 0.3, 0.7, 0.0)),
+    ((0.0, 0.2, 0.8, 0.0), (0.0, 0.0, 0.7, 0.3), (0.0, 0.0, 0.5, 0.5), (0.0, 0.0, 0.7, 0.3),
+     (0.0, 0.3, 0.7, 0.0)),
 )
 
 # P(appearance class | diagnosis): rows are diagnoses, columns the class model cues are drawn from.
@@ -175,6 +321,24 @@ _APPEARANCE = (
     (0.12, 0.88, 0.0),  # melanoma: early ones look like nevi
     (0.06, 0.02, 0.92),  # seborrheic keratosis: flat ones look like nevi
 )
+# The same for class_set="ham10000": rows in DIAGNOSES_HAM10000 order, columns the appearance
+# classes nevus, melanoma, keratosis, vascular lesion, BCC, dermatofibroma, actinic keratosis.
+_APPEARANCE_HAM10000 = (
+    (0.0, 0.03, 0.07, 0.0, 0.05, 0.0, 0.85),  # actinic keratosis: pigmented ones, BCC-like
+    (0.02, 0.05, 0.03, 0.0, 0.86, 0.0, 0.04),  # basal cell carcinoma: pigmented ones
+    (0.06, 0.02, 0.88, 0.0, 0.0, 0.0, 0.04),  # benign keratosis: lichen planus-like ones AK-like
+    (0.08, 0.0, 0.04, 0.0, 0.03, 0.85, 0.0),  # dermatofibroma: some look like nevi
+    (0.12, 0.84, 0.0, 0.0, 0.02, 0.0, 0.02),  # melanoma: early ones nevus-like, amelanotic ones
+    (0.90, 0.06, 0.02, 0.0, 0.0, 0.02, 0.0),  # nevus
+    (0.03, 0.03, 0.0, 0.90, 0.04, 0.0, 0.0),  # vascular lesion: nodular melanoma, BCC look-alikes
+)
+
+
+def own_appearance(class_set: str, label: int) -> int:
+  """The appearance class a diagnosis's cues usually come from (cues['appearance'] of its typical,
+  not look-alike, examples)."""
+  table = _APPEARANCE if class_set == "isic2017" else _APPEARANCE_HAM10000
+  return int(np.argmax(table[label]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -247,7 +411,8 @@ def _sample_cues(rng: np.random.Generator, label: int, config: RenderConfig) -> 
   always: dysplastic nevi look like melanoma, early melanomas like nevi, flat seborrheic
   keratoses like nevi. These look-alikes bound the achievable accuracy, as in real dermoscopy.
   """
-  look = int(rng.choice(3, p=_APPEARANCE[label]))
+  table = _APPEARANCE if config.class_set == "isic2017" else _APPEARANCE_HAM10000
+  look = int(rng.choice(len(table[label]), p=table[label]))
   m = _CLASS_MODELS[look]
   cues: dict[str, Any] = {"appearance": float(look)}
   cues["diameter"] = float(np.clip(rng.normal(*m.diameter), 0.15, 0.6))
@@ -470,13 +635,16 @@ def _render_lesion(rng: np.random.Generator, cues: dict[str, Any], look: int, si
                    theta: np.ndarray, skin_luma: float,
                    rng_negative: np.random.Generator | None = None,
                    streaks: tuple[np.random.Generator, np.ndarray] | None = None,
-                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+                   class_structures: tuple[np.random.Generator, dict[str, float], np.ndarray]
+                   | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
   """Lesion colour (S, S, 3): base colour, zones/blotches, network, dots, cysts, texture.
 
   Also returns, per structure drawn, a map (S, S) in [0, 1] of where it is: the region of a
   network (not just its lines), the coverage of dots. With `rng_negative` it draws a negative
   network from that stream; with `streaks` = (stream, coverage) streaks of that coverage. Both
-  use nothing from `rng`, and leave pixels outside themselves untouched.
+  use nothing from `rng`, and leave pixels outside themselves untouched. `class_structures` =
+  (stream, structure cues, skin) draws the structures of class_set="ham10000" (lacunae,
+  vessels, ...) from that stream; looks 3-6 (that class set only) draw from `rng` as well.
   """
   structures: dict[str, np.ndarray] = {}
   s128 = size / 128.0
@@ -490,8 +658,13 @@ def _render_lesion(rng: np.random.Generator, cues: dict[str, Any], look: int, si
   colours.sort(key=base_order.index)
   colours[1:] = sorted(colours[1:], key=[0, 4, 1, 3, 2].index)
   base_rgb = palette[colours[0]]
+  zones = colours[1:]
   if look == 2:  # seborrheic keratosis: waxy tan base instead of light brown
     base_rgb = _SK_TAN * np.float32(scale * rng.uniform(0.9, 1.1)) if colours[0] == 0 else base_rgb
+  elif look >= 3:  # the classes of class_set="ham10000": a base of their own, and every cue
+    # colour other than red/pink (which the base stands for) a zone on it
+    base_rgb = _CLASS_BASE_RGB[look - 3] * np.float32(scale * rng.uniform(0.93, 1.07))
+    zones = sorted((c for c in colours if c != 4), key=[0, 4, 1, 3, 2].index)
   lesion = np.empty((size, size, 3), np.float32)
   lesion[:] = base_rgb
   asym = cues["asymmetry"]
@@ -499,7 +672,7 @@ def _render_lesion(rng: np.random.Generator, cues: dict[str, Any], look: int, si
   # the lesion is asymmetric.
   skew = np.float32(asym * 0.6) * np.cos(theta - np.float32(rng.uniform(0, 2 * np.pi)))
   rho_w = rho * (1.0 + skew) + 0.16 * _smooth_noise(rng, size, 6)
-  for c in colours[1:]:
+  for c in zones:
     style = _choose_style(rng, look, c)
     strength = np.float32(rng.uniform(0.7, 1.0))
     if style == "centre":
@@ -597,9 +770,192 @@ def _render_lesion(rng: np.random.Generator, cues: dict[str, Any], look: int, si
     lesion += (m * np.float32(rng.uniform(0.7, 1.0)))[..., None] * (_CYST_RGB * scale - lesion)
     structures["milia_like_cyst"] = m
 
+  if class_structures is not None:
+    rng_class, class_cues, skin = class_structures
+    lesion = _draw_class_structures(rng_class, class_cues, look, lesion, skin, scale, cues, size,
+                                    factor, centre, rtab, rho, structures)
+
   texture = 1.0 + np.float32(rng.uniform(0.04, 0.1)) * _smooth_noise(rng, size, max(size // 6, 4))
   lesion *= texture[..., None]
   return lesion, structures
+
+
+def _sample_structure_cues(rng: np.random.Generator, look: int) -> dict[str, float]:
+  """0/1 per STRUCTURE_NAMES (class_set="ham10000"), from the appearance class's model."""
+  m = _STRUCTURE_MODELS[look]
+  u = rng.random(len(STRUCTURE_NAMES))  # always one draw per structure, whatever is drawn
+  return {name: float(u[i] < getattr(m, name)) for i, name in enumerate(STRUCTURE_NAMES)}
+
+
+def _blend(lesion: np.ndarray, weight: np.ndarray, rgb: np.ndarray) -> None:
+  """In place: lesion += weight (lesion towards rgb), weight (S, S), rgb (3,) or (S, S, 3)."""
+  lesion += weight[..., None] * (rgb - lesion)
+
+
+def _blob(rng: np.random.Generator, size: int, point: np.ndarray, radius: float, aspect: float,
+          roughness: float, cells: int) -> np.ndarray:
+  """Soft irregular patch (S, S) in [0, 1]: an ellipse of `radius` px (`aspect` >= 1 along a
+  random direction) at `point`, its edge roughened by smooth noise."""
+  y, x = _pixel_centres(size)
+  a = rng.uniform(0.0, np.pi)
+  ca, sa = np.float32(np.cos(a)), np.float32(np.sin(a))
+  ex, ey = x - np.float32(point[0]), y - np.float32(point[1])
+  dist = np.hypot((ex * ca + ey * sa) / np.float32(aspect), -ex * sa + ey * ca) / np.float32(radius)
+  dist = dist + np.float32(roughness) * _smooth_noise(rng, size, cells)
+  return _smoothstep(1.0, 0.7, dist)
+
+
+def _draw_arborizing_vessels(rng: np.random.Generator, size: int, factor: int, centre: np.ndarray,
+                             rtab: np.ndarray, radius: float) -> np.ndarray:
+  """Coverage (S, S) of arborising vessels: a few trees of thin, wiggly red lines whose branches
+  fork into ever thinner ones (basal cell carcinoma). `radius` is the lesion's in px."""
+  canvas = np.zeros((size * factor, size * factor), np.uint8)
+  n_trees = int(rng.integers(2, 5)) + int(radius > 0.2 * size)
+  for _ in range(n_trees):
+    start = _points_in_lesion(rng, 1, centre, rtab, (0.0, 0.7), size)[0]
+    stack = [(start, rng.uniform(0, 2 * np.pi), rng.uniform(0.35, 0.65) * radius,
+              rng.uniform(1.1, 1.8) * size / 128.0, 0)]
+    depth_max = 2 + int(rng.random() < 0.6)
+    while stack:
+      p0, angle, length, width, depth = stack.pop()
+      turns = angle + np.cumsum(rng.normal(0.0, 0.25, 5))
+      steps = (length / 5.0) * np.stack([np.cos(turns), np.sin(turns)], -1)
+      pts = p0 + np.concatenate([np.zeros((1, 2)), np.cumsum(steps, 0)])
+      thick = max(int(round(width * factor)), 1)
+      cv2.polylines(canvas, [_canvas_points(pts, factor)], False, 255, thick, cv2.LINE_AA, 4)
+      if depth < depth_max:
+        for sign in (-1.0, 1.0):
+          stack.append((pts[-1], turns[-1] + sign * rng.uniform(0.3, 0.9),
+                        length * rng.uniform(0.5, 0.75), width * 0.62, depth + 1))
+  return _downsample(canvas, size)
+
+
+def _draw_nests(rng: np.random.Generator, size: int, factor: int, centre: np.ndarray,
+                rtab: np.ndarray, radius: float) -> np.ndarray:
+  """Coverage (S, S) of blue-grey ovoid nests and a few blue-grey globules (basal cell
+  carcinoma), slightly blurred: the pigment is deep."""
+  canvas = np.zeros((size * factor, size * factor), np.uint8)
+  n = int(rng.integers(1, 6))
+  pts = _canvas_points(_points_in_lesion(rng, n, centre, rtab, (0.0, 0.8), size), factor)
+  major = rng.uniform(0.12, 0.3, n) * radius
+  minor = major * rng.uniform(0.45, 0.8, n)
+  angle = rng.uniform(0.0, 180.0, n)
+  for (cx, cy), a, b, t in zip(pts, major, minor, angle):
+    axes = (max(int(round(a * factor * 16)), 8), max(int(round(b * factor * 16)), 8))
+    cv2.ellipse(canvas, (int(cx), int(cy)), axes, float(t), 0, 360, 255, -1, cv2.LINE_AA, 4)
+  k = int(rng.poisson(4.0)) + 1
+  dots = _points_in_lesion(rng, k, centre, rtab, (0.0, 0.9), size)
+  dot_r = rng.uniform(0.05, 0.12, k) * radius
+  for (cx, cy), r in zip(_canvas_points(dots, factor), dot_r):
+    cv2.circle(canvas, (int(cx), int(cy)), max(int(round(r * factor * 16)), 8), 255, -1,
+               cv2.LINE_AA, 4)
+  cover = _downsample(canvas, size)
+  sigma = 0.8 * size / 128.0
+  return cv2.GaussianBlur(cover, (0, 0), sigma) if sigma > 0.3 else cover
+
+
+def _draw_lacunae(rng: np.random.Generator, size: int, factor: int, centre: np.ndarray,
+                  rtab: np.ndarray, diameter: float) -> list[tuple[np.ndarray, int]]:
+  """Lacunae of a vascular lesion: round, sharply demarcated blobs packed in the lesion, from
+  red to purple (blue-black when thrombosed). Returns [(coverage, _LACUNA_RGB index)]."""
+  n = int(rng.poisson(rng.uniform(22.0, 40.0) * (diameter / 0.3)**2)) + 5
+  pts = _points_in_lesion(rng, n, centre, rtab, (0.0, 0.92), size)
+  radii = rng.uniform(0.018, 0.034, n) * size * math.sqrt(diameter / 0.3)
+  purple = rng.beta(1.5, 2.5)
+  black = 0.35 if rng.random() < 0.15 else 0.05  # thrombosed: some blue-black lacunae
+  p = np.array(((1 - purple) * 0.6, (1 - purple) * 0.4, purple, black))
+  kind = rng.choice(4, size=n, p=p / p.sum())
+  return [(_disc_coverage(size, factor, pts[kind == k], radii[kind == k]), k)
+          for k in range(4) if (kind == k).any()]
+
+
+def _follicles(rng: np.random.Generator, centre: np.ndarray, rtab: np.ndarray,
+               size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Follicular openings of a pseudo-network: a jittered hexagonal lattice (spacing a few % of
+  the image) clipped to the lesion. Returns (points (n, 2) px, radii px, has a keratin plug)."""
+  spacing = rng.uniform(0.028, 0.042)
+  g = int(math.ceil(2.0 * float(rtab.max()) / spacing)) + 2
+  idx = np.arange(g, dtype=np.float64) - (g - 1) / 2.0
+  ii, jj = np.meshgrid(idx, idx, indexing="ij")
+  grid = np.stack([jj + 0.5 * (np.arange(g)[:, None] % 2), ii * 0.866], -1)
+  rel = (grid + rng.uniform(-0.3, 0.3, (g, g, 2))).reshape(-1, 2) * spacing
+  radii = rng.uniform(0.26, 0.38) * spacing * size * rng.uniform(0.75, 1.25, g * g)
+  plug = rng.random(g * g) < rng.uniform(0.15, 0.45)
+  ang = np.arctan2(rel[:, 1], rel[:, 0]) % (2 * np.pi)
+  r_at = rtab[(ang / (2 * np.pi) * _CONTOUR_POINTS).astype(int) % _CONTOUR_POINTS]
+  keep = np.hypot(rel[:, 0], rel[:, 1]) < 0.95 * r_at
+  return centre + rel[keep] * size, radii[keep], plug[keep]
+
+
+def _draw_class_structures(rng: np.random.Generator, sc: dict[str, float], look: int,
+                           lesion: np.ndarray, skin: np.ndarray, scale: float,
+                           cues: dict[str, Any], size: int, factor: int, centre: np.ndarray,
+                           rtab: np.ndarray, rho: np.ndarray,
+                           structures: dict[str, np.ndarray]) -> np.ndarray:
+  """The structures of class_set="ham10000" (STRUCTURE_NAMES; `sc` says which), on `lesion`.
+
+  Dermatofibroma: a faint light-brown ring at the periphery (sometimes with a delicate network)
+  and a central white scar-like patch (the same patch, off centre, is regression in others).
+  Vascular lesion: red-purple lacunae. Actinic keratosis: pseudo-network (skin-coloured
+  follicular openings, some with keratin plugs, interrupting the red background) and whitish
+  scale. Basal cell carcinoma: blue-grey ovoid nests, arborising vessels on top, ulceration.
+  Everything draws from `rng` (a stream of its own) and in image-relative units. The ring's
+  network is added to structures["pigment_network"]; the other structures are none of the five.
+  """
+  s128 = size / 128.0
+  sc_scale = np.float32(scale)
+  light = np.float32(min(1.0, 0.4 + 0.6 * scale))  # white stays whitish on darker skin
+  radius = cues["diameter"] / 2.0 * size
+  if sc["pigment_ring"]:
+    t = rng.uniform(0.55, 0.75)
+    rho_w = rho + 0.1 * _smooth_noise(rng, size, 8)
+    ring = _smoothstep(t - 0.2, t + 0.05, rho_w) * _smoothstep(1.08, 0.9, rho)
+    ring_rgb = _PALETTE[0] * sc_scale * np.float32(rng.uniform(0.9, 1.1))
+    _blend(lesion, ring * np.float32(rng.uniform(0.35, 0.6)), ring_rgb)
+    if rng.random() < 0.5:  # a delicate pigment network in the ring
+      cell = max(size / rng.uniform(30, 42), 2.6)
+      edge = _worley_edge_distance(rng, size, cell, jitter=0.6)
+      lines = 1.0 - _smoothstep(0.0, 1.0, edge / max(cell * 0.22, 0.4))
+      _blend(lesion, lines * ring * np.float32(rng.uniform(0.25, 0.45)), _PALETTE[1] * sc_scale)
+      structures["pigment_network"] = np.maximum(structures.get("pigment_network", 0.0), ring)
+  if sc["white_scar"]:
+    central = look == _LOOK_DF
+    off = rng.uniform(0.0, 0.2) if central else rng.uniform(0.15, 0.5)
+    size_rel = rng.uniform(0.32, 0.5) if central else rng.uniform(0.2, 0.4)
+    a = rng.uniform(0, 2 * np.pi)
+    r_at = rtab[int(a / (2 * np.pi) * _CONTOUR_POINTS) % _CONTOUR_POINTS] * size
+    point = centre + off * r_at * np.array((np.cos(a), np.sin(a)))
+    patch = _blob(rng, size, point, size_rel * radius, rng.uniform(1.0, 1.5), 0.25, 14)
+    _blend(lesion, patch * np.float32(rng.uniform(0.65, 0.9)), _SCAR_RGB * light)
+  if sc["lacunae"]:
+    for cover, k in _draw_lacunae(rng, size, factor, centre, rtab, cues["diameter"]):
+      _blend(lesion, cover * np.float32(rng.uniform(0.85, 1.0)), _LACUNA_RGB[k] * sc_scale)
+  if sc["pseudo_network"]:
+    pts, radii, plug = _follicles(rng, centre, rtab, size)
+    holes = _disc_coverage(size, factor, pts, np.maximum(radii, 0.4))
+    plugs = _disc_coverage(size, factor, pts[plug], np.maximum(0.45 * radii[plug], 0.4))
+    if size >= 96:  # soft edges
+      holes = cv2.GaussianBlur(holes, (0, 0), 0.4 * s128)
+    _blend(lesion, holes * np.float32(rng.uniform(0.7, 0.9)), skin * np.float32(1.02))
+    _blend(lesion, plugs * np.float32(rng.uniform(0.5, 0.8)), _PLUG_RGB * light)
+  if sc["blue_grey_nests"]:
+    nests = _draw_nests(rng, size, factor, centre, rtab, radius)
+    _blend(lesion, nests * np.float32(rng.uniform(0.6, 0.85)), _NEST_RGB * sc_scale)
+  if sc["arborizing_vessels"]:
+    vessels = _draw_arborizing_vessels(rng, size, factor, centre, rtab, radius)
+    vessels *= _smoothstep(1.02, 0.85, rho)
+    _blend(lesion, vessels * np.float32(rng.uniform(0.75, 0.95)), _VESSEL_RGB * sc_scale)
+  if sc["ulceration"]:
+    point = _points_in_lesion(rng, 1, centre, rtab, (0.0, 0.6), size)[0]
+    crust = _blob(rng, size, point, rng.uniform(0.15, 0.35) * radius, rng.uniform(1.0, 1.8),
+                  0.35, 16)
+    _blend(lesion, crust * np.float32(rng.uniform(0.7, 0.9)), _ULCER_RGB * sc_scale)
+  if sc["scale"]:
+    field = _smooth_noise(rng, size, 7) + 0.5 * _smooth_noise(rng, size, max(size // 5, 4))
+    t = rng.uniform(0.0, 1.0)
+    flakes = _smoothstep(t - 0.4, t + 0.6, field) * _smoothstep(1.05, 0.75, rho)
+    _blend(lesion, flakes * np.float32(rng.uniform(0.45, 0.75)), _SCALE_RGB * light)
+  return lesion
 
 
 def _choose_style(rng: np.random.Generator, look: int, colour: int) -> str:
@@ -749,12 +1105,16 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
     dict with 'image' uint8 (S, S, 3) RGB; 'image_clean' the same scene without occluders
     (no hair, ruler, bubbles or sticker; same lesion, skin, optics and sensor noise); 'mask', 'hair_mask', 'occlusion_mask' uint8 (S, S)
     in {0, 255} (occlusion = hair | ruler | bubbles | sticker); 'label' int index into
-    DIAGNOSES; 'malignant' int 0/1; 'cues' dict of floats: the ABCD cues used to draw it
+    class_names(config.class_set) (DIAGNOSES by default); 'malignant' int 0/1 by that class
+    set's map; 'cues' dict of floats: the ABCD cues used to draw it
     ('asymmetry', 'border_irregularity', 'num_colours', 'diameter' as a fraction of the image
     width, one-hot 'has_<colour>' flags) plus other drawing parameters ('border_blur' in px at
     128 px, 'contrast', 'network', 'network_atypia', 'globules', 'cysts', 'fissures', and the
     nuisances 'skin_tone', 'vignette', 'num_hairs', ...); with `dermoscopic_features` also
-    'negative_network', 'streaks', 'streaks_regular' (0/1) and 'num_streaks'.
+    'negative_network', 'streaks', 'streaks_regular' (0/1) and 'num_streaks'; with
+    class_set="ham10000" also one 0/1 per STRUCTURE_NAMES ('lacunae', 'arborizing_vessels',
+    ...), and 'appearance' ranges over 7 appearance classes (3-6: vascular lesion, basal cell
+    carcinoma, dermatofibroma, actinic keratosis).
     'feature_masks' uint8 (S, S, 5) in {0, 1}, channels in FEATURE_NAMES order, each inside
     `mask`: for the pigment and negative networks the region the network pattern occupies
     (where its fade-in weight is at least one half, as an annotator outlines a patch of
@@ -774,14 +1134,25 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
   # Streams 9-11 are only created with dermoscopic_features, for the structures added with it;
   # nothing above draws from them, so existing seeds render unchanged.
 
+  # Stream 12 is only created with class_set="ham10000", for the structures of its classes.
+  names = class_names(config.class_set)
+  for field in ("hair_probability_by_label", "ruler_probability_by_label"):
+    by_label = getattr(config, field)
+    if by_label is not None and len(by_label) != len(names):
+      raise ValueError(f"{field} needs {len(names)} entries ({names}), got {by_label}")
+
   u = rng_cues.random()  # drawn even when the label is forced, to keep the stream aligned
   if config.label is None:
+    if len(config.class_priors) != len(names):
+      raise ValueError(f"class_priors needs {len(names)} entries ({names}), got "
+                       f"{config.class_priors}" + (" (e.g. HAM10000_PRIORS)"
+                                                   if config.class_set == "ham10000" else ""))
     cdf = np.cumsum(np.asarray(config.class_priors, np.float64))
-    label = min(int(np.searchsorted(cdf / cdf[-1], u, side="right")), len(DIAGNOSES) - 1)
-  elif 0 <= config.label < len(DIAGNOSES):
+    label = min(int(np.searchsorted(cdf / cdf[-1], u, side="right")), len(names) - 1)
+  elif 0 <= config.label < len(names):
     label = int(config.label)
   else:
-    raise ValueError(f"label must index DIAGNOSES {DIAGNOSES}, got {config.label}")
+    raise ValueError(f"label must index the class set's names {names}, got {config.label}")
   cues = _sample_cues(rng_cues, label, config)
   rtab = _lesion_contour(rng_cues, cues)
   offset = np.clip(rng_cues.normal(0, 0.06, 2), -0.12, 0.12)
@@ -840,8 +1211,14 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
                                           factor, centre, rtab)
       streaks = (rng_streaks, streak_cover)
       feature_cues["num_streaks"] = float(count)
+  class_structures = None
+  structure_cues: dict[str, float] = {}
+  if config.class_set != "isic2017":
+    rng_class = np.random.default_rng([seed, 12])
+    structure_cues = _sample_structure_cues(rng_class, look)
+    class_structures = (rng_class, structure_cues, skin)
   lesion, structures = _render_lesion(rng_lesion, cues, look, size, factor, centre, rtab, rho,
-                                      theta, skin_luma, rng_negative, streaks)
+                                      theta, skin_luma, rng_negative, streaks, class_structures)
   sigma = cues["border_blur"] * size / 128.0
   alpha = cv2.GaussianBlur(coverage, (0, 0), sigma) if sigma > 0.25 else coverage
   if streaks is not None:  # streaks cross the border: they are part of the lesion
@@ -920,6 +1297,7 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
   cues_out.update(skin_tone=tone, vignette=float(has_vignette), num_hairs=num_hairs,
                   centre_x=float(centre[0] / size), centre_y=float(centre[1] / size))
   cues_out.update(feature_cues)
+  cues_out.update(structure_cues)
   return {
       "image": image,
       "image_clean": clean,
@@ -927,7 +1305,7 @@ def render_example(seed: int, config: RenderConfig = RenderConfig()) -> dict[str
       "hair_mask": hair_mask.astype(np.uint8) * np.uint8(255),
       "occlusion_mask": occlusion_mask.astype(np.uint8) * np.uint8(255),
       "label": label,
-      "malignant": int(MALIGNANT[DIAGNOSES[label]]),
+      "malignant": int(_MALIGNANT_BY_SET[config.class_set][names[label]]),
       "cues": cues_out,
       "feature_masks": _feature_masks(structures, lesion_mask, body_mask, size),
   }

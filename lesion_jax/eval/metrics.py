@@ -29,6 +29,14 @@ Classification (`classification_scores`):
   * Precision/recall/f1 with a zero denominator are 0 (scikit-learn's `zero_division=0`).
     Everything else that is undefined (e.g. ROC AUC with one class in `labels`) is None, and
     `notes` says why. The result contains only Python scalars, lists, dicts and None.
+  * `balanced_accuracy` (every problem) is the mean per-class recall, the ISIC 2018 Task 3 score.
+    With the ISIC 2017 classes (nevus / melanoma / seborrheic keratosis names present),
+    `isic2017` holds the Part 3 ranking: melanoma ROC AUC, seborrheic keratosis ROC AUC, their
+    mean, and melanoma specificity at 82 / 89 / 95 % sensitivity.
+
+Sample quality of generated images (`frechet_distance`, `kernel_distance`) compares two sets of
+feature vectors (FD-derm uses this project's own classifier's features, so its values are not
+comparable with published FIDs on Inception features).
 """
 from __future__ import annotations
 
@@ -495,8 +503,63 @@ def classification_scores(labels: Any, probs: Any, class_names: Sequence[str] | 
       sas[_sens_key(t)] = _mean_defined(values)
       _note_macro(notes, f"specificity_at_sensitivity/{_sens_key(t)}", values)
     out["specificity_at_sensitivity"] = sas
+  out["balanced_accuracy"] = float(np.mean([recall[c] for c in class_ids if support[c]])) if support.any() else None
+  isic = isic2017_scores(per_class)
+  if isic is not None:
+    out["isic2017"] = isic
   out["notes"] = notes
   return out
+
+
+# Class names as the builders spell them (synthetic / ISIC 2017, HAM10000 / ISIC 2018).
+ISIC2017_MELANOMA = ("melanoma", "mel")
+ISIC2017_KERATOSIS = ("seborrheic_keratosis", "benign_keratosis", "bkl")
+
+
+def isic2017_scores(per_class: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
+  """ISIC 2017 Part 3's ranking from `classification_scores`' per-class entries: melanoma ROC AUC,
+  seborrheic keratosis ROC AUC (benign keratosis in the 7 ISIC 2018 classes), their mean, and
+  melanoma specificity at the sensitivities scored. None without a melanoma class."""
+  mel_name = next((k for k in ISIC2017_MELANOMA if k in per_class), None)
+  if mel_name is None:
+    return None
+  mel = per_class[mel_name]
+  sk_name = next((k for k in ISIC2017_KERATOSIS if k in per_class), None)
+  sk_auc = per_class[sk_name]["roc_auc"] if sk_name else None
+  aucs = [v for v in (mel["roc_auc"], sk_auc) if v is not None]
+  return {"melanoma_roc_auc": mel["roc_auc"], "keratosis_roc_auc": sk_auc,
+          "mean_roc_auc": float(np.mean(aucs)) if len(aucs) == 2 else None,
+          "melanoma_specificity_at_sensitivity": dict(mel["specificity_at_sensitivity"])}
+
+
+def frechet_distance(features_a: Any, features_b: Any) -> float:
+  """Frechet distance between Gaussians fitted to two sets of features (N, F) and (M, F):
+  |mu_a - mu_b|^2 + Tr(S_a + S_b - 2 (S_a S_b)^(1/2)) (Heusel et al. 2017). Biased upwards for
+  small N: compare values computed with equal sample sizes."""
+  from scipy import linalg  # pylint: disable=g-import-not-at-top
+  a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+  if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+    raise ValueError(f"need two (N >= 2, F) feature sets with the same F, got {a.shape} and {b.shape}")
+  mu = a.mean(0) - b.mean(0)
+  cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+  root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+  if not np.all(np.isfinite(root)):  # singular product: regularise, as the reference FID code does
+    eps = 1e-6 * np.eye(a.shape[1])
+    root = linalg.sqrtm((cov_a + eps) @ (cov_b + eps))
+  return float(mu @ mu + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(np.real(root)))
+
+
+def kernel_distance(features_a: Any, features_b: Any) -> float:
+  """Unbiased squared MMD with the cubic polynomial kernel k(x, y) = (x.y / F + 1)^3 (the KID of
+  Binkowski et al. 2018): unbiased for any sample size, so small classes can be compared."""
+  a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
+  if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
+    raise ValueError(f"need two (N >= 2, F) feature sets with the same F, got {a.shape} and {b.shape}")
+  f = a.shape[1]
+  kaa, kbb, kab = ((x @ y.T / f + 1) ** 3 for x, y in ((a, a), (b, b), (a, b)))
+  n, m = len(a), len(b)
+  return float((kaa.sum() - np.trace(kaa)) / (n * (n - 1)) + (kbb.sum() - np.trace(kbb)) / (m * (m - 1))
+               - 2 * kab.mean())
 
 
 def _note_macro(notes: dict[str, str], key: str, values: Sequence[float | None]) -> None:

@@ -104,24 +104,44 @@ class BottleneckBlock(nn.Module):
     return nn.relu(x + y)
 
 
+def _torchvision_conv(features: int, kernel_size: Sequence[int], strides: Sequence[int] = (1, 1), *,
+                      padding: Any = None, dtype: Any = jnp.float32) -> nn.Conv:
+  """An nn.Conv without bias padded as torchvision's ResNet pads: k // 2 on every side."""
+  if padding is None:
+    padding = [(k // 2, k // 2) for k in kernel_size]
+  return nn.Conv(features, kernel_size, strides, padding=padding, use_bias=False, dtype=dtype)
+
+
 class ResNet(nn.Module):
   """He et al. 2016. `stage_sizes` (2,2,2,2) with basic blocks is ResNet-18; (3,4,6,3) with
   bottleneck blocks ResNet-50. Inputs under 128 px get a 3×3 stem without max-pool (stride 2
-  from 64 px, 1 below, as for CIFAR), so small images keep their detail."""
+  from 64 px, 1 below, as for CIFAR), so small images keep their detail.
+
+  `torchvision_padding=True` computes exactly torchvision's ResNet (v1.5), so that its weights
+  (lesion_jax.pretrained) give its outputs: the 7×7/2 stem and 3×3/2 max-pool at every input size,
+  every conv padded by k // 2 on each side and the max-pool by 1 (flax's 'SAME' pads stride-2
+  layers by 0 before and 1 after on even sizes), BatchNorm epsilon 1e-5, momentum 0.9 (torch's
+  0.1). Parameter names and shapes are those of the default at 128 px and above."""
   stage_sizes: Sequence[int]
   block: Any
   num_classes: int = 2
   width: int = 64
   dtype: Any = jnp.float32
+  torchvision_padding: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = partial(nn.Conv, padding="SAME", use_bias=False, dtype=self.dtype)
-    norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype)
+    if self.torchvision_padding:
+      conv = partial(_torchvision_conv, dtype=self.dtype)
+      norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                     dtype=self.dtype)
+    else:
+      conv = partial(nn.Conv, padding="SAME", use_bias=False, dtype=self.dtype)
+      norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype)
     x = x.astype(self.dtype)
-    if x.shape[1] >= 128:  # the ImageNet stem: /4
+    if self.torchvision_padding or x.shape[1] >= 128:  # the ImageNet stem: /4
       x = nn.relu(norm()(conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)])(x)))
-      x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)) if self.torchvision_padding else "SAME")
     else:  # small inputs: a 3×3 stem, stride 2 from 64 px (/2), stride 1 below (CIFAR-style)
       stride = 2 if x.shape[1] >= 64 else 1
       x = nn.relu(norm()(conv(self.width, (3, 3), (stride, stride))(x)))
@@ -155,8 +175,15 @@ _REGISTRY: dict[str, Callable[[int, float, Any], nn.Module]] = {
 CLASSIFIERS = tuple(_REGISTRY)
 
 
-def build_classifier(name: str, num_classes: int, width: float = 1.0, dtype=jnp.float32) -> nn.Module:
-  """A classifier by name; `width` scales AlexNet channels and ResNet base width (64·width)."""
+def build_classifier(name: str, num_classes: int, width: float = 1.0, dtype=jnp.float32,
+                     torchvision_padding: bool = False) -> nn.Module:
+  """A classifier by name; `width` scales AlexNet channels and ResNet base width (64·width).
+  `torchvision_padding` (ResNets only) computes torchvision's ResNet exactly; see ResNet."""
   if name not in _REGISTRY:
     raise ValueError(f"unknown classifier {name!r}; choose one of {CLASSIFIERS}")
-  return _REGISTRY[name](num_classes, width, dtype)
+  model = _REGISTRY[name](num_classes, width, dtype)
+  if torchvision_padding:
+    if not isinstance(model, ResNet):
+      raise ValueError(f"torchvision_padding applies to the ResNets only, not {name!r}")
+    model = model.clone(torchvision_padding=True)
+  return model

@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from lesion_jax import config as config_lib
 from lesion_jax.config import field
@@ -26,6 +27,10 @@ class ClassifierModelConfig:
   name: str = field("lenet5", "Classifier network: " + ", ".join(CLASSIFIERS) + ".")
   width: float = field(1.0, "Channel multiplier (AlexNet conv channels; ResNet base width 64*width).")
   dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
+  init_weights: str | None = field(None, "Initial ResNet weights from a local torchvision state dict (.npz from "
+                                   "experiments/export_torchvision_weights.py, or .pth with torch installed); the "
+                                   "model then pads as torchvision does and uses its 7x7 stem. The head is kept "
+                                   "fresh when its class count differs.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +53,11 @@ class ClassifierConfig:
   eval_every: int = field(200, "Validate (and checkpoint) every this many steps.")
   checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
   log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
-  balanced: bool = field(False, "Class-balanced sampling.")
+  balanced: bool = field(False, "Class-balanced sampling (online: every class equally often per minibatch).")
+  class_weighting: str = field("none", "Loss weights per class: none, or inverse_frequency (n / (C n_c) "
+                               "from the train split).")
+  generated: str | None = field(None, "train_gan run whose generated images fill the scarce classes of the "
+                                "train split up to the largest (near-copies left out).")
   folds: int = field(1, "k-fold cross-validation over the train split (the AlexNet paper used 5).")
   train_split: str = field("train", "Split trained on (and cross-validated over).")
   val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
@@ -61,7 +70,7 @@ class ClassifierConfig:
 class ClassificationTask(base.Task):
   name = "classification"
   config_cls = ClassifierConfig
-  summary_keys = ("accuracy", "misclassification_rate", "f1", "precision", "recall", "sensitivity",
+  summary_keys = ("accuracy", "balanced_accuracy", "misclassification_rate", "f1", "precision", "recall", "sensitivity",
                   "specificity", "roc_auc", "average_precision")
 
   @functools.cached_property
@@ -82,16 +91,63 @@ class ClassificationTask(base.Task):
     if c.label_key not in features or not hasattr(features[c.label_key], "names"):
       raise config_lib.ConfigError(f"--target={c.label_key!r}: {self.builder.info.full_name} has no such class "
                                    f"feature (features: {sorted(features)})")
+    if c.model.init_weights and not c.model.name.startswith("resnet"):
+      raise config_lib.ConfigError(f"--init_weights: torchvision weights load into resnet18 / resnet50, not {c.model.name!r}")
+    if c.model.init_weights and not os.path.exists(c.model.init_weights):
+      raise config_lib.ConfigError(f"--init_weights={c.model.init_weights}: no such file")
+    if c.class_weighting not in ("none", "inverse_frequency"):
+      raise config_lib.ConfigError(f"--class_weighting={c.class_weighting!r}: choose none or inverse_frequency")
+    if c.generated and not os.path.exists(os.path.join(c.generated, "config.json")):
+      raise config_lib.ConfigError(f"--generated={c.generated}: not a train_gan workdir (no config.json)")
     super().check(mesh, extra_splits)
 
   def init_state(self, rng: jax.Array) -> TrainState:
     c = self.config
     size = c.input.image_size
-    model = build_classifier(c.model.name, len(self.class_names), c.model.width, jnp.dtype(c.model.dtype))
-    return create_train_state(model, c.optimizer.build(c.num_steps), rng, jnp.zeros((1, size, size, 3), jnp.float32))
+    model = build_classifier(c.model.name, len(self.class_names), c.model.width, jnp.dtype(c.model.dtype),
+                             torchvision_padding=bool(c.model.init_weights))
+    state = create_train_state(model, c.optimizer.build(c.num_steps), rng, jnp.zeros((1, size, size, 3), jnp.float32))
+    if c.model.init_weights:
+      from lesion_jax import pretrained  # pylint: disable=g-import-not-at-top
+      variables, report = pretrained.load_torchvision_resnet(
+          c.model.init_weights, {"params": state.params, "batch_stats": state.batch_stats}, return_report=True)
+      logging.info("Initial weights from %s: %s", c.model.init_weights, report)
+      state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+    return state
+
+  @functools.cached_property
+  def class_counts(self) -> np.ndarray:
+    c = self.config
+    return pipeline.class_counts(self.builder, c.train_split, c.label_key, self._joins())
+
+  def class_weights(self) -> tuple[float, ...] | None:
+    """inverse_frequency: n / (C n_c) over the classes present (absent ones get 0): each class
+    contributes equally to the expected loss."""
+    if self.config.class_weighting == "none":
+      return None
+    counts = self.class_counts.astype(np.float64)
+    present = counts > 0
+    weights = np.where(present, counts.sum() / (present.sum() * np.maximum(counts, 1)), 0.0)
+    return tuple(float(w) for w in weights)
 
   def train_step(self) -> Callable:
-    return steps.make_classification_train_step(self.config.label_smoothing)
+    return steps.make_classification_train_step(self.config.label_smoothing, self.class_weights())
+
+  @functools.cached_property
+  def generated_examples(self) -> tuple[list[dict], dict]:
+    """(records of the generated images that balance the train split, the plan: counts per class)."""
+    from lesion_jax.artifacts import generated  # pylint: disable=g-import-not-at-top
+    from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
+    c = self.config
+    gan_task = runner.load(c.generated)
+    with base.loop.checkpoints_for(c.generated, gan_task.loop_config(), read_only=True) as ckpts:
+      step = ckpts.best_step()
+    store = generated.generated_store(c.generated, step)
+    records = [r for r in generated.generated_records(store) if c.label_key in r]
+    chosen, plan = generated.balance_with_generated(self.class_counts, records, c.label_key)
+    plan["store"] = store.directory
+    plan["classes"] = {self.class_names[int(k)]: v for k, v in plan["classes"].items()}
+    return [{**r, "image": open(store.png_path(r["id"]), "rb").read()} for r in chosen], plan
 
   def _joins(self) -> tuple[pipeline.ArtifactJoin, ...]:
     c = self.config
@@ -106,8 +162,13 @@ class ClassificationTask(base.Task):
 
   def train_batches(self, start_step: int) -> Iterator[base.Batch]:
     c = self.config
+    extra = None
+    if c.generated:
+      chosen, plan = self.generated_examples
+      logging.info("Balancing %s with generated images: %s", c.train_split, plan)
+      extra = pipeline.extra_examples(chosen, (c.label_key,)) if chosen else None
     return pipeline.train_iterator(self._input(), self._ops(train=True), c.train_split, start_step, self.builder,
-                                   balance_key=c.label_key if c.balanced else None)
+                                   balance_key=c.label_key if c.balanced else None, extra=extra)
 
   def eval_batches(self, split: str) -> Iterator[base.Batch]:
     return pipeline.eval_iterator(self._input(), self._ops(train=False), split, self.builder)
@@ -143,7 +204,7 @@ class ClassificationTask(base.Task):
 
   def validation_metrics(self, evaluation: base.Evaluation) -> dict[str, float]:
     scores = evaluation.scores
-    out = {f"val/{k}": float(scores[k]) for k in ("accuracy", "f1", "sensitivity", "specificity",
+    out = {f"val/{k}": float(scores[k]) for k in ("accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity",
                                                  "roc_auc") if scores.get(k) is not None}
     best = scores.get(self.config.best_metric)
     out["val/best_metric"] = float(best) if best is not None else float(scores["accuracy"])
@@ -159,10 +220,14 @@ class ClassificationTask(base.Task):
     names = self.class_names
     figures.save_confusion_matrix(os.path.join(fig_dir, f"{prefix}_confusion.png"),
                                   np.asarray(evaluation.scores["confusion_matrix"]), names)
+    label = f"{self.config.model.name} ({'pooled CV' if prefix == 'cv' else prefix})"
     if len(names) == 2:
-      label = f"{self.config.model.name} ({'pooled CV' if prefix == 'cv' else prefix})"
       figures.save_roc_curve(os.path.join(fig_dir, f"{prefix}_roc.png"), evaluation.per_example["labels"],
                              evaluation.per_example["probs"][:, 1], label=label)
+    else:
+      labels, probs = evaluation.per_example["labels"], evaluation.per_example["probs"]
+      figures.save_roc_curve(os.path.join(fig_dir, f"{prefix}_roc.png"),  # one-vs-rest per class
+                             {f"{name} vs rest": ((labels == k).astype(int), probs[:, k]) for k, name in enumerate(names)})
 
   def classify_images(self, state, images: list[np.ndarray], mesh=None) -> list[np.ndarray]:
     """Class probabilities for uint8 RGB model inputs (raw images, or lesion crops for a classifier

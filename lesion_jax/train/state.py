@@ -8,6 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 from flax.training import train_state
 
 from lesion_jax import config as config_lib
@@ -38,19 +39,20 @@ class OptimizerConfig:
   warmup_steps: int = config_lib.field(100, "Linear warm-up steps of the cosine schedule (at most half the run).")
   weight_decay: float = config_lib.field(0.0, "Weight decay (adamw, sgd).")
   momentum: float = config_lib.field(0.9, "SGD momentum.")
+  beta1: float = config_lib.field(0.9, "Adam's first-moment decay b1 (DCGAN: 0.5).")
 
   def build(self, num_steps: int) -> optax.GradientTransformation:
     schedule = learning_rate_schedule(self.lr_schedule, self.learning_rate, num_steps, self.warmup_steps)
-    return make_optimizer(self.name, schedule, self.momentum, self.weight_decay)
+    return make_optimizer(self.name, schedule, self.momentum, self.weight_decay, self.beta1)
 
 
 def make_optimizer(name: str, learning_rate: float | optax.Schedule, momentum: float = 0.9,
-                   weight_decay: float = 0.0) -> optax.GradientTransformation:
+                   weight_decay: float = 0.0, beta1: float = 0.9) -> optax.GradientTransformation:
   """'adam' (the segmentation papers), 'adamw', or 'sgd' with momentum (the AlexNet paper)."""
   if name == "adam":
-    return optax.adam(learning_rate)
+    return optax.adam(learning_rate, b1=beta1)
   if name == "adamw":
-    return optax.adamw(learning_rate, weight_decay=weight_decay)
+    return optax.adamw(learning_rate, b1=beta1, weight_decay=weight_decay)
   if name == "sgd":
     tx = optax.sgd(learning_rate, momentum=momentum, nesterov=False)
     return optax.chain(optax.add_decayed_weights(weight_decay), tx) if weight_decay else tx
@@ -67,3 +69,22 @@ def learning_rate_schedule(name: str, learning_rate: float, num_steps: int,
                                               max(num_steps, 1), end_value=0.01 * learning_rate)
   raise ValueError(f"unknown lr_schedule {name!r}; choose constant or cosine")
 
+
+
+class GANState(struct.PyTreeNode):
+  """The two players of a GAN, each a TrainState (its own optimiser, step count and BatchNorm
+  statistics); `step` counts joint rounds (the loop's step). The generator's own step runs ahead
+  when it gets extra updates per round."""
+  step: jax.Array
+  generator: TrainState
+  discriminator: TrainState
+
+
+def create_gan_state(generator: nn.Module, discriminator: nn.Module, generator_tx: optax.GradientTransformation,
+                     discriminator_tx: optax.GradientTransformation, rng: jax.Array, z: jax.Array,
+                     images: jax.Array) -> GANState:
+  """Initialises both players on example inputs (only shapes matter)."""
+  rng_g, rng_d = jax.random.split(rng)
+  return GANState(step=jnp.zeros((), jnp.int32),
+                  generator=create_train_state(generator, generator_tx, rng_g, z),
+                  discriminator=create_train_state(discriminator, discriminator_tx, rng_d, images))

@@ -1,0 +1,54 @@
+r"""Trains DCGANs that synthesise images of scarce classes (pipeline 3, data generation), then
+writes generated images with the duplicate check, ready for `train_classifier --generated`.
+
+  # de-coupled: one DCGAN per scarce class (every class but the largest), side by side
+  python -m experiments.train_gan --workdir=runs/gan_decoupled \
+      --dataset=synthetic_lesions/imbalanced2017 [--feature_workdir=runs/classifier]
+  # coupled (CoGAN) over all classes
+  python -m experiments.train_gan --workdir=runs/gan_coupled --dataset=synthetic_lesions/ham7 --coupled
+
+Writes into --workdir: config.json, checkpoints/ (both players and both optimisers; a re-run
+resumes), TensorBoard events, figures/samples_step*.png (a column per class), metrics.json
+(FD-derm per class with --feature_workdir, the best checkpoint by it), and generated/images/step<N>/
+(PNG + record per image, summary.json, duplicate_check_histogram.png, duplicate_check_closest.png)
+with as many images per class as balancing the train split needs (x1.25), or --num_generated.
+
+Every field of the task config (lesion_jax/tasks/gan.py: GANConfig) is a flag.
+"""
+import os
+
+from absl import app, flags
+
+from experiments import common
+from lesion_jax import io
+from lesion_jax.tasks import gan, runner
+from lesion_jax.train import sharding
+
+FLAGS = flags.FLAGS
+common.define_workdir_flag()
+flags.DEFINE_integer("num_generated", None, "Images to generate per class (default: what balancing needs, x1.25).")
+flags.DEFINE_float("duplicate_threshold", None, "Near-copy MSE threshold (images in [0, 1]); default: per class, "
+                   "the smallest MSE between two of its training images.")
+common.define_config_flags(gan.GANConfig(), aliases={"optimizer": "optimizer.name", "coupled": "model.coupled"},
+                           skip={"image_artifacts"})
+
+
+def main(argv):
+  del argv
+  common.init_distributed()
+  config = common.config_from_flags(gan.GANConfig())
+  task = gan.GANTask(config)
+  mesh = sharding.make_mesh()
+  common.run_directory(FLAGS.workdir)
+  scores = runner.run(task, FLAGS.workdir, mesh=mesh)
+  state = runner.restore(task, FLAGS.workdir, "best", mesh)
+  num = {n: FLAGS.num_generated for n in task.class_names} if FLAGS.num_generated else None
+  directory, summary = task.write_generated_images(state, FLAGS.workdir, num, FLAGS.duplicate_threshold, mesh)
+  scores["generated/directory"] = directory
+  scores["generated/summary"] = summary
+  io.write_json(os.path.join(FLAGS.workdir, "metrics.json"), scores)
+  common.print_scores(scores)
+
+
+if __name__ == "__main__":
+  app.run(common.main_with_usage_errors(main))
