@@ -61,15 +61,19 @@ def test_shapes_and_layer_counts():
     jax.eval_shape(g.init, jax.random.key(0), jnp.zeros((3, 1, 10)))
 
 
-def test_coupled_layout_stacks_private_parameters_per_class(coupled):
+def test_coupled_layout_has_shared_layers_and_one_private_head_per_class(coupled):
   _, _, gv, dv, _, _ = coupled
   g_params, d_params = gv["params"], dv["params"]
-  assert set(g_params) == {"shared", "private"} and set(d_params) == {"shared", "private"}
-  for leaf in jax.tree.leaves(g_params["private"]) + jax.tree.leaves(d_params["private"]):
-    assert leaf.shape[0] == 3  # one slice per class
-  # Shared layers are plain (no class axis): the generator's 4x4 projection, the dense logit.
-  assert g_params["shared"]["Dense_0"]["kernel"].shape == (10, 4 * 4 * 8)
-  assert d_params["shared"]["Dense_0"]["kernel"].shape[1] == 1
+  heads = {"private_0", "private_1", "private_2"}
+  assert set(g_params) == {"shared"} | heads and set(d_params) == {"shared"} | heads
+  # The generator shares its 4x4 projection and first up-sampling, each class renders on its own;
+  # the discriminator's first convolution is per class, the rest (and the logit) shared.
+  assert set(g_params["shared"]) == {"Dense_0", "ConvTranspose4x4_0", "BatchNorm_0", "BatchNorm_1"}
+  assert set(g_params["private_0"]) == {"ConvTranspose4x4_0"}
+  assert g_params["private_0"]["ConvTranspose4x4_0"]["kernel"].shape == (4, 4, 4, 3)
+  assert set(d_params["private_0"]) == {"Conv_0"} and "Dense_0" in d_params["shared"]
+  # BatchNorm statistics are per class even in shared layers.
+  assert dv["batch_stats"]["shared"]["BatchNorm_0"]["mean"].shape == (3, 8)
 
 
 @pytest.mark.parametrize("player", ["generator", "discriminator"])
@@ -87,11 +91,12 @@ def test_class_gradient_touches_only_shared_layers_and_its_own_head(coupled, pla
       (logits, _), _ = d.apply({**dv, "params": params}, images, train=True, mutable=["batch_stats"])
       return jnp.sum(logits[:, cls])
     grads = jax.jit(jax.grad(loss))(dv["params"])
-  for path, grad in _leaves_with_paths(grads["private"]).items():
-    grad = np.asarray(grad)
-    others = np.delete(grad, cls, axis=0)
-    assert np.all(others == 0), f"class {cls}'s loss reached another class's {path}"
-  assert any(np.abs(np.asarray(v)[cls]).sum() > 0 for v in jax.tree.leaves(grads["private"]))
+  for k in range(3):
+    total = sum(float(np.abs(np.asarray(v)).sum()) for v in jax.tree.leaves(grads[f"private_{k}"]))
+    if k == cls:
+      assert total > 0
+    else:
+      assert total == 0, f"class {cls}'s loss reached class {k}'s private layers"
   assert all(np.abs(np.asarray(v)).sum() > 0 for v in jax.tree.leaves(grads["shared"]))
 
 
@@ -99,7 +104,7 @@ def test_decoupled_models_are_independent():
   d = dcgan.Discriminator(SIZE, 4, num_classes=2, shared_layers=0, minibatch_kernels=3)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 2, SIZE, SIZE, 3)), jnp.float32)
   v = random_variables(d, x)
-  assert set(v["params"]) == {"private"}
+  assert set(v["params"]) == {"private_0", "private_1"}
   logits_of = jax.jit(lambda images: d.apply(v, images)[0])
 
   # Changing class 0's images (even through minibatch features) leaves class 1's logits alone.
@@ -248,8 +253,8 @@ def test_gan_run_resumes_exactly_and_counts_generator_updates(gan_run):
     np.testing.assert_array_equal(a, b)
   # The class models' private layers start from different random values (split rngs).
   init = task.init_state(jax.random.key(0))
-  k = np.asarray(init.discriminator.params["private"]["Conv_0"]["kernel"])
-  assert k.shape[0] == 2 and not np.allclose(k[0], k[1])
+  d = init.discriminator.params
+  assert not np.allclose(d["private_0"]["Conv_0"]["kernel"], d["private_1"]["Conv_0"]["kernel"])
   # Both optimisers' states were saved and restored (Adam's step counts).
   counts = [int(x) for x in jax.tree.leaves(resumed.generator.opt_state) if np.ndim(x) == 0]
   assert counts and all(c == 12 for c in counts)
@@ -278,3 +283,16 @@ def test_generated_images_balance_a_classifier_train_split(gan_run, tiny_dataset
   ids = [i.decode() for _ in range(8) for i in next(batches)["id"]]
   assert any(i.startswith("gen_") for i in ids) and any(i.startswith("synth_") for i in ids)
   assert directory.endswith("step4")
+
+
+def test_conv_transpose_4x4_equals_flax_conv_transpose():
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from lesion_jax.models import layers  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(2, 5, 6, 3)), jnp.float32)  # odd and even sides
+  variables = {"params": {"kernel": jnp.asarray(rng.normal(size=(4, 4, 3, 4)), jnp.float32),
+                          "bias": jnp.asarray(rng.normal(size=(4,)), jnp.float32)}}
+  ref = nn.ConvTranspose(4, (4, 4), (2, 2), padding="SAME").apply(variables, x)
+  ours = layers.ConvTranspose4x4(4).apply(variables, x)
+  assert ours.shape == ref.shape == (2, 10, 12, 4)
+  np.testing.assert_allclose(ours, ref, atol=1e-5)

@@ -4,8 +4,8 @@ Tuzel 2016), for the data-generation pipeline.
 Both players see a class axis: the generator maps latents z (B, C, latent_dim) to images
 (B, C, S, S, 3) in [-1, 1], the discriminator maps images (B, C, S, S, 3) to logits (B, C). Axis 1
 indexes the C class-specific models. Layers are either shared by all classes or private to each
-(parameters stacked over the class axis with `nn.vmap`); BatchNorm statistics are always per class,
-so no class's images affect another class's outputs:
+(submodules `private_<k>`, one per class); BatchNorm statistics are always per class, so no class's
+images affect another class's outputs:
 
 - de-coupled (the paper's one DCGAN per scarce class): nothing shared; every class has its own
   generator and discriminator, trained side by side. A class's loss reaches only its own slice.
@@ -15,7 +15,8 @@ so no class's images affect another class's outputs:
   CoGAN shares the discriminators' first layers instead).
 
 Layers, for S = 4 * 2**n (64 -> n = 4): the generator projects z to 4x4 (a dense layer, the same as
-Radford's 4x4 transposed convolution of a 1x1 input), then n transposed 4x4/2 convolutions, BatchNorm
+Radford's 4x4 transposed convolution of a 1x1 input), then n transposed 4x4/2 convolutions (computed
+as the equivalent `layers.ConvTranspose4x4`: same parameters and outputs, fast on CPU), BatchNorm
 and ReLU after each but the last (tanh); the discriminator has n 4x4/2 convolutions with LeakyReLU
 0.2 (BatchNorm after all but the first), then optional minibatch discrimination (Salimans et al.
 2016) and a dense logit. Features double per layer from `features` and are capped at 8 * features,
@@ -29,6 +30,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from lesion_jax.models import layers
 
 _INIT = nn.initializers.normal(0.02)
 
@@ -68,8 +71,8 @@ class GeneratorLayers(nn.Module):
         x = nn.Dense(4 * 4 * width, kernel_init=_INIT, use_bias=False, dtype=self.dtype)(x)
         x = x.reshape(x.shape[0], 4, 4, width)
       else:
-        x = nn.ConvTranspose(width, (4, 4), (2, 2), padding="SAME", kernel_init=_INIT,
-                             use_bias=i == last, dtype=self.dtype)(x)
+        # = nn.ConvTranspose(width, (4, 4), (2, 2), "SAME"), in a form XLA:CPU differentiates fast.
+        x = layers.ConvTranspose4x4(width, use_bias=i == last, kernel_init=_INIT, dtype=self.dtype)(x)
       x = jnp.tanh(x) if i == last else nn.relu(_norm(self.train, self.dtype)(x))
     return x
 
@@ -122,14 +125,22 @@ class DiscriminatorLayers(nn.Module):
     return logits.astype(jnp.float32), features.astype(jnp.float32)
 
 
-def _per_class(module_cls: type[nn.Module], num_classes: int, shared: bool) -> type[nn.Module]:
-  """`module_cls` applied to each class along axis 1 of inputs and outputs, with one parameter set
-  per class (private) or one for all (shared). BatchNorm statistics are per class either way:
-  a class's batch is normalised by its own statistics, so one class's images never change
-  another's outputs (CoGAN runs each domain through the shared layers separately)."""
-  return nn.vmap(module_cls, in_axes=1, out_axes=1, axis_size=num_classes,
-                 variable_axes={"params": None if shared else 0, "batch_stats": 0},
-                 split_rngs={"params": not shared})
+def _shared(module_cls: type[nn.Module]) -> type[nn.Module]:
+  """`module_cls` with one parameter set for all classes, applied to each class along axis 1 of
+  inputs and outputs with that class's own BatchNorm statistics: a class's batch is normalised by
+  its own statistics, so one class's images never change another's outputs (CoGAN runs each domain
+  through the shared layers separately). vmap with unbatched parameters folds the class axis into
+  the batch: plain convolutions."""
+  return nn.vmap(module_cls, in_axes=1, out_axes=1, variable_axes={"params": None, "batch_stats": 0},
+                 split_rngs={"params": False})
+
+
+def _private(make: Any, x: Any, num_classes: int) -> Any:
+  """Class k's own module `make(k)` applied to x[:, k], for every k, stacked on axis 1. (A loop,
+  not vmap over stacked parameters: that becomes grouped convolutions, which XLA:CPU runs and
+  differentiates several times slower than C separate ones.)"""
+  outs = [make(k)(x[:, k]) for k in range(num_classes)]
+  return jax.tree.map(lambda *ys: jnp.stack(ys, axis=1), *outs)
 
 
 class Generator(nn.Module):
@@ -151,9 +162,9 @@ class Generator(nn.Module):
     kw = dict(image_size=self.image_size, features=self.features, train=train, dtype=self.dtype)
     x = z.astype(self.dtype)
     if self.shared_layers:
-      x = _per_class(GeneratorLayers, c, shared=True)(start=0, stop=self.shared_layers, name="shared", **kw)(x)
+      x = _shared(GeneratorLayers)(start=0, stop=self.shared_layers, name="shared", **kw)(x)
     if self.shared_layers < n:
-      x = _per_class(GeneratorLayers, c, shared=False)(start=self.shared_layers, stop=n, name="private", **kw)(x)
+      x = _private(lambda k: GeneratorLayers(start=self.shared_layers, stop=n, name=f"private_{k}", **kw), x, c)
     return x.astype(jnp.float32)
 
 
@@ -177,10 +188,10 @@ class Discriminator(nn.Module):
     kw = dict(image_size=self.image_size, features=self.features, train=train, dtype=self.dtype)
     split = n - self.shared_layers
     x = images.astype(self.dtype)
+    mb = self.minibatch_kernels
     if split:
-      x = _per_class(DiscriminatorLayers, c, shared=False)(
-          start=0, stop=split, minibatch_kernels=self.minibatch_kernels, name="private", **kw)(x)
+      x = _private(lambda k: DiscriminatorLayers(start=0, stop=split, minibatch_kernels=mb, name=f"private_{k}", **kw),
+                   x, c)
     if split < n:
-      x = _per_class(DiscriminatorLayers, c, shared=True)(
-          start=split, stop=n, minibatch_kernels=self.minibatch_kernels, name="shared", **kw)(x)
+      x = _shared(DiscriminatorLayers)(start=split, stop=n, minibatch_kernels=mb, name="shared", **kw)(x)
     return x

@@ -131,6 +131,49 @@ class Upsample2x(nn.Module):
     raise ValueError(f"unknown upsample mode {self.mode!r}; choose one of {UPSAMPLE_MODES}")
 
 
+# Which tap of a 4-tap, stride-2 transposed convolution ('SAME', as flax's nn.ConvTranspose) feeds
+# output phase a (output index 2i + a) from input i - 1, i, i + 1 (the window of a 3-tap conv).
+_PHASE_TAPS = ({0: 0, 1: 2}, {1: 1, 2: 3})
+
+
+def _phase_kernel(kernel: jax.Array) -> jax.Array:
+  """(4, 4, I, O) transposed-conv kernel -> (3, 3, I, 4 O) kernel of the equivalent stride-1 conv whose
+  output channels are the 4 output phases (a, b) followed by a depth-to-space."""
+  k, i, o = kernel.shape[0], kernel.shape[2], kernel.shape[3]
+  assert k == 4 and kernel.shape[1] == 4, kernel.shape
+  zero = jnp.zeros((i, o), kernel.dtype)
+  rows = []
+  for u in range(3):
+    cols = []
+    for v in range(3):
+      phases = [kernel[_PHASE_TAPS[a][u], _PHASE_TAPS[b][v]] if u in _PHASE_TAPS[a] and v in _PHASE_TAPS[b]
+                else zero for a in (0, 1) for b in (0, 1)]
+      cols.append(jnp.concatenate(phases, axis=-1))
+    rows.append(jnp.stack(cols))
+  return jnp.stack(rows)
+
+
+class ConvTranspose4x4(nn.Module):
+  """Exactly `nn.ConvTranspose(features, (4, 4), (2, 2), padding='SAME')` (same parameters, same
+  outputs), computed as a 3x3 stride-1 convolution to 4 x features channels, one per output phase,
+  and a depth-to-space. XLA:CPU's transposed-convolution weight gradient took 0.49 s for one
+  32 px DCGAN layer where this form takes milliseconds (a faster equivalent layer on CPU)."""
+  features: int
+  use_bias: bool = True
+  kernel_init: Callable = nn.initializers.lecun_normal()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = self.param("kernel", self.kernel_init, (4, 4, x.shape[-1], self.features))
+    y = lax.conv_general_dilated(x.astype(self.dtype), _phase_kernel(kernel).astype(self.dtype), (1, 1),
+                                 ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    y = depth_to_space(y)
+    if self.use_bias:
+      y = y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
+    return y
+
+
 def max_pool_2x(x: jax.Array) -> jax.Array:
   """2×2 max-pool with stride 2 (input height/width must be even).
 

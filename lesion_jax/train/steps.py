@@ -216,7 +216,9 @@ def make_gan_train_step(latent_dim: int, real_label: float = 0.9, extra_generato
       grads, (per_class, stats) = jax.grad(g_loss_fn, has_aux=True)(gen.params)
       return gen.apply_gradients(grads=grads, batch_stats=stats), per_class
 
-    gen, g_per_class = jax.lax.scan(g_update, gen, jax.random.split(rng_g, 1 + extra_generator_steps))
+    # Unrolled: XLA:CPU ran the same updates 2.7x slower inside a scan loop.
+    gen, g_per_class = jax.lax.scan(g_update, gen, jax.random.split(rng_g, 1 + extra_generator_steps),
+                                    unroll=True)
     metrics = {"d_loss": d_per_class.mean(), "g_loss": g_per_class[-1].mean(),
                "d_real": jax.nn.sigmoid(real_logits).mean(), "d_fake": jax.nn.sigmoid(fake_logits).mean()}
     metrics["loss"] = metrics["d_loss"] + metrics["g_loss"]
