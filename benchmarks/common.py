@@ -53,11 +53,12 @@ def xla_flops(jitted, *args) -> float:
 
 class JaxTrainStep:
   """A library train step on one fixed batch, jitted with the state donated; compiled (and its FLOPs
-  counted) once on construction, then timed round after round. Subclasses build the state and batch."""
+  counted) once on construction, then timed round after round. Subclasses build the state and batch;
+  `params` is the parameter tree counted (default state.params; a GANState passes both players')."""
 
-  def __init__(self, step: Callable, state, batch: dict, count_flops: bool = True):
+  def __init__(self, step: Callable, state, batch: dict, count_flops: bool = True, params: Any = None):
     self.batch = batch
-    self.params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
+    self.params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params if params is None else params))
     self.jitted = jax.jit(step, donate_argnums=(0,))
     self.rng = jax.random.key(1)
     start = time.perf_counter()

@@ -296,3 +296,15 @@ def test_conv_transpose_4x4_equals_flax_conv_transpose():
   ours = layers.ConvTranspose4x4(4).apply(variables, x)
   assert ours.shape == ref.shape == (2, 10, 12, 4)
   np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_balancing_table_row_reads_the_isic_scores_of_a_run():
+  from experiments import balancing_table  # pylint: disable=g-import-not-at-top
+  names = ["nevus", "melanoma", "seborrheic_keratosis"]
+  labels = np.array([0, 0, 1, 1, 2, 2])
+  probs = np.eye(3)[[0, 1, 1, 0, 2, 2]] * 0.8 + 0.2 / 3
+  scores = metrics.classification_scores(labels, probs, names)
+  row = balancing_table.row_of({f"test/{k}": v for k, v in scores.items()}, "test")
+  assert row["balanced_accuracy"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
+  assert row["keratosis_roc_auc"] == 1.0 and row["melanoma_roc_auc"] == scores["isic2017"]["melanoma_roc_auc"]
+  assert set(row["per_class_roc_auc"]) == set(names) and "melanoma_spec_at_sens_0.82" in row
