@@ -67,7 +67,7 @@ def write_generated(store: ArtifactStore, samples: dict[str, np.ndarray], traini
   Returns the summary written to `<store>/summary.json`.
   """
   summary: dict[str, Any] = {"threshold": threshold, "classes": {}}
-  closest: list[tuple[float, str, np.ndarray, np.ndarray, str]] = []
+  closest: list[list[tuple[float, np.ndarray, np.ndarray, str]]] = []
   histogram = {}
   for name, images in samples.items():
     gen01, real01 = _to01(images), _to01(training[name])
@@ -90,21 +90,23 @@ def write_generated(store: ArtifactStore, samples: dict[str, np.ndarray], traini
     histogram[f"{name}: generated"] = nn.mse
     if np.isfinite(reference).all():
       histogram[f"{name}: real to real"] = reference
-    for i in np.argsort(nn.mse)[:3]:
-      closest.append((float(nn.mse[i]), name, gen01[i], real01[nn.index[i]], str(training_ids[name][nn.index[i]])))
+    closest.append([(float(nn.mse[i]), gen01[i], real01[nn.index[i]], str(training_ids[name][nn.index[i]]))
+                    for i in np.argsort(nn.mse)[:3]])
     logging.info("generated %s: %d images, %d near-copies (MSE < %.5f), nearest MSE min %.5f median %.5f",
                  name, len(images), int(copies.sum()), limit, float(nn.mse.min()), float(np.median(nn.mse)))
   io.write_json(os.path.join(store.directory, "summary.json"), summary)
   figures.save_histogram(os.path.join(store.directory, "duplicate_check_histogram.png"),
                          {k: np.log10(np.maximum(v, 1e-8)) for k, v in histogram.items()},
                          "log10 MSE to the nearest training image of the class")
-  closest.sort(key=lambda t: t[0])
-  figures.save_column_grid(
-      os.path.join(store.directory, "duplicate_check_closest.png"),
-      {"generated": [t[2] for t in closest], "nearest training image": [t[3] for t in closest]},
-      cell_titles={"generated": [f"{t[1]} MSE {t[0]:.4f}" for t in closest],
-                   "nearest training image": [t[4] for t in closest]},
-      suptitle="Closest generated / training pairs per class", cell=1.8)
+  # A row per class: its three closest (generated, nearest training image) pairs.
+  columns, titles = {}, {}
+  for j in range(max((len(c) for c in closest), default=0)):
+    for side, key in ((1, f"generated {j + 1}"), (2, f"nearest training {j + 1}")):
+      columns[key] = [c[j][side] if j < len(c) else np.zeros_like(c[0][1]) for c in closest]
+      titles[key] = [(f"MSE {c[j][0]:.4f}" if side == 1 else c[j][3]) if j < len(c) else "" for c in closest]
+  figures.save_column_grid(os.path.join(store.directory, "duplicate_check_closest.png"), columns,
+                           titles=list(samples), cell_titles=titles, cell=1.6,
+                           suptitle="Closest generated / training pairs, a row per class")
   return summary
 
 
