@@ -183,6 +183,12 @@ def num_classes(builder: tfds.core.DatasetBuilder, label_key: str) -> int:
   return builder.info.features[label_key].num_classes
 
 
+def _label_counts(ds: tf.data.Dataset, label_key: str, classes: int) -> np.ndarray:
+  """Examples of each class of `label_key` in `ds` (one pass over the labels only)."""
+  labels = np.fromiter(ds.map(_plain(lambda ex: ex[label_key])).as_numpy_iterator(), np.int64)
+  return np.bincount(labels, minlength=classes)
+
+
 def _preprocessed(ds: tf.data.Dataset, preprocess: ops.OpLike, seed: int,
                   builder: tfds.core.DatasetBuilder) -> tf.data.Dataset:
   """`ds` of (position, example) through `preprocess`, each example seeded with (seed, position)."""
@@ -241,8 +247,7 @@ def train_stream(config: InputConfig, preprocess: ops.OpLike, split: str = "trai
       raise ValueError(f"{builder.info.full_name} has no class feature {balance_key!r} to balance "
                        f"(features: {sorted(features)})")
     classes = num_classes(builder, balance_key)
-    labels = np.fromiter(base.map(_plain(lambda ex: ex[balance_key])).as_numpy_iterator(), np.int64)
-    counts = np.bincount(labels, minlength=classes)
+    counts = _label_counts(base, balance_key, classes)
     present = [c for c in range(classes) if counts[c]]
     streams = [_epochs(base.filter(_plain(lambda ex, c=c: ex[balance_key] == c)), min(int(counts[c]), buffer),
                        seed + 7919 * (c + 1)) for c in present]
@@ -281,9 +286,8 @@ def train_iterator(config: InputConfig, preprocess: ops.OpLike, split: str = "tr
 def class_counts(builder: tfds.core.DatasetBuilder, split: str, label_key: str,
                  joins: tuple[ArtifactJoin, ...] = ()) -> np.ndarray:
   """Examples of each class of `label_key` in `split` (all hosts)."""
-  base = read_split(builder, split, per_process=False, joins=joins)
-  labels = np.fromiter(base.map(_plain(lambda ex: ex[label_key])).as_numpy_iterator(), np.int64)
-  return np.bincount(labels, minlength=num_classes(builder, label_key))
+  return _label_counts(read_split(builder, split, per_process=False, joins=joins), label_key,
+                       num_classes(builder, label_key))
 
 
 def class_grouped_iterator(config: InputConfig, preprocess: ops.OpLike, split: str, label_key: str,
@@ -295,13 +299,13 @@ def class_grouped_iterator(config: InputConfig, preprocess: ops.OpLike, split: s
   of (seed, step), like `train_stream`."""
   builder = builder or get_builder(config.dataset, config.data_dir, config.manual_dir)
   base = read_split(builder, split, joins=config.joins)
-  counts = class_counts(builder, split, label_key, config.joins) if jax.process_count() == 1 else None
+  counts = _label_counts(base, label_key, num_classes(builder, label_key))  # this host's shard
   local_batch = config.batch_size // jax.process_count()
   first = start_step * local_batch
   streams = []
   for c in classes:
     subset = base.filter(_plain(lambda ex, c=c: ex[label_key] == c))
-    n = int(counts[c]) if counts is not None else sum(1 for _ in subset)
+    n = int(counts[c])
     if n == 0:
       raise ValueError(f"split {split!r} of {builder.info.full_name} has no example of class {c} of {label_key!r}")
     seed = config.seed + 7919 * (c + 1)

@@ -234,3 +234,17 @@ class ClassificationTask(base.Task):
     trained on segmented input), preprocessed exactly as in training."""
     from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
     return runner.predict_examples(self, state, [self.example_input(im) for im in images], mesh)
+
+
+def restored_classifier(workdir: str, flag: str) -> tuple["ClassificationTask", dict, Callable]:
+  """(task, variables, apply_fn) of the best checkpoint of a train_classifier run, on the host: a
+  fixed network other tasks read features from (perceptual losses, FD-derm). `flag` names the
+  option that gave `workdir`, for the error when it holds another kind of run."""
+  from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
+  task = runner.load(workdir)
+  if not isinstance(task, ClassificationTask):
+    raise config_lib.ConfigError(f"--{flag}={workdir}: holds a {task.name!r} run, not a "
+                                 "classification run (train_classifier)")
+  state = jax.device_get(runner.restore(task, workdir, "best"))
+  variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+  return task, variables, state.apply_fn

@@ -75,13 +75,8 @@ def classifier_embedding(workdir: str) -> tuple[Callable[[np.ndarray], np.ndarra
   """(`fn(images in [-1, 1], (N, S, S, 3)) -> (N, F)` features feeding the last dense layer of the
   best checkpoint of a classification run, its input size S)."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from lesion_jax.tasks import classification, runner  # pylint: disable=g-import-not-at-top
-  task = runner.load(workdir)
-  if not isinstance(task, classification.ClassificationTask):
-    raise config_lib.ConfigError(f"--feature_workdir={workdir}: holds a {task.name!r} run, not a "
-                                 "classification run (train_classifier)")
-  state = jax.device_get(runner.restore(task, workdir, "best"))
-  variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+  from lesion_jax.tasks import classification  # pylint: disable=g-import-not-at-top
+  task, variables, apply_fn = classification.restored_classifier(workdir, "feature_workdir")
 
   @jax.jit
   def embed(images):
@@ -93,7 +88,7 @@ def classifier_embedding(workdir: str) -> tuple[Callable[[np.ndarray], np.ndarra
       return next_fun(*args, **kwargs)
 
     with nn.intercept_methods(keep_dense_input):
-      state.apply_fn(variables, images, train=False)
+      apply_fn(variables, images, train=False)
     return captured[-1].reshape(images.shape[0], -1).astype(jnp.float32)
 
   def fn(images: np.ndarray) -> np.ndarray:

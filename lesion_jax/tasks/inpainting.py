@@ -94,14 +94,8 @@ class InpainterConfig:
 def classifier_features(workdir: str, num_layers: int) -> Callable[[jax.Array], list[jax.Array]]:
   """`fn(images in [-1, 1]) -> [ReLU(conv_k(...)) for the first num_layers convolutions]` of the
   best checkpoint of a classification run: a fixed network for the perceptual and style losses."""
-  from lesion_jax.tasks import classification, runner  # pylint: disable=g-import-not-at-top
-  task = runner.load(workdir)
-  if not isinstance(task, classification.ClassificationTask):
-    raise config_lib.ConfigError(f"--perceptual_workdir={workdir}: holds a {task.name!r} run, not a "
-                                 "classification run (train_classifier)")
-  state = jax.device_get(runner.restore(task, workdir, "best"))
-  variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
-  apply_fn = state.apply_fn
+  from lesion_jax.tasks import classification  # pylint: disable=g-import-not-at-top
+  _, variables, apply_fn = classification.restored_classifier(workdir, "perceptual_workdir")
 
   def features(images: jax.Array) -> list[jax.Array]:
     captured: list[jax.Array] = []
