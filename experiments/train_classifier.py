@@ -2,7 +2,7 @@ r"""Trains a lesion classifier on raw images or on segmented lesion crops.
 
   python -m experiments.train_classifier --workdir=runs/lenet --model=lenet5 [--input=raw]
   python -m experiments.train_classifier --workdir=runs/alex --model=alexnet --input=segmented \
-      --segmenter_workdir=runs/unet --folds=5
+      --segmenter_workdir=runs/unet --folds=5 --optimizer=sgd
   python -m experiments.train_classifier --workdir=runs/resnet_pure --model=resnet18 --input=purified \
       --inpainter_workdir=runs/inpainter
 
@@ -14,6 +14,11 @@ artifacts; training and test images alike). Writes
 metrics.json (train/test accuracy, F1, misclassification rate, sensitivity, specificity,
 precision, ROC AUC, confusion matrix; cv/* with --folds), checkpoints, TensorBoard events and
 ROC / confusion figures.
+
+Optimiser defaults depend on --optimizer: the learning rate 1e-3 is Adam's; with --optimizer=sgd
+the learning rate, momentum and weight decay not given as flags are SGD's
+(classification.OPTIMIZER_DEFAULTS: 0.01, 0.9, 5e-4, AlexNet's recipe), and config.json records
+the values that ran.
 """
 import dataclasses
 
@@ -40,12 +45,27 @@ common.define_config_flags(classification.ClassifierConfig(),
                                     "target": "label_key", "color_jitter": "input.augment.color",
                                     "crop_margin": "crop.margin"},
                            skip={"image_artifacts"})
+for _name, _value in classification.OPTIMIZER_DEFAULTS["sgd"].items():  # the optimiser-dependent defaults
+  FLAGS[f"optimizer.{_name}"].help += f" With --optimizer=sgd and this flag not given: {_value:g}."
+
+
+def optimizer_flags_given() -> set[str]:
+  """The OptimizerConfig fields set on the command line (by their dotted flag or an alias)."""
+  return {f.name for f in dataclasses.fields(classification.ClassifierConfig().optimizer)
+          if FLAGS[f"optimizer.{f.name}"].present}
+
+
+def config_from_command_line() -> classification.ClassifierConfig:
+  """The task config of the parsed flags, with the optimiser-dependent defaults resolved (SGD's
+  where --optimizer=sgd and no flag set them): what runs and what config.json records."""
+  config = common.without_augmentation(common.config_from_flags(classification.ClassifierConfig()))
+  return classification.with_optimizer_defaults(config, optimizer_flags_given())
 
 
 def main(argv):
   del argv
   common.init_distributed()
-  config = common.without_augmentation(common.config_from_flags(classification.ClassifierConfig()))
+  config = config_from_command_line()
   # Refuse bad flags before minutes of cropping (and before config.json is written).
   classification.ClassificationTask(config).check(sharding.make_mesh(), [("test_split", FLAGS.test_split)])
   if FLAGS.input == "segmented":

@@ -1,4 +1,6 @@
 """The Flax modules: shapes, the U-Net's faster layers against their textbook forms, classifiers."""
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -143,3 +145,22 @@ def test_flip_tta_prediction_is_flip_equivariant():
              + jnp.flip(plain(state, jnp.flip(images, 2)), 2)
              + jnp.flip(plain(state, jnp.flip(images, (1, 2))), (1, 2))) / 4
   np.testing.assert_allclose(tta(state, images), by_hand, atol=1e-6)
+
+
+def test_sgd_gets_sgd_sized_defaults_unless_given_and_config_json_records_them():
+  from lesion_jax.tasks import classification  # pylint: disable=g-import-not-at-top
+  base_config = classification.ClassifierConfig()
+  sgd = dataclasses.replace(base_config, optimizer=dataclasses.replace(base_config.optimizer, name="sgd"))
+  resolved = classification.with_optimizer_defaults(sgd)
+  assert (resolved.optimizer.learning_rate, resolved.optimizer.momentum, resolved.optimizer.weight_decay) == (1e-2, 0.9, 5e-4)
+  assert resolved.optimizer.warmup_steps == base_config.optimizer.warmup_steps  # the rest as ClassifierConfig's
+  # What config.json records (runner.write_config writes task.describe()) is the resolved value.
+  record = classification.ClassificationTask(resolved).describe()
+  assert record["config"]["optimizer"]["learning_rate"] == 1e-2 and record["config"]["optimizer"]["weight_decay"] == 5e-4
+  # A value given explicitly (a flag) wins, even when it equals the Adam-sized default.
+  sgd_slow = dataclasses.replace(sgd, optimizer=dataclasses.replace(sgd.optimizer, learning_rate=1e-3))
+  kept = classification.with_optimizer_defaults(sgd_slow, given={"learning_rate"})
+  assert (kept.optimizer.learning_rate, kept.optimizer.weight_decay) == (1e-3, 5e-4)
+  # Adam keeps ClassifierConfig's defaults.
+  assert classification.with_optimizer_defaults(base_config) == base_config
+

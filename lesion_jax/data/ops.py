@@ -10,7 +10,7 @@ deterministic ops ignore. Ops are made by registered factories:
 
 and composed with `ops.chain([...])`; the pipelines accept the list itself. Registered ops:
 decode_image, decode_mask, resize_image, resize_mask, center_crop, augment, normalize, label, copy,
-keep, letterbox and the one-to-many `patches` and `class_rotations`. `segmentation_ops` and `classification_ops` are the op lists of the
+keep, letterbox, lesion_instances and the one-to-many `patches` and `class_rotations`. `segmentation_ops` and `classification_ops` are the op lists of the
 segmentation and classification tasks.
 
 Seeds. A chain gives its first random op its own seed unchanged and the k-th (k >= 1) random op
@@ -315,6 +315,74 @@ def keep(keys: Iterable[str]) -> Op:
   """Only the features `keys` (in this order)."""
   keys = tuple(keys)
   return Op(lambda ex, _: {k: ex[k] for k in keys}, needs=keys)
+
+
+INSTANCE_MODES = ("whole", "components")
+
+
+def _component_masks(mask: np.ndarray, max_instances: int, min_area: int) -> np.ndarray:
+  """(H, W, K) uint8: the mask's 8-connected components of at least `min_area` pixels, largest
+  first, the first K of them (zero-padded)."""
+  import cv2  # pylint: disable=g-import-not-at-top  (only this op needs OpenCV)
+  binary = (mask[..., 0] >= 0.5).astype(np.uint8)
+  _, labels, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
+  areas = stats[1:, cv2.CC_STAT_AREA]
+  order = [i + 1 for i in np.argsort(-areas, kind="stable") if areas[i] >= min_area][:max_instances]
+  out = np.zeros(binary.shape + (max_instances,), np.uint8)
+  for k, c in enumerate(order):
+    out[..., k] = labels == c
+  return out
+
+
+@register("lesion_instances")
+def lesion_instances(mask_key: str = "mask", max_instances: int = 4, mode: str = "whole", min_area: int = 4,
+                     class_key: str | None = None) -> Op:
+  """Mask R-CNN ground truth from a lesion mask (float (H, W, 1) {0, 1}; after the augmentation,
+  so the boxes are exact for the augmented image, not rotated boxes' bounding boxes):
+  'gt_masks' (H, W, K) float32, 'gt_boxes' (K, 4) float32 pixel [y1, x1, y2, x2]
+  (lesion_jax.detection.boxes), 'gt_valid' (K,) bool and 'gt_classes' (K,) int32 (1, or 1 + the
+  example's `class_key` label for diagnosis-level boxes; 0 for padding), padded to K = max_instances.
+
+  mode 'whole': the mask is one instance when it has at least `min_area` pixels (ISIC masks
+  annotate one lesion per image, its parts included); 'components': each 8-connected component
+  of at least `min_area` pixels is an instance, largest first.
+  """
+  if mode not in INSTANCE_MODES:
+    raise ValueError(f"unknown instance mode {mode!r}; choose one of {INSTANCE_MODES}")
+  if max_instances < 1:
+    raise ValueError(f"max_instances={max_instances}: must be at least 1")
+
+  def fn(ex, _):
+    mask = tf.cast(ex[mask_key] >= 0.5, tf.float32)
+    h, w = tf.shape(mask)[0], tf.shape(mask)[1]
+    if mode == "whole":
+      whole = mask[..., :1]
+      present = tf.reduce_sum(whole) >= min_area
+      masks = tf.concat([whole * tf.cast(present, tf.float32),
+                         tf.zeros(tf.stack([h, w, max_instances - 1]), tf.float32)], axis=-1)
+    else:
+      masks = tf.numpy_function(lambda m: _component_masks(m, max_instances, min_area), [mask], tf.uint8,
+                                stateful=False)
+      masks = tf.cast(tf.ensure_shape(masks, mask.shape[:2].concatenate([max_instances])), tf.float32)
+    hit_rows, hit_cols = tf.reduce_any(masks > 0, axis=1), tf.reduce_any(masks > 0, axis=0)  # (H, K), (W, K)
+
+    def extent(hit, n):  # first and one-past-last index along an axis, per instance
+      idx = tf.cast(tf.range(n), tf.float32)[:, None]
+      first = tf.reduce_min(tf.where(hit, idx, tf.cast(n, tf.float32)), axis=0)
+      last = tf.reduce_max(tf.where(hit, idx, -1.0), axis=0) + 1
+      return first, last
+
+    y1, y2 = extent(hit_rows, h)
+    x1, x2 = extent(hit_cols, w)
+    valid = tf.reduce_any(hit_rows, axis=0)
+    boxes = tf.where(valid[:, None], tf.stack([y1, x1, y2, x2], axis=-1), 0.0)
+    classes = tf.ones([max_instances], tf.int32)
+    if class_key is not None:
+      classes += tf.cast(ex[class_key], tf.int32)
+    return {**ex, "gt_masks": masks, "gt_boxes": boxes, "gt_valid": valid,
+            "gt_classes": tf.where(valid, classes, 0)}
+
+  return Op(fn, needs=(mask_key,) + ((class_key,) if class_key else ()))
 
 
 @register("random_holes")
@@ -638,11 +706,13 @@ def superpixel_patches(mask_channels: Sequence[int], size: int = 56, min_fractio
 # The tasks' op lists.
 
 def segmentation_ops(image_size: int, augment_config: augment_lib.AugmentConfig | None, mask_key: str = "mask",
-                     mask_is_encoded: bool = True, keep_encoded_mask: bool = False) -> list[Op]:
+                     mask_is_encoded: bool = True, keep_encoded_mask: bool = False,
+                     instances: Op | None = None) -> list[Op]:
   """'id', 'image' (float32 [-1, 1], (size, size, 3)) and 'mask' (float32 {0, 1}, (size, size, 1),
   read from `mask_key`), augmented unless `augment_config` is None (evaluation). With
   `keep_encoded_mask`, also 'mask_encoded': the stored PNG at the image's own resolution, for
-  scoring as the challenges do."""
+  scoring as the challenges do. `instances` (a lesion_instances op) adds the Mask R-CNN ground
+  truth after the augmentation."""
   if keep_encoded_mask and not mask_is_encoded:
     raise ValueError("keep_encoded_mask needs an encoded mask feature")
   out = [copy(mask_key, "mask_encoded")] if keep_encoded_mask else []
@@ -654,7 +724,12 @@ def segmentation_ops(image_size: int, augment_config: augment_lib.AugmentConfig 
   out.append(resize_mask("mask", image_size))
   if augment_config is not None:
     out.append(augment(augment_config, spatial_keys=("mask",)))
-  out += [normalize("image"), keep(("id", "image", "mask") + (("mask_encoded",) if keep_encoded_mask else ()))]
+  instance_keys = ()
+  if instances is not None:  # Mask R-CNN ground truth from the (augmented) mask
+    out.append(instances)
+    instance_keys = ("gt_boxes", "gt_classes", "gt_masks", "gt_valid")
+  out += [normalize("image"), keep(("id", "image", "mask") + (("mask_encoded",) if keep_encoded_mask else ())
+                                   + instance_keys)]
   return out
 
 

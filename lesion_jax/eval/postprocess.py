@@ -6,7 +6,7 @@ diagonal gap in a ring does not let a hole "leak" to the border).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -203,3 +203,21 @@ def decode_mask(encoded: bytes) -> np.ndarray:
   """bool (H, W) from the PNG bytes of a {0, 255} (or {0, 1}) mask: the one mask codec,
   `lesion_jax.io.decode_mask` (nonzero = lesion)."""
   return io.decode_mask(encoded)
+
+
+def paste_mask(mask: Any, box: Sequence[float], height: int, width: int,
+               box_scale: tuple[float, float] = (1.0, 1.0)) -> np.ndarray:
+  """A Mask R-CNN instance's (m, m) mask probabilities pasted into an (height, width) image:
+  bilinear, the mask's pixel centres spread evenly over the box (pixel [y1, x1, y2, x2], scaled by
+  `box_scale` (sy, sx) first, e.g. from the model's input to the image's native resolution), 0
+  outside the box (the mask is zero-padded, so its edge fades over one mask pixel as in
+  Detectron2's paste)."""
+  mask = np.asarray(mask, np.float32)
+  y1, x1, y2, x2 = (float(v) for v in box)
+  y1, y2, x1, x2 = y1 * box_scale[0], y2 * box_scale[0], x1 * box_scale[1], x2 * box_scale[1]
+  m_h, m_w = mask.shape
+  sy, sx = max(y2 - y1, 1e-6) / m_h, max(x2 - x1, 1e-6) / m_w
+  # Destination pixel centre (i + 0.5) <- mask pixel centre (u + 0.5): i = y1 + (u + 0.5)·sy - 0.5.
+  matrix = np.array([[sx, 0.0, x1 + 0.5 * sx - 0.5], [0.0, sy, y1 + 0.5 * sy - 0.5]], np.float64)
+  return cv2.warpAffine(mask, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                        borderValue=0.0)

@@ -153,7 +153,12 @@ class SegmentationTask(base.Task):
     encoded = c.mask_key in joins_features(joins) or (
         c.mask_key in features and isinstance(features[c.mask_key], pipeline.tfds.features.Image))
     return ops.segmentation_ops(c.input.image_size, c.input.augment if train else None, mask_key=c.mask_key,
-                                mask_is_encoded=encoded, keep_encoded_mask=encoded and not train)
+                                mask_is_encoded=encoded, keep_encoded_mask=encoded and not train,
+                                instances=self.instances_op() if train else None)
+
+  def instances_op(self):
+    """An op adding instance ground truth to training examples (Mask R-CNN); None here."""
+    return None
 
   def _input(self, joins) -> pipeline.InputConfig:
     return dataclasses.replace(self.config.input, joins=joins)
@@ -187,6 +192,17 @@ class SegmentationTask(base.Task):
     batches = self.eval_batches(self.config.val_split)
     return self.validation_metrics(self.evaluate_batches(state, batches, mesh, predict))
 
+  def prob_at(self, output, height: int, width: int) -> np.ndarray:
+    """One example's lesion probability map at (height, width) from its predict output (here
+    the model-size map, resized; Mask R-CNN pastes its instance masks)."""
+    output = np.asarray(output)
+    return output if output.shape == (height, width) else postprocess.resize_prob(output, height, width)
+
+  def instance_accumulator(self):
+    """Scores beyond the mask's (an object with update(output, truth), rows(), summarize(rows));
+    None here, box AP and lesion-found counts for Mask R-CNN."""
+    return None
+
   def superpixel_store(self, split: str):
     """The split's SLIC superpixel artifacts (computed now where missing: resumable)."""
     c = self.config
@@ -201,6 +217,7 @@ class SegmentationTask(base.Task):
     ISIC challenges do; with `superpixels` (a store) the map is refined on them first."""
     c = self.config
     acc = metrics.SegmentationAccumulator(boundary=boundary)
+    instances = self.instance_accumulator()
     ids: list[str] = []
     refined: list[bool] = []  # per image: superpixel refinement applied (else the map was kept)
     kept: dict[str, list[np.ndarray]] = {}
@@ -208,6 +225,7 @@ class SegmentationTask(base.Task):
       real = np.flatnonzero(batch["weight"] > 0)
       batch_ids = base.decode_ids(batch["id"][real])
       for i, image_id in zip(real, batch_ids):
+        output = jax.tree.map(lambda x, i=i: x[i], probs)
         if "mask_encoded" in batch:
           truth = postprocess.decode_mask(batch["mask_encoded"][i])
         else:
@@ -215,27 +233,34 @@ class SegmentationTask(base.Task):
         refinement = None
         if superpixels is not None:
           sp = superpixels_lib.read_superpixels(superpixels, image_id)
-          prob = postprocess.resize_prob(probs[i], *sp.labels.shape)
+          prob = self.prob_at(output, *sp.labels.shape)
           refinement = superpixel_refine.refine(prob, sp, c.superpixel_refine)
           refined.append(refinement.refined)
           pred = refinement.mask
           if pred.shape != truth.shape:
             pred = postprocess.resize_mask(pred, *truth.shape)
         else:
-          prob = probs[i] if probs[i].shape == truth.shape else postprocess.resize_prob(probs[i], *truth.shape)
+          prob = self.prob_at(output, *truth.shape)
           pred = binarize_predictions(prob[None], c.threshold, c.postprocess)[0]
         acc.update(pred[None], truth[None])
+        if instances is not None:
+          instances.update(output, truth)
         if len(ids) < keep_examples:  # examples for figures, at the model's input size
-          self._keep(kept, batch["image"][i], probs[i], pred, truth, refinement,
+          self._keep(kept, batch["image"][i], prob, pred, truth, refinement,
                      sp if refinement is not None else None)
         ids.append(image_id)
     # Each host scored its own shard of the split; every host summarises all of it.
     rows = acc.counts()
     if superpixels is not None:
       rows["refined"] = np.asarray(refined, np.int64).reshape(-1)
+    if instances is not None:
+      rows.update(instances.rows())
     rows = sharding.allgather_rows(rows)
     per_image = metrics.scores_from_counts(rows)
     scores = metrics.summarize_segmentation(per_image, acc.threshold_ja)
+    scores["pixel_confusion"] = metrics.pixel_confusion(rows)  # the mask-then-AlexNet paper's Table I
+    if instances is not None:
+      scores.update(instances.summarize(rows))
     if superpixels is not None:
       per_image["refined"] = rows["refined"]
       scores["refined_images"] = int(rows["refined"].sum())  # the others kept the network's map
@@ -272,8 +297,10 @@ class SegmentationTask(base.Task):
       probs = inference.predict_over(predict, state, [batch], mesh)
       _, p = next(probs)
       n = min(c.summary_images, int((batch["weight"] > 0).sum()))
+      size = batch["image"].shape[1:3]
       images = [figures.overlay(figures.to_uint8_rgb((batch["image"][i] + 1) / 2),
-                                binarize_predictions(p[i:i + 1], c.threshold, c.postprocess)[0],
+                                binarize_predictions(self.prob_at(jax.tree.map(lambda x, i=i: x[i], p), *size)[None],
+                                                     c.threshold, c.postprocess)[0],
                                 batch["mask"][i, ..., 0] > 0.5) for i in range(n)]
       writer.images(step, "val/overlays", np.stack(images))
 
@@ -304,7 +331,7 @@ class SegmentationTask(base.Task):
     from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
     probs = runner.predict_examples(self, state, [self.example_input(im) for im in images], mesh,
                                     predict or "predict")
-    return [postprocess.resize_prob(p, im.shape[0], im.shape[1]) for p, im in zip(probs, images)]
+    return [self.prob_at(p, im.shape[0], im.shape[1]) for p, im in zip(probs, images)]
 
   def masks_for(self, probs: list[np.ndarray]) -> list[np.ndarray]:
     """The run's own binarisation (threshold, then hole filling + largest component if set)."""

@@ -233,3 +233,41 @@ def gan_sample_step(state, batch: Batch) -> jax.Array:
   the generator to inference mode): sample in batches of the training size."""
   images, _ = _gan_generate(state.generator, state.generator.params, batch["z"])
   return images
+
+
+def make_maskrcnn_train_step(smooth_l1_beta: float = 0.0) -> TrainStep:
+  """A train step for models.maskrcnn.MaskRCNN on batch['image'] and the padded instances
+  batch['gt_boxes'] (N, K, 4), ['gt_classes'] (N, K), ['gt_masks'] (N, H, W, K), ['gt_valid'] (N, K)
+  (data/ops.py lesion_instances). Padding examples (weight 0) count as images without lesions
+  (their instances are all invalid). Metrics: every loss term, "loss", and the mean numbers of
+  foreground RoIs and of proposals per image."""
+
+  def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+    valid = batch["gt_valid"].astype(bool)
+    if "weight" in batch:
+      valid = valid & (batch["weight"][:, None] > 0)
+    targets = {"boxes": batch["gt_boxes"], "classes": batch["gt_classes"], "masks": batch["gt_masks"],
+               "valid": valid}
+
+    def loss_fn(params):
+      variables = {"params": params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+      mutable = ["batch_stats"] if state.batch_stats else False
+      result = state.apply_fn(variables, batch["image"], targets, train=True, rngs={"sampling": rng},
+                              mutable=mutable)
+      outputs, updates = result if mutable else (result, {"batch_stats": state.batch_stats})
+      terms = losses.maskrcnn_losses(outputs, smooth_l1_beta)
+      return terms["loss"], (terms, outputs, updates["batch_stats"])
+
+    (_, (terms, outputs, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    metrics = {**terms, "fg_rois": outputs["num_fg_rois"].mean().astype(jnp.float32),
+               "proposals": outputs["num_proposals"].mean().astype(jnp.float32)}
+    return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+
+  return train_step
+
+
+def maskrcnn_predict_step(state: TrainState, batch: Batch) -> dict[str, jax.Array]:
+  """Detections of batch['image']: boxes (N, D, 4) in input pixels, scores, classes, valid and
+  28x28 mask probabilities (N, D, 28, 28), best first (models.maskrcnn.MaskRCNN)."""
+  outputs, _ = apply_model(state, state.params, batch["image"], train=False)
+  return outputs

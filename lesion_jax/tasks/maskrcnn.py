@@ -1,0 +1,177 @@
+"""Mask R-CNN lesion segmentation (pipeline 4's segmenter, the mask-then-AlexNet paper).
+
+A segmentation task whose network is models.maskrcnn.MaskRCNN: it trains on instances derived
+from the lesion masks (data/ops.py lesion_instances) and predicts detections; the lesion mask of
+an image is its top-scoring instance's mask pasted at the image's native resolution (one lesion
+per dermoscopy image, so the best instance is the lesion; `paste="union"` takes the pixel-wise
+maximum over every instance scoring at least `score_threshold` instead). An image whose best
+instance scores below `score_threshold` gets an empty mask: "no lesion found", counted in the
+scores. Everything else (ISIC scoring at native resolution, overlays, crops for the classifier)
+is the segmentation task's, so `train_classifier --segmenter_workdir=<this run>` black-outs and
+crops with Mask R-CNN masks.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lesion_jax import config as config_lib
+from lesion_jax.config import field
+from lesion_jax.data import ops, pipeline
+from lesion_jax.eval import metrics, postprocess
+from lesion_jax.models.maskrcnn import RESNET_STAGES, MaskRCNN
+from lesion_jax.tasks import base, segmentation
+from lesion_jax.train import steps
+from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
+
+PASTE_MODES = ("top", "union")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskRCNNModelConfig:
+  """Defaults are sized for this project's CPU at 128 px; the paper's (Detectron2's) values are
+  given in each help text."""
+  depth: int = field(50, "Backbone ResNet depth: 18, 34, 50 or 101 (the paper: 101).")
+  width: int = field(16, "Backbone base width (64 in the paper's ResNets; 16 for the CPU).")
+  fpn_features: int = field(64, "FPN channels (paper: 256).")
+  norm: str = field("group", "Normalisation: group (GroupNorm, for training from scratch with small "
+                    "batches) or batch.")
+  anchor_sizes: tuple[float, ...] = field((16.0, 32.0, 64.0, 128.0, 256.0),
+                                          "One anchor size (px) per FPN level P2..P6 (paper, at 800 px: "
+                                          "32..512; here scaled to the input size).")
+  aspect_ratios: tuple[float, ...] = field((0.5, 1.0, 2.0), "Anchor aspect ratios (height / width).")
+  rpn_pre_nms_topk_train: int = field(1000, "Proposals kept per FPN level before NMS, training (paper: 2000).")
+  rpn_pre_nms_topk_test: int = field(500, "The same at inference (paper: 1000).")
+  rpn_post_nms_topk_train: int = field(500, "Proposals kept per image after NMS, training (paper: 1000).")
+  rpn_post_nms_topk_test: int = field(200, "The same at inference (paper: 1000).")
+  rpn_nms_iou: float = field(0.7, "RPN NMS IoU threshold.")
+  rpn_batch_per_image: int = field(256, "Anchors sampled per image for the RPN losses.")
+  rois_per_image: int = field(128, "RoIs sampled per image for the box head (paper: 512).")
+  roi_fg_fraction: float = field(0.25, "Largest foreground fraction of the sampled RoIs.")
+  roi_fg_iou: float = field(0.5, "A RoI is foreground at this IoU with a lesion.")
+  box_fc_features: int = field(256, "Width of the box head's two FC layers (paper: 1024).")
+  mask_features: int = field(64, "Channels of the mask head's convs (paper: 256).")
+  detections: int = field(10, "Detections kept per image (paper: 100).")
+  detection_nms_iou: float = field(0.5, "Per-class NMS IoU threshold of the detections.")
+  dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskRCNNConfig:
+  """Everything that defines a Mask R-CNN segmentation run."""
+  input: pipeline.InputConfig = pipeline.InputConfig(image_size=128, batch_size=4)
+  model: MaskRCNNModelConfig = MaskRCNNModelConfig()
+  optimizer: OptimizerConfig = OptimizerConfig(name="adamw", learning_rate=5e-4, warmup_steps=100,
+                                               weight_decay=1e-4)
+  smooth_l1_beta: float = field(0.0, "Smooth L1 beta of the box losses (0: L1, Detectron2's default).")
+  max_instances: int = field(4, "Ground-truth instances per image, padded (static shapes).")
+  instances: str = field("whole", "Instances from the lesion mask: whole (the mask is one lesion, the ISIC "
+                         "convention) or components (each connected component).")
+  num_steps: int = field(2000, "Training steps.")
+  eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
+  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
+  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
+  train_split: str = field("train", "Split trained on.")
+  val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
+  mask_key: str = field("mask", "Feature holding the lesion mask.")
+  score_threshold: float = field(0.5, "An instance scoring below this is no lesion; an image without "
+                                 "one is reported as 'no lesion found' (empty mask).")
+  paste: str = field("top", "Lesion mask from the detections: top (the best instance) or union (every "
+                     "instance at or above score_threshold).")
+  threshold: float = field(0.5, "Probability threshold of the pasted mask.")
+  postprocess: bool = field(True, "Fill holes and keep the largest component before scoring.")
+  mask_artifacts: str | None = field(None, "Artifact store of masks trained on instead of the ground truth.")
+  drop_uncertain: bool = field(True, "With mask_artifacts: leave out masks flagged uncertain.")
+  summary_images: int = field(4, "Validation overlays written to TensorBoard at each evaluation (0: none).")
+  refine: str = "none"  # the segmentation task's superpixel refinement is not offered here
+
+
+@base.register
+class MaskRCNNTask(segmentation.SegmentationTask):
+  name = "maskrcnn"
+  config_cls = MaskRCNNConfig
+
+  def model(self) -> MaskRCNN:
+    m = self.config.model
+    return MaskRCNN(
+        num_classes=1, depth=m.depth, width=m.width, fpn_features=m.fpn_features, norm=m.norm,
+        anchor_sizes=tuple(m.anchor_sizes), aspect_ratios=tuple(m.aspect_ratios),
+        rpn_pre_nms_topk=(m.rpn_pre_nms_topk_train, m.rpn_pre_nms_topk_test),
+        rpn_post_nms_topk=(m.rpn_post_nms_topk_train, m.rpn_post_nms_topk_test), rpn_nms_iou=m.rpn_nms_iou,
+        rpn_batch_per_image=m.rpn_batch_per_image, rois_per_image=m.rois_per_image,
+        roi_fg_fraction=m.roi_fg_fraction, roi_fg_iou=m.roi_fg_iou, box_fc_features=m.box_fc_features,
+        mask_features=m.mask_features, detections=m.detections, detection_nms_iou=m.detection_nms_iou,
+        dtype=jnp.dtype(m.dtype))
+
+  def check(self, mesh, extra_splits=()) -> None:
+    c, m = self.config, self.config.model
+    if m.depth not in RESNET_STAGES:
+      raise config_lib.ConfigError(f"--depth={m.depth}: choose one of {sorted(RESNET_STAGES)}")
+    if m.norm not in ("group", "batch"):
+      raise config_lib.ConfigError(f"--norm={m.norm!r}: choose group or batch")
+    if m.norm == "group" and (m.width % 8 or m.fpn_features % 8 or m.mask_features % 8):
+      raise config_lib.ConfigError("--norm=group needs --width, --fpn_features and --mask_features divisible by 8")
+    if len(m.anchor_sizes) != 5:
+      raise config_lib.ConfigError(f"--anchor_sizes={m.anchor_sizes}: one size per FPN level P2..P6 (5)")
+    if c.input.image_size % 32:
+      raise config_lib.ConfigError(f"--image_size={c.input.image_size}: Mask R-CNN's FPN needs a multiple of 32")
+    if c.instances not in ops.INSTANCE_MODES:
+      raise config_lib.ConfigError(f"--instances={c.instances!r}: choose one of {list(ops.INSTANCE_MODES)}")
+    if c.paste not in PASTE_MODES:
+      raise config_lib.ConfigError(f"--paste={c.paste!r}: choose one of {list(PASTE_MODES)}")
+    for name in ("score_threshold", "threshold"):
+      if not 0.0 < getattr(c, name) < 1.0:
+        raise config_lib.ConfigError(f"--{name}={getattr(c, name)}: must be between 0 and 1")
+    if c.refine != "none":
+      raise config_lib.ConfigError("--refine: Mask R-CNN runs take no superpixel refinement")
+    base.Task.check(self, mesh, extra_splits)
+
+  def init_state(self, rng: jax.Array) -> TrainState:
+    size = self.config.input.image_size
+    tx = self.config.optimizer.build(self.config.num_steps)
+    return create_train_state(self.model(), tx, rng, jnp.zeros((1, size, size, 3), jnp.float32),
+                              compiled_init=True)
+
+  def train_step(self) -> Callable:
+    return steps.make_maskrcnn_train_step(self.config.smooth_l1_beta)
+
+  def instances_op(self):
+    c = self.config
+    return ops.lesion_instances("mask", c.max_instances, c.instances)
+
+  def predict_fns(self) -> dict[str, Callable]:
+    return {"predict": steps.maskrcnn_predict_step}
+
+  def prob_at(self, output, height: int, width: int) -> np.ndarray:
+    """The lesion probability map at (height, width): the best instance's mask pasted in its box
+    (or the union of the confident ones), zero when no instance reaches score_threshold."""
+    c, size = self.config, self.config.input.image_size
+    scale = (height / size, width / size)  # the model saw the image stretched to size x size
+    prob = np.zeros((height, width), np.float32)
+    scores, valid = np.asarray(output["scores"]), np.asarray(output["valid"], bool)
+    confident = np.flatnonzero(valid & (scores >= c.score_threshold))
+    for k in confident[:1] if c.paste == "top" else confident:
+      prob = np.maximum(prob, postprocess.paste_mask(output["masks"][k], output["boxes"][k], height, width, scale))
+    return prob
+
+  def instance_accumulator(self):
+    return _NativeDetections(self.config.input.image_size, self.config.model.detections,
+                             self.config.score_threshold)
+
+
+class _NativeDetections(metrics.DetectionAccumulator):
+  """The detections of one example output, boxes scaled from the model's input to the truth's
+  native resolution."""
+
+  def __init__(self, input_size: int, max_detections: int, score_threshold: float):
+    super().__init__(max_detections, score_threshold=score_threshold)
+    self.input_size = input_size
+
+  def update(self, output: Any, truth: Any) -> None:  # pylint: disable=arguments-renamed
+    h, w = np.asarray(truth).shape[:2]
+    scale = np.array([h, w, h, w], np.float64) / self.input_size
+    super().update(np.asarray(output["boxes"]) * scale, output["scores"], output["valid"], truth)
