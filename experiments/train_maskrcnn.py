@@ -21,7 +21,7 @@ common.define_workdir_flag()
 flags.DEFINE_string("test_split", "test", "Split scored at the end.")
 common.define_augment_flag()
 common.define_config_flags(maskrcnn.MaskRCNNConfig(), aliases={"optimizer": "optimizer.name"},
-                           skip={"mask_artifacts", "refine"})
+                           skip={"mask_artifacts"})
 
 
 def main(argv):

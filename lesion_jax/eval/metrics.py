@@ -48,6 +48,8 @@ import numpy as np
 from sklearn import exceptions as sk_exceptions
 from sklearn import metrics as sk_metrics
 
+from lesion_jax.eval import postprocess
+
 SEGMENTATION_KEYS = ("jaccard", "dice", "accuracy", "sensitivity", "specificity")
 DEFAULT_SENSITIVITIES = (0.82, 0.89, 0.95)
 
@@ -574,7 +576,8 @@ def _note_macro(notes: dict[str, str], key: str, values: Sequence[float | None])
 # Detection (Mask R-CNN): box AP against each image's lesion box, and the paper's Table I
 
 def _box_iou_np(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-  """IoU of (D, 4) pixel [y1, x1, y2, x2] boxes with one box (0 where the union is empty)."""
+  """IoU of (D, 4) pixel [y1, x1, y2, x2] boxes with one box (0 where the union is empty): the
+  host-side, float64 twin of detection.boxes.box_iou (metrics stay NumPy, off the device)."""
   y1, x1 = np.maximum(boxes[:, 0], box[0]), np.maximum(boxes[:, 1], box[1])
   y2, x2 = np.minimum(boxes[:, 2], box[2]), np.minimum(boxes[:, 3], box[3])
   inter = np.clip(y2 - y1, 0, None) * np.clip(x2 - x1, 0, None)
@@ -585,12 +588,11 @@ def _box_iou_np(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
 
 def mask_box(mask: Any) -> np.ndarray | None:
   """The tight pixel box [y1, x1, y2, x2] (exclusive ends) of a mask's lesion pixels; None if empty."""
-  m = np.asarray(mask)
-  m = (m[..., 0] if m.ndim == 3 else m) != 0
-  rows, cols = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
-  if not len(rows):
+  m = postprocess.as_mask(mask)
+  if not m.any():
     return None
-  return np.array([rows[0], cols[0], rows[-1] + 1, cols[-1] + 1], np.float64)
+  y0, y1, x0, x1 = postprocess.mask_bbox(m, margin=0.0)
+  return np.array([y0, x0, y1, x1], np.float64)
 
 
 def average_precision(scores: np.ndarray, matched: np.ndarray, num_positives: int) -> float | None:

@@ -112,6 +112,26 @@ def _torchvision_conv(features: int, kernel_size: Sequence[int], strides: Sequen
   return nn.Conv(features, kernel_size, strides, padding=padding, use_bias=False, dtype=dtype)
 
 
+def resnet_features(x: jax.Array, stage_sizes: Sequence[int], block: Any, width: int, conv: Any, norm: Any,
+                    imagenet_stem: bool = True, max_pool_padding: Any = "SAME") -> list[jax.Array]:
+  """The ResNet body, shared by the classifiers and Mask R-CNN's backbone: the stem, then the
+  output of every stage (C2..C5). Called inside an `nn.compact` method, its layers become the
+  caller's submodules (named Conv_0, BatchNorm_0, ResNetBlock_0, ... as if written inline)."""
+  if imagenet_stem:  # 7x7/2 conv and 3x3/2 max-pool: /4
+    x = nn.relu(norm()(conv(width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)])(x)))
+    x = nn.max_pool(x, (3, 3), (2, 2), padding=max_pool_padding)
+  else:  # small inputs: a 3x3 stem, stride 2 from 64 px (/2), stride 1 below (CIFAR-style)
+    stride = 2 if x.shape[1] >= 64 else 1
+    x = nn.relu(norm()(conv(width, (3, 3), (stride, stride))(x)))
+  outputs = []
+  for i, n in enumerate(stage_sizes):
+    for j in range(n):
+      strides = (2, 2) if i > 0 and j == 0 else (1, 1)
+      x = block(width * 2 ** i, conv=conv, norm=norm, strides=strides)(x)
+    outputs.append(x)
+  return outputs
+
+
 class ResNet(nn.Module):
   """He et al. 2016. `stage_sizes` (2,2,2,2) with basic blocks is ResNet-18; (3,4,6,3) with
   bottleneck blocks ResNet-50. Inputs under 128 px get a 3×3 stem without max-pool (stride 2
@@ -139,16 +159,9 @@ class ResNet(nn.Module):
       conv = partial(nn.Conv, padding="SAME", use_bias=False, dtype=self.dtype)
       norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype)
     x = x.astype(self.dtype)
-    if self.torchvision_padding or x.shape[1] >= 128:  # the ImageNet stem: /4
-      x = nn.relu(norm()(conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)])(x)))
-      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)) if self.torchvision_padding else "SAME")
-    else:  # small inputs: a 3×3 stem, stride 2 from 64 px (/2), stride 1 below (CIFAR-style)
-      stride = 2 if x.shape[1] >= 64 else 1
-      x = nn.relu(norm()(conv(self.width, (3, 3), (stride, stride))(x)))
-    for i, n in enumerate(self.stage_sizes):
-      for j in range(n):
-        strides = (2, 2) if i > 0 and j == 0 else (1, 1)
-        x = self.block(self.width * 2 ** i, conv=conv, norm=norm, strides=strides)(x)
+    x = resnet_features(x, self.stage_sizes, self.block, self.width, conv, norm,
+                        imagenet_stem=self.torchvision_padding or x.shape[1] >= 128,
+                        max_pool_padding=((1, 1), (1, 1)) if self.torchvision_padding else "SAME")[-1]
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
 

@@ -41,6 +41,7 @@ from lesion_jax.detection import boxes as boxes_lib
 from lesion_jax.detection import nms as nms_lib
 from lesion_jax.detection import roi_align as roi_align_lib
 from lesion_jax.detection import targets as targets_lib
+from lesion_jax.models import classifiers
 from lesion_jax.models.classifiers import BottleneckBlock, ResNetBlock
 from lesion_jax.models.layers import Upsample2x
 
@@ -75,14 +76,7 @@ class ResNetFPN(nn.Module):
     stages, block = RESNET_STAGES[self.depth]
     conv = partial(nn.Conv, padding="SAME", use_bias=False, dtype=self.dtype)
     norm = _norm(self.norm, train, self.dtype)
-    x = nn.relu(norm()(conv(self.width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)])(x.astype(self.dtype))))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding="SAME")
-    c = []
-    for i, n in enumerate(stages):
-      for j in range(n):
-        strides = (2, 2) if i > 0 and j == 0 else (1, 1)
-        x = block(self.width * 2 ** i, conv=conv, norm=norm, strides=strides)(x)
-      c.append(x)
+    c = classifiers.resnet_features(x.astype(self.dtype), stages, block, self.width, conv, norm)
     # Top-down pathway; 1x1 convs as Dense (a matmul: faster than a 1x1 convolution on XLA:CPU).
     laterals = [nn.Dense(self.fpn_features, dtype=self.dtype, name=f"lateral{i + 2}")(f) for i, f in enumerate(c)]
     merged = [laterals[-1]]

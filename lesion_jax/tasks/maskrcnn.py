@@ -87,7 +87,6 @@ class MaskRCNNConfig:
   mask_artifacts: str | None = field(None, "Artifact store of masks trained on instead of the ground truth.")
   drop_uncertain: bool = field(True, "With mask_artifacts: leave out masks flagged uncertain.")
   summary_images: int = field(4, "Validation overlays written to TensorBoard at each evaluation (0: none).")
-  refine: str = "none"  # the segmentation task's superpixel refinement is not offered here
 
 
 @base.register
@@ -126,8 +125,6 @@ class MaskRCNNTask(segmentation.SegmentationTask):
     for name in ("score_threshold", "threshold"):
       if not 0.0 < getattr(c, name) < 1.0:
         raise config_lib.ConfigError(f"--{name}={getattr(c, name)}: must be between 0 and 1")
-    if c.refine != "none":
-      raise config_lib.ConfigError("--refine: Mask R-CNN runs take no superpixel refinement")
     base.Task.check(self, mesh, extra_splits)
 
   def init_state(self, rng: jax.Array) -> TrainState:
@@ -135,6 +132,9 @@ class MaskRCNNTask(segmentation.SegmentationTask):
     tx = self.config.optimizer.build(self.config.num_steps)
     return create_train_state(self.model(), tx, rng, jnp.zeros((1, size, size, 3), jnp.float32),
                               compiled_init=True)
+
+  def refinement(self) -> str:
+    return "none"  # the segmentation task's superpixel refinement is not offered here
 
   def train_step(self) -> Callable:
     return steps.make_maskrcnn_train_step(self.config.smooth_l1_beta)

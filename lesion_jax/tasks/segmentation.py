@@ -178,11 +178,15 @@ class SegmentationTask(base.Task):
   def best_metric(self) -> tuple[str, str]:
     return "val/jaccard", "max"
 
+  def refinement(self) -> str:
+    """The post-processing applied to each map before scoring (config.refine)."""
+    return self.config.refine
+
   def evaluate(self, state, split, mesh, predict=None, keep_examples=0) -> base.Evaluation:
     """ISIC segmentation and boundary scores over `split`, against the dataset's ground-truth
     masks, after the configured refinement."""
     predict = predict or self.jit_predict(state, mesh)
-    store = self.superpixel_store(split) if self.config.refine == "superpixel" else None
+    store = self.superpixel_store(split) if self.refinement() == "superpixel" else None
     return self.evaluate_batches(state, self.eval_batches(split, joins=()), mesh, predict, keep_examples,
                                  boundary=True, superpixels=store)
 
