@@ -7,6 +7,7 @@ then runs each requested command in a forked child exactly as `python -m` would 
 flags, since the experiment modules are first imported in the child). The exit status is the
 child's. Protocol: one JSON request per line on stdin, one JSON reply per line on stdout.
 """
+import importlib
 import json
 import os
 import runpy
@@ -15,17 +16,9 @@ import time
 import traceback
 
 
-def _preload() -> None:
-  # pylint: disable=g-import-not-at-top,unused-import
-  import cv2
-  import flax
-  import jax
-  import matplotlib
-  import optax
-  import orbax.checkpoint
-  import sklearn
-  import tensorflow
-  from lesion_jax.tasks import classification, maskrcnn, runner, segmentation
+PRELOADED = ("cv2", "flax", "jax", "matplotlib", "optax", "orbax.checkpoint", "sklearn", "tensorflow",
+             "lesion_jax.tasks.classification", "lesion_jax.tasks.maskrcnn", "lesion_jax.tasks.runner",
+             "lesion_jax.tasks.segmentation")
 
 
 def _child(request: dict) -> int:
@@ -71,7 +64,8 @@ def _run(request: dict) -> dict:
 
 
 def main() -> None:
-  _preload()
+  for name in PRELOADED:
+    importlib.import_module(name)
   print(json.dumps({"ready": True}), flush=True)
   for line in sys.stdin:
     print(json.dumps(_run(json.loads(line))), flush=True)
