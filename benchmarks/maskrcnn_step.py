@@ -40,11 +40,12 @@ TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_m
 ANCHORS = (16.0, 32.0, 64.0, 128.0, 256.0)
 
 
-def torchvision_like_config(size: int, batch: int, depth: int) -> maskrcnn.MaskRCNNConfig:
+def torchvision_like_config(size: int, batch: int, depth: int, mask_rois: int = 0) -> maskrcnn.MaskRCNNConfig:
   model = maskrcnn.MaskRCNNModelConfig(
       depth=depth, width=64, fpn_features=256, norm="batch", anchor_sizes=ANCHORS,
       rpn_pre_nms_topk_train=2000, rpn_post_nms_topk_train=1000, rpn_batch_per_image=256,
-      rois_per_image=512, roi_fg_fraction=0.25, box_fc_features=1024, mask_features=256)
+      rois_per_image=512, roi_fg_fraction=0.25, box_fc_features=1024, mask_features=256,
+      mask_rois_per_image=mask_rois)
   return maskrcnn.MaskRCNNConfig(input=pipeline.InputConfig(image_size=size, batch_size=batch), model=model,
                                  optimizer=OptimizerConfig(name="sgd", learning_rate=0.01, momentum=0.9,
                                                            weight_decay=1e-4, lr_schedule="constant"))
@@ -69,8 +70,8 @@ def lesion_batch(size: int, batch: int, max_instances: int = 4) -> dict[str, np.
 
 
 class JaxStep(common.JaxTrainStep):
-  def __init__(self, size: int, batch: int, depth: int):
-    task = maskrcnn.MaskRCNNTask(torchvision_like_config(size, batch, depth))
+  def __init__(self, size: int, batch: int, depth: int, mask_rois: int = 0):
+    task = maskrcnn.MaskRCNNTask(torchvision_like_config(size, batch, depth, mask_rois))
     state = task.init_state(jax.random.key(0))
     super().__init__(task.train_step(), state, lesion_batch(size, batch))
 
@@ -80,12 +81,14 @@ def main() -> None:
   parser.add_argument("--size", type=int, default=128)
   parser.add_argument("--batch", type=int, default=4)
   parser.add_argument("--depth", type=int, default=50, choices=(50, 101))
+  parser.add_argument("--mask_rois", type=int, default=0,
+                      help="JAX mask-head slots per image (0: the foreground maximum, 128 here)")
   common.add_round_args(parser)
   parser.set_defaults(rounds=2, repeats=2, torch_threads="0")
   args = parser.parse_args()
   start = time.perf_counter()
   peak, torch_python = common.print_setup(args.torch_python)
-  step = JaxStep(args.size, args.batch, args.depth)
+  step = JaxStep(args.size, args.batch, args.depth, args.mask_rois)
   inner = common.window_steps(step, args.window_s)
 
   def measure_torch():

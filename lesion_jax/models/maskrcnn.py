@@ -169,6 +169,7 @@ class MaskRCNN(nn.Module):
   rpn_bg_iou: float = 0.3
   rois_per_image: int = 512
   roi_fg_fraction: float = 0.25
+  mask_rois_per_image: int = 0  # 0: the foreground maximum (targets.mask_rois)
   roi_fg_iou: float = 0.5
   box_fc_features: int = 1024
   mask_features: int = 256
@@ -274,6 +275,7 @@ class MaskRCNN(nn.Module):
         gt_boxes, sample.matched, sample.boxes)
     # The mask head sees the first slots only: foreground, by sample_rois' order.
     m = targets_lib.mask_rois(r, self.roi_fg_fraction)
+    m = min(m, self.mask_rois_per_image) if self.mask_rois_per_image > 0 else m
     mask_boxes, mask_matched = sample.boxes[:, :m], sample.matched[:, :m]
     mask_classes = sample.classes[:, :m]
     mask_pooled = self._pool(features, mask_boxes, self.mask_size // 2)

@@ -52,6 +52,9 @@ class MaskRCNNModelConfig:
   rpn_batch_per_image: int = field(256, "Anchors sampled per image for the RPN losses.")
   rois_per_image: int = field(128, "RoIs sampled per image for the box head (paper: 512).")
   roi_fg_fraction: float = field(0.25, "Largest foreground fraction of the sampled RoIs.")
+  mask_rois_per_image: int = field(0, "Mask-head slots per image: the first (foreground) sampled RoIs. 0: the "
+                                   "foreground maximum, rois_per_image x roi_fg_fraction; a smaller static cap "
+                                   "skips padding slots when images hold few lesions (subsamples when more are real).")
   roi_fg_iou: float = field(0.5, "A RoI is foreground at this IoU with a lesion.")
   box_fc_features: int = field(256, "Width of the box head's two FC layers (paper: 1024).")
   mask_features: int = field(64, "Channels of the mask head's convs (paper: 256).")
@@ -102,7 +105,8 @@ class MaskRCNNTask(segmentation.SegmentationTask):
         rpn_pre_nms_topk=(m.rpn_pre_nms_topk_train, m.rpn_pre_nms_topk_test),
         rpn_post_nms_topk=(m.rpn_post_nms_topk_train, m.rpn_post_nms_topk_test), rpn_nms_iou=m.rpn_nms_iou,
         rpn_batch_per_image=m.rpn_batch_per_image, rois_per_image=m.rois_per_image,
-        roi_fg_fraction=m.roi_fg_fraction, roi_fg_iou=m.roi_fg_iou, box_fc_features=m.box_fc_features,
+        roi_fg_fraction=m.roi_fg_fraction, mask_rois_per_image=m.mask_rois_per_image, roi_fg_iou=m.roi_fg_iou,
+        box_fc_features=m.box_fc_features,
         mask_features=m.mask_features, detections=m.detections, detection_nms_iou=m.detection_nms_iou,
         dtype=jnp.dtype(m.dtype))
 
