@@ -53,6 +53,8 @@ def test_sampling_keeps_the_foreground_quota_and_fills_with_background():
   few = jnp.array([1, 1] + [0] * 5 + [-1] * 3)
   sampled = np.asarray(targets.sample_labels(few, 16, 0.5, jax.random.PRNGKey(1)))
   assert (sampled == 1).sum() == 2 and (sampled == 0).sum() == 5  # too few of both: all kept
+  # The mask head's slots: the foreground maximum, or a smaller cap (--mask_rois_per_image).
+  assert [targets.mask_rois(512, 0.25, cap) for cap in (0, 32, 200)] == [128, 32, 128]
 
 
 def test_roi_sampling_adds_the_lesion_box_and_puts_foreground_first():

@@ -119,9 +119,11 @@ def sample_rois(proposals: jax.Array, proposal_valid: jax.Array, gt_boxes: jax.A
                    matched=matched[order], valid=key[order] > 0)
 
 
-def mask_rois(num_rois: int, fg_fraction: float) -> int:
-  """How many of the sampled RoIs (the first ones) the mask head sees: the foreground maximum."""
-  return max(1, int(num_rois * fg_fraction))
+def mask_rois(num_rois: int, fg_fraction: float, cap: int = 0) -> int:
+  """How many of the sampled RoIs (the first ones) the mask head sees: the foreground maximum, or
+  `cap` if that is smaller (0: no cap)."""
+  most = max(1, int(num_rois * fg_fraction))
+  return min(most, cap) if cap > 0 else most
 
 
 def mask_targets(gt_masks: jax.Array, boxes: jax.Array, matched: jax.Array, size: int) -> jax.Array:

@@ -274,8 +274,7 @@ class MaskRCNN(nn.Module):
     box_targets = jax.vmap(lambda b, m, rb: boxes_lib.encode_boxes(b[m], rb, BOX_WEIGHTS))(
         gt_boxes, sample.matched, sample.boxes)
     # The mask head sees the first slots only: foreground, by sample_rois' order.
-    m = targets_lib.mask_rois(r, self.roi_fg_fraction)
-    m = min(m, self.mask_rois_per_image) if self.mask_rois_per_image > 0 else m
+    m = targets_lib.mask_rois(r, self.roi_fg_fraction, self.mask_rois_per_image)
     mask_boxes, mask_matched = sample.boxes[:, :m], sample.matched[:, :m]
     mask_classes = sample.classes[:, :m]
     mask_pooled = self._pool(features, mask_boxes, self.mask_size // 2)
