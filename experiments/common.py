@@ -116,6 +116,86 @@ def without_augmentation(config: Any, path: str = "input.augment") -> Any:
   return config_lib.replace(config, {path: AugmentConfig.off()})
 
 
+def define_holdout_flags() -> None:
+  flags.DEFINE_float("holdout", 0.0, "Hold out this fraction of --train_split (stratified by class, fixed by "
+                     "--holdout_seed) and select the checkpoint on it: --train_split and --val_split become "
+                     "its two parts (explicit TFDS slices, recorded in config.json), so the reported split "
+                     "picks nothing. 0: off.")
+  flags.DEFINE_integer("holdout_seed", 0, "Seed of the --holdout split (kept fixed across training seeds).")
+
+
+def with_holdout(config: Any) -> Any:
+  """`config` with train_split / val_split set to the --holdout split of its train_split."""
+  if not FLAGS.holdout:
+    return config
+  from absl import app  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from lesion_jax.data import pipeline, selection  # pylint: disable=g-import-not-at-top
+  for name in ("val_split", "folds"):
+    if name in FLAGS and FLAGS[name].present:
+      raise app.UsageError(f"--holdout sets the validation split itself; drop --{name}")
+  data = config.input
+  builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
+  try:
+    fit, holdout = selection.holdout_splits(builder, config.train_split, FLAGS.holdout, FLAGS.holdout_seed,
+                                            getattr(config, "label_key", None))
+  except ValueError as e:
+    raise app.UsageError(f"--holdout={FLAGS.holdout}: {e}") from None
+  logging.info("Selection split: %s of %s held out (%s)", FLAGS.holdout, config.train_split, holdout)
+  return dataclasses.replace(config, train_split=fit, val_split=holdout)
+
+
+def define_segmenter_flags() -> None:
+  """Every SegmenterConfig field as a flag, plus --augment, --holdout and the K-means flags
+  (train_segmenter and self_learning)."""
+  from lesion_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
+  define_augment_flag()
+  define_holdout_flags()
+  define_kmeans_flags()
+  define_config_flags(segmentation.SegmenterConfig(),
+                      aliases={"model": "model.name", "optimizer": "optimizer.name",
+                               "color_jitter": "input.augment.color"},
+                      skip={"mask_artifacts"})
+
+
+def segmenter_config_from_flags() -> Any:
+  from lesion_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
+  return with_holdout(without_augmentation(config_from_flags(segmentation.SegmenterConfig())))
+
+
+def define_tta_flags() -> None:
+  """evaluate's and predict's segmentation test-time options (None: the run's own)."""
+  flags.DEFINE_bool("tta", False, "Segmentation test-time augmentation: the map averaged over the four "
+                    "horizontal/vertical flips (at each of --tta_scales).")
+  flags.DEFINE_list("tta_scales", None, "With --tta: input sides (px) to average over (default: the run's "
+                    "--tta_scales, else the model size).")
+  flags.DEFINE_bool("fallback", None, "Segmentation: replace catastrophic masks (empty / whole field of view) "
+                    "by the map cut at its own threshold (default: the run's own --fallback).")
+
+
+def with_segmentation_overrides(task: Any, tta_scales: list[str] | None, fallback: bool | None) -> Any:
+  """A restored segmentation task with evaluate / predict's --tta_scales and --fallback applied
+  (None: the run's own)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  changes = {}
+  if tta_scales is not None:
+    if not hasattr(task.config, "tta_scales"):
+      raise app.UsageError(f"--tta_scales: a {task.name!r} run has no test-time scales (segmentation runs do)")
+    try:
+      changes["tta_scales"] = tuple(int(v) for v in tta_scales)
+    except ValueError:
+      raise app.UsageError(f"--tta_scales={','.join(tta_scales)}: give integer sides in px") from None
+  if fallback is not None:
+    if not hasattr(task.config, "fallback"):
+      raise app.UsageError(f"--fallback: a {task.name!r} run has no mask fallback (segmentation runs do)")
+    changes["fallback"] = fallback
+  if not changes:
+    return task
+  task = type(task)(config_lib.replace(task.config, changes))
+  task.check_postprocessing()
+  return task
+
+
 def run_directory(workdir: str) -> None:
   """Creates `workdir` and quiets library logs; the task runner records config.json there."""
   os.makedirs(workdir, exist_ok=True)

@@ -1,12 +1,13 @@
 r"""Scores a trained model from its workdir, on any split, with the task's figures.
 
   python -m experiments.evaluate --workdir=runs/unet [--split=test] [--checkpoint=best] [--tta] \
-      [--refine=superpixel]
+      [--tta_scales=128,160] [--fallback] [--refine=superpixel]
 
 Works for every task's workdir (segmenter, classifier, ...): the task and its config come from
 the run's config.json, so the scores equal those in metrics.json. Writes eval_<split>.json and
 figures/eval_<split>_*.png. With --tta (segmentation), probabilities are averaged over the four
-flips of each image (files end in _tta). With --refine=superpixel (segmentation), each map is
+flips of each image, at each of --tta_scales (files end in _tta[_s<scales>]). With --fallback,
+catastrophic masks (empty, or the whole field of view) are replaced (files end in _fallback). With --refine=superpixel (segmentation), each map is
 refined on SLIC superpixels first (eval/superpixel_refine.py; files end in _superpixel; the
 superpixels of the split are computed and stored on first use).
 """
@@ -17,14 +18,16 @@ from absl import app, flags
 from experiments import common
 from lesion_jax import config as config_lib
 from lesion_jax import io
+from lesion_jax.artifacts import stage
 from lesion_jax.tasks import runner
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The --workdir of a training run (any task).")
 flags.mark_flag_as_required("workdir")
-flags.DEFINE_string("split", "test", "Split to score (train, validation, test, or a TFDS slice).")
+flags.DEFINE_string("split", "test", "Split to score (train, validation, test, a TFDS slice, or selection: the "
+                    "split the run picked its checkpoint on, e.g. its --holdout part).")
 flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-flags.DEFINE_bool("tta", False, "Test-time augmentation (segmentation): average over horizontal/vertical flips.")
+common.define_tta_flags()
 flags.DEFINE_enum("refine", None, ["none", "superpixel"],
                   "Segmentation: post-processing before scoring (default: the run's own --refine).")
 
@@ -38,15 +41,29 @@ def main(argv):
     if not hasattr(task.config, "refine"):
       raise config_lib.ConfigError(f"--refine: a {task.name!r} run has no refinement (segmentation runs do)")
     task = type(task)(config_lib.replace(task.config, {"refine": FLAGS.refine}))
+  task = common.with_segmentation_overrides(task, FLAGS.tta_scales, FLAGS.fallback)
   state = runner.restore(task, FLAGS.workdir, common.checkpoint_flag_value(FLAGS.checkpoint))
-  tag = FLAGS.split.replace("[", "_").replace("]", "").replace(":", "-").replace("%", "pct")
+  split, name = FLAGS.split, FLAGS.split
+  if split == "selection":
+    split = getattr(task.config, "val_split", "")
+    if not split:
+      raise app.UsageError(f"--split=selection: the run in {FLAGS.workdir} selected on no split (--val_split=)")
+  tag = name.replace("[", "_").replace("]", "").replace(":", "-").replace("%", "pct")
+  tag = tag if len(tag) <= 48 else stage.split_tag(name)
   tag += "_tta" if FLAGS.tta else ""
+  tag += "_s" + "-".join(str(x) for x in task.config.tta_scales) if FLAGS.tta and getattr(task.config, "tta_scales", ()) else ""
+  tag += "_fallback" if getattr(task.config, "fallback", False) else ""
   tag += "_superpixel" if getattr(task.config, "refine", "none") == "superpixel" else ""
-  scores, _ = runner.evaluate(task, state, FLAGS.split, workdir=FLAGS.workdir, prefix=f"eval_{tag}",
-                              predict="flip_tta" if FLAGS.tta else "predict")
-  scores = {k.replace(f"eval_{tag}/", f"{FLAGS.split}/"): v for k, v in scores.items()}
+  scores, _ = runner.evaluate(task, state, split, workdir=FLAGS.workdir, prefix=f"eval_{tag}",
+                              predict="tta" if FLAGS.tta else "predict")
+  scores = {k.replace(f"eval_{tag}/", f"{name}/"): v for k, v in scores.items()}
+  scores["split"] = split
+  if split == task.val_split:  # as runner.run labels it
+    scores[f"{name}/used_for_selection"] = True
   scores["checkpoint"] = FLAGS.checkpoint
   scores["tta"] = FLAGS.tta
+  scores["tta_scales"] = list(getattr(task.config, "tta_scales", ())) if FLAGS.tta else []
+  scores["fallback"] = getattr(task.config, "fallback", None)
   scores["refine"] = getattr(task.config, "refine", None)
   io.write_json(os.path.join(FLAGS.workdir, f"eval_{tag}.json"), scores)
   common.print_scores(scores)

@@ -1,6 +1,7 @@
 r"""Segments (and/or classifies) image files with trained models.
 
-  python -m experiments.predict --workdir=runs/unet --images='photos/*.jpg' --out=predictions
+  python -m experiments.predict --workdir=runs/unet --images='photos/*.jpg' --out=predictions \
+      [--tta] [--tta_scales=128,160] [--fallback]
 
 For each image: DIR/<stem>.png (binary mask at the image's own resolution, 0/255),
 DIR/<stem>_overlay.png, and a row in DIR/predictions.csv with the ABCD measurements of the lesion
@@ -36,6 +37,7 @@ flags.DEFINE_string("classifier_workdir", None, "A train_classifier run: adds cl
                     "(on the lesion crop if it was trained on segmented input; averaged over the "
                     "fold models of a cross-validated run).")
 flags.DEFINE_float("mm_per_pixel", None, "Pixel size, for measurements in millimetres.")
+common.define_tta_flags()
 flags.DEFINE_bool("overwrite", False, "Replace the outputs of an earlier run in --out (refused otherwise).")
 for _name in ("workdir", "images", "out"):
   flags.mark_flag_as_required(_name)
@@ -126,9 +128,10 @@ def load_models(workdir: str, classifier_workdir: str | None, which):
     classifier_workdir, cls_task = workdir, task
     if task.config.image_artifacts:
       seg_dir = task.config.crop.segmenter_workdir
-      seg_task = runner.load(seg_dir)
+      seg_task = common.with_segmentation_overrides(runner.load(seg_dir), FLAGS.tta_scales, FLAGS.fallback)
       segmenter = (seg_task, runner.restore(seg_task, seg_dir, "best"))
   elif isinstance(task, segmentation.SegmentationTask):
+    task = common.with_segmentation_overrides(task, FLAGS.tta_scales, FLAGS.fallback)
     segmenter = (task, runner.restore(task, workdir, which))
     cls_task = runner.load(classifier_workdir) if classifier_workdir else None
   else:
@@ -161,6 +164,8 @@ def main(argv):
     raise app.UsageError(f"--out={FLAGS.out}: cannot write there ({e.strerror or e})") from None
   segmenter, classifier = load_models(FLAGS.workdir, FLAGS.classifier_workdir,
                                       common.checkpoint_flag_value(FLAGS.checkpoint))
+  if FLAGS.tta and segmenter is not None and "tta" not in segmenter[0].predict_fns():
+    raise app.UsageError(f"--tta: a {segmenter[0].name!r} segmenter has no test-time augmentation")
   # The table of this run is written whole at the end; until then, progress goes to a partial
   # file, so a run killed midway leaves an earlier predictions.csv as it was.
   partial_path = csv_path + ".partial"
@@ -189,7 +194,7 @@ def main(argv):
     masks = []
     if segmenter is not None and images:
       seg_task, seg_state = segmenter
-      masks = seg_task.masks_for(seg_task.segment_images(seg_state, images))
+      masks = seg_task.masks_for(seg_task.segment_images(seg_state, images, predict="tta" if FLAGS.tta else "predict"))
     for (row, stem), image, mask in zip(good, images, masks):
       mask_path = os.path.join(FLAGS.out, f"{stem}.png")
       overlay_path = os.path.join(FLAGS.out, f"{stem}_overlay.png")

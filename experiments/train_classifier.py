@@ -40,6 +40,7 @@ flags.DEFINE_enum("occlusion_method", None, ["luv", "dullrazor"],
 flags.DEFINE_string("test_split", "test", "Split scored at the end.")
 flags.DEFINE_string("artifact_dir", None, "Where crops / purified images are stored (default: <data_dir>/lesion_jax_artifacts).")
 common.define_augment_flag()
+common.define_holdout_flags()
 common.define_config_flags(classification.ClassifierConfig(),
                            aliases={"model": "model.name", "optimizer": "optimizer.name",
                                     "target": "label_key", "color_jitter": "input.augment.color",
@@ -65,7 +66,7 @@ def config_from_command_line() -> classification.ClassifierConfig:
 def main(argv):
   del argv
   common.init_distributed()
-  config = config_from_command_line()
+  config = common.with_holdout(config_from_command_line())
   # Refuse bad flags before minutes of cropping (and before config.json is written).
   classification.ClassificationTask(config).check(sharding.make_mesh(), [("test_split", FLAGS.test_split)])
   if FLAGS.input == "segmented":

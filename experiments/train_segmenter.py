@@ -27,18 +27,13 @@ flags.DEFINE_enum("labels", "ground_truth", ["ground_truth", "kmeans"],
 flags.DEFINE_enum("input_norm", "none", ["none", "dataset"],
                   "U-Nets: standardise the input per channel with the training split's mean and std "
                   "(measured here and stored in config.json; the purification paper's dilated U-Net does).")
-common.define_augment_flag()
-common.define_kmeans_flags()
-common.define_config_flags(segmentation.SegmenterConfig(),
-                           aliases={"model": "model.name", "optimizer": "optimizer.name",
-                                    "color_jitter": "input.augment.color"},
-                           skip={"mask_artifacts"})
+common.define_segmenter_flags()
 
 
 def main(argv):
   del argv
   common.init_distributed()
-  config = common.without_augmentation(common.config_from_flags(segmentation.SegmenterConfig()))
+  config = common.segmenter_config_from_flags()
   # Refuse bad flags before minutes of annotation (and before config.json is written).
   segmentation.SegmentationTask(config).check(sharding.make_mesh(), [("test_split", FLAGS.test_split)])
   if FLAGS.input_norm == "dataset" and config.model.channel_mean is None:

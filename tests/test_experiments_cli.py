@@ -161,6 +161,24 @@ def test_predict_segments_good_files_and_reports_bad_ones(trained, tmp_path):
   assert "Segmented 2 of 6 images" in proc.stdout
 
 
+def test_predict_tta_is_flip_equivariant_and_the_fallback_finds_a_lesion(trained, tmp_path):
+  workdir, _ = trained
+  rng = np.random.default_rng(1)
+  image = cv2.GaussianBlur(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), (7, 7), 2)
+  cv2.imwrite(str(tmp_path / "a.png"), image)
+  cv2.imwrite(str(tmp_path / "b_mirror.png"), image[:, ::-1])
+  out = tmp_path / "out"
+  run("experiments.predict", f"--workdir={workdir}", f"--images={tmp_path}/*.png", f"--out={out}",
+      "--tta", "--tta_scales=32,48", "--fallback")
+  a = cv2.imread(str(out / "a.png"), cv2.IMREAD_UNCHANGED)
+  b = cv2.imread(str(out / "b_mirror.png"), cv2.IMREAD_UNCHANGED)
+  assert a.shape == (48, 64) and a.any()  # never empty with the fallback
+  np.testing.assert_array_equal(a, b[:, ::-1])  # the mirrored image's mask is the mirrored mask
+  bad = run("experiments.predict", f"--workdir={workdir}", f"--images={tmp_path}/a.png", f"--out={tmp_path}/o2",
+            "--tta", "--tta_scales=30", check=False)
+  assert bad.returncode != 0 and "--tta_scales=[30]" in bad.stderr
+
+
 @pytest.fixture(scope="module")
 def classifier(trained, tiny_data_dir, tiny_dataset, tmp_path_factory):
   segmenter_dir, _ = trained
@@ -226,10 +244,13 @@ def test_bad_flags_are_refused_by_name_before_anything_is_written(trained, tiny_
   workdir, _ = trained
   # One refusal through the command line (a one-line error, nothing written); the checks behind the
   # others are the same code path, so they are tested in-process.
-  for flag, expected in (("--image_size=50", "--image_size=50: a U-Net with --levels=4 needs a multiple of 16"),):
-    run_dir = tmp_path / flag.split("=")[0].strip("-")
+  for flags, expected in ((["--image_size=50"], "--image_size=50: a U-Net with --levels=4 needs a multiple of 16"),
+                          (["--holdout=0.2", "--val_split=validation"], "--holdout sets the validation split itself"),
+                          (["--geometry=crop"], "geometry"),
+                          (["--loss=lovasz"], "--loss='lovasz'")):
+    run_dir = tmp_path / flags[0].split("=")[0].strip("-")
     proc = run("experiments.train_segmenter", f"--workdir={run_dir}", f"--data_dir={tiny_data_dir}",
-               "--dataset=synthetic_lesions/tiny", flag, check=False)
+               "--dataset=synthetic_lesions/tiny", *flags, check=False)
     assert proc.returncode != 0 and expected in proc.stderr, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr  # one line naming the flag, not a stack
     assert not os.path.exists(run_dir / "config.json")  # so the corrected command is not refused

@@ -164,6 +164,31 @@ def test_train_evaluate_and_record(task, straight, caplog):
   assert scores["test/accuracy"] == metrics["test/accuracy"] and len(result.ids) == 16
 
 
+def test_scores_of_the_selection_split_are_labelled(task, straight, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir, metrics = straight
+  assert "test/used_for_selection" not in metrics  # test != validation
+  copy = str(tmp_path / "copy")
+  shutil.copytree(workdir, copy)
+  again = runner.run(task, copy, test_split=task.config.val_split)  # resumes at the last step
+  assert again["test/used_for_selection"] is True
+
+
+def test_a_run_written_before_a_config_field_existed_still_resumes(task, straight, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir, _ = straight
+  copy = str(tmp_path / "old")
+  shutil.copytree(workdir, copy)
+  record = json.load(open(os.path.join(copy, "config.json")))
+  del record["config"]["input"]["geometry"]  # as written by the code before the field was added
+  json.dump(record, open(os.path.join(copy, "config.json"), "w"))
+  runner.write_config(copy, task)  # not refused
+  record["config"]["input"]["seed"] = 7
+  json.dump(record, open(os.path.join(copy, "config.json"), "w"))
+  with pytest.raises(ValueError, match="other flags"):
+    runner.write_config(copy, task)
+
+
 def test_resume_equals_uninterrupted(task, straight, tmp_path):
   workdir = str(tmp_path)
   runner.train(HoleTask(dataclasses.replace(task.config, num_steps=2)), workdir)

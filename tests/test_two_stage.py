@@ -50,3 +50,70 @@ def test_each_stage_is_a_run_the_other_commands_can_open(report, tiny_dataset):
     assert isinstance(task, classification.ClassificationTask) and task.config.model.name == "lenet5"
     assert bool(task.config.image_artifacts) == name.startswith("proposed")  # crops only for "proposed"
   assert json.load(open(os.path.join(workdir, "config.json")))["task"] == "two_stage"
+
+
+@pytest.fixture(scope="module")
+def rounds(tiny_data_dir, tiny_dataset, tmp_path_factory):
+  from lesion_jax.tasks import self_learning  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("self_learning"))
+  seg = segmentation.SegmenterConfig(
+      input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8),
+      model=segmentation.SegmenterModelConfig(features=4, levels=2), num_steps=4, eval_every=4)
+  from lesion_jax.artifacts import relabel  # pylint: disable=g-import-not-at-top
+  # A 4-step U-Net is never confident: keep every relabelled mask (the flags are tested on their own).
+  config = self_learning.SelfLearningConfig(segmenter=seg, rounds=1, relabel=relabel.RelabelConfig(
+      min_confidence=0.0, min_fraction=0.0, max_fraction=1.0))
+  return workdir, config, self_learning.run(config, workdir)
+
+
+def test_self_learning_rounds_relabel_with_the_previous_unet(rounds, tiny_dataset):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from lesion_jax.artifacts import relabel, stage  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import self_learning  # pylint: disable=g-import-not-at-top
+  workdir, config, result = rounds
+  rows = result["rounds"]
+  assert [r["round"] for r in rows] == [0, 1] and rows[1]["trained_on"] == "round 0 U-Net"
+  for row in rows:
+    assert 0.0 <= row["test/jaccard"] <= 1.0
+    assert set(row["pseudo_masks"]) == {"train", "validation"}  # the test split is not relabelled
+    assert 0.0 <= row["pseudo_masks"]["train"]["pseudo_mask_jaccard"] <= 1.0
+  first = runner.load(os.path.join(workdir, "round_0"))
+  second = runner.load(os.path.join(workdir, "round_1"))
+  assert "kmeans_mask" in first.config.mask_artifacts and relabel.RELABEL_KIND in second.config.mask_artifacts
+  assert second.config.train_split == "train"  # not transductive by default
+  # Round 1's masks are round 0's U-Net's own binarised maps, image by image.
+  builder = pipeline.get_builder(tiny_dataset, config.segmenter.input.data_dir)
+  state = runner.restore(first, os.path.join(workdir, "round_0"), "best")
+  example = next(iter(stage.read_examples(builder, "train", features=("image",))))
+  prob = first.segment_images(state, [example["image"]])[0]
+  stored = io_read_mask(second.config.mask_artifacts, example["id"])
+  np.testing.assert_array_equal(stored, first.binarize(prob)[0])
+  assert os.path.exists(os.path.join(workdir, "figures", "rounds.png"))
+  records = [json.load(open(os.path.join(second.config.mask_artifacts, f))) for f in
+             os.listdir(second.config.mask_artifacts) if f.endswith(".json")]
+  assert records and all(0.0 <= r["confidence"] <= 1.0 and "jaccard" in r for r in records)
+  # Re-running resumes: nothing is trained or relabelled again, the same scores come back.
+  again = self_learning.run(config, workdir)
+  assert [r["test/jaccard"] for r in again["rounds"]] == [r["test/jaccard"] for r in rows]
+
+
+def test_relabel_flags_unconfident_empty_and_full_maps():
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from lesion_jax.artifacts import relabel  # pylint: disable=g-import-not-at-top
+  crisp = np.zeros((10, 10), np.float32)
+  crisp[2:6, 2:6] = 1.0
+  assert relabel.map_confidence(crisp, crisp > 0.5) == 1.0
+  blurry = np.full((10, 10), 0.45, np.float32)
+  blurry[2:6, 2:6] = 0.55
+  assert relabel.map_confidence(blurry, blurry > 0.5) == pytest.approx(0.1)
+  compute = relabel.relabel_compute(lambda images: [crisp, blurry, np.zeros((10, 10), np.float32)],
+                                    lambda p: p > 0.5, relabel.RelabelConfig())
+  out = compute([{"image": None}] * 3, None)
+  assert [a.record["uncertain"] for a in out] == [False, True, True]
+  assert "lesion fraction" in out[2].record["reasons"][-1]
+
+
+def io_read_mask(directory, image_id):
+  from lesion_jax import io  # pylint: disable=g-import-not-at-top
+  from lesion_jax.artifacts import store  # pylint: disable=g-import-not-at-top
+  return io.read_mask_file(os.path.join(directory, store.safe_name(image_id) + ".png"))

@@ -80,13 +80,13 @@ def annotate_split(builder: tfds.core.DatasetBuilder, split: str, store: Artifac
   summary = AnnotationSummary(split, builder.info.splits[split].num_examples, run.computed,
                               run.reused, len(uncertain_ids), run.images_per_second, scores,
                               run.failed)
-  io.write_json(os.path.join(store.directory, f"{split}_summary.json"),
+  io.write_json(os.path.join(store.directory, f"{stage.split_tag(split)}_summary.json"),
                 {**dataclasses.asdict(summary), "config": dataclasses.asdict(config),
                  "failures": run.failures, "wall_seconds": time.perf_counter() - start})
   if figure_dir and uncertain_ids and run.computed:
     shown = list(stage.read_examples(builder, split, uncertain_ids[:FIGURE_EXAMPLES],
                                      ("image", "mask") if has_truth else ("image",)))
-    figures.save_overlay_grid(os.path.join(figure_dir, f"kmeans_uncertain_{split}.png"),
+    figures.save_overlay_grid(os.path.join(figure_dir, f"kmeans_uncertain_{stage.split_tag(split)}.png"),
                               [ex["image"] for ex in shown], [store.read_mask(ex["id"]) for ex in shown],
                               [_truth(ex) for ex in shown] if has_truth else None,
                               titles=[ex["id"] for ex in shown])

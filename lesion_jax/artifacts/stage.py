@@ -124,6 +124,17 @@ def _select(builder, features: Sequence[str] | None) -> list[str]:
   return keys
 
 
+def split_tag(split: str, max_length: int = 48) -> str:
+  """A file-name-safe tag of a TFDS split string ("train" stays "train"; a long slice list such
+  as a hold-out split, `train[0:3]+train[5:9]+...`, is cut and suffixed with a hash of the whole)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  import re  # pylint: disable=g-import-not-at-top
+  tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", split).strip("_")
+  if len(tag) <= max_length and tag == split:
+    return tag
+  return f"{tag[:max_length - 9]}_{hashlib.sha1(split.encode()).hexdigest()[:8]}"
+
+
 def split_ids(builder, split: str) -> list[str]:
   """The example ids of `split` in dataset order (images are not decoded)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top

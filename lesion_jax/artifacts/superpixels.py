@@ -271,7 +271,7 @@ def superpixels_for_split(builder, split: str, store: ArtifactStore, config: Sup
   start = time.perf_counter()
   summary = stage.ArtifactStage(store, superpixel_compute(config), "superpixels", batch_size,
                                 workers).run_split(builder, split, ("image",))
-  io.write_json(os.path.join(store.directory, f"{split}_summary.json"),
+  io.write_json(os.path.join(store.directory, f"{stage.split_tag(split)}_summary.json"),
                 {**dataclasses.asdict(summary), "config": dataclasses.asdict(config),
                  "wall_seconds": time.perf_counter() - start})
   return summary

@@ -468,20 +468,67 @@ def center_crop(keys: Sequence[str] = ("image",), aspect: float = 1.0) -> Op:
 
 
 @register("letterbox")
-def letterbox(key: str, size: int, out: str | None = None) -> Op:
+def letterbox(key: str, size: int, out: str | None = None, mask: bool = False) -> Op:
   """uint8 (H, W, C) → float32 [0, 1] (size, size, C): resized proportionally so the longer side
-  is `size` (antialiased bilinear), centred on black; into `out` (default: in place).
+  is `size` (antialiased bilinear), centred on black; into `out` (default: in place). With
+  `mask`, a mask (nonzero = inside) → float32 {0, 1}, resized as `resize_mask` does.
   `letterbox_window` gives the window the image occupies, to map predictions back."""
 
   def fn(example, _):
-    image = tf.image.convert_image_dtype(example[key], tf.float32)
+    value = example[key]
+    image = tf.cast(value > 0, tf.float32) if mask else tf.image.convert_image_dtype(value, tf.float32)
     h, w = tf.shape(image)[0], tf.shape(image)[1]
     (top, left, nh, nw) = letterbox_window_tensor(h, w, size)
     image = tf.image.resize(image, [nh, nw], method="bilinear", antialias=True)
+    if mask:
+      image = tf.cast(image >= 0.5, tf.float32)
     image = tf.pad(image, [[top, size - nh - top], [left, size - nw - left], [0, 0]])
     return {**example, (out or key): tf.ensure_shape(image, [size, size, image.shape[-1]])}
 
   return Op(fn, needs=(key,))
+
+
+@register("shades_of_gray")
+def shades_of_gray(key: str = "image", p: float = 6.0) -> Op:
+  """Colour constancy by Shades of Gray (Finlayson and Trezzi 2004; the ISIC winners' p = 6) on
+  a float [0, 1] image: channel c's illuminant is its p-norm mean e_c = mean(I_c^p)^(1/p), and
+  each channel is scaled by |e| / (sqrt(3) e_c), so the illuminant becomes grey of the same
+  length; clipped to [0, 1]. p = 1 is Grey World, large p tends to max-RGB. The gains do not
+  change when e is scaled, so black letterbox padding leaves them as they are."""
+  if p < 1:
+    raise ValueError(f"Shades of Gray needs p >= 1, got {p}")
+
+  def fn(example, _):
+    image = example[key]
+    illuminant = tf.reduce_mean(tf.pow(image, p), axis=(0, 1)) ** (1.0 / p)
+    gains = tf.norm(illuminant) / np.sqrt(3.0) / tf.maximum(illuminant, 1e-6)
+    return {**example, key: tf.clip_by_value(image * gains, 0.0, 1.0)}
+
+  return Op(fn, needs=(key,))
+
+
+GEOMETRIES = ("stretch", "letterbox")
+COLOR_CONSTANCY = ("none", "shades_of_gray")
+
+
+def image_ops(size: int, geometry: str = "stretch", color_constancy: str = "none", p: float = 6.0,
+              key: str = "image") -> list[Op]:
+  """Decoded uint8 image → float32 [0, 1] (size, size, 3), the way every task (and predict) sizes
+  and colour-corrects its input: `geometry` stretch (resize to a square) or letterbox (keep the
+  aspect ratio, pad with black); `color_constancy` none or shades_of_gray (exponent `p`)."""
+  if geometry not in GEOMETRIES:
+    raise ValueError(f"geometry {geometry!r}: choose one of {GEOMETRIES}")
+  if color_constancy not in COLOR_CONSTANCY:
+    raise ValueError(f"color_constancy {color_constancy!r}: choose one of {COLOR_CONSTANCY}")
+  out = [resize_image(key, size) if geometry == "stretch" else letterbox(key, size)]
+  if color_constancy == "shades_of_gray":
+    out.append(shades_of_gray(key, p))
+  return out
+
+
+def mask_resize_op(size: int, geometry: str = "stretch", key: str = "mask") -> Op:
+  """The mask's twin of `image_ops`' geometry (so image and mask stay aligned)."""
+  return resize_mask(key, size) if geometry == "stretch" else letterbox(key, size, mask=True)
 
 
 def letterbox_window_tensor(h, w, size: int):
@@ -707,21 +754,22 @@ def superpixel_patches(mask_channels: Sequence[int], size: int = 56, min_fractio
 
 def segmentation_ops(image_size: int, augment_config: augment_lib.AugmentConfig | None, mask_key: str = "mask",
                      mask_is_encoded: bool = True, keep_encoded_mask: bool = False,
-                     instances: Op | None = None) -> list[Op]:
+                     instances: Op | None = None, geometry: str = "stretch",
+                     color_constancy: str = "none", p: float = 6.0) -> list[Op]:
   """'id', 'image' (float32 [-1, 1], (size, size, 3)) and 'mask' (float32 {0, 1}, (size, size, 1),
-  read from `mask_key`), augmented unless `augment_config` is None (evaluation). With
-  `keep_encoded_mask`, also 'mask_encoded': the stored PNG at the image's own resolution, for
-  scoring as the challenges do. `instances` (a lesion_instances op) adds the Mask R-CNN ground
-  truth after the augmentation."""
+  read from `mask_key`), augmented unless `augment_config` is None (evaluation); sized and
+  colour-corrected by `image_ops`. With `keep_encoded_mask`, also 'mask_encoded': the stored PNG
+  at the image's own resolution, for scoring as the challenges do. `instances` (a
+  lesion_instances op) adds the Mask R-CNN ground truth after the augmentation."""
   if keep_encoded_mask and not mask_is_encoded:
     raise ValueError("keep_encoded_mask needs an encoded mask feature")
   out = [copy(mask_key, "mask_encoded")] if keep_encoded_mask else []
-  out += [decode_image("image"), resize_image("image", image_size)]
+  out += [decode_image("image"), *image_ops(image_size, geometry, color_constancy, p)]
   if mask_is_encoded:
     out.append(decode_mask(mask_key, out="mask"))
   elif mask_key != "mask":
     out.append(copy(mask_key, "mask"))
-  out.append(resize_mask("mask", image_size))
+  out.append(mask_resize_op(image_size, geometry))
   if augment_config is not None:
     out.append(augment(augment_config, spatial_keys=("mask",)))
   instance_keys = ()
@@ -734,10 +782,11 @@ def segmentation_ops(image_size: int, augment_config: augment_lib.AugmentConfig 
 
 
 def classification_ops(image_size: int, augment_config: augment_lib.AugmentConfig | None,
-                       label_key: str = "label") -> list[Op]:
-  """'id', 'image' (float32 [-1, 1], (size, size, 3)) and 'label' (int32, from `label_key`),
-  augmented unless `augment_config` is None (evaluation)."""
-  out = [decode_image("image"), resize_image("image", image_size), label(label_key, "label")]
+                       label_key: str = "label", geometry: str = "stretch", color_constancy: str = "none",
+                       p: float = 6.0) -> list[Op]:
+  """'id', 'image' (float32 [-1, 1], (size, size, 3), by `image_ops`) and 'label' (int32, from
+  `label_key`), augmented unless `augment_config` is None (evaluation)."""
+  out = [decode_image("image"), *image_ops(image_size, geometry, color_constancy, p), label(label_key, "label")]
   if augment_config is not None:
     out.append(augment(augment_config, spatial_keys=()))
   return out + [normalize("image"), keep(("id", "image", "label"))]

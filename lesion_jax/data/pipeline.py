@@ -61,6 +61,11 @@ class InputConfig:
   data_dir: str | None = field(None, "TFDS data directory (default: ~/tensorflow_datasets).")
   manual_dir: str | None = field(None, "Folder with the hand-downloaded archive (real datasets).")
   image_size: int = field(64, "Images are resized to image_size x image_size.")
+  geometry: str = field("stretch", "How an image becomes a square: stretch (resize, the papers') or "
+                        "letterbox (keep the aspect ratio, pad with black; maps are cut back before scoring).")
+  color_constancy: str = field("none", "Colour correction of every input: none or shades_of_gray "
+                               "(Finlayson and Trezzi's Shades of Gray, as ISIC winners use).")
+  shades_of_gray_p: float = field(6.0, "The Shades of Gray exponent (6: the ISIC winners'; 1: Grey World).")
   batch_size: int = field(16, "Global batch size (split across devices).")
   seed: int = field(0, "Seed for initialisation, shuffling and augmentation.")
   augment: AugmentConfig = AugmentConfig()
@@ -165,9 +170,18 @@ def resize_mask(mask_uint8: tf.Tensor, size: int) -> tf.Tensor:
   return ops.resize_mask_tensor(mask_uint8, size)
 
 
-def preprocess_image(image_uint8, size: int) -> np.ndarray:
-  """Model input for one uint8 RGB image (numpy): exactly what the pipelines feed the model."""
-  return normalize_image(resize_image(tf.convert_to_tensor(image_uint8), size)).numpy()
+def preprocess_image(image_uint8, size: int, geometry: str = "stretch", color_constancy: str = "none",
+                     p: float = 6.0) -> np.ndarray:
+  """Model input for one uint8 RGB image (numpy): exactly what the pipelines feed the model
+  (`ops.image_ops` with the same geometry and colour constancy, then [-1, 1])."""
+  example = ops.chain(ops.image_ops(size, geometry, color_constancy, p))(
+      {"image": tf.convert_to_tensor(image_uint8)}, tf.zeros(2, tf.int64))
+  return normalize_image(example["image"]).numpy()
+
+
+def image_prep(config: InputConfig) -> dict[str, Any]:
+  """The keyword arguments of ops.image_ops / preprocess_image that `config` sets."""
+  return {"geometry": config.geometry, "color_constancy": config.color_constancy, "p": config.shades_of_gray_p}
 
 
 def _epochs(base: tf.data.Dataset, buffer: int, seed: int, start_epoch: int = 0) -> tf.data.Dataset:

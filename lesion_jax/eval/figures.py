@@ -312,7 +312,7 @@ def save_confusion_matrix(path: str | os.PathLike, matrix: Any, class_names: Seq
 
 
 def save_curves(path: str | os.PathLike, history: Mapping[str, Sequence[tuple[int, float]]],
-                title: str | None = None) -> None:
+                title: str | None = None, xlabel: str = "step") -> None:
   """One subplot per metric of `history` = {"train/loss": [(step, value), ...], ...}."""
   names = list(history)
   n = max(len(names), 1)
@@ -333,7 +333,7 @@ def save_curves(path: str | os.PathLike, history: Mapping[str, Sequence[tuple[in
     else:
       ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(name, fontsize=9)
-    ax.set_xlabel("step")
+    ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
   if title:
     fig.suptitle(title)

@@ -104,6 +104,24 @@ def binarize(prob: Any, threshold: float | str = 0.5) -> np.ndarray:
   return p > float(threshold)
 
 
+def catastrophic_fallback(prob: Any, mask: Any, max_fraction: float = 0.9,
+                          clean: bool = True) -> tuple[np.ndarray, bool]:
+  """(mask, replaced): a mask that failed catastrophically, empty or covering more than
+  `max_fraction` of the image (the whole field of view), replaced by the map cut at a threshold
+  of its own: half its maximum for an empty mask (the most lesion-like region), Otsu's threshold
+  for a full one (the map's own two modes); hole-filled with the largest component kept if
+  `clean`. A replacement that fails the same way is not used."""
+  p, m = np.asarray(_as_map(prob), np.float32), as_mask(mask)
+  fraction = float(m.mean()) if m.size else 0.0
+  if 0.0 < fraction <= max_fraction or not p.size:
+    return m, False
+  threshold = 0.5 * float(p.max()) if fraction == 0.0 else otsu_threshold(p)
+  new = p > threshold
+  new = clean_mask(new) if clean else new
+  ok = 0.0 < float(new.mean()) <= max_fraction
+  return (new, True) if ok else (m, False)
+
+
 def resize_mask(mask: Any, height: int, width: int) -> np.ndarray:
   """Nearest-neighbour resize of a mask to bool (height, width)."""
   m = as_mask(mask).astype(np.uint8)

@@ -69,6 +69,9 @@ class Task:
   """Base class of every pipeline's task; see the module docstring for the contract."""
   name: ClassVar[str]
   config_cls: ClassVar[type]
+  # Input geometries (InputConfig.geometry) the task maps back; colour constancy where True.
+  geometries: ClassVar[tuple[str, ...]] = ("stretch",)
+  color_constancy: ClassVar[bool] = False
 
   def __init__(self, config: Any):
     if not isinstance(config, self.config_cls):
@@ -153,6 +156,12 @@ class Task:
       sharding.check_batch_size(self.batch_size, mesh)
     except ValueError as e:
       raise config_lib.ConfigError(f"--batch_size={self.batch_size}: {e}") from None
+    data = getattr(c, "input", None)
+    if data is not None and getattr(data, "geometry", "stretch") not in self.geometries:
+      raise config_lib.ConfigError(f"--geometry={data.geometry!r}: a {self.name!r} run takes "
+                                   f"{' or '.join(self.geometries)}")
+    if data is not None and getattr(data, "color_constancy", "none") != "none" and not self.color_constancy:
+      raise config_lib.ConfigError(f"--color_constancy={data.color_constancy!r}: not supported by a {self.name!r} run")
     splits = [("train_split", c.train_split)] + ([("val_split", c.val_split)] if c.val_split else [])
     for flag, split in [*splits, *extra_splits]:
       check_split(self.builder, split, flag)
@@ -171,7 +180,8 @@ class Task:
     """A model input example from one uint8 RGB image, preprocessed exactly as in training (for
     `runner.predict_examples`); a task whose model takes more than the image overrides it."""
     from lesion_jax.data import pipeline  # pylint: disable=g-import-not-at-top  (TensorFlow)
-    return {"image": pipeline.preprocess_image(image, self.config.input.image_size)}
+    data = self.config.input
+    return {"image": pipeline.preprocess_image(image, data.image_size, **pipeline.image_prep(data))}
 
   # --- helpers -------------------------------------------------------------------------------
   def jit_predict(self, state: Any, mesh: jax.sharding.Mesh, name: str = "predict") -> Callable:

@@ -90,6 +90,8 @@ def with_optimizer_defaults(config: ClassifierConfig, given: Iterable[str] = ())
 class ClassificationTask(base.Task):
   name = "classification"
   config_cls = ClassifierConfig
+  geometries = ("stretch", "letterbox")
+  color_constancy = True
   summary_keys = ("accuracy", "balanced_accuracy", "misclassification_rate", "f1", "precision", "recall", "sensitivity",
                   "specificity", "roc_auc", "average_precision")
 
@@ -175,7 +177,8 @@ class ClassificationTask(base.Task):
 
   def _ops(self, train: bool) -> list:
     c = self.config
-    return ops.classification_ops(c.input.image_size, c.input.augment if train else None, label_key=c.label_key)
+    return ops.classification_ops(c.input.image_size, c.input.augment if train else None, label_key=c.label_key,
+                                  **pipeline.image_prep(c.input))
 
   def _input(self) -> pipeline.InputConfig:
     return dataclasses.replace(self.config.input, joins=self._joins())

@@ -87,6 +87,10 @@ class MaskRCNNConfig:
                      "instance at or above score_threshold).")
   threshold: float = field(0.5, "Probability threshold of the pasted mask.")
   postprocess: bool = field(True, "Fill holes and keep the largest component before scoring.")
+  fallback: bool = field(False, "Replace catastrophic masks (empty, or more than fallback_max_fraction of "
+                         "the image) by the pasted map cut at its own threshold; off: an empty mask is "
+                         "'no lesion found'.")
+  fallback_max_fraction: float = field(0.9, "A mask covering more of the image than this counts as the whole field of view.")
   mask_artifacts: str | None = field(None, "Artifact store of masks trained on instead of the ground truth.")
   drop_uncertain: bool = field(True, "With mask_artifacts: leave out masks flagged uncertain.")
   summary_images: int = field(4, "Validation overlays written to TensorBoard at each evaluation (0: none).")
@@ -96,6 +100,7 @@ class MaskRCNNConfig:
 class MaskRCNNTask(segmentation.SegmentationTask):
   name = "maskrcnn"
   config_cls = MaskRCNNConfig
+  geometries = ("stretch",)  # its instance masks are pasted into boxes of the stretched image
 
   def model(self) -> MaskRCNN:
     m = self.config.model
@@ -129,7 +134,12 @@ class MaskRCNNTask(segmentation.SegmentationTask):
     for name in ("score_threshold", "threshold"):
       if not 0.0 < getattr(c, name) < 1.0:
         raise config_lib.ConfigError(f"--{name}={getattr(c, name)}: must be between 0 and 1")
+    self.check_postprocessing()
     base.Task.check(self, mesh, extra_splits)
+
+  def check_postprocessing(self) -> None:
+    if not 0.0 < self.config.fallback_max_fraction <= 1.0:
+      raise config_lib.ConfigError(f"--fallback_max_fraction={self.config.fallback_max_fraction}: must be in (0, 1]")
 
   def init_state(self, rng: jax.Array) -> TrainState:
     size = self.config.input.image_size

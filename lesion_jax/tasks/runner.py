@@ -52,6 +52,11 @@ def write_config(workdir: str, task: base.Task | dict[str, Any]) -> None:
   new = task.describe() if isinstance(task, base.Task) else task
   if os.path.exists(path):
     old = io.read_json(path)
+    if isinstance(task, base.Task) and old.get("task") == new["task"]:
+      try:  # fields added to the config since that run was written take their defaults
+        old = base.from_record(old, path).describe()
+      except (config_lib.ConfigError, ValueError, KeyError):
+        pass  # an unreadable record is compared as it is (and refused)
     changed = {k: v for k, v in config_lib.diff(old, new).items() if _defines_the_run(k, *v)}
     if changed:
       raise ValueError(f"{path} was written by a run with other flags {changed} (old, new); use a "
@@ -145,6 +150,8 @@ def run(task: base.Task, workdir: str, test_split: str = "test",
     metrics.update(scores)
     if result.predictions is not None:
       predictions[f"{prefix}/_predictions"] = result.predictions
+    if split == task.val_split:  # scores of the split that picked the checkpoint are optimistic
+      metrics[f"{prefix}/used_for_selection"] = True
   save_curves(workdir)
   write_results(workdir, metrics, predictions)
   return metrics

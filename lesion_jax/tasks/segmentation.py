@@ -21,7 +21,7 @@ from lesion_jax.eval.superpixel_refine import RefineConfig
 from lesion_jax.models.fcn import FCN
 from lesion_jax.models.unet import UNet
 from lesion_jax.tasks import base
-from lesion_jax.train import sharding, steps
+from lesion_jax.train import losses, sharding, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
 def _unet(m, **kwargs) -> UNet:
@@ -70,7 +70,7 @@ class SegmenterConfig:
   input: pipeline.InputConfig = pipeline.InputConfig()
   model: SegmenterModelConfig = SegmenterModelConfig()
   optimizer: OptimizerConfig = OptimizerConfig(learning_rate=2e-3, warmup_steps=100)
-  loss: str = field("bce", "Segmentation loss: bce, dice, bce_dice.")
+  loss: str = field("bce", "Segmentation loss: bce, dice, bce_dice, jaccard (soft Jaccard), bce_jaccard.")
   num_steps: int = field(2000, "Training steps.")
   eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
   checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
@@ -80,11 +80,17 @@ class SegmenterConfig:
   mask_key: str = field("mask", "Feature holding the lesion mask.")
   threshold: float = field(0.5, "Probability threshold for the lesion mask.")
   postprocess: bool = field(True, "Fill holes and keep the largest component before scoring.")
+  fallback: bool = field(False, "Replace catastrophic masks (empty, or more than fallback_max_fraction of "
+                         "the image) by the map cut at its own threshold (eval/postprocess.catastrophic_fallback).")
+  fallback_max_fraction: float = field(0.9, "A mask covering more of the image than this counts as the whole field of view.")
   # Train (and pick the best checkpoint) on these stored masks instead of the ground truth, e.g.
   # K-means pseudo-masks (self-learning); test scores always use the ground truth.
   mask_artifacts: str | None = field(None, "Artifact store of masks trained on instead of the ground truth.")
   drop_uncertain: bool = field(True, "With mask_artifacts: leave out masks flagged uncertain.")
   summary_images: int = field(4, "Validation overlays written to TensorBoard at each evaluation (0: none).")
+  tta_scales: tuple[int, ...] = field((), "Test-time augmentation (evaluate / predict --tta): the four flips at "
+                                      "each of these input sides, px (the model-size input resized; "
+                                      "empty: the model size only).")
   refine: str = field("none", "Post-processing of the map before scoring: none, or superpixel "
                       "(SLIC superpixels + manifold-ranking propagation + fusion + Otsu: "
                       "eval/superpixel_refine.py). Applies to evaluation, not to validation.")
@@ -96,18 +102,14 @@ def joins_features(joins) -> set[str]:
   return {j.feature for j in joins}
 
 
-def binarize_predictions(probs: np.ndarray, threshold: float, clean: bool) -> np.ndarray:
-  """(N, H, W) probabilities → bool masks, optionally hole-filled with the largest component kept."""
-  masks = probs > threshold
-  if clean:
-    masks = np.stack([postprocess.clean_mask(m) for m in masks]) if len(masks) else masks
-  return masks
 
 
 @base.register
 class SegmentationTask(base.Task):
   name = "segmentation"
   config_cls = SegmenterConfig
+  geometries = ("stretch", "letterbox")
+  color_constancy = True
 
   def model(self):
     m = self.config.model
@@ -124,11 +126,24 @@ class SegmentationTask(base.Task):
     if c.model.name in FIXED_GRID and (c.input.image_size < factor or c.input.image_size % factor):
       raise config_lib.ConfigError(
           f"--image_size={c.input.image_size}: a U-Net with --levels={c.model.levels} needs a multiple of {factor}")
+    if c.loss not in losses.SEGMENTATION_LOSSES:
+      raise config_lib.ConfigError(f"--loss={c.loss!r}: choose one of {list(losses.SEGMENTATION_LOSSES)}")
+    self.check_postprocessing()
+    super().check(mesh, extra_splits)
+
+  def check_postprocessing(self) -> None:
+    """Refuses bad evaluation-time settings (also when evaluate / predict override them)."""
+    c = self.config
     if c.refine not in REFINEMENTS:
       raise config_lib.ConfigError(f"--refine={c.refine!r}: choose one of {list(REFINEMENTS)}")
     if not 0.0 < c.threshold < 1.0:
       raise config_lib.ConfigError(f"--threshold={c.threshold}: must be between 0 and 1")
-    super().check(mesh, extra_splits)
+    factor = 2 ** c.model.levels
+    if c.model.name in FIXED_GRID and any(side < factor or side % factor for side in c.tta_scales):
+      raise config_lib.ConfigError(f"--tta_scales={list(c.tta_scales)}: a U-Net with --levels={c.model.levels} "
+                                   f"needs multiples of {factor}")
+    if not 0.0 < c.fallback_max_fraction <= 1.0:
+      raise config_lib.ConfigError(f"--fallback_max_fraction={c.fallback_max_fraction}: must be in (0, 1]")
 
   def init_state(self, rng: jax.Array) -> TrainState:
     size = self.config.input.image_size
@@ -154,7 +169,7 @@ class SegmentationTask(base.Task):
         c.mask_key in features and isinstance(features[c.mask_key], pipeline.tfds.features.Image))
     return ops.segmentation_ops(c.input.image_size, c.input.augment if train else None, mask_key=c.mask_key,
                                 mask_is_encoded=encoded, keep_encoded_mask=encoded and not train,
-                                instances=self.instances_op() if train else None)
+                                instances=self.instances_op() if train else None, **pipeline.image_prep(c.input))
 
   def instances_op(self):
     """An op adding instance ground truth to training examples (Mask R-CNN); None here."""
@@ -173,7 +188,8 @@ class SegmentationTask(base.Task):
     return pipeline.eval_iterator(self._input(joins), self._ops(False, joins), split, self.builder)
 
   def predict_fns(self) -> dict[str, Callable]:
-    return {"predict": steps.segmentation_predict_step, "flip_tta": steps.segmentation_predict_step_flip_tta}
+    return {"predict": steps.segmentation_predict_step, "flip_tta": steps.segmentation_predict_step_flip_tta,
+            "tta": steps.make_segmentation_tta_predict_step(tuple(self.config.tta_scales))}
 
   def best_metric(self) -> tuple[str, str]:
     return "val/jaccard", "max"
@@ -200,7 +216,21 @@ class SegmentationTask(base.Task):
     """One example's lesion probability map at (height, width) from its predict output (here
     the model-size map, resized; Mask R-CNN pastes its instance masks)."""
     output = np.asarray(output)
+    if self.config.input.geometry == "letterbox":  # the image's window of the padded square
+      top, left, nh, nw = ops.letterbox_window(height, width, output.shape[0])
+      output = output[top:top + nh, left:left + nw]
     return output if output.shape == (height, width) else postprocess.resize_prob(output, height, width)
+
+  def model_view(self, native: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A native-resolution mask (bool) or map (float) placed as the model input shows its image
+    (stretched, or letterboxed), for figures."""
+    resize = postprocess.resize_mask if native.dtype == bool else postprocess.resize_prob
+    if self.config.input.geometry != "letterbox":
+      return resize(native, *size)
+    top, left, nh, nw = ops.letterbox_window(*native.shape, size[0])
+    out = np.zeros(size, native.dtype)
+    out[top:top + nh, left:left + nw] = resize(native, nh, nw)
+    return out
 
   def instance_accumulator(self):
     """Scores beyond the mask's (an object with update(output, truth), rows(), summarize(rows));
@@ -224,6 +254,7 @@ class SegmentationTask(base.Task):
     instances = self.instance_accumulator()
     ids: list[str] = []
     refined: list[bool] = []  # per image: superpixel refinement applied (else the map was kept)
+    fell_back: list[bool] = []  # per image: the catastrophic-failure fallback replaced the mask
     kept: dict[str, list[np.ndarray]] = {}
     for batch, probs in inference.predict_over(predict, state, batches, mesh):
       real = np.flatnonzero(batch["weight"] > 0)
@@ -245,7 +276,8 @@ class SegmentationTask(base.Task):
             pred = postprocess.resize_mask(pred, *truth.shape)
         else:
           prob = self.prob_at(output, *truth.shape)
-          pred = binarize_predictions(prob[None], c.threshold, c.postprocess)[0]
+          pred, replaced = self.binarize(prob)
+          fell_back.append(replaced)
         acc.update(pred[None], truth[None])
         if instances is not None:
           instances.update(output, truth)
@@ -257,6 +289,8 @@ class SegmentationTask(base.Task):
     rows = acc.counts()
     if superpixels is not None:
       rows["refined"] = np.asarray(refined, np.int64).reshape(-1)
+    elif c.fallback:
+      rows["fallback"] = np.asarray(fell_back, np.int64).reshape(-1)
     if instances is not None:
       rows.update(instances.rows())
     rows = sharding.allgather_rows(rows)
@@ -268,19 +302,21 @@ class SegmentationTask(base.Task):
     if superpixels is not None:
       per_image["refined"] = rows["refined"]
       scores["refined_images"] = int(rows["refined"].sum())  # the others kept the network's map
+    if "fallback" in rows:
+      per_image["fallback"] = rows["fallback"]
+      scores["fallback_images"] = int(rows["fallback"].sum())
     return base.Evaluation(scores, per_image, sharding.allgather_strings(ids),
                            {k: np.stack(v) for k, v in kept.items()})
 
-  @staticmethod
-  def _keep(kept, image, prob, pred, truth, refinement, sp) -> None:
+  def _keep(self, kept, image, prob, pred, truth, refinement, sp) -> None:
     size = image.shape[:2]
     add = lambda k, v: kept.setdefault(k, []).append(v)
     add("image", figures.to_uint8_rgb((image + 1) / 2))
-    add("mask", postprocess.resize_mask(truth, *size))
-    add("pred", postprocess.resize_mask(pred, *size))
+    add("mask", self.model_view(np.asarray(truth, bool), size))
+    add("pred", self.model_view(np.asarray(pred, bool), size))
     if refinement is not None:
-      add("fcn_prob", postprocess.resize_prob(prob, *size))
-      add("refined_prob", postprocess.resize_prob(refinement.fused, *size))
+      add("fcn_prob", self.model_view(np.asarray(prob, np.float32), size))
+      add("refined_prob", self.model_view(np.asarray(refinement.fused, np.float32), size))
       add("superpixel_borders", superpixels_lib.label_borders(
           cv2.resize(sp.labels, size[::-1], interpolation=cv2.INTER_NEAREST_EXACT)))
 
@@ -303,8 +339,7 @@ class SegmentationTask(base.Task):
       n = min(c.summary_images, int((batch["weight"] > 0).sum()))
       size = batch["image"].shape[1:3]
       images = [figures.overlay(figures.to_uint8_rgb((batch["image"][i] + 1) / 2),
-                                binarize_predictions(self.prob_at(jax.tree.map(lambda x, i=i: x[i], p), *size)[None],
-                                                     c.threshold, c.postprocess)[0],
+                                self.binarize(self.prob_at(jax.tree.map(lambda x, i=i: x[i], p), *size))[0],
                                 batch["mask"][i, ..., 0] > 0.5) for i in range(n)]
       writer.images(step, "val/overlays", np.stack(images))
 
@@ -337,11 +372,19 @@ class SegmentationTask(base.Task):
                                     predict or "predict")
     return [self.prob_at(p, im.shape[0], im.shape[1]) for p, im in zip(probs, images)]
 
-  def masks_for(self, probs: list[np.ndarray]) -> list[np.ndarray]:
-    """The run's own binarisation (threshold, then hole filling + largest component if set)."""
+  def binarize(self, prob: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(mask, fallback used): the run's own binarisation of one map (threshold, then hole
+    filling + largest component if set, then the catastrophic-failure fallback if set)."""
     c = self.config
-    return [postprocess.clean_mask(postprocess.binarize(p, c.threshold)) if c.postprocess
-            else postprocess.binarize(p, c.threshold) for p in probs]
+    mask = postprocess.binarize(prob, c.threshold)
+    mask = postprocess.clean_mask(mask) if c.postprocess else mask
+    if c.fallback:
+      return postprocess.catastrophic_fallback(prob, mask, c.fallback_max_fraction, c.postprocess)
+    return mask, False
+
+  def masks_for(self, probs: list[np.ndarray]) -> list[np.ndarray]:
+    """The run's own binarisation (`binarize`) of each map."""
+    return [self.binarize(p)[0] for p in probs]
 
 
 def lesion_crops(segmenter_workdir: str, builder, splits: list[str], size: int, root: str,

@@ -12,18 +12,31 @@ import optax
 
 from lesion_jax import config as config_lib
 
-SEGMENTATION_LOSSES = ("bce", "dice", "bce_dice")
+SEGMENTATION_LOSSES = ("bce", "dice", "bce_dice", "jaccard", "bce_jaccard")
+
+
+def soft_jaccard_loss(logits: jax.Array, masks: jax.Array, eps: float = 1.0) -> jax.Array:
+  """Per-image 1 - soft Jaccard of sigmoid(logits) and the masks (the ISIC 2017 winners'
+  Jaccard-type loss: it scores what the challenge scores). `eps` smooths empty masks."""
+  p = jax.nn.sigmoid(logits.astype(jnp.float32))
+  axes = tuple(range(1, logits.ndim))
+  inter = jnp.sum(p * masks, axis=axes)
+  union = jnp.sum(p, axis=axes) + jnp.sum(masks, axis=axes) - inter
+  return 1.0 - (inter + eps) / (union + eps)
 
 
 def segmentation_loss_per_example(logits: jax.Array, masks: jax.Array, kind: str = "bce") -> jax.Array:
-  """Per-image loss of (N, H, W, 1) logits against {0, 1} masks: BCE (the papers), soft Dice, or both."""
+  """Per-image loss of (N, H, W, 1) logits against {0, 1} masks: BCE (the papers), soft Dice,
+  soft Jaccard, or BCE plus one of the two."""
   if kind not in SEGMENTATION_LOSSES:
     raise ValueError(f"unknown segmentation loss {kind!r}; choose one of {SEGMENTATION_LOSSES}")
   per_example = jnp.zeros(logits.shape[0], jnp.float32)
-  if kind in ("bce", "bce_dice"):
+  if kind in ("bce", "bce_dice", "bce_jaccard"):
     per_example += optax.sigmoid_binary_cross_entropy(logits, masks).mean(axis=(1, 2, 3))
   if kind in ("dice", "bce_dice"):
     per_example += optax.losses.binary_dice_loss(logits, masks).reshape(logits.shape[0])
+  if kind in ("jaccard", "bce_jaccard"):
+    per_example += soft_jaccard_loss(logits, masks)
   return per_example
 
 

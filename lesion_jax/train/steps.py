@@ -95,13 +95,39 @@ def segmentation_predict_step(state: TrainState, batch: Batch) -> jax.Array:
   return _lesion_probability(state, batch["image"])
 
 
+def _flip_averaged_probability(state: TrainState, images: jax.Array) -> jax.Array:
+  flips = ((), (1,), (2,), (1, 2))  # () flips nothing: the image itself
+  return sum(jnp.flip(_lesion_probability(state, jnp.flip(images, axes)), axes)
+             for axes in flips) / len(flips)
+
+
 def segmentation_predict_step_flip_tta(state: TrainState, batch: Batch) -> jax.Array:
   """`segmentation_predict_step` averaged over the 4 horizontal/vertical flips of each image
   (test-time augmentation; each flip is undone before averaging, so maps stay aligned)."""
-  flips = ((), (1,), (2,), (1, 2))  # () flips nothing: the image itself
-  images = batch["image"]
-  return sum(jnp.flip(_lesion_probability(state, jnp.flip(images, axes)), axes)
-             for axes in flips) / len(flips)
+  return _flip_averaged_probability(state, batch["image"])
+
+
+def make_segmentation_tta_predict_step(scales: tuple[int, ...] = (), flips: bool = True) -> Callable:
+  """A predict step averaging the lesion probability over test-time augmentations: the four
+  flips (with `flips`) at each side in `scales` (the batch's image resized in-graph, bilinear,
+  its map resized back; () = the input size only). A fully convolutional net sees the lesion at
+  other scales; flips and resizes commute, so the average stays flip-equivariant."""
+  scales = tuple(int(s) for s in scales)
+
+  def predict(state: TrainState, batch: Batch) -> jax.Array:
+    images = batch["image"]
+    n, h, w, c = images.shape
+    one = _flip_averaged_probability if flips else _lesion_probability
+    total = 0.0
+    for side in scales or (h,):
+      if side == h == w:
+        total += one(state, images)
+      else:
+        scaled = jax.image.resize(images, (n, side, side, c), "linear")
+        total += jax.image.resize(one(state, scaled), (n, h, w), "linear")
+    return total / len(scales or (h,))
+
+  return predict
 
 
 def classification_predict_step(state: TrainState, batch: Batch) -> jax.Array:

@@ -1,0 +1,104 @@
+"""Iterative self-learning (beyond the self-learning paper, which stops after one U-Net): the
+U-Net trained on K-means pseudo-masks relabels every unlabelled image, a new U-Net trains on its
+confident masks, and so on for `rounds` rounds. No manual mask is used to train, select or flag
+anything; each round's checkpoint is picked on the pseudo-masks of the selection split.
+
+With `transductive`, the images of the reported split are relabelled and trained on too (their
+masks never): the usual semi-supervised use of unlabelled target images, off by default because
+its scores are then not those of a model that never saw the test images.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+from absl import logging
+
+from lesion_jax import config as config_lib
+from lesion_jax import io
+from lesion_jax.artifacts import annotate, kmeans, relabel, store
+from lesion_jax.data import pipeline
+from lesion_jax.eval import figures
+from lesion_jax.tasks import runner, segmentation
+from lesion_jax.train import sharding
+
+ROUND_KEYS = ("jaccard", "jaccard_thresholded", "dice")
+
+
+@dataclasses.dataclass(frozen=True)
+class SelfLearningConfig:
+  segmenter: segmentation.SegmenterConfig  # its train / val splits are the unlabelled images
+  kmeans: kmeans.KMeansConfig = kmeans.KMeansConfig()
+  relabel: relabel.RelabelConfig = relabel.RelabelConfig()
+  rounds: int = 2  # relabelling rounds after the K-means one (0: the paper's single U-Net)
+  transductive: bool = False
+  test_split: str = "test"
+  artifact_dir: str | None = None
+
+
+def _round_config(config: SelfLearningConfig, masks: str) -> segmentation.SegmenterConfig:
+  seg = config.segmenter
+  train = f"{seg.train_split}+{config.test_split}" if config.transductive else seg.train_split
+  return dataclasses.replace(seg, mask_artifacts=masks, train_split=train)
+
+
+def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
+  """Every round (each resumable) into `workdir`/round_<r>; writes config.json, metrics.json
+  (per round: the pseudo-masks' Jaccard on the training images, for reporting only, and the
+  test scores) and figures/rounds.png."""
+  if config.rounds < 0:
+    raise ValueError(f"rounds={config.rounds}: must be >= 0")
+  mesh = sharding.make_mesh()
+  seg = config.segmenter
+  data = seg.input
+  builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
+  segmentation.SegmentationTask(seg).check(mesh, [("test_split", config.test_split)])
+  runner.write_config(workdir, {"task": "self_learning", "config": config_lib.to_dict(config)})
+  root = config.artifact_dir or store.default_root(data.data_dir)
+  unlabelled = [s for s in (seg.train_split, seg.val_split) if s]
+  if config.transductive:
+    unlabelled.append(config.test_split)
+  kstore = annotate.kmeans_store(root, builder.info.full_name, config.kmeans)
+  pseudo = {}
+  for split in unlabelled:
+    summary = annotate.annotate_split(builder, split, kstore, config.kmeans)
+    pseudo[split] = {"uncertain": summary.uncertain,
+                     "pseudo_mask_jaccard": (summary.scores or {}).get("jaccard")}
+  masks = kstore.directory
+  rows = []
+  for r in range(config.rounds + 1):
+    round_dir = os.path.join(workdir, f"round_{r}")
+    task = segmentation.SegmentationTask(_round_config(config, masks))
+    scores = runner.run(task, round_dir, config.test_split, mesh)
+    source = "K-means" if r == 0 else f"round {r - 1} U-Net"
+    rows.append({"round": r, "trained_on": source, "masks": masks,
+                 "pseudo_masks": pseudo,  # per split; Jaccard against ground truth, reporting only
+                 **{f"test/{k}": scores.get(f"test/{k}") for k in ROUND_KEYS}})
+    logging.info("self-learning round %d (on %s masks): test JA %.4f", r, source, scores["test/jaccard"])
+    io.write_json(os.path.join(workdir, "metrics.json"), {"rounds": rows})
+    if r == config.rounds:
+      break
+    state = runner.restore(task, round_dir, "best", mesh)
+    step = int(jax.device_get(state.step))
+    rstore = relabel.relabel_store(root, builder.info.full_name, round_dir, step)
+    predict = task.jit_predict(state, mesh)
+    segment = lambda images: task.segment_images(state, images, mesh, predict)  # noqa: E731
+    binarize = lambda prob: task.binarize(prob)[0]  # noqa: E731
+    pseudo = {}
+    for split in unlabelled:
+      summary = relabel.relabel_split(builder, split, rstore, segment, binarize, config.relabel)
+      pseudo[split] = {k: summary[k] for k in ("uncertain", "pseudo_mask_jaccard", "pseudo_mask_jaccard_confident")}
+    masks = rstore.directory
+  figures.save_curves(os.path.join(workdir, "figures", "rounds.png"), _curves(rows, seg.train_split),
+                      xlabel="round")
+  return {"rounds": rows}
+
+
+def _curves(rows, train_split: str) -> dict[str, list[tuple[int, float]]]:
+  curves = {"test JA": [(r["round"], r["test/jaccard"]) for r in rows]}
+  trained = [(r["round"], r["pseudo_masks"][train_split]["pseudo_mask_jaccard"]) for r in rows]
+  if all(v is not None for _, v in trained):
+    curves["pseudo-mask JA (training images)"] = trained
+  return curves
