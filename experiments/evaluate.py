@@ -45,7 +45,7 @@ def main(argv):
   state = runner.restore(task, FLAGS.workdir, common.checkpoint_flag_value(FLAGS.checkpoint))
   split, name = FLAGS.split, FLAGS.split
   if split == "selection":
-    split = getattr(task.config, "val_split", "")
+    split = task.val_split
     if not split:
       raise app.UsageError(f"--split=selection: the run in {FLAGS.workdir} selected on no split (--val_split=)")
   tag = name.replace("[", "_").replace("]", "").replace(":", "-").replace("%", "pct")

@@ -9,8 +9,6 @@ Jaccard against the ground truth (reporting only) and the --test_split scores; f
 plots both. Each round is an ordinary segmentation run in <workdir>/round_<r> (evaluate and
 predict take it). Resumable: re-running continues where it stopped.
 """
-import dataclasses
-
 from absl import app, flags
 
 from experiments import common
@@ -39,7 +37,7 @@ def main(argv):
     raise app.UsageError(f"--rounds={FLAGS.rounds}: must be >= 0")
   config = self_learning.SelfLearningConfig(
       segmenter=seg, kmeans=common.kmeans_config_from_flags(),
-      relabel=dataclasses.replace(relabel.RelabelConfig(), min_confidence=FLAGS.relabel_min_confidence),
+      relabel=relabel.RelabelConfig(min_confidence=FLAGS.relabel_min_confidence),
       rounds=FLAGS.rounds, transductive=FLAGS.transductive, test_split=FLAGS.test_split,
       artifact_dir=FLAGS.artifact_dir)
   common.run_directory(FLAGS.workdir)

@@ -4,8 +4,6 @@ per (dataset, segmenter, size) by an artifact stage (`lesion_jax.artifacts.stage
 artifacts and joined by id in tf.data."""
 from __future__ import annotations
 
-import hashlib
-import os
 from typing import Any
 
 import numpy as np
@@ -13,6 +11,7 @@ import tensorflow_datasets as tfds
 from absl import logging
 
 from lesion_jax.artifacts import stage
+from lesion_jax.artifacts import store as store_lib
 from lesion_jax.artifacts.store import ArtifactStore
 from lesion_jax.eval import postprocess
 
@@ -22,8 +21,8 @@ CROP_KIND = "lesion_crop"
 def crop_store(root: str, dataset: str, segmenter_workdir: str, segmenter_step: int, size: int,
                margin: float, black_out: bool = True) -> ArtifactStore:
   """Versioned by the segmenter run and checkpoint, so retraining never mixes crops."""
-  run = hashlib.sha1(os.path.abspath(segmenter_workdir).encode()).hexdigest()[:10]
-  version = f"seg{run}-step{segmenter_step}-s{size}-m{margin:g}" + ("" if black_out else "-noblack")
+  version = (f"{store_lib.run_version(segmenter_workdir, segmenter_step)}-s{size}-m{margin:g}"
+             + ("" if black_out else "-noblack"))
   return ArtifactStore(root, dataset, CROP_KIND, version)
 
 

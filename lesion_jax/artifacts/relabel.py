@@ -6,13 +6,12 @@ Jaccard against them, for reporting only."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import os
 from typing import Any, Callable
 
 import numpy as np
 
 from lesion_jax.artifacts import stage
+from lesion_jax.artifacts import store as store_lib
 from lesion_jax.artifacts.store import ArtifactStore
 from lesion_jax.eval import metrics
 
@@ -28,8 +27,7 @@ class RelabelConfig:
 
 def relabel_store(root: str, dataset: str, segmenter_workdir: str, step: int) -> ArtifactStore:
   """Versioned by the segmenter run and checkpoint, so a retrained round never mixes masks."""
-  run = hashlib.sha1(os.path.abspath(segmenter_workdir).encode()).hexdigest()[:10]
-  return ArtifactStore(root, dataset, RELABEL_KIND, f"seg{run}-step{step}")
+  return ArtifactStore(root, dataset, RELABEL_KIND, store_lib.run_version(segmenter_workdir, step))
 
 
 def map_confidence(prob: np.ndarray, mask: np.ndarray) -> float:
@@ -72,11 +70,9 @@ def relabel_split(builder, split: str, store: ArtifactStore, segment, binarize, 
   run = stage.ArtifactStage(store, relabel_compute(segment, binarize, config), "relabel", chunk).run_split(
       builder, split, features)
   records = store.records(stage.split_ids(builder, split))
-  jaccard = [r["jaccard"] for r in records if "jaccard" in r]
+  mean_jaccard = lambda rows: float(np.mean([r["jaccard"] for r in rows])) if rows else None  # noqa: E731
+  scored = [r for r in records if "jaccard" in r]
   return {"split": split, "images": len(records), "computed": run.computed, "reused": run.reused,
           "failed": run.failed, "uncertain": sum(bool(r.get("uncertain")) for r in records),
-          "pseudo_mask_jaccard": float(np.mean(jaccard)) if jaccard else None,
-          "pseudo_mask_jaccard_confident": (float(np.mean([r["jaccard"] for r in records
-                                                           if "jaccard" in r and not r.get("uncertain")]))
-                                            if any("jaccard" in r and not r.get("uncertain") for r in records)
-                                            else None)}
+          "pseudo_mask_jaccard": mean_jaccard(scored),
+          "pseudo_mask_jaccard_confident": mean_jaccard([r for r in scored if not r.get("uncertain")])}

@@ -28,6 +28,13 @@ def safe_name(text: str) -> str:
   return _UNSAFE.sub("_", text) or "_"
 
 
+def run_version(workdir: str, step: int) -> str:
+  """The version tag of artifacts made by the checkpoint at `step` of the run in `workdir`
+  (its absolute path hashed), so a retrained run never mixes its artifacts with another's."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  return f"seg{hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:10]}-step{step}"
+
+
 def default_root(data_dir: str | None) -> str:
   """Artifacts live beside the prepared TFDS datasets."""
   base = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
