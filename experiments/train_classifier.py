@@ -5,6 +5,8 @@ r"""Trains a lesion classifier on raw images or on segmented lesion crops.
       --segmenter_workdir=runs/unet --folds=5 --optimizer=sgd
   python -m experiments.train_classifier --workdir=runs/resnet_pure --model=resnet18 --input=purified \
       --inpainter_workdir=runs/inpainter
+  python -m experiments.train_classifier --workdir=runs/lenet_isic --dataset=isic2017 ... \
+      --init_from=runs/lenet_synthetic   # pretrain on synthetic_lesions, then fine-tune
 
 Every field of the task config (lesion_jax/tasks/classification.py: ClassifierConfig) is a flag,
 by its dotted path and, where unique, by its last part. Segmented input: the segmenter's mask
@@ -14,6 +16,10 @@ artifacts; training and test images alike). Writes
 metrics.json (train/test accuracy, F1, misclassification rate, sensitivity, specificity,
 precision, ROC AUC, confusion matrix; cv/* with --folds), checkpoints, TensorBoard events and
 ROC / confusion figures.
+
+Sampling is class-balanced by default (every class equally often per minibatch; --nobalanced
+trains on the split's own ratio). --init_from starts from another train_classifier run of the same
+network and width (its best checkpoint; the head is kept fresh where the class count differs).
 
 Optimiser defaults depend on --optimizer: the learning rate 1e-3 is Adam's; with --optimizer=sgd
 the learning rate, momentum and weight decay not given as flags are SGD's

@@ -255,3 +255,24 @@ def load_torchvision_resnet(path: str | os.PathLike, variables: Mapping[str, Any
     return resnet_variables_from_torchvision(state_dict, variables, head=head, return_report=return_report)
   except ValueError as e:
     raise ValueError(f"torchvision weights {os.fspath(path)!r}: {e}") from e
+
+
+def copy_matching(source: Mapping[str, Any], target: Mapping[str, Any]) -> tuple[dict, dict[str, Any]]:
+  """`target` (a variables tree: {"params": ..., "batch_stats": ...}) with every leaf that
+  `source` has at the same path and shape replaced by the source's (fine-tuning from another run
+  of the same network). Returns (tree, report): the copied leaf count and the paths kept fresh
+  (absent in `source`, or another shape, e.g. a head of another class count)."""
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  flat_source = traverse_util.flatten_dict(frozen_dict.unfreeze(source), sep="/")
+  flat_target = traverse_util.flatten_dict(frozen_dict.unfreeze(target), sep="/")
+  out, fresh = {}, []
+  for path, leaf in flat_target.items():
+    value = flat_source.get(path)
+    if value is not None and np.shape(value) == np.shape(leaf):
+      out[path] = jax.numpy.asarray(value, dtype=jax.numpy.asarray(leaf).dtype)
+    else:
+      out[path] = leaf
+      fresh.append(path)
+  if len(fresh) == len(flat_target):
+    raise ValueError("no parameter of the source matches the model (another network or width?)")
+  return traverse_util.unflatten_dict(out, sep="/"), {"copied": len(flat_target) - len(fresh), "fresh": fresh}

@@ -325,3 +325,37 @@ def test_mask_alexnet_report_tables_from_finished_runs(trained, classifier, tmp_
                 f"--classifiers=raw:{tmp_path / 'nowhere'}", check=False)
   assert missing.returncode != 0 and "--classifiers=raw:" in missing.stderr and "Traceback" not in missing.stderr
   assert not os.path.exists(tmp_path / "x")
+
+
+def test_pretrained_start_abcd_baseline_and_ensemble(trained, classifier, tiny_data_dir, tiny_dataset, tmp_path):
+  segmenter, _ = trained
+  data = [f"--dataset={tiny_dataset}", f"--data_dir={tiny_data_dir}"]
+  source = os.path.join(classifier, "fold_0")  # a finished LeNet-5 run at 32 px
+  tuned = str(tmp_path / "tuned")
+  proc = run("experiments.train_classifier", f"--workdir={tuned}", *data, "--image_size=32", "--batch_size=8",
+             "--num_steps=2", "--eval_every=2", "--model=lenet5", f"--init_from={source}")
+  assert re.search(r"Initial weights from .*fold_0: \d+ leaves copied, kept fresh: none", proc.stderr)
+  wrong = run("experiments.train_classifier", f"--workdir={tmp_path / 'wrong'}", *data, "--image_size=32",
+              "--model=alexnet", f"--init_from={source}", check=False)
+  assert wrong.returncode != 0 and "not the alexnet" in wrong.stderr and not os.path.exists(tmp_path / "wrong")
+
+  baseline = tmp_path / "abcd"
+  run("experiments.abcd_classifier", f"--workdir={baseline}", f"--segmenter_workdir={segmenter}", *data,
+      "--folds=2", "--crop_size=32")
+  scores = json.load(open(baseline / "metrics.json"))
+  assert scores["model"] in scores["candidates_cv_roc_auc"]
+  assert scores["cv/roc_auc"] == pytest.approx(scores["candidates_cv_roc_auc"][scores["model"]])
+  assert scores["cv/num_examples"] == 64 and scores["test/num_examples"] + scores["test/skipped"] > 0
+  assert os.path.exists(baseline / "figures" / "test_roc.png")
+
+  ensemble = tmp_path / "ensemble"
+  run("experiments.ensemble", f"--workdir={ensemble}", f"--members=tuned:{tuned},abcd:{baseline}")
+  members = [json.load(open(os.path.join(d, "predictions.json")))["test/_predictions"] for d in (tuned, baseline)]
+  mean = json.load(open(ensemble / "predictions.json"))["test/_predictions"]
+  first = mean["ids"][0]
+  expect = np.mean([m["probs"][m["ids"].index(first)] for m in members], axis=0)
+  np.testing.assert_allclose(mean["probs"][0], expect, rtol=1e-6)
+  assert "test/roc_auc" in json.load(open(ensemble / "metrics.json"))
+  missing = run("experiments.ensemble", f"--workdir={tmp_path / 'e2'}", f"--members=x:{tmp_path / 'nowhere'}",
+                check=False)
+  assert missing.returncode != 0 and "--members=x:" in missing.stderr and "Traceback" not in missing.stderr

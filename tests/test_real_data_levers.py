@@ -156,6 +156,21 @@ def test_soft_jaccard_loss():
   np.testing.assert_allclose(both, np.log(2) + 1 - 5 / 13, rtol=1e-5)
 
 
+def test_lovasz_hinge_hand_case():
+  # gt [1, 0], logits [0.5, 0.5]: hinge errors [0.5, 1.5]; sorted, the Jaccard steps are [0.5, 0.5].
+  logits = jnp.array([0.5, 0.5]).reshape(1, 1, 2, 1)
+  masks = jnp.array([1.0, 0.0]).reshape(1, 1, 2, 1)
+  np.testing.assert_allclose(losses.lovasz_hinge_loss(logits, masks), [1.0], rtol=1e-6)
+  np.testing.assert_allclose(losses.lovasz_hinge_loss(jnp.zeros((1, 4, 4, 1)), jnp.ones((1, 4, 4, 1))), [1.0])
+  sure = jnp.where(masks > 0, 3.0, -3.0)  # every margin beyond 1: no loss, no gradient
+  np.testing.assert_allclose(losses.lovasz_hinge_loss(sure, masks), [0.0], atol=1e-7)
+  grad = jax.grad(lambda x: losses.lovasz_hinge_loss(x, masks).sum())(logits)
+  assert grad.reshape(-1)[0] < 0 < grad.reshape(-1)[1]  # raise the lesion's logit, lower the skin's
+  both = losses.segmentation_loss_per_example(logits, masks, "bce_lovasz")
+  bce = float(np.mean(np.log1p(np.exp(-0.5 * np.array([1.0, -1.0])))))  # log(1 + e^{-z s}), s = 2 gt - 1
+  np.testing.assert_allclose(both, [bce + 1.0], rtol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def unet_state():
   import optax  # pylint: disable=g-import-not-at-top
@@ -178,3 +193,69 @@ def test_multiscale_flip_tta_is_equivariant_and_averages_scales(unet_state):
   np.testing.assert_allclose(flip_only(state, images),
                              steps.segmentation_predict_step_flip_tta(state, {"image": images}), atol=1e-6)
   assert float(jnp.abs(out - flip_only(state, images)).max()) > 1e-4  # the 48 px pass changed it
+
+
+# --- classifier levers ---------------------------------------------------------------------------
+
+def test_copy_matching_keeps_a_head_of_another_shape_fresh():
+  from lesion_jax import pretrained  # pylint: disable=g-import-not-at-top
+  source = {"params": {"conv": {"kernel": np.ones((3, 3, 3, 4))}, "head": {"kernel": np.ones((4, 7))}},
+            "batch_stats": {"bn": {"mean": np.full((4,), 2.0)}}}
+  target = {"params": {"conv": {"kernel": np.zeros((3, 3, 3, 4), np.float32)}, "head": {"kernel": np.zeros((4, 2))}},
+            "batch_stats": {"bn": {"mean": np.zeros((4,), np.float32)}}}
+  tree, report = pretrained.copy_matching(source, target)
+  np.testing.assert_array_equal(tree["params"]["conv"]["kernel"], 1.0)
+  assert tree["params"]["conv"]["kernel"].dtype == np.float32  # the model's dtype, not the source's
+  np.testing.assert_array_equal(tree["batch_stats"]["bn"]["mean"], 2.0)
+  np.testing.assert_array_equal(tree["params"]["head"]["kernel"], 0.0)
+  assert report == {"copied": 2, "fresh": ["params/head/kernel"]}
+  with pytest.raises(ValueError, match="no parameter"):
+    pretrained.copy_matching({"params": {"other": np.ones(3)}}, target)
+
+
+def test_abcd_features_are_scale_free_and_flag_an_empty_mask():
+  from lesion_jax.eval import abcd, measure  # pylint: disable=g-import-not-at-top
+  image = np.full((100, 160, 3), (200, 160, 150), np.uint8)
+  mask = np.zeros((100, 160), bool)
+  mask[30:60, 50:110] = True  # a 30 x 60 rectangle: axis ratio 1/2
+  image[mask] = (60, 40, 30)
+  small = measure.measure_lesion(mask, image)
+  big = measure.measure_lesion(np.kron(mask, np.ones((2, 2), bool)), np.kron(image, np.ones((2, 2, 1), np.uint8)))
+  f_small, f_big = abcd.abcd_features(small), abcd.abcd_features(big)
+  assert f_small.shape == (len(abcd.FEATURE_NAMES),)
+  names = list(abcd.FEATURE_NAMES)
+  np.testing.assert_allclose(f_small[names.index("area_fraction")], 30 * 60 / (100 * 160), rtol=1e-6)
+  np.testing.assert_allclose(f_small[names.index("axis_ratio")], 0.5, atol=0.02)
+  np.testing.assert_allclose(f_small, f_big, rtol=0.05, atol=0.01)  # twice the resolution, the same lesion
+  empty = abcd.abcd_features(measure.measure_lesion(np.zeros((10, 10), bool), np.zeros((10, 10, 3), np.uint8)))
+  assert empty[names.index("no_lesion")] == 1.0 and not empty[:-1].any()
+
+
+def test_abcd_selection_uses_the_train_split_only_and_is_deterministic():
+  from lesion_jax.eval import abcd  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  labels = np.array([0] * 40 + [1] * 20)
+  features = rng.normal(size=(60, len(abcd.FEATURE_NAMES)))
+  features[:, 3] += 1.5 * labels  # asymmetry separates the classes
+  model, report = abcd.select_and_fit(features, labels, "auto", folds=5, seed=0)
+  assert set(report["cv_roc_auc"]) == set(abcd.candidates())
+  assert report["chosen"] == max(report["cv_roc_auc"], key=report["cv_roc_auc"].get)
+  assert report["cv_roc_auc"][report["chosen"]] > 0.75 and report["cv_probs"].shape == (60, 2)
+  _, again = abcd.select_and_fit(features, labels, "auto", folds=5, seed=0)
+  np.testing.assert_array_equal(report["cv_probs"], again["cv_probs"])
+  assert model.predict_proba(features[:3]).shape == (3, 2)
+  with pytest.raises(ValueError, match="at least 5 examples of every class"):
+    abcd.select_and_fit(features[:44], labels[:44], "auto", folds=5)
+  with pytest.raises(ValueError, match="choose auto"):
+    abcd.select_and_fit(features, labels, "svm")
+
+
+def test_average_predictions_joins_members_by_id():
+  from lesion_jax.eval import inference  # pylint: disable=g-import-not-at-top
+  a = {"ids": ["x", "y", "z"], "labels": [0, 1, 1], "probs": [[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]]}
+  b = {"ids": ["y", "x"], "labels": [1, 0], "probs": [[0.2, 0.8], [0.7, 0.3]]}
+  ensemble, dropped = inference.average_predictions({"a": a, "b": b})
+  assert ensemble["ids"] == ["x", "y"] and ensemble["labels"] == [0, 1] and dropped == ["z"]
+  np.testing.assert_allclose(ensemble["probs"], [[0.8, 0.2], [0.3, 0.7]])
+  with pytest.raises(ValueError, match="disagree on its label"):
+    inference.average_predictions({"a": a, "b": {**b, "labels": [0, 0]}})

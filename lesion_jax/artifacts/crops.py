@@ -1,7 +1,9 @@
 """Lesion crops for the classifiers: the segmenter's mask ANDed with the image (surrounding skin
 blacked out), cropped to the lesion's bounding box (plus a margin) and resized. Computed once
 per (dataset, segmenter, size) by an artifact stage (`lesion_jax.artifacts.stage`), stored as
-artifacts and joined by id in tf.data."""
+artifacts and joined by id in tf.data. Each record also keeps the ABCD measurements of the mask
+at the image's own resolution (`measure.measure_lesion`), the classical classifier's features
+(`lesion_jax.eval.abcd`)."""
 from __future__ import annotations
 
 from typing import Any
@@ -13,7 +15,7 @@ from absl import logging
 from lesion_jax.artifacts import stage
 from lesion_jax.artifacts import store as store_lib
 from lesion_jax.artifacts.store import ArtifactStore
-from lesion_jax.eval import postprocess
+from lesion_jax.eval import measure, postprocess
 
 CROP_KIND = "lesion_crop"
 
@@ -37,7 +39,8 @@ def crop_compute(segment, size: int, margin: float = 0.1, black_out: bool = True
     return stage.Artifact(
         postprocess.crop_to_mask(image, mask, size, margin=margin, black_out=black_out),
         {"lesion_fraction": round(float(mask.mean()), 6),
-         "bbox": list(postprocess.mask_bbox(mask, margin)), "empty_mask": not mask.any()})
+         "bbox": list(postprocess.mask_bbox(mask, margin)), "empty_mask": not mask.any(),
+         "measurements": measure.measure_lesion(mask, image)})
 
   def compute(examples: list[dict[str, Any]], pool) -> list[stage.Artifact]:
     images = [ex["image"] for ex in examples]

@@ -44,3 +44,32 @@ def predict_examples(predict: PredictFn, state: Any, examples: list[Any], batch_
     for row in np.flatnonzero(batch["weight"] > 0):
       out.append(jax.tree.map(lambda x, r=row: x[r], outputs))
   return out
+
+
+def average_predictions(members: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+  """The ensemble of classifiers' saved predictions ({"ids", "labels", "probs"} per member, as in
+  predictions.json): class probabilities averaged over the members, on the ids every member has
+  (in the first member's order). Returns (predictions, the ids left out because a member lacks
+  them). Raises ValueError when members disagree on an image's label or on the class count."""
+  if not members:
+    raise ValueError("an ensemble needs at least one member")
+  tables = {}
+  for name, p in members.items():
+    probs = np.asarray(p["probs"], np.float64)
+    if probs.ndim != 2 or len(probs) != len(p["ids"]) or len(p["labels"]) != len(p["ids"]):
+      raise ValueError(f"{name}: ids, labels and probs (N, C) do not match")
+    tables[name] = {i: (int(l), row) for i, l, row in zip(p["ids"], p["labels"], probs)}
+  widths = {name: np.shape(p["probs"])[1] for name, p in members.items()}
+  if len(set(widths.values())) > 1:
+    raise ValueError(f"members predict different class counts: {widths}")
+  first = next(iter(members.values()))["ids"]
+  common = [i for i in first if all(i in t for t in tables.values())]
+  dropped = sorted(set().union(*[set(t) for t in tables.values()]) - set(common))
+  labels, probs = [], []
+  for i in common:
+    entries = [t[i] for t in tables.values()]
+    if len({label for label, _ in entries}) > 1:
+      raise ValueError(f"{i}: the members disagree on its label ({[label for label, _ in entries]}): not the same split")
+    labels.append(entries[0][0])
+    probs.append(np.mean([row for _, row in entries], axis=0))
+  return {"ids": common, "labels": labels, "probs": np.asarray(probs).tolist()}, dropped

@@ -82,6 +82,12 @@ class Task:
   def init_state(self, rng: jax.Array) -> Any:
     raise NotImplementedError
 
+  def warm_start(self, state: Any) -> Any:
+    """The state training starts from: `init_state`'s with the weights a run brings from elsewhere
+    (a pretrained file, another run's checkpoint). Only training calls it, so restoring a finished
+    run never needs those sources again."""
+    return state
+
   def train_step(self) -> Callable:
     raise NotImplementedError
 

@@ -31,6 +31,10 @@ class ClassifierModelConfig:
                                    "experiments/export_torchvision_weights.py, or .pth with torch installed); the "
                                    "model then pads as torchvision does and uses its 7x7 stem. The head is kept "
                                    "fresh when its class count differs.")
+  init_from: str | None = field(None, "A train_classifier run of the same network (e.g. on synthetic_lesions) "
+                                "whose best checkpoint initialises this one (pretrain, then fine-tune): every "
+                                "weight and BatchNorm statistic of the same path and shape is copied, the rest "
+                                "(a head for another class count) stays freshly initialised.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +57,8 @@ class ClassifierConfig:
   eval_every: int = field(200, "Validate (and checkpoint) every this many steps.")
   checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
   log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
-  balanced: bool = field(False, "Class-balanced sampling (online: every class equally often per minibatch).")
+  balanced: bool = field(True, "Class-balanced sampling (online: every class equally often per minibatch); "
+                         "on by default, as dermoscopy archives are skewed (--nobalanced: the split's own ratio).")
   class_weighting: str = field("none", "Loss weights per class: none, or inverse_frequency (n / (C n_c) "
                                "from the train split).")
   generated: str | None = field(None, "train_gan run whose generated images fill the scarce classes of the "
@@ -117,24 +122,57 @@ class ClassificationTask(base.Task):
       raise config_lib.ConfigError(f"--init_weights: torchvision weights load into resnet18 / resnet50, not {c.model.name!r}")
     if c.model.init_weights and not os.path.exists(c.model.init_weights):
       raise config_lib.ConfigError(f"--init_weights={c.model.init_weights}: no such file")
+    if c.model.init_from and c.model.init_weights:
+      raise config_lib.ConfigError("--init_from and --init_weights: give one initialisation, not both")
+    if c.model.init_from:
+      self._check_init_from()
     if c.class_weighting not in ("none", "inverse_frequency"):
       raise config_lib.ConfigError(f"--class_weighting={c.class_weighting!r}: choose none or inverse_frequency")
     if c.generated and not os.path.exists(os.path.join(c.generated, "config.json")):
       raise config_lib.ConfigError(f"--generated={c.generated}: not a train_gan workdir (no config.json)")
     super().check(mesh, extra_splits)
 
+  def _check_init_from(self) -> None:
+    from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
+    c = self.config
+    if not os.path.exists(os.path.join(c.model.init_from, "config.json")):
+      raise config_lib.ConfigError(f"--init_from={c.model.init_from}: not a train_classifier workdir (no config.json)")
+    source = runner.load(c.model.init_from)
+    if not isinstance(source, ClassificationTask):
+      raise config_lib.ConfigError(f"--init_from={c.model.init_from}: holds a {source.name!r} run, not a "
+                                   "classification run (train_classifier)")
+    if (source.config.model.name, source.config.model.width) != (c.model.name, c.model.width):
+      raise config_lib.ConfigError(
+          f"--init_from={c.model.init_from}: a {source.config.model.name} of width {source.config.model.width:g}, "
+          f"not the {c.model.name} of width {c.model.width:g} asked for")
+
   def init_state(self, rng: jax.Array) -> TrainState:
     c = self.config
     size = c.input.image_size
     model = build_classifier(c.model.name, len(self.class_names), c.model.width, jnp.dtype(c.model.dtype),
                              torchvision_padding=bool(c.model.init_weights))
-    state = create_train_state(model, c.optimizer.build(c.num_steps), rng, jnp.zeros((1, size, size, 3), jnp.float32))
+    return create_train_state(model, c.optimizer.build(c.num_steps), rng, jnp.zeros((1, size, size, 3), jnp.float32))
+
+  def warm_start(self, state: TrainState) -> TrainState:
+    c = self.config
     if c.model.init_weights:
       from lesion_jax import pretrained  # pylint: disable=g-import-not-at-top
       variables, report = pretrained.load_torchvision_resnet(
           c.model.init_weights, {"params": state.params, "batch_stats": state.batch_stats}, return_report=True)
       logging.info("Initial weights from %s: %s", c.model.init_weights, report)
       state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
+    if c.model.init_from:
+      self._check_init_from()
+      _, variables, _ = restored_classifier(c.model.init_from, "init_from")
+      from lesion_jax import pretrained  # pylint: disable=g-import-not-at-top
+      target = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+      try:
+        copied, report = pretrained.copy_matching(variables, target)
+      except ValueError as e:
+        raise config_lib.ConfigError(f"--init_from={c.model.init_from}: {e}") from e
+      logging.info("Initial weights from %s: %d leaves copied, kept fresh: %s", c.model.init_from,
+                   report["copied"], report["fresh"] or "none")
+      state = state.replace(params=copied["params"], batch_stats=copied.get("batch_stats", state.batch_stats))
     return state
 
   @functools.cached_property

@@ -93,7 +93,7 @@ def train(task: base.Task, workdir: str, mesh: jax.sharding.Mesh | None = None) 
   task.check(mesh)
   write_config(workdir, task)
   rng_init, rng_train = jax.random.split(jax.random.key(task.seed))
-  state = task.init_state(rng_init)
+  state = task.warm_start(task.init_state(rng_init))
   validate = None
   if task.val_split:
     predict = task.jit_predict(sharding.replicate(state, mesh), mesh)

@@ -70,7 +70,8 @@ class SegmenterConfig:
   input: pipeline.InputConfig = pipeline.InputConfig()
   model: SegmenterModelConfig = SegmenterModelConfig()
   optimizer: OptimizerConfig = OptimizerConfig(learning_rate=2e-3, warmup_steps=100)
-  loss: str = field("bce", "Segmentation loss: bce, dice, bce_dice, jaccard (soft Jaccard), bce_jaccard.")
+  loss: str = field("bce", "Segmentation loss: bce, dice, bce_dice, jaccard (soft Jaccard), bce_jaccard, lovasz "
+                   "(Lovasz hinge), bce_lovasz.")
   num_steps: int = field(2000, "Training steps.")
   eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
   checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")

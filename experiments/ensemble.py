@@ -1,0 +1,87 @@
+r"""An ensemble of finished classifier runs: their saved class probabilities on one split, averaged.
+
+  python -m experiments.ensemble --workdir=runs/ensemble --split=test \
+      --members=lenet:runs/lenet,crops:runs/lenet_crops,abcd:runs/abcd
+
+Members are train_classifier runs (not cross-validated) or abcd_classifier runs: anything whose
+predictions.json holds `<split>/_predictions`. Averaging probabilities selects nothing, so the
+score on the reported split stays honest as long as each member's own selection was. Writes
+config.json, metrics.json (the ensemble's scores as train_classifier's, and each member's ROC AUC
+on the same images), predictions.json and figures/<split>_roc.png (every member and the ensemble).
+"""
+import os
+
+from absl import app, flags, logging
+import numpy as np
+
+from experiments import common
+from lesion_jax import config as config_lib
+from lesion_jax import io
+from lesion_jax.eval import figures, inference, metrics
+
+FLAGS = flags.FLAGS
+common.define_workdir_flag()
+flags.DEFINE_list("members", None, "name:workdir of finished classifier runs (train_classifier, abcd_classifier).")
+flags.DEFINE_string("split", "test", "Prefix of the saved predictions to average (test, train, ...).")
+flags.mark_flag_as_required("members")
+
+
+def member_predictions(item: str, split: str) -> tuple[str, dict, list[str]]:
+  """(name, predictions, class names) of one --members entry."""
+  name, sep, workdir = item.partition(":")
+  if not sep or not name or not workdir:
+    raise config_lib.ConfigError(f"--members={item!r}: give name:workdir")
+  path = os.path.join(workdir, "predictions.json")
+  if not os.path.exists(path):
+    raise config_lib.ConfigError(f"--members={item}: {path} not found (not a finished classifier run; a "
+                                 "cross-validated run keeps its predictions per fold, in fold_i/)")
+  saved = io.read_json(path)
+  if f"{split}/_predictions" not in saved:
+    raise config_lib.ConfigError(f"--members={item}: {path} has no {split!r} predictions "
+                                 f"(it has {sorted(k.split('/')[0] for k in saved)})")
+  names = io.read_json(os.path.join(workdir, "metrics.json")).get(f"{split}/class_names")
+  return name, saved[f"{split}/_predictions"], names
+
+
+def main(argv):
+  del argv
+  members, class_names = {}, {}
+  for item in FLAGS.members:
+    name, predictions, names = member_predictions(item, FLAGS.split)
+    if name in members:
+      raise config_lib.ConfigError(f"--members: the name {name!r} is given twice")
+    members[name], class_names[name] = predictions, names
+  if len({tuple(n) for n in class_names.values() if n}) > 1:
+    raise config_lib.ConfigError(f"--members predict different classes: {class_names}")
+  try:
+    ensemble, dropped = inference.average_predictions(members)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"--members: {e}") from e
+  if dropped:
+    logging.warning("%d images are missing from some member and left out: %s", len(dropped), dropped[:10])
+  names = next((n for n in class_names.values() if n), None)
+  labels, probs = np.asarray(ensemble["labels"]), np.asarray(ensemble["probs"])
+  common.run_directory(FLAGS.workdir)
+  io.write_json(os.path.join(FLAGS.workdir, "config.json"),
+                {"task": "ensemble", "config": {"members": FLAGS.members, "split": FLAGS.split}})
+  out = {f"{FLAGS.split}/{k}": v for k, v in metrics.classification_scores(labels, probs, names).items()}
+  out[f"{FLAGS.split}/left_out"] = len(dropped)
+  kept = set(ensemble["ids"])
+  curves = {}
+  for name, p in members.items():
+    rows = [k for k, i in enumerate(p["ids"]) if i in kept]
+    member_labels, member_probs = np.asarray(p["labels"])[rows], np.asarray(p["probs"])[rows]
+    out[f"{FLAGS.split}/member_roc_auc/{name}"] = metrics.classification_scores(member_labels, member_probs, names)["roc_auc"]
+    if probs.shape[1] == 2:
+      curves[name] = (member_labels, member_probs[:, 1])
+  io.write_json(os.path.join(FLAGS.workdir, "predictions.json"), {f"{FLAGS.split}/_predictions": ensemble})
+  io.write_json(os.path.join(FLAGS.workdir, "metrics.json"), out)
+  if probs.shape[1] == 2:
+    curves["ensemble"] = (labels, probs[:, 1])
+    os.makedirs(os.path.join(FLAGS.workdir, "figures"), exist_ok=True)
+    figures.save_roc_curve(os.path.join(FLAGS.workdir, "figures", f"{FLAGS.split}_roc.png"), curves)
+  common.print_scores({k: v for k, v in out.items() if isinstance(v, float)})
+
+
+if __name__ == "__main__":
+  app.run(common.main_with_usage_errors(main))
