@@ -359,3 +359,36 @@ def test_pretrained_start_abcd_baseline_and_ensemble(trained, classifier, tiny_d
   missing = run("experiments.ensemble", f"--workdir={tmp_path / 'e2'}", f"--members=x:{tmp_path / 'nowhere'}",
                 check=False)
   assert missing.returncode != 0 and "--members=x:" in missing.stderr and "Traceback" not in missing.stderr
+
+
+@pytest.mark.parametrize("module,recipe,extra", [
+    ("experiments.train_segmenter", "isic2017_segmenter.flags", ["--model.features=4", "--levels=2"]),
+    ("experiments.train_classifier", "isic2017_classifier.flags", []),
+])
+def test_recipes_run_and_later_flags_override_them(module, recipe, extra, tiny_data_dir, tiny_dataset, tmp_path):
+  """README's best measured ISIC configurations ship as absl flagfiles; each parses with its
+  experiment's flags, trains a tiny run, and a flag after it wins."""
+  path = os.path.join(REPO, "experiments", "recipes", recipe)
+  given = dict((line.strip()[2:] + "=True").split("=")[:2] for line in open(path) if line.startswith("--"))
+  workdir = tmp_path / "run"
+  run(module, f"--flagfile={path}", f"--workdir={workdir}", f"--dataset={tiny_dataset}",
+      f"--data_dir={tiny_data_dir}", "--image_size=32", "--batch_size=8", "--num_steps=2", "--eval_every=2",
+      "--test_split=test", *extra)
+  recorded = json.load(open(workdir / "config.json"))
+  flat = {}
+
+  def walk(tree, prefix=""):
+    for key, value in tree.items():
+      if isinstance(value, dict):
+        walk(value, prefix + key + ".")
+      else:
+        flat.setdefault(key, value)
+        flat[prefix + key] = value
+  walk(recorded["config"])
+  assert flat["image_size"] == 32 and flat["num_steps"] == 2  # overridden after the flagfile
+  checked = [name for name in ("geometry", "color_constancy", "loss", "balanced") if name in given]
+  assert len(checked) >= 2
+  for name in checked:
+    assert str(flat[name]) == given[name], name
+  if "model" in given:
+    assert flat["model.name"] == given["model"]
