@@ -247,7 +247,7 @@ def test_bad_flags_are_refused_by_name_before_anything_is_written(trained, tiny_
   for flags, expected in ((["--image_size=50"], "--image_size=50: a U-Net with --levels=4 needs a multiple of 16"),
                           (["--holdout=0.2", "--val_split=validation"], "--holdout sets the validation split itself"),
                           (["--geometry=crop"], "geometry"),
-                          (["--loss=lovasz"], "--loss='lovasz'")):
+                          (["--loss=focal"], "--loss='focal'")):
     run_dir = tmp_path / flags[0].split("=")[0].strip("-")
     proc = run("experiments.train_segmenter", f"--workdir={run_dir}", f"--data_dir={tiny_data_dir}",
                "--dataset=synthetic_lesions/tiny", *flags, check=False)
