@@ -53,13 +53,13 @@ def average_predictions(members: dict[str, dict[str, Any]]) -> tuple[dict[str, A
   them). Raises ValueError when members disagree on an image's label or on the class count."""
   if not members:
     raise ValueError("an ensemble needs at least one member")
-  tables = {}
+  tables, widths = {}, {}
   for name, p in members.items():
     probs = np.asarray(p["probs"], np.float64)
     if probs.ndim != 2 or len(probs) != len(p["ids"]) or len(p["labels"]) != len(p["ids"]):
       raise ValueError(f"{name}: ids, labels and probs (N, C) do not match")
     tables[name] = {i: (int(l), row) for i, l, row in zip(p["ids"], p["labels"], probs)}
-  widths = {name: np.shape(p["probs"])[1] for name, p in members.items()}
+    widths[name] = probs.shape[1]
   if len(set(widths.values())) > 1:
     raise ValueError(f"members predict different class counts: {widths}")
   first = next(iter(members.values()))["ids"]

@@ -133,14 +133,10 @@ class ClassificationTask(base.Task):
     super().check(mesh, extra_splits)
 
   def _check_init_from(self) -> None:
-    from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
     c = self.config
     if not os.path.exists(os.path.join(c.model.init_from, "config.json")):
       raise config_lib.ConfigError(f"--init_from={c.model.init_from}: not a train_classifier workdir (no config.json)")
-    source = runner.load(c.model.init_from)
-    if not isinstance(source, ClassificationTask):
-      raise config_lib.ConfigError(f"--init_from={c.model.init_from}: holds a {source.name!r} run, not a "
-                                   "classification run (train_classifier)")
+    source = load_classifier_run(c.model.init_from, "init_from")
     if (source.config.model.name, source.config.model.width) != (c.model.name, c.model.width):
       raise config_lib.ConfigError(
           f"--init_from={c.model.init_from}: a {source.config.model.name} of width {source.config.model.width:g}, "
@@ -155,16 +151,14 @@ class ClassificationTask(base.Task):
 
   def warm_start(self, state: TrainState) -> TrainState:
     c = self.config
+    from lesion_jax import pretrained  # pylint: disable=g-import-not-at-top
     if c.model.init_weights:
-      from lesion_jax import pretrained  # pylint: disable=g-import-not-at-top
       variables, report = pretrained.load_torchvision_resnet(
           c.model.init_weights, {"params": state.params, "batch_stats": state.batch_stats}, return_report=True)
       logging.info("Initial weights from %s: %s", c.model.init_weights, report)
       state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
-    if c.model.init_from:
-      self._check_init_from()
+    if c.model.init_from:  # check() has vetted the run (network, width)
       _, variables, _ = restored_classifier(c.model.init_from, "init_from")
-      from lesion_jax import pretrained  # pylint: disable=g-import-not-at-top
       target = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
       try:
         copied, report = pretrained.copy_matching(variables, target)
@@ -297,15 +291,23 @@ class ClassificationTask(base.Task):
     return runner.predict_examples(self, state, [self.example_input(im) for im in images], mesh)
 
 
-def restored_classifier(workdir: str, flag: str) -> tuple["ClassificationTask", dict, Callable]:
-  """(task, variables, apply_fn) of the best checkpoint of a train_classifier run, on the host: a
-  fixed network other tasks read features from (perceptual losses, FD-derm). `flag` names the
-  option that gave `workdir`, for the error when it holds another kind of run."""
+def load_classifier_run(workdir: str, flag: str) -> "ClassificationTask":
+  """The task of a train_classifier run's config.json; `flag` names the option that gave
+  `workdir`, for the error when it holds another kind of run."""
   from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
   task = runner.load(workdir)
   if not isinstance(task, ClassificationTask):
     raise config_lib.ConfigError(f"--{flag}={workdir}: holds a {task.name!r} run, not a "
                                  "classification run (train_classifier)")
+  return task
+
+
+def restored_classifier(workdir: str, flag: str) -> tuple["ClassificationTask", dict, Callable]:
+  """(task, variables, apply_fn) of the best checkpoint of a train_classifier run, on the host: a
+  fixed network other tasks read features from (perceptual losses, FD-derm). `flag` names the
+  option that gave `workdir`, for the error when it holds another kind of run."""
+  from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
+  task = load_classifier_run(workdir, flag)
   state = jax.device_get(runner.restore(task, workdir, "best"))
   variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
   return task, variables, state.apply_fn
