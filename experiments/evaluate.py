@@ -9,7 +9,9 @@ figures/eval_<split>_*.png. With --tta (segmentation), probabilities are average
 flips of each image, at each of --tta_scales (files end in _tta[_s<scales>]). With --fallback,
 catastrophic masks (empty, or the whole field of view) are replaced (files end in _fallback). With --refine=superpixel (segmentation), each map is
 refined on SLIC superpixels first (eval/superpixel_refine.py; files end in _superpixel; the
-superpixels of the split are computed and stored on first use).
+superpixels of the split are computed and stored on first use). With --ensemble_with
+(segmentation), the maps of other runs of the same configuration (other --seed) are averaged with
+this run's before any post-processing, and the scores are the ensemble's (files end in _ens<N>).
 """
 import os
 
@@ -30,6 +32,34 @@ flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
 common.define_tta_flags()
 flags.DEFINE_enum("refine", None, ["none", "superpixel"],
                   "Segmentation: post-processing before scoring (default: the run's own --refine).")
+flags.DEFINE_list("ensemble_with", [], "Segmentation: workdirs of other runs of this run's configuration (only "
+                  "--seed differs); their probability maps are averaged with this run's, each at --checkpoint.")
+
+
+def _without_seed(task) -> dict:
+  record = config_lib.to_dict(task.config)
+  record["input"] = {k: v for k, v in record["input"].items() if k != "seed"}
+  return record
+
+
+def ensemble_states(task, state, workdirs: list[str], which) -> tuple:
+  """(state, *the states of `workdirs`): runs whose recorded config is this run's but for the seed."""
+  if not task.averages_outputs:
+    raise config_lib.ConfigError(f"--ensemble_with: a {task.name!r} run's predictions cannot be averaged "
+                                 "(segmentation maps can; classifiers: experiments.ensemble)")
+  ours = _without_seed(runner.load(FLAGS.workdir))  # as recorded, before this command's overrides
+  states = [state]
+  for workdir in workdirs:
+    member = runner.load(workdir)
+    if member.name != task.name:
+      raise config_lib.ConfigError(f"--ensemble_with={workdir}: a {member.name!r} run, not {task.name!r}")
+    theirs = _without_seed(member)
+    if theirs != ours:
+      differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+      raise config_lib.ConfigError(f"--ensemble_with={workdir}: not a run of the configuration of {FLAGS.workdir} "
+                                   f"(it differs in {differ}; only --seed may)")
+    states.append(runner.restore(member, workdir, which))
+  return tuple(states)
 
 
 def main(argv):
@@ -42,7 +72,10 @@ def main(argv):
       raise config_lib.ConfigError(f"--refine: a {task.name!r} run has no refinement (segmentation runs do)")
     task = type(task)(config_lib.replace(task.config, {"refine": FLAGS.refine}))
   task = common.with_segmentation_overrides(task, FLAGS.tta_scales, FLAGS.fallback)
-  state = runner.restore(task, FLAGS.workdir, common.checkpoint_flag_value(FLAGS.checkpoint))
+  which = common.checkpoint_flag_value(FLAGS.checkpoint)
+  state = runner.restore(task, FLAGS.workdir, which)
+  if FLAGS.ensemble_with:
+    state = ensemble_states(task, state, FLAGS.ensemble_with, which)
   split, name = FLAGS.split, FLAGS.split
   if split == "selection":
     split = task.val_split
@@ -54,8 +87,9 @@ def main(argv):
   tag += "_s" + "-".join(str(x) for x in task.config.tta_scales) if FLAGS.tta and getattr(task.config, "tta_scales", ()) else ""
   tag += "_fallback" if getattr(task.config, "fallback", False) else ""
   tag += "_superpixel" if getattr(task.config, "refine", "none") == "superpixel" else ""
+  tag += f"_ens{len(state)}" if FLAGS.ensemble_with else ""
   scores, _ = runner.evaluate(task, state, split, workdir=FLAGS.workdir, prefix=f"eval_{tag}",
-                              predict="tta" if FLAGS.tta else "predict")
+                              predict="tta" if FLAGS.tta else "predict", ensemble=bool(FLAGS.ensemble_with))
   scores = {k.replace(f"eval_{tag}/", f"{name}/"): v for k, v in scores.items()}
   scores["split"] = split
   if split == task.val_split:  # as runner.run labels it
@@ -65,6 +99,7 @@ def main(argv):
   scores["tta_scales"] = list(getattr(task.config, "tta_scales", ())) if FLAGS.tta else []
   scores["fallback"] = getattr(task.config, "fallback", None)
   scores["refine"] = getattr(task.config, "refine", None)
+  scores["ensemble_with"] = list(FLAGS.ensemble_with)
   io.write_json(os.path.join(FLAGS.workdir, f"eval_{tag}.json"), scores)
   common.print_scores(scores)
 

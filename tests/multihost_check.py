@@ -1,9 +1,12 @@
 """Run by tests/test_multihost.py as two processes (one CPU device each) joined through
 `jax.distributed` on the loopback address: trains a few segmenter steps with each host reading
-its own shard, then writes what each host saw and holds to `result_<process>.json` / `.npz`."""
+its own shard, then writes what each host saw and holds to `result_<process>.json` / `.npz`.
+Process 1 starts LAG_S seconds late, past gloo's 30 s key-exchange timeout, as a host with a
+cold compilation cache or a busy CPU would: the hosts must meet before the first collective."""
 import json
 import os
 import sys
+import time
 
 import jax
 import numpy as np
@@ -12,6 +15,9 @@ from lesion_jax.data import pipeline
 from lesion_jax.tasks import classification, runner, segmentation
 from lesion_jax.train import sharding
 from lesion_jax.train.state import OptimizerConfig
+
+
+LAG_S = 35.0
 
 
 def make_task(data_dir: str) -> segmentation.SegmentationTask:
@@ -30,6 +36,8 @@ def flat_params(params) -> dict[str, np.ndarray]:
 
 def main(data_dir: str, workdir: str, process_id: int, num_processes: int, port: int) -> None:
   sharding.initialize_distributed("on", f"127.0.0.1:{port}", num_processes, process_id)
+  if process_id == 1:
+    time.sleep(LAG_S)
   task = make_task(data_dir)
   mesh = sharding.make_mesh()
   state = runner.train(task, os.path.join(workdir, "run"), mesh=mesh)

@@ -107,6 +107,11 @@ def test_evaluate_from_checkpoint_reproduces_metrics(trained):
   assert tta_metrics["tta"] is True and tta_metrics["test/num_images"] == 16
   assert 0.0 <= tta_metrics["test/jaccard"] <= 1.0
   assert json.load(open(os.path.join(workdir, "eval_test.json"))) == eval_metrics
+  # An ensemble of a run with itself averages identical maps: the run's own scores.
+  run("experiments.evaluate", f"--workdir={workdir}", "--split=test", f"--ensemble_with={workdir}")
+  ensemble = json.load(open(os.path.join(workdir, "eval_test_ens2.json")))
+  assert ensemble["ensemble_with"] == [workdir]
+  assert ensemble["test/jaccard"] == pytest.approx(eval_metrics["test/jaccard"], abs=1e-6)
 
 
 def test_a_mistyped_flag_is_refused(tiny_data_dir, tmp_path):
@@ -229,6 +234,8 @@ def test_a_classifier_workdir_evaluates_and_predicts(classifier, tmp_path):
   assert scores["test/accuracy"] == fold_metrics["test/accuracy"]
   assert scores["test/roc_auc"] == fold_metrics["test/roc_auc"]
   assert os.path.exists(os.path.join(fold, "figures", "eval_test_confusion.png"))
+  bad = run("experiments.evaluate", f"--workdir={fold}", f"--ensemble_with={fold}", check=False)
+  assert bad.returncode != 0 and "cannot be averaged" in bad.stderr and "experiments.ensemble" in bad.stderr
   image = np.full((48, 48, 3), (200, 160, 150), np.uint8)
   cv2.circle(image, (24, 24), 10, (60, 40, 30), -1)
   cv2.imwrite(str(tmp_path / "lesion.png"), image)

@@ -195,6 +195,26 @@ def test_multiscale_flip_tta_is_equivariant_and_averages_scales(unet_state):
   assert float(jnp.abs(out - flip_only(state, images)).max()) > 1e-4  # the 48 px pass changed it
 
 
+def test_seed_ensemble_averages_the_members_maps_in_one_program(unet_state):
+  import optax  # pylint: disable=g-import-not-at-top
+  from lesion_jax.models.unet import UNet  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import maskrcnn, segmentation  # pylint: disable=g-import-not-at-top
+  from lesion_jax.train import sharding, steps  # pylint: disable=g-import-not-at-top
+  from lesion_jax.train.state import create_train_state  # pylint: disable=g-import-not-at-top
+  state, images = unet_state
+  other = create_train_state(UNet(features=4, levels=2, norm="batch"), optax.sgd(0.1), jax.random.key(1),
+                             images[:1])
+  mesh = sharding.make_mesh(1)
+  task = segmentation.SegmentationTask(segmentation.SegmenterConfig())
+  batch = {"image": images}
+  ensemble = task.jit_predict((state, other), mesh, "predict", ensemble=True)((state, other), batch)
+  alone = [np.asarray(steps.segmentation_predict_step(s, batch)) for s in (state, other)]
+  assert float(np.abs(alone[0] - alone[1]).max()) > 1e-3  # the members differ, so the mean shows
+  np.testing.assert_allclose(ensemble, (alone[0] + alone[1]) / 2, atol=1e-6)
+  with pytest.raises(ValueError, match="cannot be averaged"):
+    maskrcnn.MaskRCNNTask(maskrcnn.MaskRCNNConfig()).jit_predict((state, other), mesh, ensemble=True)
+
+
 # --- classifier levers ---------------------------------------------------------------------------
 
 def test_copy_matching_keeps_a_head_of_another_shape_fresh():

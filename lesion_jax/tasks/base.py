@@ -72,6 +72,9 @@ class Task:
   # Input geometries (InputConfig.geometry) the task maps back; colour constancy where True.
   geometries: ClassVar[tuple[str, ...]] = ("stretch",)
   color_constancy: ClassVar[bool] = False
+  # Whether the "predict" outputs are per-pixel probabilities that an ensemble of runs may average
+  # (`jit_predict(..., ensemble=True)`); not where they are instance lists or detections.
+  averages_outputs: ClassVar[bool] = False
 
   def __init__(self, config: Any):
     if not isinstance(config, self.config_cls):
@@ -190,15 +193,31 @@ class Task:
     return {"image": pipeline.preprocess_image(image, data.image_size, **pipeline.image_prep(data))}
 
   # --- helpers -------------------------------------------------------------------------------
-  def jit_predict(self, state: Any, mesh: jax.sharding.Mesh, name: str = "predict") -> Callable:
+  def jit_predict(self, state: Any, mesh: jax.sharding.Mesh, name: str = "predict",
+                  ensemble: bool = False) -> Callable:
+    """The jitted predict function `name`. With `ensemble`, `state` is a tuple of states (runs of
+    this task's configuration, e.g. other seeds) and the outputs are their mean."""
     fns = self.predict_fns()
     if name not in fns:
       raise ValueError(f"task {self.name!r} has no predict function {name!r}; it has {sorted(fns)}")
-    return sharding.jit_predict_step(fns[name], state, mesh)
+    fn = fns[name]
+    if ensemble:
+      if not self.averages_outputs:
+        raise ValueError(f"task {self.name!r}: its predictions cannot be averaged over an ensemble")
+      fn = averaged_over_states(fn)
+    return sharding.jit_predict_step(fn, state, mesh)
 
   def describe(self) -> dict[str, Any]:
     """What config.json records."""
     return {"task": self.name, "config": config_lib.to_dict(self.config)}
+
+
+def averaged_over_states(predict_step: Callable) -> Callable:
+  """`predict_step(state, batch)` averaged over a tuple of states, leaf by leaf, in one program."""
+  def predict(states: tuple[Any, ...], batch: Batch) -> Any:
+    outputs = [predict_step(state, batch) for state in states]
+    return jax.tree.map(lambda *xs: sum(xs) / len(xs), *outputs)
+  return predict
 
 
 def from_record(record: dict[str, Any], where: str = "config.json") -> Task:

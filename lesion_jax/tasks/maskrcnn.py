@@ -101,6 +101,7 @@ class MaskRCNNTask(segmentation.SegmentationTask):
   name = "maskrcnn"
   config_cls = MaskRCNNConfig
   geometries = ("stretch",)  # its instance masks are pasted into boxes of the stretched image
+  averages_outputs = False  # detections, not maps
 
   def model(self) -> MaskRCNN:
     m = self.config.model

@@ -105,13 +105,14 @@ def train(task: base.Task, workdir: str, mesh: jax.sharding.Mesh | None = None) 
 
 def evaluate(task: base.Task, state: Any, split: str, mesh: jax.sharding.Mesh | None = None,
              workdir: str | None = None, prefix: str | None = None, predict: str = "predict",
-             figures_too: bool = True) -> tuple[dict[str, Any], base.Evaluation]:
+             figures_too: bool = True, ensemble: bool = False) -> tuple[dict[str, Any], base.Evaluation]:
   """Scores `state` on `split` with the task's predict function `predict`; with `workdir`, writes
-  the task's figures (named by `prefix`, default the split) into `workdir`/figures. Returns the
-  scores prefixed by `prefix` and the Evaluation."""
+  the task's figures (named by `prefix`, default the split) into `workdir`/figures. With
+  `ensemble`, `state` is a tuple of states whose outputs are averaged (Task.jit_predict). Returns
+  the scores prefixed by `prefix` and the Evaluation."""
   mesh = mesh or sharding.make_mesh()
   prefix = prefix or split
-  result = task.evaluate(state, split, mesh, task.jit_predict(state, mesh, predict),
+  result = task.evaluate(state, split, mesh, task.jit_predict(state, mesh, predict, ensemble),
                          keep_examples=16 if workdir and figures_too else 0)
   if workdir and figures_too:
     fig_dir = os.path.join(workdir, "figures")

@@ -111,6 +111,7 @@ class SegmentationTask(base.Task):
   config_cls = SegmenterConfig
   geometries = ("stretch", "letterbox")
   color_constancy = True
+  averages_outputs = True  # lesion probability maps
 
   def model(self):
     m = self.config.model

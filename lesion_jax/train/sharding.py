@@ -97,9 +97,35 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
   return jax.tree_util.tree_map_with_path(place, batch)
 
 
+# Seconds every host may take to reach the first cross-host transfer after the first one did.
+HOSTS_MEET_TIMEOUT_S = 900
+_hosts_met = False
+
+
+def meet_hosts(timeout_s: float = HOSTS_MEET_TIMEOUT_S) -> None:
+  """Waits, once per process, until every host of a multi-host run gets here; nothing on one host.
+
+  Why: on CPU the first collective sets up gloo, whose key exchange waits only 30 s for the
+  other hosts, so a host slower by more than that to reach it (a cold compilation cache, a busy
+  machine, a longer input-pipeline start) killed the run ("Gloo context initialization failed:
+  DEADLINE_EXCEEDED"). The coordination service's barrier is not a collective and takes its own
+  timeout.
+  """
+  global _hosts_met
+  if _hosts_met or jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  if client is not None:
+    client.wait_at_barrier("lesion_jax_hosts_meet", timeout_in_ms=int(timeout_s * 1000))
+  _hosts_met = True
+
+
 def replicate(tree: Any, mesh: Mesh) -> Any:
   """`tree` replicated on every device of `mesh`, in new buffers: the caller's arrays stay valid
-  even when a jitted step later donates the replicated ones."""
+  even when a jitted step later donates the replicated ones. On several hosts this is the first
+  cross-host transfer of a run, so the hosts meet first (`meet_hosts`)."""
+  meet_hosts()
   return jax.device_put(tree, replicated(mesh), may_alias=False)
 
 
