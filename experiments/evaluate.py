@@ -42,17 +42,18 @@ def _without_seed(task) -> dict:
   return record
 
 
-def ensemble_states(task, state, workdirs: list[str], which) -> tuple:
-  """(state, *the states of `workdirs`): runs whose recorded config is this run's but for the seed."""
-  if not task.averages_outputs:
-    raise config_lib.ConfigError(f"--ensemble_with: a {task.name!r} run's predictions cannot be averaged "
+def ensemble_states(recorded, state, workdirs: list[str], which) -> tuple:
+  """(state, *the states of `workdirs`): runs whose recorded config is `recorded`'s (this run's
+  task as its config.json gives it, before this command's overrides) but for the seed."""
+  if not recorded.averages_outputs:
+    raise config_lib.ConfigError(f"--ensemble_with: a {recorded.name!r} run's predictions cannot be averaged "
                                  "(segmentation maps can; classifiers: experiments.ensemble)")
-  ours = _without_seed(runner.load(FLAGS.workdir))  # as recorded, before this command's overrides
+  ours = _without_seed(recorded)
   states = [state]
   for workdir in workdirs:
     member = runner.load(workdir)
-    if member.name != task.name:
-      raise config_lib.ConfigError(f"--ensemble_with={workdir}: a {member.name!r} run, not {task.name!r}")
+    if member.name != recorded.name:
+      raise config_lib.ConfigError(f"--ensemble_with={workdir}: a {member.name!r} run, not {recorded.name!r}")
     theirs = _without_seed(member)
     if theirs != ours:
       differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
@@ -66,7 +67,7 @@ def main(argv):
   del argv
   common.init_distributed()
   common.quiet_library_logs()
-  task = runner.load(FLAGS.workdir)
+  task = recorded = runner.load(FLAGS.workdir)
   if FLAGS.refine is not None:
     if not hasattr(task.config, "refine"):
       raise config_lib.ConfigError(f"--refine: a {task.name!r} run has no refinement (segmentation runs do)")
@@ -75,7 +76,7 @@ def main(argv):
   which = common.checkpoint_flag_value(FLAGS.checkpoint)
   state = runner.restore(task, FLAGS.workdir, which)
   if FLAGS.ensemble_with:
-    state = ensemble_states(task, state, FLAGS.ensemble_with, which)
+    state = ensemble_states(recorded, state, FLAGS.ensemble_with, which)
   split, name = FLAGS.split, FLAGS.split
   if split == "selection":
     split = task.val_split
