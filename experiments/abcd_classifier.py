@@ -74,7 +74,8 @@ def main(argv):
   common.run_directory(FLAGS.workdir)
   io.write_json(os.path.join(FLAGS.workdir, "config.json"), {"task": "abcd_classifier", "config": dataclasses.asdict(config)})
   crop_dir = segmentation.lesion_crops(config.segmenter_workdir, builder, [config.train_split, config.test_split],
-                                       config.crop_size, FLAGS.artifact_dir or store.default_root(config.data_dir))
+                                       config.crop_size, FLAGS.artifact_dir or store.default_root(config.data_dir),
+                                       fallback=config.fallback)
   names = list(features[config.label_key].names)
   train_ids, train_labels, train_m, train_missing = split_measurements(builder, config.train_split, crop_dir, config.label_key)
   test_ids, test_labels, test_m, test_missing = split_measurements(builder, config.test_split, crop_dir, config.label_key)

@@ -128,7 +128,9 @@ def load_models(workdir: str, classifier_workdir: str | None, which):
     classifier_workdir, cls_task = workdir, task
     if task.config.image_artifacts:
       seg_dir = task.config.crop.segmenter_workdir
-      seg_task = common.with_segmentation_overrides(runner.load(seg_dir), FLAGS.tta_scales, FLAGS.fallback)
+      # The crops it trained on went through the fallback iff its --crop.fallback; --fallback overrides.
+      fallback = task.config.crop.fallback if FLAGS.fallback is None else FLAGS.fallback
+      seg_task = common.with_segmentation_overrides(runner.load(seg_dir), FLAGS.tta_scales, fallback)
       segmenter = (seg_task, runner.restore(seg_task, seg_dir, "best"))
   elif isinstance(task, segmentation.SegmentationTask):
     task = common.with_segmentation_overrides(task, FLAGS.tta_scales, FLAGS.fallback)

@@ -83,7 +83,7 @@ def main(argv):
     splits = [s for s in dict.fromkeys([config.train_split, config.val_split, FLAGS.test_split]) if s]
     crops = segmentation.lesion_crops(config.crop.segmenter_workdir, builder, splits, data.image_size,
                                       FLAGS.artifact_dir or store.default_root(data.data_dir),
-                                      config.crop.margin, config.crop.black_out)
+                                      config.crop.margin, config.crop.black_out, fallback=config.crop.fallback)
     config = dataclasses.replace(config, image_artifacts=crops)
   if FLAGS.input == "purified":
     if not FLAGS.inpainter_workdir:

@@ -129,13 +129,32 @@ def test_named_arrays_round_trip_through_npz(builder, tmp_path):
 def test_crop_split_keeps_its_summary_and_resumes(builder, tmp_path):
   store = crops.crop_store(str(tmp_path), builder.info.full_name, str(tmp_path / "seg"), 3, 16, 0.1)
   segment = lambda images: [1.0 - im.mean(-1) / 255.0 for im in images]  # noqa: E731
-  first = crops.crop_split(builder, SPLIT, store, segment, 16, threshold=0.6, chunk=6)
+  binarize = lambda prob: postprocess.clean_mask(prob > 0.6)  # noqa: E731
+  first = crops.crop_split(builder, SPLIT, store, segment, binarize, 16, chunk=6)
   assert {k: first[k] for k in ("split", "computed", "reused", "failed")} == {
       "split": SPLIT, "computed": 16, "reused": 0, "failed": 0}
   assert set(first) >= {"empty_masks", "seconds"}
   assert cv2.imread(store.png_path("synth_test_000001")).shape == (16, 16, 3)
-  second = crops.crop_split(builder, SPLIT, store, segment, 16, threshold=0.6, chunk=6)
+  second = crops.crop_split(builder, SPLIT, store, segment, binarize, 16, chunk=6)
   assert (second["computed"], second["reused"], second["empty_masks"]) == (0, 16, 0)
+
+
+def test_crops_use_the_given_binarisation_and_version_the_fallback(builder, tmp_path):
+  # Maps that never reach 0.5: a plain threshold gives empty masks (whole image kept); the
+  # segmenter's fallback (half the map's maximum) gives a lesion, as evaluate --fallback does.
+  segment = lambda images: [0.4 * (1.0 - im.mean(-1) / 255.0) for im in images]  # noqa: E731
+  plain = crops.crop_store(str(tmp_path), builder.info.full_name, str(tmp_path / "seg"), 3, 16, 0.1)
+  rescued = crops.crop_store(str(tmp_path), builder.info.full_name, str(tmp_path / "seg"), 3, 16, 0.1, fallback=True)
+  assert plain.directory != rescued.directory  # the two kinds of crop never mix
+  empty = crops.crop_split(builder, SPLIT, plain, segment, lambda p: p > 0.5, 16)
+  assert empty["empty_masks"] == 16
+  fallback = lambda p: postprocess.catastrophic_fallback(p, p > 0.5)[0]  # noqa: E731
+  found = crops.crop_split(builder, SPLIT, rescued, segment, fallback, 16)
+  assert found["empty_masks"] < 8  # most rescued (a few fallbacks would cover the whole image: not used)
+  records = rescued.records(f"synth_test_{i:06d}" for i in range(16))
+  rescued_records = [r for r in records if not r["empty_mask"]]
+  assert len(rescued_records) == 16 - found["empty_masks"]
+  assert all(0.0 < r["lesion_fraction"] <= 0.9 and r["measurements"]["area"] > 0 for r in rescued_records)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """End to end through the command lines: train a few steps → checkpoints → evaluate from the
 checkpoint with identical metrics → resume training → predict on files, one of them corrupt."""
 import csv
+import glob
 import json
 import os
 import re
@@ -348,7 +349,10 @@ def test_pretrained_start_abcd_baseline_and_ensemble(trained, classifier, tiny_d
 
   baseline = tmp_path / "abcd"
   run("experiments.abcd_classifier", f"--workdir={baseline}", f"--segmenter_workdir={segmenter}", *data,
-      "--folds=2", "--crop_size=32")
+      "--folds=2", "--crop_size=32", "--fallback", f"--artifact_dir={tmp_path / 'art'}")
+  # Its masks went through the segmenter's fallback, stored apart from plain crops.
+  stores = glob.glob(str(tmp_path / "art" / "**" / "*-s32-m0.1-fallback"), recursive=True)
+  assert len(stores) == 1 and glob.glob(os.path.join(stores[0], "*.json")), stores
   scores = json.load(open(baseline / "metrics.json"))
   assert scores["model"] in scores["candidates_cv_roc_auc"]
   assert scores["cv/roc_auc"] == pytest.approx(scores["candidates_cv_roc_auc"][scores["model"]])

@@ -6,7 +6,7 @@ at the image's own resolution (`measure.measure_lesion`), the classical classifi
 (`lesion_jax.eval.abcd`)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -21,21 +21,21 @@ CROP_KIND = "lesion_crop"
 
 
 def crop_store(root: str, dataset: str, segmenter_workdir: str, segmenter_step: int, size: int,
-               margin: float, black_out: bool = True) -> ArtifactStore:
-  """Versioned by the segmenter run and checkpoint, so retraining never mixes crops."""
+               margin: float, black_out: bool = True, fallback: bool = False) -> ArtifactStore:
+  """Versioned by the segmenter run and checkpoint (so retraining never mixes crops) and by
+  whether the masks went through the catastrophic-mask fallback."""
   version = (f"{store_lib.run_version(segmenter_workdir, segmenter_step)}-s{size}-m{margin:g}"
-             + ("" if black_out else "-noblack"))
+             + ("" if black_out else "-noblack") + ("-fallback" if fallback else ""))
   return ArtifactStore(root, dataset, CROP_KIND, version)
 
 
-def crop_compute(segment, size: int, margin: float = 0.1, black_out: bool = True,
-                 threshold: float = 0.5, clean: bool = True) -> stage.Compute:
-  """The stage's batch function: one `segment` call per batch, then each crop on the pool."""
+def crop_compute(segment, binarize: Callable[[np.ndarray], np.ndarray], size: int, margin: float = 0.1,
+                 black_out: bool = True) -> stage.Compute:
+  """The stage's batch function: one `segment` call per batch, then, on the pool, each map through
+  `binarize` (the segmenter's own: `SegmentationTask.binarize`) and the crop."""
 
   def crop(image: np.ndarray, prob: np.ndarray) -> stage.Artifact:
-    mask = postprocess.binarize(prob, threshold)
-    if clean:
-      mask = postprocess.clean_mask(mask)
+    mask = np.asarray(binarize(prob), bool)
     return stage.Artifact(
         postprocess.crop_to_mask(image, mask, size, margin=margin, black_out=black_out),
         {"lesion_fraction": round(float(mask.mean()), 6),
@@ -49,12 +49,12 @@ def crop_compute(segment, size: int, margin: float = 0.1, black_out: bool = True
   return compute
 
 
-def crop_split(builder: tfds.core.DatasetBuilder, split: str, store: ArtifactStore, segment,
-               size: int, margin: float = 0.1, black_out: bool = True, threshold: float = 0.5,
-               clean: bool = True, chunk: int = 64) -> dict[str, Any]:
+def crop_split(builder: tfds.core.DatasetBuilder, split: str, store: ArtifactStore, segment, binarize,
+               size: int, margin: float = 0.1, black_out: bool = True, chunk: int = 64) -> dict[str, Any]:
   """Crops every image of `split` not yet in `store`. `segment(list of uint8 images)` returns
-  probability maps at each image's resolution (e.g. `segmentation.segment_images`)."""
-  compute = crop_compute(segment, size, margin, black_out, threshold, clean)
+  probability maps at each image's resolution (e.g. `segmentation.segment_images`), `binarize(map)`
+  its mask."""
+  compute = crop_compute(segment, binarize, size, margin, black_out)
   run = stage.ArtifactStage(store, compute, "lesion crops", chunk).run_split(builder, split, ("image",))
   empty = sum(1 for i in run.computed_ids if store.read_record(i).get("empty_mask"))
   logging.info("lesion crops for %s: %d computed (%d with an empty mask: whole image kept), %d "

@@ -38,6 +38,8 @@ class ABCDConfig:
   seed: int = field(0, "Seed of the folds and of gradient boosting.")
   crop_size: int = field(64, "Side of the lesion crops stored beside the measurements (shared with "
                          "train_classifier --input=segmented of the same size).")
+  fallback: bool = field(False, "Replace the segmenter's catastrophic masks (empty / whole field of view) "
+                         "before measuring, as evaluate --fallback does.")
 
 
 def abcd_features(m: Mapping[str, Any]) -> np.ndarray:

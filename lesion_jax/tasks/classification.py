@@ -44,6 +44,9 @@ class LesionCropConfig:
   segmenter_workdir: str | None = field(None, "train_segmenter run whose best checkpoint makes the crops.")
   margin: float = field(0.1, "Margin around the lesion's bounding box, fraction of its size.")
   black_out: bool = field(True, "Black out the skin around the lesion (mask AND image).")
+  fallback: bool = field(False, "Replace the segmenter's catastrophic masks (empty / whole field of view) "
+                         "by its map cut at its own threshold before cropping, as evaluate --fallback does "
+                         "(training crops and predict alike).")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -390,10 +390,11 @@ class SegmentationTask(base.Task):
 
 
 def lesion_crops(segmenter_workdir: str, builder, splits: list[str], size: int, root: str,
-                 margin: float = 0.1, black_out: bool = True, mesh=None) -> str:
+                 margin: float = 0.1, black_out: bool = True, mesh=None, fallback: bool | None = None) -> str:
   """Segments and crops every image of `splits` with the best checkpoint of a segmenter run
   (an artifact stage: resumable); returns the crop store directory, to join as a classifier's
-  images."""
+  images. Masks are the run's own binarisation (`binarize`), with the catastrophic-mask fallback
+  if `fallback` (None: the run's own --fallback)."""
   from lesion_jax.artifacts import crops  # pylint: disable=g-import-not-at-top
   from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
   mesh = mesh or sharding.make_mesh()
@@ -401,12 +402,15 @@ def lesion_crops(segmenter_workdir: str, builder, splits: list[str], size: int, 
   if not isinstance(task, SegmentationTask):
     raise config_lib.ConfigError(f"--segmenter_workdir={segmenter_workdir}: holds a {task.name!r} run, "
                                  "not a segmentation run (train_segmenter)")
+  if fallback is not None:
+    task = SegmentationTask(dataclasses.replace(task.config, fallback=fallback))
   state = runner.restore(task, segmenter_workdir, "best", mesh)
   step = int(jax.device_get(state.step))
-  cstore = crops.crop_store(root, builder.info.full_name, segmenter_workdir, step, size, margin, black_out)
+  cstore = crops.crop_store(root, builder.info.full_name, segmenter_workdir, step, size, margin, black_out,
+                            fallback=task.config.fallback)
   predict = task.jit_predict(state, mesh)
   segment = lambda images: task.segment_images(state, images, mesh, predict)
+  binarize = lambda prob: task.binarize(prob)[0]
   for split in splits:
-    crops.crop_split(builder, split, cstore, segment, size, margin, black_out=black_out,
-                     threshold=task.config.threshold, clean=task.config.postprocess)
+    crops.crop_split(builder, split, cstore, segment, binarize, size, margin, black_out=black_out)
   return cstore.directory
