@@ -162,7 +162,7 @@ class ClassificationTask(base.Task):
       state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     if c.model.init_from:  # check() has vetted the run (network, width)
       _, variables, _ = restored_classifier(c.model.init_from, "init_from")
-      target = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
+      target = model_variables(state)
       try:
         copied, report = pretrained.copy_matching(variables, target)
       except ValueError as e:
@@ -312,5 +312,9 @@ def restored_classifier(workdir: str, flag: str) -> tuple["ClassificationTask", 
   from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
   task = load_classifier_run(workdir, flag)
   state = jax.device_get(runner.restore(task, workdir, "best"))
-  variables = {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
-  return task, variables, state.apply_fn
+  return task, model_variables(state), state.apply_fn
+
+
+def model_variables(state: TrainState) -> dict:
+  """The Flax variables dict of a train state: params, and batch_stats where the model has them."""
+  return {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
