@@ -155,7 +155,7 @@ def define_segmenter_flags() -> None:
   define_config_flags(segmentation.SegmenterConfig(),
                       aliases={"model": "model.name", "optimizer": "optimizer.name",
                                "color_jitter": "input.augment.color"},
-                      skip={"mask_artifacts"})
+                      skip={"mask_artifacts", "keep_unmatched_masks"})
 
 
 def segmenter_config_from_flags() -> Any:

@@ -2,9 +2,11 @@ r"""Iterative self-learning: K-means pseudo-masks → U-Net → the U-Net relabe
 image → a new U-Net on its confident masks → ... (lesion_jax/tasks/self_learning.py).
 
   python -m experiments.self_learning --workdir=runs/self_learning --rounds=2 [--transductive] \
-      [--holdout=0.2] [any train_segmenter flag]
+      [--holdout=0.2] [--start=ground_truth --transductive] [any train_segmenter flag]
 
-No manual mask trains, selects or flags anything; metrics.json lists, per round, the pseudo-masks'
+No manual mask trains, selects or flags anything (except with --start=ground_truth, where round 0
+is the supervised U-Net and later rounds train on the manual masks plus its confident masks of the
+--test_split images); metrics.json lists, per round, the pseudo-masks'
 Jaccard against the ground truth (reporting only) and the --test_split scores; figures/rounds.png
 plots both. Each round is an ordinary segmentation run in <workdir>/round_<r> (evaluate and
 predict take it). Resumable: re-running continues where it stopped.
@@ -23,6 +25,9 @@ flags.DEFINE_integer("rounds", 2, "Relabelling rounds after the K-means one (0: 
 flags.DEFINE_bool("transductive", False, "Relabel and train on the --test_split images too (their pixels, "
                   "never their masks): the semi-supervised use of unlabelled target images; scores are "
                   "then not those of a model that never saw them.")
+flags.DEFINE_enum("start", "kmeans", list(self_learning.STARTS), "Round 0's masks: kmeans (the paper's; no "
+                  "manual mask anywhere) or ground_truth (semi-supervised self-training, needs --transductive: "
+                  "round 0 is the supervised U-Net, later rounds add its confident masks of the --test_split images).")
 flags.DEFINE_float("relabel_min_confidence", relabel.RelabelConfig().min_confidence,
                    "A relabelled mask whose map's mean |2p - 1| over the lesion and its doubtful "
                    "surroundings is below this is uncertain (left out of the next round).")
@@ -35,10 +40,13 @@ def main(argv):
   seg = common.segmenter_config_from_flags()
   if FLAGS.rounds < 0:
     raise app.UsageError(f"--rounds={FLAGS.rounds}: must be >= 0")
+  if FLAGS.start == "ground_truth" and not FLAGS.transductive:
+    raise app.UsageError("--start=ground_truth needs --transductive: it relabels the --test_split images "
+                         "(every training image already has its manual mask)")
   config = self_learning.SelfLearningConfig(
       segmenter=seg, kmeans=common.kmeans_config_from_flags(),
       relabel=relabel.RelabelConfig(min_confidence=FLAGS.relabel_min_confidence),
-      rounds=FLAGS.rounds, transductive=FLAGS.transductive, test_split=FLAGS.test_split,
+      rounds=FLAGS.rounds, transductive=FLAGS.transductive, start=FLAGS.start, test_split=FLAGS.test_split,
       artifact_dir=FLAGS.artifact_dir)
   common.run_directory(FLAGS.workdir)
   result = self_learning.run(config, FLAGS.workdir)

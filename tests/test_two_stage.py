@@ -1,4 +1,5 @@
 """The whole self-learning framework end to end on the tiny dataset, a few steps per stage."""
+import dataclasses
 import json
 import os
 
@@ -95,6 +96,57 @@ def test_self_learning_rounds_relabel_with_the_previous_unet(rounds, tiny_datase
   # Re-running resumes: nothing is trained or relabelled again, the same scores come back.
   again = self_learning.run(config, workdir)
   assert [r["test/jaccard"] for r in again["rounds"]] == [r["test/jaccard"] for r in rows]
+
+
+def test_self_learning_from_ground_truth_adds_pseudo_masks_of_the_test_images(tiny_data_dir, tiny_dataset,
+                                                                               tmp_path_factory):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from lesion_jax.artifacts import relabel, stage  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import self_learning  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("self_learning_gt"))
+  seg = segmentation.SegmenterConfig(
+      input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8),
+      model=segmentation.SegmenterModelConfig(features=4, levels=2), num_steps=4, eval_every=4, val_split="")
+  keep_all = relabel.RelabelConfig(min_confidence=0.0, min_fraction=0.0, max_fraction=1.0)
+  config = self_learning.SelfLearningConfig(segmenter=seg, rounds=1, relabel=keep_all, start="ground_truth")
+  with pytest.raises(ValueError, match="transductive"):
+    self_learning.run(config, workdir)
+  config = dataclasses.replace(config, transductive=True)
+  rows = self_learning.run(config, workdir)["rounds"]
+  assert [r["trained_on"] for r in rows] == ["ground truth", "ground truth + round 0 U-Net"]
+  assert set(rows[1]["pseudo_masks"]) == {"test"}  # only the test images are relabelled
+  first = runner.load(os.path.join(workdir, "round_0"))
+  second = runner.load(os.path.join(workdir, "round_1"))
+  assert first.config.mask_artifacts is None and first.config.train_split == "train"
+  assert second.config.train_split == "train+test" and second.config.keep_unmatched_masks
+  # Round 1 reads the manual masks of the training images and round 0's masks of the test images.
+  builder = pipeline.get_builder(tiny_dataset, tiny_data_dir)
+  stored = {f[:-4] for f in os.listdir(second.config.mask_artifacts) if f.endswith(".png")}
+  test_ids = set(stage.split_ids(builder, "test"))
+  assert stored == {store_safe(i) for i in test_ids}
+  truth = {ex["id"]: ex["mask"] for ex in stage.read_examples(builder, "train+test", features=("mask",))}
+  joined = pipeline.read_split(builder, "train+test", joins=second._joins())
+  seen = set()
+  for ex in joined.as_numpy_iterator():
+    image_id = ex["id"].decode()
+    mask = cv2_decode(ex["mask"])
+    if image_id in test_ids:
+      np.testing.assert_array_equal(mask > 0, io_read_mask(second.config.mask_artifacts, image_id))
+    else:
+      np.testing.assert_array_equal(mask, truth[image_id][..., 0])
+    seen.add(image_id in test_ids)
+  assert seen == {True, False}
+
+
+def cv2_decode(data):
+  import cv2  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def store_safe(image_id):
+  from lesion_jax.artifacts import store  # pylint: disable=g-import-not-at-top
+  return store.safe_name(image_id)
 
 
 def test_relabel_flags_unconfident_empty_and_full_maps():

@@ -48,6 +48,9 @@ class ArtifactJoin:
   feature: str
   directory: str
   drop_flagged: bool = False  # leave out examples whose artifact record says "uncertain"
+  # Examples without an artifact keep their own feature (manual masks beside pseudo-masks);
+  # otherwise a missing artifact is an error.
+  keep_unmatched: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,14 +132,18 @@ def _record(directory: str, image_id: str) -> dict[str, Any]:
 
 def join_artifact(ds: tf.data.Dataset, join: ArtifactJoin, split: str) -> tf.data.Dataset:
   """Swaps `join.feature` for the artifact file `<directory>/<safe id>.png` of each example.
-  Every id must have its artifact: a missing one is reported up front with the command to run."""
+  Every id must have its artifact (a missing one is reported up front with the command to run),
+  unless `join.keep_unmatched`: then examples without one keep their own feature."""
   from lesion_jax.artifacts import store  # pylint: disable=g-import-not-at-top
   ids = [i.decode() for i in ds.map(_plain(lambda ex: ex["id"])).as_numpy_iterator()]
   missing = [i for i in ids if not os.path.exists(os.path.join(join.directory, store.safe_name(i) + ".png"))]
-  if missing:
+  if missing and not join.keep_unmatched:
     raise FileNotFoundError(
         f"{len(missing)} of {len(ids)} examples of split {split!r} have no artifact in "
         f"{join.directory} (first: {missing[:3]}); run experiments.annotate for this split first")
+  if missing and join.feature not in ds.element_spec:
+    raise ValueError(f"split {split!r} has no {join.feature!r} feature to keep for the {len(missing)} examples "
+                     f"with no artifact in {join.directory} (first: {missing[:3]})")
   prefix = join.directory.rstrip("/") + "/"
   if join.drop_flagged:
     flagged = [i for i in ids if _record(join.directory, i).get("uncertain")]
@@ -148,9 +155,19 @@ def join_artifact(ds: tf.data.Dataset, join: ArtifactJoin, split: str) -> tf.dat
       ds = ds.filter(_plain(lambda ex: table.lookup(ex["id"]) == 0))
       ds = ds.apply(tf.data.experimental.assert_cardinality(len(ids) - len(flagged)))
 
+  if missing:  # keep_unmatched: only the examples with an artifact are swapped
+    has_artifact = tf.lookup.StaticHashTable(
+        tf.lookup.KeyValueTensorInitializer(tf.constant(missing), tf.zeros(len(missing), tf.int32)), 1)
+  else:
+    has_artifact = None
+
   def swap(example):
     name = tf.strings.regex_replace(example["id"], store.UNSAFE_PATTERN, "_")
-    return dict(example, **{join.feature: tf.io.read_file(prefix + name + ".png")})
+    if has_artifact is None:
+      return dict(example, **{join.feature: tf.io.read_file(prefix + name + ".png")})
+    value = tf.cond(has_artifact.lookup(example["id"]) == 1, lambda: tf.io.read_file(prefix + name + ".png"),
+                    lambda: example[join.feature])
+    return dict(example, **{join.feature: value})
 
   return ds.map(_plain(swap), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 

@@ -88,6 +88,8 @@ class SegmenterConfig:
   # K-means pseudo-masks (self-learning); test scores always use the ground truth.
   mask_artifacts: str | None = field(None, "Artifact store of masks trained on instead of the ground truth.")
   drop_uncertain: bool = field(True, "With mask_artifacts: leave out masks flagged uncertain.")
+  keep_unmatched_masks: bool = field(False, "With mask_artifacts: an image with no stored mask keeps its own "
+                                     "(manual) one, so manual and pseudo-masks train together.")
   summary_images: int = field(4, "Validation overlays written to TensorBoard at each evaluation (0: none).")
   tta_scales: tuple[int, ...] = field((), "Test-time augmentation (evaluate / predict --tta): the four flips at "
                                       "each of these input sides, px (the model-size input resized; "
@@ -159,7 +161,8 @@ class SegmentationTask(base.Task):
     c = self.config
     if not c.mask_artifacts:
       return ()
-    return (pipeline.ArtifactJoin(c.mask_key, c.mask_artifacts, drop_flagged=c.drop_uncertain),)
+    keep = getattr(c, "keep_unmatched_masks", False)  # MaskRCNNConfig has no such field
+    return (pipeline.ArtifactJoin(c.mask_key, c.mask_artifacts, drop_flagged=c.drop_uncertain, keep_unmatched=keep),)
 
   def _ops(self, train: bool, joins) -> list:
     c = self.config

@@ -6,6 +6,10 @@ anything; each round's checkpoint is picked on the pseudo-masks of the selection
 With `transductive`, the images of the reported split are relabelled and trained on too (their
 masks never): the usual semi-supervised use of unlabelled target images, off by default because
 its scores are then not those of a model that never saw the test images.
+
+With `start="ground_truth"` (semi-supervised self-training, transductive only) round 0 is the
+supervised U-Net on the training split's manual masks; each later round trains on those manual
+masks plus the previous U-Net's confident masks of the reported split's images.
 """
 from __future__ import annotations
 
@@ -34,14 +38,29 @@ class SelfLearningConfig:
   relabel: relabel.RelabelConfig = relabel.RelabelConfig()
   rounds: int = 2  # relabelling rounds after the K-means one (0: the paper's single U-Net)
   transductive: bool = False
+  start: str = "kmeans"  # round 0's masks: kmeans (no manual mask anywhere) or ground_truth
   test_split: str = "test"
   artifact_dir: str | None = None
 
 
-def _round_config(config: SelfLearningConfig, masks: str) -> segmentation.SegmenterConfig:
+STARTS = ("kmeans", "ground_truth")
+
+
+def _round_config(config: SelfLearningConfig, masks: str | None) -> segmentation.SegmenterConfig:
   seg = config.segmenter
+  if masks is None:  # ground_truth, round 0: the supervised run itself
+    return seg
   train = f"{seg.train_split}+{config.test_split}" if config.transductive else seg.train_split
-  return dataclasses.replace(seg, mask_artifacts=masks, train_split=train)
+  # From ground truth only the test split's images are relabelled; the training images keep theirs.
+  return dataclasses.replace(seg, mask_artifacts=masks, train_split=train,
+                             keep_unmatched_masks=config.start == "ground_truth")
+
+
+def _unlabelled_splits(config: SelfLearningConfig) -> list[str]:
+  seg = config.segmenter
+  if config.start == "ground_truth":
+    return [config.test_split]
+  return [s for s in (seg.train_split, seg.val_split) if s] + ([config.test_split] if config.transductive else [])
 
 
 def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
@@ -50,6 +69,11 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
   test scores) and figures/rounds.png."""
   if config.rounds < 0:
     raise ValueError(f"rounds={config.rounds}: must be >= 0")
+  if config.start not in STARTS:
+    raise ValueError(f"start={config.start!r}: must be one of {STARTS}")
+  if config.start == "ground_truth" and not config.transductive:
+    raise ValueError("start='ground_truth' relabels the test split's images, so it needs transductive=True "
+                     "(every training image already has its manual mask)")
   mesh = sharding.make_mesh()
   seg = config.segmenter
   data = seg.input
@@ -57,22 +81,24 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
   segmentation.SegmentationTask(seg).check(mesh, [("test_split", config.test_split)])
   runner.write_config(workdir, {"task": "self_learning", "config": config_lib.to_dict(config)})
   root = config.artifact_dir or store.default_root(data.data_dir)
-  unlabelled = [s for s in (seg.train_split, seg.val_split) if s]
-  if config.transductive:
-    unlabelled.append(config.test_split)
-  kstore = annotate.kmeans_store(root, builder.info.full_name, config.kmeans)
-  pseudo = {}
-  for split in unlabelled:
-    summary = annotate.annotate_split(builder, split, kstore, config.kmeans)
-    pseudo[split] = {"uncertain": summary.uncertain,
-                     "pseudo_mask_jaccard": (summary.scores or {}).get("jaccard")}
-  masks = kstore.directory
+  unlabelled = _unlabelled_splits(config)
+  pseudo, masks = {}, None
+  if config.start == "kmeans":
+    kstore = annotate.kmeans_store(root, builder.info.full_name, config.kmeans)
+    for split in unlabelled:
+      summary = annotate.annotate_split(builder, split, kstore, config.kmeans)
+      pseudo[split] = {"uncertain": summary.uncertain,
+                       "pseudo_mask_jaccard": (summary.scores or {}).get("jaccard")}
+    masks = kstore.directory
+  initial = "K-means" if config.start == "kmeans" else "ground truth"
   rows = []
   for r in range(config.rounds + 1):
     round_dir = os.path.join(workdir, f"round_{r}")
     task = segmentation.SegmentationTask(_round_config(config, masks))
     scores = runner.run(task, round_dir, config.test_split, mesh)
-    source = "K-means" if r == 0 else f"round {r - 1} U-Net"
+    source = initial if r == 0 else f"round {r - 1} U-Net"
+    if r > 0 and config.start == "ground_truth":
+      source = f"ground truth + {source}"
     rows.append({"round": r, "trained_on": source, "masks": masks,
                  "pseudo_masks": pseudo,  # per split; Jaccard against ground truth, reporting only
                  **{f"test/{k}": scores.get(f"test/{k}") for k in ROUND_KEYS}})
@@ -98,7 +124,7 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
 
 def _curves(rows, train_split: str) -> dict[str, list[tuple[int, float]]]:
   curves = {"test JA": [(r["round"], r["test/jaccard"]) for r in rows]}
-  trained = [(r["round"], r["pseudo_masks"][train_split]["pseudo_mask_jaccard"]) for r in rows]
+  trained = [(r["round"], r["pseudo_masks"].get(train_split, {}).get("pseudo_mask_jaccard")) for r in rows]
   if all(v is not None for _, v in trained):
     curves["pseudo-mask JA (training images)"] = trained
   return curves
