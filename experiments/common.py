@@ -189,11 +189,7 @@ def with_segmentation_overrides(task: Any, tta_scales: list[str] | None, fallbac
     if not hasattr(task.config, "fallback"):
       raise app.UsageError(f"--fallback: a {task.name!r} run has no mask fallback (segmentation runs do)")
     changes["fallback"] = fallback
-  if not changes:
-    return task
-  task = type(task)(config_lib.replace(task.config, changes))
-  task.check_postprocessing()
-  return task
+  return task.with_postprocessing(**changes) if changes else task
 
 
 def run_directory(workdir: str) -> None:

@@ -149,6 +149,15 @@ class SegmentationTask(base.Task):
     if not 0.0 < c.fallback_max_fraction <= 1.0:
       raise config_lib.ConfigError(f"--fallback_max_fraction={c.fallback_max_fraction}: must be in (0, 1]")
 
+  def with_postprocessing(self, **changes) -> "SegmentationTask":
+    """This run with evaluation-time settings changed (tta_scales, fallback, ...), checked: what
+    evaluate, predict and lesion crops apply to a restored run."""
+    if not changes:
+      return self
+    task = type(self)(config_lib.replace(self.config, changes))
+    task.check_postprocessing()
+    return task
+
   def init_state(self, rng: jax.Array) -> TrainState:
     size = self.config.input.image_size
     tx = self.config.optimizer.build(self.config.num_steps)
@@ -406,7 +415,7 @@ def lesion_crops(segmenter_workdir: str, builder, splits: list[str], size: int, 
     raise config_lib.ConfigError(f"--segmenter_workdir={segmenter_workdir}: holds a {task.name!r} run, "
                                  "not a segmentation run (train_segmenter)")
   if fallback is not None:
-    task = SegmentationTask(dataclasses.replace(task.config, fallback=fallback))
+    task = task.with_postprocessing(fallback=fallback)
   state = runner.restore(task, segmenter_workdir, "best", mesh)
   step = int(jax.device_get(state.step))
   cstore = crops.crop_store(root, builder.info.full_name, segmenter_workdir, step, size, margin, black_out,
