@@ -3,7 +3,7 @@ colours, diameter) of a segmenter's masks.
 
   python -m experiments.abcd_classifier --workdir=runs/abcd --segmenter_workdir=runs/unet \
       --dataset=isic2017 --manual_dir=../shared/data/isic2017_sample --test_split=validation \
-      [--model=auto|logistic|gradient_boosting] [--folds=5]
+      [--model=auto|logistic|gradient_boosting] [--folds=5] [--masks=kmeans (instead of --segmenter_workdir)]
 
 The segmenter's best checkpoint segments every image of both splits once (the lesion crop stage,
 resumable; train_classifier --input=segmented reuses it). The model is chosen by stratified k-fold
@@ -21,7 +21,7 @@ import numpy as np
 from experiments import common
 from lesion_jax import config as config_lib
 from lesion_jax import io
-from lesion_jax.artifacts import store
+from lesion_jax.artifacts import crops, store
 from lesion_jax.data import pipeline
 from lesion_jax.eval import abcd, figures, metrics
 from lesion_jax.tasks import base, segmentation
@@ -59,8 +59,10 @@ def split_measurements(builder, split: str, crop_dir: str, label_key: str
 def main(argv):
   del argv
   config = common.config_from_flags(abcd.ABCDConfig())
-  if not config.segmenter_workdir:
-    raise app.UsageError("--segmenter_workdir is required (a train_segmenter run)")
+  if config.masks not in ("segmenter", "kmeans"):
+    raise app.UsageError(f"--masks={config.masks!r}: choose segmenter or kmeans")
+  if config.masks == "segmenter" and not config.segmenter_workdir:
+    raise app.UsageError("--segmenter_workdir is required (a train_segmenter run), or --masks=kmeans")
   builder = pipeline.get_builder(config.dataset, config.data_dir, config.manual_dir)
   features = builder.info.features
   if config.label_key not in features or not hasattr(features[config.label_key], "names"):
@@ -73,9 +75,13 @@ def main(argv):
       raise config_lib.ConfigError(f"--{flag}={split!r}: not a split of {builder.info.full_name} ({e})") from e
   common.run_directory(FLAGS.workdir)
   io.write_json(os.path.join(FLAGS.workdir, "config.json"), {"task": "abcd_classifier", "config": dataclasses.asdict(config)})
-  crop_dir = segmentation.lesion_crops(config.segmenter_workdir, builder, [config.train_split, config.test_split],
-                                       config.crop_size, FLAGS.artifact_dir or store.default_root(config.data_dir),
-                                       fallback=config.fallback)
+  root = FLAGS.artifact_dir or store.default_root(config.data_dir)
+  splits = [config.train_split, config.test_split]
+  if config.masks == "kmeans":
+    crop_dir = crops.kmeans_crops(builder, splits, config.crop_size, root)
+  else:
+    crop_dir = segmentation.lesion_crops(config.segmenter_workdir, builder, splits, config.crop_size, root,
+                                         fallback=config.fallback)
   names = list(features[config.label_key].names)
   train_ids, train_labels, train_m, train_missing = split_measurements(builder, config.train_split, crop_dir, config.label_key)
   test_ids, test_labels, test_m, test_missing = split_measurements(builder, config.test_split, crop_dir, config.label_key)

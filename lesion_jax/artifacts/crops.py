@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
-from lesion_jax.artifacts import stage
+from lesion_jax.artifacts import kmeans, stage
 from lesion_jax.artifacts import store as store_lib
 from lesion_jax.artifacts.store import ArtifactStore
 from lesion_jax.eval import measure, postprocess
@@ -62,3 +62,18 @@ def crop_split(builder: tfds.core.DatasetBuilder, split: str, store: ArtifactSto
                run.seconds)
   return {"split": split, "computed": run.computed, "reused": run.reused, "empty_masks": empty,
           "seconds": run.seconds, "failed": run.failed}
+
+
+def kmeans_crops(builder: tfds.core.DatasetBuilder, splits: list[str], size: int, root: str,
+                 config: kmeans.KMeansConfig = kmeans.KMeansConfig(), margin: float = 0.1,
+                 black_out: bool = True) -> str:
+  """Crops (and ABCD measurements) of every image of `splits` from its K-means pseudo-mask, stored
+  once per K-means config; returns the store directory. Nothing is trained, so the masks of every
+  split are equally rough: a classifier fitted on one split's measurements meets the same mask
+  quality on another (a trained segmenter's masks are near-perfect on its own training images)."""
+  version = f"kmeans-{config.version}-s{size}-m{margin:g}" + ("" if black_out else "-noblack")
+  cstore = ArtifactStore(root, builder.info.full_name, CROP_KIND, version)
+  segment = lambda images: [p.mask.astype(np.float32) for p in kmeans.kmeans_pseudo_masks(images, config)]  # noqa: E731
+  for split in splits:
+    crop_split(builder, split, cstore, segment, lambda prob: prob > 0.5, size, margin, black_out=black_out)
+  return cstore.directory

@@ -29,6 +29,8 @@ class ABCDConfig:
   dataset: str = field("isic2017", "TFDS dataset name[/config].")
   data_dir: str | None = field(None, "TFDS data directory (default: ~/tensorflow_datasets).")
   manual_dir: str | None = field(None, "Folder with the hand-downloaded archive (real datasets).")
+  masks: str = field("segmenter", "Masks measured: segmenter (--segmenter_workdir's best checkpoint) or kmeans "
+                     "(K-means pseudo-masks: nothing trained, so every split's masks are equally rough).")
   segmenter_workdir: str | None = field(None, "train_segmenter run whose best checkpoint gives the masks measured.")
   train_split: str = field("train", "Split the model is chosen on (k-fold) and fitted to.")
   test_split: str = field("test", "Split scored once at the end.")
