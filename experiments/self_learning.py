@@ -38,11 +38,6 @@ def main(argv):
   del argv
   common.init_distributed()
   seg = common.segmenter_config_from_flags()
-  if FLAGS.rounds < 0:
-    raise app.UsageError(f"--rounds={FLAGS.rounds}: must be >= 0")
-  if FLAGS.start == "ground_truth" and not FLAGS.transductive:
-    raise app.UsageError("--start=ground_truth needs --transductive: it relabels the --test_split images "
-                         "(every training image already has its manual mask)")
   config = self_learning.SelfLearningConfig(
       segmenter=seg, kmeans=common.kmeans_config_from_flags(),
       relabel=relabel.RelabelConfig(min_confidence=FLAGS.relabel_min_confidence),

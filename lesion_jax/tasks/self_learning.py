@@ -29,6 +29,7 @@ from lesion_jax.tasks import runner, segmentation
 from lesion_jax.train import sharding
 
 ROUND_KEYS = ("jaccard", "jaccard_thresholded", "dice")
+STARTS = ("kmeans", "ground_truth")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,8 +43,14 @@ class SelfLearningConfig:
   test_split: str = "test"
   artifact_dir: str | None = None
 
-
-STARTS = ("kmeans", "ground_truth")
+  def __post_init__(self):  # ConfigError: the experiment reports it as a usage error, before any write
+    if self.rounds < 0:
+      raise config_lib.ConfigError(f"--rounds={self.rounds}: must be >= 0")
+    if self.start not in STARTS:
+      raise config_lib.ConfigError(f"--start={self.start!r}: must be one of {STARTS}")
+    if self.start == "ground_truth" and not self.transductive:
+      raise config_lib.ConfigError("--start=ground_truth needs --transductive: it relabels the test split's "
+                                   "images (every training image already has its manual mask)")
 
 
 def _round_config(config: SelfLearningConfig, masks: str | None) -> segmentation.SegmenterConfig:
@@ -67,13 +74,6 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
   """Every round (each resumable) into `workdir`/round_<r>; writes config.json, metrics.json
   (per round: the pseudo-masks' Jaccard on the training images, for reporting only, and the
   test scores) and figures/rounds.png."""
-  if config.rounds < 0:
-    raise ValueError(f"rounds={config.rounds}: must be >= 0")
-  if config.start not in STARTS:
-    raise ValueError(f"start={config.start!r}: must be one of {STARTS}")
-  if config.start == "ground_truth" and not config.transductive:
-    raise ValueError("start='ground_truth' relabels the test split's images, so it needs transductive=True "
-                     "(every training image already has its manual mask)")
   mesh = sharding.make_mesh()
   seg = config.segmenter
   data = seg.input
@@ -90,15 +90,14 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
       pseudo[split] = {"uncertain": summary.uncertain,
                        "pseudo_mask_jaccard": (summary.scores or {}).get("jaccard")}
     masks = kstore.directory
-  initial = "K-means" if config.start == "kmeans" else "ground truth"
+  initial, later = (("K-means", "round {} U-Net") if config.start == "kmeans"
+                    else ("ground truth", "ground truth + round {} U-Net"))
   rows = []
   for r in range(config.rounds + 1):
     round_dir = os.path.join(workdir, f"round_{r}")
     task = segmentation.SegmentationTask(_round_config(config, masks))
     scores = runner.run(task, round_dir, config.test_split, mesh)
-    source = initial if r == 0 else f"round {r - 1} U-Net"
-    if r > 0 and config.start == "ground_truth":
-      source = f"ground truth + {source}"
+    source = initial if r == 0 else later.format(r - 1)
     rows.append({"round": r, "trained_on": source, "masks": masks,
                  "pseudo_masks": pseudo,  # per split; Jaccard against ground truth, reporting only
                  **{f"test/{k}": scores.get(f"test/{k}") for k in ROUND_KEYS}})
