@@ -214,22 +214,63 @@ def checkpoint_flag_value(value: str):
   return value
 
 
+# Failures that are the run's or the user's situation, not a bug: one line on stderr, no traceback.
+def _stopping_errors() -> tuple[type[BaseException], ...]:
+  from lesion_jax import checkpoint, run_lock  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
+  return (checkpoint.CheckpointDamagedError, checkpoint.CheckpointNotFoundError, checkpoint.NonFiniteStateError,
+          checkpoint.DiskFullError, run_lock.WorkdirBusyError, runner.RunNotFoundError)
+
+
+def _fail(message: str, code: int) -> None:
+  program = os.path.basename(sys.argv[0]) if sys.argv else "lesion_jax"
+  logging.error("%s", message)
+  sys.stderr.write(f"{program}: error: {message}\n")
+  sys.stderr.flush()
+  sys.exit(code)
+
+
 def main_with_usage_errors(main):
-  """`main` with config problems (ConfigError: a field, its value and what is wrong) reported as
-  one-line usage errors instead of tracebacks. They are raised before anything is written."""
+  """`main` with config problems (ConfigError: a field, its value and what is wrong) and usage
+  errors reported as one line (not absl's page of help), raised before anything is written; a
+  preempted run exits with 128 + the signal after its checkpoint; a damaged checkpoint, a diverged
+  state, a full disk or a busy workdir end the run with one line naming the path or the step."""
   import functools  # pylint: disable=g-import-not-at-top
   from absl import app  # pylint: disable=g-import-not-at-top
 
   from lesion_jax.data.builders import common as builders_common  # pylint: disable=g-import-not-at-top
+  from lesion_jax.train import loop  # pylint: disable=g-import-not-at-top
 
   @functools.wraps(main)
   def wrapped(argv):
     try:
       return main(argv)
-    except (config_lib.ConfigError, builders_common.ManualDataError) as e:
-      raise app.UsageError(str(e)) from None
+    except (config_lib.ConfigError, builders_common.ManualDataError, app.UsageError) as e:
+      _fail(f"{e} (--helpshort lists the flags)", getattr(e, "exitcode", 1) or 1)
+    except loop.Preempted as e:
+      _fail(str(e), e.exit_code)
+    except _stopping_errors() as e:
+      _fail(str(e), 1)
 
   return wrapped
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, except that asking for help is not a failure (absl exits 1 after --help)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  try:
+    return app.parse_flags_with_usage(argv)
+  except SystemExit as e:
+    asked = {"--help", "--helpshort", "--helpfull", "--helpxml", "-h", "-?"}
+    if e.code == 1 and asked & {a.split("=")[0] for a in argv[1:]}:
+      sys.exit(0)
+    raise
+
+
+def run(main) -> None:
+  """Every entry point's `app.run`: one-line errors (main_with_usage_errors), help exits 0."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(main_with_usage_errors(main), flags_parser=_parse_flags)
 
 
 # The K-means knobs exposed as flags: flag name → KMeansConfig field (defaults come from there).

@@ -101,4 +101,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(common.main_with_usage_errors(main))
+  common.run(main)

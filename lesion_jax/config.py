@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Iterator, TypeVar
@@ -79,7 +80,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 
 
 def from_dict(cls: type[ConfigT], values: dict[str, Any], path: str = "") -> ConfigT:
-  """`cls` from a (partial) nested dict: missing keys keep their defaults, unknown keys raise."""
+  """`cls` from a (partial) nested dict: missing keys keep their defaults, unknown keys and
+  numbers out of range (`check_ranges`) raise."""
   if not isinstance(values, dict):
     raise ConfigError(f"config {path or cls.__name__!r} must be a mapping, got {values!r}")
   hints = _hints(cls)
@@ -87,11 +89,15 @@ def from_dict(cls: type[ConfigT], values: dict[str, Any], path: str = "") -> Con
   for key in values:
     if key not in names:
       raise _unknown(key, cls, path)
-  return cls(**{k: _convert(v, hints[k], path + k) for k, v in values.items()})
+  config = cls(**{k: _convert(v, hints[k], path + k) for k, v in values.items()})
+  if not path:  # the nested parts are checked with their parent, by their full path
+    check_ranges(config)
+  return config
 
 
 def replace(config: ConfigT, overrides: dict[str, Any]) -> ConfigT:
-  """`config` with dotted-path overrides applied (`{"model.features": 32}`); unknown paths raise."""
+  """`config` with dotted-path overrides applied (`{"model.features": 32}`); unknown paths and
+  numbers out of range (`check_ranges`) raise."""
   nested: dict[str, Any] = {}
   for dotted, value in overrides.items():
     node = nested
@@ -99,7 +105,9 @@ def replace(config: ConfigT, overrides: dict[str, Any]) -> ConfigT:
     for p in parents:
       node = node.setdefault(p, {})
     node[leaf] = value
-  return _replace_nested(config, nested, "")
+  config = _replace_nested(config, nested, "")
+  check_ranges(config)
+  return config
 
 
 def _replace_nested(config: Any, nested: dict[str, Any], path: str) -> Any:
@@ -160,3 +168,94 @@ def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str
     elif a != b:
       out[prefix + key] = (a, b)
   return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Ranges: the one place where every numeric config field is checked, before anything is written
+# (from_dict and replace check what they build; Task.check checks a config made in code).
+# A field name means one thing in every config of the project (one vocabulary), so ranges are
+# declared by name. Every number must be finite; a name not listed must be >= 0.
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+  low: float | None = 0.0  # None: no lower bound
+  high: float | None = None
+  low_open: bool = False  # low < value instead of low <= value
+  high_open: bool = False
+
+  def holds(self, value: float) -> bool:
+    if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+      return False
+    return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+  def __str__(self) -> str:
+    low = "-inf" if self.low is None else f"{self.low:g}"
+    high = "inf" if self.high is None else f"{self.high:g}"
+    return f"{'(' if self.low_open or self.low is None else '['}{low}, {high}{')' if self.high_open or self.high is None else ']'}"
+
+
+AT_LEAST_ONE = Range(1)
+POSITIVE = Range(0, low_open=True)
+FRACTION = Range(0, 1)
+ANY = Range(None)
+
+RANGES: dict[str, Range] = {
+    **dict.fromkeys((
+        "batch_size", "box_fc_features", "checkpoint_every", "decay_every", "depth", "detections",
+        "discriminator_features", "eval_every", "expanded_shuffle", "fd_samples", "features",
+        "folds", "fpn_features", "generator_features", "head_features", "image_size", "latent_dim",
+        "levels", "log_every", "mask_features", "max_instances", "max_side", "num_steps",
+        "num_superpixels", "perceptual_layers", "rois_per_image", "rpn_batch_per_image",
+        "rpn_post_nms_topk_test", "rpn_post_nms_topk_train", "rpn_pre_nms_topk_test",
+        "rpn_pre_nms_topk_train", "sample_every", "shuffle_buffer", "size", "test_scales",
+        "tta_scales"), AT_LEAST_ONE),
+    **dict.fromkeys(("anchor_sizes", "aspect_ratios", "channel_std", "compactness", "shades_of_gray_p",
+                     "sigma"), POSITIVE),
+    **dict.fromkeys((
+        "alpha", "color", "detection_nms_iou", "fallback_max_fraction", "fusion_weight", "high", "low",
+        "margin", "max_hole_fraction", "min_fraction", "roi_fg_fraction", "roi_fg_iou", "roi_margin",
+        "rpn_nms_iou", "score_threshold", "threshold"), FRACTION),
+    # A learning rate above 10 only diverges; 0 trains nothing.
+    "learning_rate": Range(0, 10, low_open=True),
+    "decay_factor": Range(0, 1, low_open=True),
+    "keep_probability": Range(0, 1, low_open=True),
+    "min_crop_scale": Range(0, 1, low_open=True),
+    "real_label": Range(0, 1, low_open=True),
+    **dict.fromkeys(("beta1", "momentum", "label_smoothing"), Range(0, 1, high_open=True)),
+    **dict.fromkeys(("seed", "channel_mean"), ANY),
+}
+
+
+def _numbers(value: Any) -> list[Any]:
+  if isinstance(value, bool):
+    return []
+  if isinstance(value, (int, float)):
+    return [value]
+  if isinstance(value, (list, tuple)):
+    return [v for item in value for v in _numbers(item)]
+  return []
+
+
+def check_ranges(config: Any) -> None:
+  """Raises ConfigError naming the field (by its flag, `--model.features=0`) for a number that is
+  not finite or outside its `RANGES` entry (default: >= 0)."""
+  for leaf in leaves(config):
+    value = _value_at(config, leaf.path)
+    name = leaf.path.rsplit(".", 1)[-1]
+    allowed = RANGES.get(name, Range())
+    for number in _numbers(value):
+      if not math.isfinite(number):
+        raise ConfigError(f"--{leaf.path}={_show(value)}: must be a finite number")
+      if not allowed.holds(number):
+        raise ConfigError(f"--{leaf.path}={_show(value)}: must be in {allowed}")
+
+
+def _value_at(config: Any, path: str) -> Any:
+  for part in path.split("."):
+    config = getattr(config, part)
+  return config
+
+
+def _show(value: Any) -> str:
+  return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)

@@ -269,7 +269,8 @@ def test_bad_config_is_refused_before_anything_is_written(task, tmp_path):
       config = dataclasses.replace(task.config, input=dataclasses.replace(task.config.input, batch_size=0))
     else:
       config = dataclasses.replace(task.config, **{field_name: value})
-    with pytest.raises(config_lib.ConfigError, match=f"--{field_name}="):
+    flag = "input.batch_size" if field_name == "batch_size" else field_name
+    with pytest.raises(config_lib.ConfigError, match=f"--{flag}="):
       runner.run(HoleTask(config), str(tmp_path))
     assert not os.path.exists(tmp_path / "config.json")
   with pytest.raises(config_lib.ConfigError, match=r"--test_split='test\[:2\]\+nope'"):

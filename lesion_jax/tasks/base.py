@@ -150,17 +150,11 @@ class Task:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "num_images"}
 
   def check(self, mesh: jax.sharding.Mesh, extra_splits: Sequence[tuple[str, str]] = ()) -> None:
-    """Refuses, before anything is written, a config the run would fail on later: loop lengths,
-    the batch size, and every split the run will read. Raises ConfigError naming the field.
+    """Refuses, before anything is written, a config the run would fail on later: numbers out of
+    range (config.check_ranges), the batch size, and every split the run will read. Raises ConfigError naming the field.
     Tasks extend it with their own checks (call super)."""
     c = self.config
-    for name in ("num_steps", "eval_every", "log_every"):
-      if getattr(c, name) < 1:
-        raise config_lib.ConfigError(f"--{name}={getattr(c, name)}: must be at least 1")
-    if c.checkpoint_every is not None and c.checkpoint_every < 1:
-      raise config_lib.ConfigError(f"--checkpoint_every={c.checkpoint_every}: must be at least 1 (or unset)")
-    if self.batch_size < 1:
-      raise config_lib.ConfigError(f"--batch_size={self.batch_size}: must be at least 1")
+    config_lib.check_ranges(c)  # every number of the config, in the one place ranges are declared
     try:
       sharding.check_batch_size(self.batch_size, mesh)
     except ValueError as e:

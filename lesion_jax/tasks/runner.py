@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from lesion_jax import checkpoint, io
+from lesion_jax import checkpoint, io, run_lock
 from lesion_jax import config as config_lib
 from lesion_jax.eval import figures, inference
 from lesion_jax.tasks import base
@@ -50,8 +50,8 @@ def write_config(workdir: str, task: base.Task | dict[str, Any]) -> None:
   locations (LOCATION_FIELDS) or artifact-store roots differ, so runs are never mixed."""
   path = config_path(workdir)
   new = task.describe() if isinstance(task, base.Task) else task
-  if os.path.exists(path):
-    old = io.read_json(path)
+  if os.path.exists(path) and not _nothing_trained(workdir):
+    old = _read_record(path)
     if isinstance(task, base.Task) and old.get("task") == new["task"]:
       try:  # fields added to the config since that run was written take their defaults
         old = base.from_record(old, path).describe()
@@ -64,12 +64,38 @@ def write_config(workdir: str, task: base.Task | dict[str, Any]) -> None:
   io.write_json(path, new)
 
 
+def _nothing_trained(workdir: str) -> bool:
+  """True when a workdir's config.json has nothing behind it (no checkpoint, no metrics): a run
+  that was refused or failed before its first checkpoint (e.g. diverged at once) does not keep
+  the corrected command out."""
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  steps = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
+  return not steps and not os.path.exists(os.path.join(workdir, "metrics.json"))
+
+
+def _read_record(path: str) -> dict[str, Any]:
+  try:
+    record = io.read_json(path)
+  except ValueError as e:  # truncated or hand-edited
+    raise config_lib.ConfigError(f"{path} is not valid JSON ({e}): restore it, or delete the run") from None
+  if not isinstance(record, dict):
+    raise config_lib.ConfigError(f"{path} holds {type(record).__name__}, not a run record")
+  return record
+
+
+class RunNotFoundError(FileNotFoundError):
+  """A workdir with no run record in it."""
+
+
 def load(workdir: str) -> base.Task:
   """The task (and config) of the run in `workdir`."""
   path = config_path(workdir)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} the --workdir of a training run?")
-  return base.from_record(io.read_json(path), path)
+    raise RunNotFoundError(f"{path} not found: is {workdir!r} the --workdir of a training run?")
+  try:
+    return base.from_record(_read_record(path), path)
+  except (TypeError, KeyError) as e:  # a record of the right keys but the wrong shapes
+    raise config_lib.ConfigError(f"{path}: not a readable run record ({type(e).__name__}: {e})") from None
 
 
 def restore(task: base.Task, workdir: str, which: checkpoint.Which = "best",
@@ -77,8 +103,9 @@ def restore(task: base.Task, workdir: str, which: checkpoint.Which = "best",
   """The state saved in `workdir` (its best checkpoint by default), replicated on `mesh`."""
   mesh = mesh or sharding.make_mesh()
   # Restored straight into the mesh's sharding (on several hosts, arrays committed to one local
-  # device could not be moved onto the global mesh afterwards).
-  template = sharding.replicate(task.init_state(jax.random.key(0)), mesh)
+  # device could not be moved onto the global mesh afterwards), from the state's abstract shape:
+  # nothing is initialised only to be overwritten.
+  template = loop.replicated_abstract(jax.eval_shape(task.init_state, jax.random.key(0)), mesh)
   with loop.checkpoints_for(workdir, task.loop_config(), read_only=True) as ckpts:
     step = ckpts.best_step() if which == "best" else ckpts.latest_step() if which == "latest" else which
     state = ckpts.restore(template, which)
@@ -91,16 +118,22 @@ def train(task: base.Task, workdir: str, mesh: jax.sharding.Mesh | None = None) 
   task's validation metric; returns the best state."""
   mesh = mesh or sharding.make_mesh()
   task.check(mesh)
-  write_config(workdir, task)
-  rng_init, rng_train = jax.random.split(jax.random.key(task.seed))
-  state = task.warm_start(task.init_state(rng_init))
-  validate = None
-  if task.val_split:
-    predict = task.jit_predict(sharding.replicate(state, mesh), mesh)
-    validate = lambda s: task.validate(s, mesh, predict)
-  loop.train(state, task.train_step(), task.train_batches, validate, workdir, task.loop_config(),
-             rng_train, mesh, hooks=task.hooks(workdir, mesh))
-  return restore(task, workdir, "best", mesh)
+  with run_lock.hold(workdir):
+    write_config(workdir, task)
+    rng_init, rng_train = jax.random.split(jax.random.key(task.seed))
+    # Made only when the run does not resume; one replicated copy lives on the device.
+    initial = loop.InitialState(jax.eval_shape(task.init_state, rng_init),
+                                lambda: task.warm_start(task.init_state(rng_init)))
+    validate = None
+    if task.val_split:
+      jitted: list[Callable] = []  # jitted once, for the state the loop trains (its static fields)
+
+      def validate(s):
+        jitted[:] = jitted or [task.jit_predict(s, mesh)]
+        return task.validate(s, mesh, jitted[0])
+    loop.train(initial, task.train_step(), task.train_batches, validate, workdir, task.loop_config(),
+               rng_train, mesh, hooks=task.hooks(workdir, mesh))
+    return restore(task, workdir, "best", mesh)
 
 
 def evaluate(task: base.Task, state: Any, split: str, mesh: jax.sharding.Mesh | None = None,
@@ -143,12 +176,18 @@ def run(task: base.Task, workdir: str, test_split: str = "test",
     return cross_validate(task, workdir, test_split, mesh)
   # Every split the run reads is checked before the first step, not after training.
   task.check(mesh, [("test_split", split) for prefix, split in task.final_splits(test_split) if prefix == "test"])
+  with run_lock.hold(workdir):
+    return _train_and_score(task, workdir, test_split, mesh)
+
+
+def _train_and_score(task: base.Task, workdir: str, test_split: str, mesh) -> dict[str, Any]:
   state = train(task, workdir, mesh)
   metrics: dict[str, Any] = {}
   predictions: dict[str, Any] = {}
   for prefix, split in task.final_splits(test_split):
     scores, result = evaluate(task, state, split, mesh, workdir, prefix, figures_too=prefix != "train")
     metrics.update(scores)
+    metrics[f"{prefix}/split"] = split  # "test/" is the role; this is the split actually scored
     if result.predictions is not None:
       predictions[f"{prefix}/_predictions"] = result.predictions
     if split == task.val_split:  # scores of the split that picked the checkpoint are optimistic
@@ -187,6 +226,11 @@ def cross_validate(task: base.Task, workdir: str, test_split: str = "test",
   task.check(mesh, [("test_split", test_split)])
   if task.folds > task.builder.info.splits[task.config.train_split].num_examples:
     raise config_lib.ConfigError(f"--folds={task.folds}: more folds than examples in {task.config.train_split!r}")
+  with run_lock.hold(workdir):
+    return _cross_validate(task, workdir, test_split, mesh)
+
+
+def _cross_validate(task: base.Task, workdir: str, test_split: str, mesh) -> dict[str, Any]:
   write_config(workdir, task)
   split = task.config.train_split
   n = task.builder.info.splits[split].num_examples
@@ -201,6 +245,7 @@ def cross_validate(task: base.Task, workdir: str, test_split: str = "test",
                                      ("test", test_split, True)):
       s, result = evaluate(fold_task, state, fold_split, mesh, fold_dir if figs else None, prefix)
       scores.update(s)
+      scores[f"{prefix}/split"] = fold_split
       if result.predictions is not None:
         scores[f"{prefix}/_predictions"] = result.predictions
       if prefix == "cv":
@@ -216,6 +261,7 @@ def cross_validate(task: base.Task, workdir: str, test_split: str = "test",
         metrics[f"{prefix}/{k}_fold_mean"] = float(np.mean(values))
         metrics[f"{prefix}/{k}_fold_std"] = float(np.std(values))
   metrics["folds"] = task.folds
+  metrics["test/split"] = test_split
   task.write_figures(pooled, os.path.join(workdir, "figures"), "cv")
   write_results(workdir, metrics, {})
   return metrics

@@ -14,15 +14,27 @@
   steps; its result is logged and stored with the checkpoint written at that step.
 - Checkpoints are written every `checkpoint_every` steps (default: with each evaluation), and at
   the end; the latest and the best (by `best_metric`) are kept.
-- Every metric whose name contains "loss" is checked: a non-finite value stops the run.
+- Every metric whose name contains "loss" is checked on log steps, and the state itself before
+  every evaluation and save: a non-finite value stops the run, and a non-finite state is never
+  written as a checkpoint (checkpoint.NonFiniteStateError).
 - `hooks`: periodic actions `hook(step, state, writer)` every `hook.every` steps (sample grids,
   image summaries), see `PeriodicHook`.
-- Re-running with the same workdir resumes from the latest checkpoint.
+- Re-running with the same workdir resumes from the latest intact checkpoint (a damaged newer one
+  is moved aside with a warning). `state` may be an `InitialState`: the state is then only made
+  when the run does not resume, and resuming restores into its abstract shape (no throw-away
+  initialisation, no second copy on the device).
+- SIGTERM (a scheduler's or a TPU preemption's notice) and SIGINT (Ctrl-C) stop the run at the end
+  of the current step, on every host at the same step: a checkpoint of that step is written and
+  `Preempted` raised (the command-line entry points exit with 143 / 130). The same command
+  resumes exactly where it stopped. A second Ctrl-C interrupts at once.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import signal
+import threading
 import time
 from typing import Any, Callable, Iterator, Literal, Sequence
 
@@ -60,14 +72,77 @@ class PeriodicHook:
     self.fn(step, state, writer)
 
 
+@dataclasses.dataclass(frozen=True)
+class InitialState:
+  """A train state that is made only if the run does not resume: `make()` builds it (e.g. the
+  task's initialisation plus pretrained weights); `abstract` is its shape (`jax.eval_shape` of the
+  initialisation), what a resumed run restores into."""
+  abstract: Any
+  make: Callable[[], Any]
+
+
+class Preempted(RuntimeError):
+  """Training stopped by a signal after saving a checkpoint; re-running resumes."""
+
+  def __init__(self, signum: int, step: int, workdir: str):
+    self.signum, self.step = signum, step
+    self.exit_code = 128 + signum  # what a shell reports for a process ended by the signal
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint saved in "
+                     f"{workdir}/checkpoints: re-run the same command to resume")
+
+
 def check_state(state: Any) -> None:
-  """The loop's one requirement on a train state: an integer scalar `step`."""
+  """The loop's one requirement on a train state (or its abstract shape): an integer scalar `step`."""
   step = getattr(state, "step", None)
   if step is None:
     raise TypeError(f"the training loop needs a state with a `step` attribute (an integer scalar "
                     f"array the train step increments), got {type(state).__name__}")
-  if getattr(step, "shape", ()) != () or not np.issubdtype(np.asarray(jax.device_get(step)).dtype, np.integer):
+  dtype = getattr(step, "dtype", None) or np.asarray(step).dtype
+  if getattr(step, "shape", ()) != () or not np.issubdtype(dtype, np.integer):
     raise TypeError(f"state.step must be an integer scalar, got {step!r}")
+
+
+def replicated_abstract(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """The shape of `tree` (arrays or ShapeDtypeStructs) with the mesh's replicated sharding: a
+  restore template that allocates nothing."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)), tree)
+
+
+class _StopSignals:
+  """Records SIGTERM / SIGINT instead of dying, so the loop can save and stop after the step in
+  flight. Installed only from the main thread (where Python delivers signals)."""
+
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received: int | None = None
+    self._previous: dict[int, Any] = {}
+
+  def _handle(self, signum, frame):
+    if self.received == signal.SIGINT and signum == signal.SIGINT:
+      raise KeyboardInterrupt  # a second Ctrl-C: the user does not want to wait for the save
+    self.received = signum
+    logging.warning("Received %s: stopping after the current step, with a checkpoint (a second "
+                    "Ctrl-C interrupts at once).", signal.Signals(signum).name)
+
+  def __enter__(self) -> "_StopSignals":
+    if threading.current_thread() is threading.main_thread():
+      for sig in self.SIGNALS:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+  def agreed(self) -> int | None:
+    """The signal received by any host (0 for none), the same on every host; on several hosts a
+    tiny collective per step, so all hosts stop (and save) at the same step."""
+    if jax.process_count() == 1:
+      return self.received
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    codes = np.asarray(multihost_utils.process_allgather(np.int32(self.received or 0)))
+    return int(codes.max()) or None
 
 
 def check_finite_losses(step: int, means: dict[str, float]) -> None:
@@ -102,41 +177,68 @@ def train(state: Any, train_step: Callable, batches_from: Callable[[int], Iterat
   `checkpoint.Checkpoints.restore(template, 'best')`).
   """
   mesh = mesh or sharding.make_mesh()
-  check_state(state)
+  initial = state if isinstance(state, InitialState) else InitialState(jax.eval_shape(lambda: state), lambda: state)
+  check_state(initial.abstract)
   sharding.check_batch_size(config.batch_size, mesh)
+  sharding.meet_hosts()
   ckpts = checkpoints_for(workdir, config)
   own_writer = writer is None
   writer = writer or MetricWriter(workdir)
-  start_step = 0
-  state = sharding.replicate(state, mesh)
-  if ckpts.latest_step() is not None:  # restored into the replicated sharding (works across hosts)
-    state = ckpts.restore(state, "latest")
-    start_step = int(jax.device_get(state.step))
-    writer.truncate(start_step)
-    logging.info("Resumed from %s at step %d.", ckpts.directory, start_step)
-  step_fn = sharding.jit_train_step(train_step, state, mesh)
-
   try:
+    state, start_step = _resume_or_start(initial, ckpts, mesh)
+    if start_step:
+      writer.truncate(start_step)
+      logging.info("Resumed from %s at step %d.", ckpts.directory, start_step)
+    step_fn = sharding.jit_train_step(train_step, state, mesh)
     if start_step >= config.num_steps:
       logging.info("Already trained for %d steps; nothing to do.", start_step)
     else:
-      state = _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rng, mesh,
-                         start_step, hooks)
+      with _StopSignals() as signals:
+        state = _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rng, mesh,
+                           start_step, hooks, signals)
+  except OSError as e:
+    full = checkpoint.disk_full_error(e, workdir)
+    if full is None:
+      raise
+    raise full from None
   finally:  # also when a step fails: checkpoints already started are completed, not left torn
     finish = time.perf_counter()
-    ckpts.wait()
-    ckpts.close()
-    if time.perf_counter() - finish > 5:
-      logging.info("Checkpoint writes finished after %.1fs.", time.perf_counter() - finish)
-    if own_writer:
-      writer.close()
-    else:
-      writer.flush()
+    try:
+      ckpts.close()
+    finally:
+      if time.perf_counter() - finish > 5:
+        logging.info("Checkpoint writes finished after %.1fs.", time.perf_counter() - finish)
+      if own_writer:
+        writer.close()
+      else:
+        writer.flush()
   return state
 
 
+def _resume_or_start(initial: InitialState, ckpts: checkpoint.Checkpoints, mesh) -> tuple[Any, int]:
+  """(replicated state, its step): the newest intact checkpoint, restored straight into the
+  replicated sharding (works across hosts), else the initial state."""
+  template = replicated_abstract(initial.abstract, mesh)
+  while (step := ckpts.newest_intact_step()) is not None:
+    try:
+      state = ckpts.restore(template, step)
+      return state, int(jax.device_get(state.step))
+    except checkpoint.CheckpointDamagedError as e:  # unreadable although its files are as recorded
+      ckpts.quarantine(step, str(e))
+  return sharding.replicate(initial.make(), mesh), 0
+
+
+def check_finite_state(step: int, state: Any) -> None:
+  """Stops a run whose state went non-finite (before it is evaluated, ranked or saved)."""
+  bad = checkpoint.non_finite_leaves(state)
+  if bad:
+    raise checkpoint.NonFiniteStateError(
+        f"training diverged at step {step}: non-finite values in {len(bad)} state leaves (e.g. {bad[0]}); "
+        "nothing of this step was saved (lower --learning_rate?)")
+
+
 def _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rng, mesh,
-               start_step: int, hooks: Sequence[PeriodicHook]) -> Any:
+               start_step: int, hooks: Sequence[PeriodicHook], signals: _StopSignals) -> Any:
   checkpoint_every = config.checkpoint_every or config.eval_every
   batches = batches_from(start_step)
   pending: list[dict[str, jax.Array]] = []
@@ -171,9 +273,20 @@ def _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rn
     last = step == config.num_steps
     evaluating = step % config.eval_every == 0 or last
     due_hooks = [h for h in hooks if step % h.every == 0 or last]
+    stop = signals.agreed()
+    if stop and not (evaluating or step % checkpoint_every == 0):
+      check_finite_state(step, state)
+      ckpts.save(step, state)
+      ckpts.wait()
+      writer.flush()
+      logging.warning("Stopped by %s at step %d: checkpoint saved; re-run the same command to resume.",
+                      signal.Signals(stop).name, step)
+      raise Preempted(stop, step, writer.workdir)
     if evaluating or step % checkpoint_every == 0 or due_hooks:
       pause = time.perf_counter()
       eval_metrics = None
+      if evaluating or step % checkpoint_every == 0:
+        check_finite_state(step, state)
       if evaluating:
         eval_metrics = dict(evaluate(state)) if evaluate is not None else {}
         writer.scalars(step, eval_metrics)
@@ -185,4 +298,9 @@ def _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rn
         hook(step, state, writer)
       writer.flush()
       window_start += time.perf_counter() - pause  # keep eval, hooks and saving out of images/s
+    if stop:  # this step's checkpoint was written above, on its own schedule
+      ckpts.wait()
+      logging.warning("Stopped by %s at step %d: checkpoint saved; re-run the same command to resume.",
+                      signal.Signals(stop).name, step)
+      raise Preempted(stop, step, writer.workdir)
   return state
