@@ -97,7 +97,7 @@ def test_finetuning_starts_from_the_initial_run_and_freezes_the_encoder_batchnor
   first = runner.restore(initial_task, inpainter["initial"], "best")
   tuned_task = runner.load(inpainter["final"])
   assert tuned_task.model().freeze_encoder_bn and not initial_task.model().freeze_encoder_bn
-  start = tuned_task.init_state(jax.random.key(1))
+  start = tuned_task.warm_start(tuned_task.init_state(jax.random.key(1)))
   jax.tree.map(np.testing.assert_array_equal, start.params, jax.device_get(first.params))
   after = runner.restore(tuned_task, inpainter["final"], "latest")
   stats_before, stats_after = jax.device_get(first.batch_stats), jax.device_get(after.batch_stats)

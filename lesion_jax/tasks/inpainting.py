@@ -164,8 +164,13 @@ class InpaintingTask(base.Task):
     c = self.config
     size = c.input.image_size
     optimizer = c.finetune if self.finetuning else c.optimizer
-    state = create_train_state(self.model(), optimizer.build(c.num_steps), rng,
-                               jnp.zeros((1, size, size, 3), jnp.float32), jnp.ones((1, size, size, 1), jnp.float32))
+    return create_train_state(self.model(), optimizer.build(c.num_steps), rng,
+                              jnp.zeros((1, size, size, 3), jnp.float32), jnp.ones((1, size, size, 1), jnp.float32))
+
+  def warm_start(self, state: TrainState) -> TrainState:
+    """Fine-tuning starts from the initial run's best weights (only training reads that run, so
+    restoring a fine-tuned inpainter never needs it)."""
+    c = self.config
     if not self.finetuning:
       return state
     from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
