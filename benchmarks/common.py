@@ -19,6 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The `shared/` folder beside the checkout (the PyTorch reference scripts of bench/, the data
+# samples): found from this file, so no benchmark names one machine's absolute path.
+SHARED = os.path.normpath(os.path.join(REPO, "..", "shared"))
 
 
 def best_seconds(fn: Callable[[], Any], repeats: int = 5, inner: int = 5) -> float:

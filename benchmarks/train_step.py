@@ -1,6 +1,6 @@
 r"""Train-step throughput of the U-Net, ResNet-18 and LeNet-5, against the PyTorch reference.
 
-  python benchmarks/train_step.py [--torch_python=PATH] [--rounds=3]
+  python benchmarks/train_step.py [--torch_python=PATH] [--torch_reference=PATH] [--rounds=3]
 
 The U-Net is the papers' (and ../shared/bench/torch_unet_step.py's) network: batch 8, 128x128,
 base width 16, 4 levels, no normalisation, Adam, BCE with logits. JAX and PyTorch are measured
@@ -32,8 +32,8 @@ from lesion_jax.models.unet import UNet  # noqa: E402
 from lesion_jax.train import steps  # noqa: E402
 from lesion_jax.train.state import create_train_state  # noqa: E402
 
-REFERENCE = [os.path.join(common.REPO, "..", "shared", "bench", "torch_unet_step.py"),
-             "/work/shared/bench/torch_unet_step.py"]
+# ../shared/bench/ beside the checkout, wherever the checkout is (--torch_reference overrides).
+REFERENCE = os.path.join(common.SHARED, "bench", "torch_unet_step.py")
 
 
 def jax_step(model, batch_size: int, size: int, task: str):
@@ -94,6 +94,9 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--torch_python", default=os.environ.get("TORCH_PYTHON"),
                       help="Python interpreter that has torch (default: this one).")
+  parser.add_argument("--torch_reference", default=REFERENCE,
+                      help="The PyTorch U-Net reference script (default: "
+                           f"{os.path.relpath(REFERENCE)}, i.e. shared/bench/ beside the checkout).")
   parser.add_argument("--rounds", type=int, default=3, help="Alternating JAX/PyTorch rounds.")
   parser.add_argument("--unet_only", action="store_true", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -107,7 +110,7 @@ def main() -> None:
   peak = common.matmul_peak_gflops()
   print(f"matmul peak (float32, 2048^3): {peak:.0f} GFLOP/s")
 
-  reference = next((r for r in REFERENCE if os.path.exists(r)), None)
+  reference = args.torch_reference if os.path.exists(args.torch_reference) else None
   torch_python = find_torch(args.torch_python)
   unets = {"depth_to_space": UNet(features=width, levels=4, norm="none", upsample="depth_to_space"),
            "transpose": UNet(features=width, levels=4, norm="none", upsample="transpose")}
@@ -139,7 +142,8 @@ def main() -> None:
       print(f"ratio JAX/PyTorch images/s, U-Net depth_to_space with XLA's default CPU convolutions: "
             f"{torch_best / defaults_best:.2f}")
   else:
-    why = "no reference script found" if not reference else "torch is not installed"
+    why = (f"no reference script at {args.torch_reference} (--torch_reference)" if not reference
+           else "torch is not installed")
     print(f"ratio JAX/PyTorch: skipped ({why}; pip install torch==2.13.0, or pass --torch_python)")
 
   for name, size_c, batch_c in (("resnet18", 64, 32), ("lenet5", 64, 32)):

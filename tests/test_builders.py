@@ -269,8 +269,8 @@ def test_isic2017_bad_examples_fail_with_id_and_reason(isic2017_manual, tmp_path
     prepare(isic2017.Isic2017, manual, tmp_path / "d0")
   # Every bad example of a split is reported in one pass, not one per run.
   (data / "ISIC_0000003.jpg").write_bytes(b"")
-  with pytest.raises(common.BadExampleError, match=r"ISIC_0000002: bad image.*2 bad examples in this split: "
-                     r"ISIC_0000003: bad image.*empty"):
+  with pytest.raises(common.BadExampleError, match=r"ISIC_0000002: bad image.*2 bad examples "
+                     r"\(train: 2\)(.|\n)*\n  train ISIC_0000003: bad image.*empty"):
     prepare(isic2017.Isic2017, manual, tmp_path / "d01")
   _image(data / "ISIC_0000003.jpg", 20, 20)
   _image(data / "ISIC_0000002.jpg", 30, 20)

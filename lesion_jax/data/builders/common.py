@@ -14,13 +14,32 @@ which id and split) and this module does the rest, the same way for all of them:
   (native resolution: source JPEGs are stored byte for byte). Masks are resized by area
   averaging and thresholded at 0.5, to exactly the image's size.
 * Validation. A missing folder or file of the archive raises `ManualDataError` naming the
-  expected path and pointing at MANUAL_DOWNLOAD_INSTRUCTIONS. A bad example (corrupt or
-  non-RGB image, unreadable mask, mask size different from the image, a label row without its
-  image, an image without its label or mask) raises `BadExampleError` with the id and the reason;
-  with `skip_bad_examples=True` it is skipped instead, logged with its id and reason, counted,
-  and recorded in the prepared dataset's `info.metadata`: "skipped_counts" (split → number) and
-  "skipped_examples" (split → id → reason; under Beam older than 2.58, only the problems found
-  before Beam ran, the others being in the workers' logs).
+  expected path and pointing at MANUAL_DOWNLOAD_INSTRUCTIONS (every incomplete split at once). A
+  bad example (corrupt or non-RGB image, a JPEG damaged mid-stream, unreadable mask, mask size
+  different from the image, a bad label row, a label row without its image, an image without its
+  label or mask) fails preparation with its id and reason; with `skip_bad_examples=True` it is
+  skipped instead, logged with its id and reason, counted, and recorded in the prepared
+  dataset's `info.metadata`: "skipped_counts" (split → number) and "skipped_examples" (split →
+  id → reason; under Beam older than 2.58, only the problems found before Beam ran, the others
+  being in the workers' logs).
+* One strict run reports everything. Some problems show while indexing the archive (missing
+  files, label rows), others only when an image is decoded (a damaged JPEG, a mask of another
+  size). Strict preparation (the default) raises neither kind at once: it reads every split,
+  then fails with one `BadExamplesError` (a `BadExampleError`; `problems` = split → id → reason)
+  listing every bad example of every split, so fixing the archive takes one run, not one per
+  problem. Nothing is prepared then. In-process, a split with no good example at all stops
+  the run early (TFDS refuses an empty split), and the error says which splits were not read;
+  under Beam the pipeline's last step raises it, with the driver's indexing problems.
+* A strict builder never serves data prepared with skips. The skip flag is not part of the
+  config, so `isic2017/512` and `isic2017/512/skip_bad_examples=True` share one data folder.
+  A strict builder (skip_bad_examples=False) that finds that folder prepared with examples
+  skipped refuses both to reuse it (`download_and_prepare`) and to read it (`as_dataset`, what
+  the experiments call) with `PreparedWithSkipsError` (a `ManualDataError`), naming the folder
+  and how many examples are missing: ask for `skip_bad_examples=True` to use the data as it is,
+  or delete the folder (or pass download_mode=REUSE_CACHE_IF_EXISTS) to prepare it again
+  strictly. Refusing rather than preparing again in place keeps a deliberate skip-mode dataset
+  from being deleted by a run that only forgot the flag. Data prepared with skips where none
+  were needed serves strict requests.
 * Apache Beam, for the big archives. Without Beam options examples are generated in-process.
   When the user passes a Beam runner or Beam options, `_generate_examples` returns a
   `beam.PTransform` instead (TFDS's own Beam support), so decoding, validation and resizing run
@@ -47,6 +66,7 @@ import collections
 import dataclasses
 import functools
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -86,6 +106,19 @@ class ManualDataError(FileNotFoundError):
   """A folder or file of the hand-downloaded archive is missing (or unusable as a whole)."""
 
 
+class PreparedWithSkipsError(ManualDataError):
+  """A strict builder (skip_bad_examples=False) found its data folder already prepared with
+  skip_bad_examples=True and examples skipped: it neither reuses nor reads that data silently.
+  A ManualDataError, so the experiments report it as a one-line usage error."""
+
+
+def _restore_error(cls, args, state):
+  error = Exception.__new__(cls)
+  error.args = args
+  error.__dict__.update(state)
+  return error
+
+
 class BadExampleError(ValueError):
   """One example cannot be built; `example_id` and `reason` say which and why."""
 
@@ -94,6 +127,22 @@ class BadExampleError(ValueError):
     self.reason = reason
     prefix = f"{context}: " if context else ""
     super().__init__(f"{prefix}example {example_id}: {reason}")
+
+  def __reduce__(self):
+    # Beam's multi-process runners pickle a worker's exception back to the driver; the default
+    # (cls(*args), args being the message) would fail on this __init__ and hide the message.
+    return _restore_error, (type(self), self.args, dict(self.__dict__))
+
+
+class BadExamplesError(BadExampleError):
+  """A strict preparation found bad examples: `problems` (split → id → reason, in the order
+  found) holds all of them; `example_id` and `reason` are the first one's, the message lists
+  them all."""
+
+  def __init__(self, example_id: str, reason: str, context: str,
+               problems: Mapping[str, Mapping[str, str]]):
+    super().__init__(example_id, reason, context)
+    self.problems = {split: dict(ids) for split, ids in problems.items() if ids}
 
 
 @dataclasses.dataclass
@@ -179,20 +228,23 @@ def present_splits(manual_dir: epath.Path, dataset: str,
   """Splits whose files (paths relative to `manual_dir`) are all there, in `needs` order.
 
   A split none of whose files exist is not generated (logged); one with only some of them is an
-  error naming the missing ones; no split at all is an error listing everything expected.
+  error naming the missing ones (of every such split at once); no split at all is an error
+  listing everything expected.
   """
-  present, absent = [], []
+  present, absent, incomplete = [], [], []
   for split, paths in needs.items():
     exists = [(manual_dir / p).exists() for p in paths]
     if all(exists):
       present.append(split)
     elif any(exists):
       missing = [str(manual_dir / p) for p, e in zip(paths, exists) if not e]
-      raise ManualDataError(
-          f"{dataset}: split {split!r} is incomplete: {', '.join(missing)} missing (the other "
-          f"files of that split are there). " + instructions_hint(dataset))
+      incomplete.append(f"split {split!r} is incomplete: {', '.join(missing)} missing")
     else:
       absent.append(split)
+  if incomplete:
+    those = "that split" if len(incomplete) == 1 else "those splits"
+    raise ManualDataError(f"{dataset}: {'; '.join(incomplete)} (the other files of {those} are "
+                          "there). " + instructions_hint(dataset))
   if not present:
     expected = "; ".join(f"{s}: {', '.join(p)}" for s, p in needs.items())
     raise ManualDataError(f"{dataset}: no split found in {manual_dir}. Expected ({expected}). "
@@ -438,7 +490,7 @@ def load_example(record: Record, spec: LoadSpec) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Skip-and-count bookkeeping.
+# Skip-and-count bookkeeping, and the strict run's list of everything bad.
 
 
 class SkipLog:
@@ -465,48 +517,117 @@ class SkipLog:
     return f"{self.dataset}: skipped {self.count()} bad examples; " + "; ".join(parts)
 
 
-def _skip_hint() -> str:
-  return ("Fix or remove the file, or prepare with skip_bad_examples=True to skip bad examples "
+def _skip_hint(many: bool = False) -> str:
+  what = "files" if many else "file"
+  return (f"Fix or remove the {what}, or prepare with skip_bad_examples=True to skip bad examples "
           "(they are logged, counted and listed in info.metadata['skipped_examples']).")
 
 
+_MAX_LISTED = 200  # bad examples listed in one error; every one is also logged as it is found
+
+
+def bad_examples_error(context: str, problems: Mapping[str, Mapping[str, str]],
+                       unchecked: Sequence[str] = ()) -> BadExamplesError:
+  """The one error of a strict preparation: the first bad example and the hint on its first line
+  (what a reader sees first), then one line per bad example, split by split. `unchecked`: splits
+  whose images were not all read (a split without a good example stops TFDS; a run capped by
+  max_examples_per_split stops early): their indexing problems are listed all the same."""
+  problems = {split: dict(ids) for split, ids in problems.items() if ids}
+  total = sum(len(ids) for ids in problems.values())
+  split, ids = next(iter(problems.items()))
+  first_id, first_reason = next(iter(ids.items()))
+  note = (f" Not read to the end, so they may hold more (their file lists were checked): "
+          f"{', '.join(unchecked)}." if unchecked else "")
+  if total == 1:
+    return BadExamplesError(first_id, f"{first_reason}. {_skip_hint()}{note}",
+                            f"{context} {split}", problems)
+  per_split = ", ".join(f"{s}: {len(i)}" for s, i in problems.items())
+  lines = [f"  {s} {i}: {r}" for s, found in problems.items() for i, r in found.items()]
+  if len(lines) > _MAX_LISTED:
+    lines = lines[:_MAX_LISTED] + [f"  ... and {len(lines) - _MAX_LISTED} more (each was logged "
+                                   "as it was found)"]
+  reason = (f"{first_reason}; {total} bad examples ({per_split}), listed below. "
+            f"{_skip_hint(many=True)}{note}\n" + "\n".join(lines))
+  return BadExamplesError(first_id, reason, f"{context} {split}", problems)
+
+
+class BadLog:
+  """What a strict in-process preparation found bad so far (split → id → reason, splits in the
+  order they are generated), so that one run reports all of it: nothing raises before every
+  split has been checked (see `_iter_examples`)."""
+
+  def __init__(self, context: str, splits: Sequence[str] = ()):
+    self.context = context
+    self.bad: dict[str, dict[str, str]] = {split: {} for split in splits}
+    self.pending = list(splits)  # splits whose images have not all been read yet
+
+  def add(self, split: str, example_id: str, reason: str) -> None:
+    logging.error("%s %s: bad example %s: %s", self.context, split, example_id, reason)
+    self.bad.setdefault(split, {})[example_id] = reason
+
+  def count(self) -> int:
+    return sum(len(ids) for ids in self.bad.values())
+
+  def done(self, split: str) -> None:
+    if split in self.pending:
+      self.pending.remove(split)
+
+  def error(self) -> BadExamplesError:
+    return bad_examples_error(self.context, self.bad, unchecked=self.pending)
+
+
 def _iter_examples(records: Iterable[Record], spec: LoadSpec, split: str, context: str,
-                   skips: SkipLog | None) -> Iterator[tuple[str, dict[str, Any]]]:
-  """In-process generation; `skips` None means fail, after the whole split has been checked, with
-  every bad example of the split in one error (not one per run)."""
-  bad: list[BadExampleError] = []
+                   skips: SkipLog | None, bad: BadLog | None = None,
+                   load: Callable[[Record, LoadSpec], dict[str, Any]] | None = None
+                   ) -> Iterator[tuple[str, dict[str, Any]]]:
+  """In-process generation of one split with `load` (default `load_example`). With `skips`, bad
+  examples are skipped; otherwise they go to `bad`, and the run fails once every split has been
+  checked, with every bad example of every split in one error.
+
+  Once anything is known bad the preparation will fail, so writing more examples is wasted work;
+  but each split still yields its first good example: TFDS stops the whole run at a split that
+  yields none ("No examples were yielded"), before the next split could be checked. A split with
+  no good example at all therefore raises at its end, with what was found so far.
+  """
+  load = load or load_example
+  if bad is None and skips is None:
+    bad = BadLog(context, [split])
+  yielded = 0
   for record in records:
     try:
-      example = load_example(record, spec)
+      example = load(record, spec)
     except BadExampleError as e:
-      if skips is None:
-        bad.append(e)
-        continue
-      skips.add(split, e.example_id, e.reason)
+      if skips is not None:
+        skips.add(split, e.example_id, e.reason)
+      else:
+        bad.add(split, e.example_id, e.reason)
       continue
-    if not bad:  # once one is bad the split fails: the rest are only checked
+    if bad is None or not bad.count() or not yielded:
+      yielded += 1
       yield record.id, example
-  if bad:
-    first = bad[0]
-    more = (f" ({len(bad)} bad examples in this split: "
-            + "; ".join(f"{e.example_id}: {e.reason}" for e in bad[1:20]) + (", ..." if len(bad) > 20 else "") + ")"
-            if len(bad) > 1 else "")
-    raise BadExampleError(first.example_id, f"{first.reason}{more}. {_skip_hint()}", context)
+  if bad is not None:
+    bad.done(split)
+    if bad.count() and (not bad.pending or not yielded):
+      raise bad.error()
   if skips is not None and skips.count(split):
     logging.warning("%s: %d bad examples skipped in total in this split: %s", context,
                     skips.count(split), ", ".join(sorted(skips.skipped[split])))
 
 
 def _beam_load(record: Record, spec: LoadSpec, split: str, context: str, namespace: str,
-               skip: bool) -> Iterator[tuple[str, dict[str, Any]]]:
-  """Beam worker: one record → its example, or nothing (counted in a Beam counter) if skipped."""
+               skip: bool, load: Callable[[Record, LoadSpec], dict[str, Any]] | None = None
+               ) -> Iterator[Any]:
+  """Beam worker: one record → its example; a bad one is skipped (counted in Beam counters) or,
+  when strict, sent to the "bad" output as (split, id, reason) for `_raise_bad_examples`."""
   import apache_beam as beam  # pylint: disable=g-import-not-at-top
 
   try:
-    yield record.id, load_example(record, spec)
+    yield record.id, (load or load_example)(record, spec)
   except BadExampleError as e:
     if not skip:
-      raise BadExampleError(e.example_id, f"{e.reason}. {_skip_hint()}", context) from e
+      logging.error("%s: bad example %s: %s", context, e.example_id, e.reason)
+      yield beam.pvalue.TaggedOutput("bad", (split, e.example_id, e.reason))
+      return
     logging.warning("%s: skipping bad example %s: %s", context, e.example_id, e.reason)
     beam.metrics.Metrics.counter(namespace, f"skipped_{split}").inc()
     if hasattr(beam.metrics.Metrics, "string_set"):  # Beam >= 2.58: the ids reach the driver
@@ -514,18 +635,67 @@ def _beam_load(record: Record, spec: LoadSpec, split: str, context: str, namespa
           f"{e.example_id}\t{e.reason}")
 
 
+def _raise_bad_examples(found: Sequence[tuple[str, str, str]], context: str,
+                        index_problems: Mapping[str, Mapping[str, str]]) -> None:
+  """The last step of a strict Beam preparation: fails it with every bad example of every split
+  (those found while indexing, then the workers', sorted by id), or does nothing."""
+  problems = {split: dict(ids) for split, ids in index_problems.items()}
+  for split, example_id, reason in sorted(found):
+    problems.setdefault(split, {})[example_id] = reason
+  if any(problems.values()):
+    raise bad_examples_error(context, problems)
+
+
+class BeamChecks:
+  """The strict Beam run's bad examples, gathered over all splits of the one pipeline: each
+  split's transform hands over its "bad" output, and the last split's adds the step that fails
+  the pipeline with all of them, the driver's indexing problems included (checked on the
+  workers, not before: one run reports everything)."""
+
+  def __init__(self, context: str, index_problems: Mapping[str, Sequence[Problem]]):
+    self.context = context
+    self.index_problems = {split: {p.id: p.reason for p in problems}
+                           for split, problems in index_problems.items()}
+    self.outputs: list[Any] = []
+
+  def add(self, bad) -> None:
+    import apache_beam as beam  # pylint: disable=g-import-not-at-top
+
+    self.outputs.append(bad)
+    if len(self.outputs) == len(self.index_problems):
+      _ = (tuple(self.outputs) | "FlattenBadExamples" >> beam.Flatten()
+           | "ListBadExamples" >> beam.combiners.ToList()
+           | "FailOnBadExamples" >> beam.Map(_raise_bad_examples, context=self.context,
+                                             index_problems=self.index_problems))
+
+
 def beam_examples(records: Sequence[Record], spec: LoadSpec, split: str, context: str,
-                  namespace: str, skip: bool):
-  """A `beam.PTransform` producing the (key, example) pairs of `records` on the Beam workers."""
+                  namespace: str, skip: bool,
+                  load: Callable[[Record, LoadSpec], dict[str, Any]] | None = None,
+                  checks: BeamChecks | None = None):
+  """A `beam.PTransform` producing the (key, example) pairs of `records` on the Beam workers
+  (`load`, default `load_example`, must be a module-level function, so that it pickles). Strict
+  (not `skip`), bad examples go to `checks` (one of its own for this split if None)."""
   try:
     import apache_beam as beam  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError(f"{context}: Beam generation was requested (a Beam runner or Beam "
                       "options were given) but apache-beam is not installed: "
                       "pip install apache-beam") from e
-  load = functools.partial(_beam_load, spec=spec, split=split, context=context,
-                           namespace=namespace, skip=skip)
-  return beam.Create(list(records)) | beam.FlatMap(load)
+  fn = functools.partial(_beam_load, spec=spec, split=split, context=context,
+                         namespace=namespace, skip=skip, load=load)
+  if skip:
+    return beam.Create(list(records)) | beam.FlatMap(fn)
+  checks = checks or BeamChecks(context, {split: ()})
+
+  @beam.ptransform_fn
+  def strict(root):
+    results = (root | "Create" >> beam.Create(list(records))
+               | "Load" >> beam.FlatMap(fn).with_outputs("bad", main="examples"))
+    checks.add(results.bad)
+    return results.examples
+
+  return strict()  # pylint: disable=no-value-for-parameter
 
 
 # ---------------------------------------------------------------------------------------------
@@ -555,10 +725,19 @@ class DermoscopyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     self.skip_bad_examples = skip_bad_examples
     self._use_beam = False
     self._skips = SkipLog(self.name)
+    self._bad = BadLog(self._context())
+    self._beam_checks: BeamChecks | None = None
+
+  def _context(self, split: str = "") -> str:
+    return f"{self.name}/{self.builder_config.name}" + (f" {split}" if split else "")
 
   def _extra_features(self) -> dict[str, tfds.features.FeatureConnector]:
     """Dataset-specific features beyond the shared keys (none by default)."""
     return {}
+
+  def _load_fn(self) -> Callable[[Record, LoadSpec], dict[str, Any]]:
+    """How one example is made (a module-level function, for Beam's pickling)."""
+    return load_example
 
   @abc.abstractmethod
   def _index(self, manual_dir: epath.Path) -> dict[str, SplitIndex]:
@@ -587,6 +766,58 @@ class DermoscopyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         metadata=tfds.core.MetadataDict(),
     )
 
+  # --- A strict builder never serves data prepared with skips. -------------------------------
+
+  def _prepared_skipped_counts(self) -> dict[str, int]:
+    """split → examples skipped when this builder's data folder was prepared; {} when nothing was
+    skipped or nothing is prepared. Read from the folder itself, not from `self.info`, which may
+    predate a preparation by another builder object."""
+    try:
+      metadata = json.loads((self.data_path / "metadata.json").read_text())
+    except (OSError, ValueError):  # not prepared (or no metadata): nothing skipped there
+      return {}
+    counts = metadata.get("skipped_counts") or {
+        split: len(ids) for split, ids in (metadata.get("skipped_examples") or {}).items()}
+    return {split: int(n) for split, n in counts.items() if n}
+
+  def _refuse_data_prepared_with_skips(self, action: str) -> None:
+    """A PreparedWithSkipsError if this builder is strict and its folder lacks skipped examples."""
+    if self.skip_bad_examples:
+      return
+    counts = self._prepared_skipped_counts()
+    if not counts:
+      return
+    name = self._context()
+    per_split = ", ".join(f"{split}: {n}" for split, n in counts.items())
+    raise PreparedWithSkipsError(
+        f"{name}: {self.data_path} was prepared with skip_bad_examples=True, "
+        f"{sum(counts.values())} examples short ({per_split}; which and why: "
+        f"info.metadata['skipped_examples']), and this builder is strict "
+        f"(skip_bad_examples=False, the default), so it does not {action} that data. Either use "
+        f"it as it is by asking for skip_bad_examples=True (tfds.builder(\"{name}/"
+        f"skip_bad_examples=True\"), --dataset={name}/skip_bad_examples=True), or prepare it "
+        f"again strictly (which fails naming every bad example until they are fixed): delete "
+        f"{self.data_path}, or pass download_mode=tfds.download.GenerateMode."
+        f"REUSE_CACHE_IF_EXISTS to download_and_prepare.")
+
+  def download_and_prepare(self, *, download_dir=None, download_config=None, **kwargs) -> None:
+    """TFDS's, except that a strict builder refuses to reuse data prepared with skips (unless the
+    download mode overwrites it, which prepares it again strictly)."""
+    mode = tfds.download.GenerateMode(
+        (download_config or tfds.download.DownloadConfig()).download_mode)
+    if not mode.overwrite_dataset and mode != tfds.download.GenerateMode.UPDATE_DATASET_INFO:
+      self._refuse_data_prepared_with_skips("reuse")
+    super().download_and_prepare(download_dir=download_dir, download_config=download_config,
+                                 **kwargs)
+
+  def as_dataset(self, *args, **kwargs):
+    """TFDS's, except that a strict builder refuses to read data prepared with skips: a run that
+    asked for every example must not train or evaluate on fewer without saying so."""
+    self._refuse_data_prepared_with_skips("read")
+    return super().as_dataset(*args, **kwargs)
+
+  # --- Preparation. ----------------------------------------------------------------------------
+
   def _download_and_prepare(self, dl_manager: tfds.download.DownloadManager,
                             download_config: tfds.download.DownloadConfig) -> None:
     # TFDS itself switches to Beam only when `_generate_examples` returns a PTransform; we return
@@ -594,7 +825,13 @@ class DermoscopyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
     self._use_beam = (download_config.beam_runner is not None
                       or download_config.beam_options is not None)
     self._skips = SkipLog(self.name)
+    self._bad = BadLog(self._context())
+    self._beam_checks = None
     super()._download_and_prepare(dl_manager, download_config)
+    if not self.skip_bad_examples and self._bad.count():
+      # Normally raised at the end of the last split; here when TFDS stopped reading the splits
+      # early (max_examples_per_split), so the problems found while indexing still fail the run.
+      raise self._bad.error()
     if not self._use_beam:  # under Beam, _process_pipeline_result records the skips
       logging.log(logging.WARNING if self._skips.count() else logging.INFO, "%s",
                   self._skips.summary())
@@ -605,40 +842,41 @@ class DermoscopyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
 
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     manual_dir = manual_dir_of(dl_manager, self.name)
+    index = self._index(manual_dir)
+    # Strict, the indexing problems are not raised here: they are reported with the bad examples
+    # that only reading the images finds, all in one error (see BadLog and BeamChecks).
+    self._bad = BadLog(self._context(), list(index))
+    if self._use_beam and not self.skip_bad_examples:
+      self._beam_checks = BeamChecks(self._context(),
+                                     {split: i.problems for split, i in index.items()})
     generators = {}
-    for split, index in self._index(manual_dir).items():
-      context = f"{self.name}/{self.builder_config.name} {split}"
-      self._check_problems(split, index.problems, context)
-      official, n = self.OFFICIAL_SIZES.get(split), len(index.records)
+    for split, split_index in index.items():
+      context = self._context(split)
+      for p in split_index.problems:
+        if self.skip_bad_examples:
+          self._skips.add(split, p.id, p.reason)
+        elif not self._use_beam:
+          self._bad.add(split, p.id, p.reason)
+      official, n = self.OFFICIAL_SIZES.get(split), len(split_index.records)
       if official and n != official:
         logging.warning("%s: %d examples; the full official release has %d (a subset?).",
                         context, n, official)
       else:
         logging.info("%s: %d examples.", context, n)
-      generators[split] = self._generate_examples(split=split, records=index.records)
+      generators[split] = self._generate_examples(split=split, records=split_index.records)
     return generators
-
-  def _check_problems(self, split: str, problems: Sequence[Problem], context: str) -> None:
-    if not problems:
-      return
-    if not self.skip_bad_examples:
-      first = problems[0]
-      more = (f" ({len(problems)} such problems in this split: "
-              f"{', '.join(p.id for p in problems[:10])}{', ...' if len(problems) > 10 else ''})"
-              if len(problems) > 1 else "")
-      raise BadExampleError(first.id, f"{first.reason}{more}. {_skip_hint()}", context)
-    for p in problems:
-      self._skips.add(split, p.id, p.reason)
 
   def _generate_examples(self, split: str, records: Sequence[Record]):
     """A generator of (id, example), or under Beam a PTransform producing the same pairs."""
     spec = LoadSpec(max_size=self.builder_config.max_size, image_format=self.IMAGE_FORMAT)
-    context = f"{self.name}/{self.builder_config.name} {split}"
+    context = self._context(split)
     if self._use_beam:
       return beam_examples(records, spec, split, context, namespace=self.name,
-                           skip=self.skip_bad_examples)
+                           skip=self.skip_bad_examples, load=self._load_fn(),
+                           checks=self._beam_checks)
     return _iter_examples(records, spec, split, context,
-                          self._skips if self.skip_bad_examples else None)
+                          self._skips if self.skip_bad_examples else None,
+                          bad=None if self.skip_bad_examples else self._bad, load=self._load_fn())
 
   def _process_pipeline_result(self, pipeline_result) -> None:
     """After a Beam run: log and record how many examples the workers skipped, per split."""

@@ -47,21 +47,19 @@ its file, unless the builder gets `skip_bad_examples=True`; Beam generation: as 
 This module also holds what `isic2018_features` shares with it: `FeatureMapBuilder`, a
 `DermoscopyBuilder` whose examples are made by a per-dataset `load` function (common's own
 `load_example` knows only images, lesion masks and label values), with common's bad-example and
-Beam handling.
+Beam handling (its generation takes the builder's `load`).
 
 Citation: Codella et al., "Skin lesion analysis toward melanoma detection: a challenge at the
 2017 ISBI, hosted by the ISIC", ISBI 2018 (arXiv:1710.05006).
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from absl import logging
 from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
@@ -77,7 +75,7 @@ LoadFn = Callable[[common.Record, common.LoadSpec], dict[str, Any]]
 
 
 # ---------------------------------------------------------------------------------------------
-# Shared with isic2018_features: the image part, nearest resizing, and generation with a `load`.
+# Shared with isic2018_features: the image part, nearest resizing, and the builder with a `load`.
 
 
 def load_image(record: common.Record, spec: common.LoadSpec
@@ -114,73 +112,6 @@ def resize_nearest(array: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return np.ascontiguousarray(array[rows[:, None], cols[None, :]])
 
 
-def iter_examples(load: LoadFn, records: Iterable[common.Record], spec: common.LoadSpec,
-                  split: str, context: str, skips: common.SkipLog | None
-                  ) -> Iterator[tuple[str, dict[str, Any]]]:
-  """common's in-process generation with `load` for common.load_example: `skips` None means
-  fail, after the whole split has been checked, with every bad example of the split in one
-  error."""
-  bad: list[common.BadExampleError] = []
-  for record in records:
-    try:
-      example = load(record, spec)
-    except common.BadExampleError as e:
-      if skips is None:
-        bad.append(e)
-      else:
-        skips.add(split, e.example_id, e.reason)
-      continue
-    if not bad:  # once one is bad the split fails: the rest are only checked
-      yield record.id, example
-  if bad:
-    first = bad[0]
-    more = (f" ({len(bad)} bad examples in this split: "
-            + "; ".join(f"{e.example_id}: {e.reason}" for e in bad[1:20])
-            + (", ..." if len(bad) > 20 else "") + ")" if len(bad) > 1 else "")
-    raise common.BadExampleError(first.example_id, f"{first.reason}{more}. {_skip_hint()}",
-                                 context)
-  if skips is not None and skips.count(split):
-    logging.warning("%s: %d bad examples skipped in total in this split: %s", context,
-                    skips.count(split), ", ".join(sorted(skips.skipped[split])))
-
-
-def _skip_hint() -> str:
-  return common._skip_hint()  # pylint: disable=protected-access
-
-
-def _beam_load(record: common.Record, load: LoadFn, spec: common.LoadSpec, split: str,
-               context: str, namespace: str, skip: bool) -> Iterator[tuple[str, dict[str, Any]]]:
-  """Beam worker: one record → its example, or nothing if skipped, counted in the Beam counters
-  that DermoscopyBuilder._process_pipeline_result reads."""
-  import apache_beam as beam  # pylint: disable=g-import-not-at-top
-
-  try:
-    yield record.id, load(record, spec)
-  except common.BadExampleError as e:
-    if not skip:
-      raise common.BadExampleError(e.example_id, f"{e.reason}. {_skip_hint()}", context) from e
-    logging.warning("%s: skipping bad example %s: %s", context, e.example_id, e.reason)
-    beam.metrics.Metrics.counter(namespace, f"skipped_{split}").inc()
-    if hasattr(beam.metrics.Metrics, "string_set"):  # Beam >= 2.58: the ids reach the driver
-      beam.metrics.Metrics.string_set(namespace, f"skipped_ids_{split}").add(
-          f"{e.example_id}\t{e.reason}")
-
-
-def beam_examples(load: LoadFn, records: Sequence[common.Record], spec: common.LoadSpec,
-                  split: str, context: str, namespace: str, skip: bool):
-  """A `beam.PTransform` producing the (key, example) pairs of `records` on the Beam workers
-  (`load` must be a module-level function, so that it pickles)."""
-  try:
-    import apache_beam as beam  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(f"{context}: Beam generation was requested (a Beam runner or Beam "
-                      "options were given) but apache-beam is not installed: "
-                      "pip install apache-beam") from e
-  fn = functools.partial(_beam_load, load=load, spec=spec, split=split, context=context,
-                         namespace=namespace, skip=skip)
-  return beam.Create(list(records)) | beam.FlatMap(fn)
-
-
 class FeatureMapBuilder(common.DermoscopyBuilder, skip_registration=True):
   """A DermoscopyBuilder whose examples are made by `load` (a module-level function of
   (Record, LoadSpec), raising BadExampleError) and whose `FEATURE_NAMES` (the channel order of
@@ -194,15 +125,8 @@ class FeatureMapBuilder(common.DermoscopyBuilder, skip_registration=True):
     info.metadata["feature_names"] = list(self.FEATURE_NAMES)
     return info
 
-  def _generate_examples(self, split: str, records: Sequence[common.Record]):
-    spec = common.LoadSpec(max_size=self.builder_config.max_size, image_format=self.IMAGE_FORMAT)
-    context = f"{self.name}/{self.builder_config.name} {split}"
-    load = type(self).load
-    if self._use_beam:
-      return beam_examples(load, records, spec, split, context, namespace=self.name,
-                           skip=self.skip_bad_examples)
-    return iter_examples(load, records, spec, split, context,
-                         self._skips if self.skip_bad_examples else None)
+  def _load_fn(self) -> LoadFn:
+    return type(self).load
 
 
 def masks_tensor(channels: int) -> tfds.features.Tensor:
