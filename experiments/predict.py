@@ -7,6 +7,17 @@ For each image: DIR/<stem>.png (binary mask at the image's own resolution, 0/255
 DIR/<stem>_overlay.png, and a row in DIR/predictions.csv with the ABCD measurements of the lesion
 (and, with --classifier_workdir, the class probabilities). A file that cannot be used (corrupt,
 grayscale, RGBA, too small) gets its reason in the CSV and the log; the others are still done.
+
+Inputs that share a stem (dup.jpg and dup.png) are named by stem and extension instead:
+DIR/dup_jpg.png, DIR/dup_jpg_overlay.png, DIR/dup_png.png, ... The names depend on the paths
+only, so a file that turns out unreadable never takes another's name.
+
+Predict replaces only files it wrote itself: those listed (mask, overlay) in an earlier run's
+DIR/predictions.csv, or in the DIR/predictions.csv.partial of a run that was killed (that table
+lists a chunk's files before they are written). A run whose outputs would replace any other
+existing file is refused before anything is written, --overwrite or not. With --overwrite the
+earlier run's outputs and tables are removed first, so DIR ends up holding what the new table
+lists.
 """
 import csv
 import glob
@@ -29,19 +40,26 @@ flags.DEFINE_string("workdir", None, "The --workdir of a train_segmenter run (ma
 flags.DEFINE_string("images", None, "Glob of image files (quote it), or a comma-separated list of globs.")
 flags.DEFINE_string("out", None, "Output directory.")
 flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
-flags.DEFINE_integer("min_size", 32, "Images smaller than this (either side, px) are refused.")
-flags.DEFINE_integer("chunk", 64, "At most this many images are read and segmented at a time.")
-flags.DEFINE_float("chunk_megapixels", 50.0, "...and at most this many megapixels (memory is ~7 bytes "
-                   "per pixel of a chunk; a single larger image is still done, alone).")
+flags.DEFINE_integer("min_size", 32, "Images smaller than this (either side, px) are refused.", lower_bound=1)
+flags.DEFINE_integer("chunk", 64, "At most this many images are read and segmented at a time.", lower_bound=1)
+flags.DEFINE_float("chunk_megapixels", 50.0, "...and at most this many megapixels (memory is at most ~30 "
+                   "bytes per pixel of a chunk on top of the program's ~0.9 GB: one 48-megapixel photo "
+                   "measured 1.4 GB more; a single larger image is still done, alone).")
 flags.DEFINE_string("classifier_workdir", None, "A train_classifier run: adds class probabilities "
                     "(on the lesion crop if it was trained on segmented input; averaged over the "
                     "fold models of a cross-validated run).")
 flags.DEFINE_float("mm_per_pixel", None, "Pixel size, for measurements in millimetres.")
 common.define_tta_flags()
-flags.DEFINE_bool("overwrite", False, "Replace the outputs of an earlier run in --out (refused otherwise).")
+flags.DEFINE_bool("overwrite", False, "Replace an earlier run's outputs in --out (refused otherwise): the "
+                  "files its predictions table lists are removed first. Files predict did not write are "
+                  "never replaced.")
 for _name in ("workdir", "images", "out"):
   flags.mark_flag_as_required(_name)
+# Refused while the flags are parsed, before anything is read or written.
+flags.register_validator("chunk_megapixels", lambda v: v > 0, "--chunk_megapixels must be > 0")
+flags.register_validator("mm_per_pixel", lambda v: v is None or v > 0, "--mm_per_pixel must be > 0")
 
+TABLES = ("predictions.csv", "predictions.csv.partial")
 COLUMNS = ("file", "status", "error", "notes", "mask", "overlay", "height", "width", "lesion_pixels",
            "lesion_fraction")
 MEASUREMENTS = ("unit", "area", "perimeter", "diameter", "major_axis", "minor_axis", "asymmetry_major",
@@ -58,15 +76,27 @@ def expand_globs(patterns: str) -> list[str]:
   return list(dict.fromkeys(files))
 
 
+def output_stems(files: list[str]) -> dict[str, str]:
+  """The output name (without .png) of each input: its stem, or, for inputs sharing a stem
+  (dup.jpg, dup.png), stem_extension (dup_jpg, dup_png). From the paths alone, so whether one
+  of them can be read does not decide the other's name."""
+  stems = {f: os.path.splitext(os.path.basename(f)) for f in files}
+  counts: dict[str, int] = {}
+  for stem, _ in stems.values():
+    counts[stem] = counts.get(stem, 0) + 1
+  return {f: f"{stem}_{ext[1:]}" if counts[stem] > 1 and ext else stem for f, (stem, ext) in stems.items()}
+
+
 def plan_outputs(files: list[str], out: str, with_masks: bool) -> dict[str, list[str] | str]:
   """The files each input will write, or why it must not: no output may be an input (with --out
   equal to the input folder, photo.png would become its own mask) or another input's output
   (X_overlay.jpg's mask is X.jpg's overlay). Earlier inputs keep their names."""
   inputs = {os.path.realpath(f): f for f in files}
-  taken = {os.path.realpath(os.path.join(out, "predictions.csv")): "the predictions table"}
+  taken = {os.path.realpath(os.path.join(out, name)): "the predictions table" for name in TABLES}
+  names = output_stems(files)
   plans: dict[str, list[str] | str] = {}
   for path in files:
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = names[path]
     outputs = [os.path.join(out, f"{stem}.png"), os.path.join(out, f"{stem}_overlay.png")] if with_masks else []
     problem = None
     for o in outputs:
@@ -85,6 +115,53 @@ def plan_outputs(files: list[str], out: str, with_masks: bool) -> dict[str, list
   return plans
 
 
+def own_outputs(out: str) -> tuple[list[str], set[str]]:
+  """(the predictions tables in `out`, the names of the files they list): what earlier runs of
+  predict wrote there. A table that is not predict's (no file/status header) is refused: it is
+  the user's file, and --overwrite would replace it."""
+  tables, names = [], set()
+  for name in TABLES:
+    path = os.path.join(out, name)
+    if not os.path.lexists(path):
+      continue
+    try:
+      with open(path, newline="", errors="replace") as f:
+        reader = csv.DictReader(f)
+        if not {"file", "status"} <= set(reader.fieldnames or ()):
+          raise ValueError("no file/status columns")
+        for row in reader:
+          names.update(os.path.basename(row[k]) for k in ("mask", "overlay") if row.get(k))
+    except (OSError, ValueError, csv.Error) as e:
+      raise app.UsageError(f"--out={out}: {path} is not a predictions table of this program ({e}); "
+                           "move it, or choose another --out") from None
+    tables.append(path)
+  return tables, names
+
+
+def refuse_foreign_files(plans: dict, own: set[str]) -> None:
+  """No planned output may replace an existing file that predict did not write (one not in the
+  earlier tables): the whole run is refused, naming the file, before anything is written."""
+  for path, outputs in plans.items():
+    for o in outputs if isinstance(outputs, list) else ():
+      if os.path.lexists(o) and os.path.basename(o) not in own:
+        raise app.UsageError(f"{o} exists and was not written by predict; it would be replaced by the "
+                             f"output of {path}. Move it, or choose another --out")
+
+
+def remove_earlier_run(out: str, tables: list[str], own: set[str], files: list[str]) -> None:
+  """--overwrite: the earlier run's outputs (never an input of this run), then its tables, so a
+  killed run never leaves an old table beside new masks and --out holds what the new table lists."""
+  inputs = {os.path.realpath(f) for f in files}
+  for name in sorted(own):
+    path = os.path.join(out, name)
+    if os.path.isfile(path) and os.path.realpath(path) not in inputs:
+      os.remove(path)
+  for path in tables:
+    os.remove(path)
+  if tables or own:
+    logging.info("--overwrite: removed the earlier run's %d tables and %d listed outputs.", len(tables), len(own))
+
+
 def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
   buf = pyio.StringIO()
   writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore")
@@ -96,7 +173,8 @@ def write_csv(path: str, rows: list[dict], columns: list[str]) -> None:
 def read_in_chunks(files: list[str], plans: dict, min_size: int, max_count: int, max_megapixels: float):
   """Lists of (path, (uint8 RGB image, notes) or the ImageError that refused it), each holding at most
   `max_count` images and, beyond its first image, at most `max_megapixels` of pixels: a chunk's
-  memory (images, probability maps and masks, ~7 bytes per pixel) is bounded by pixels, not count."""
+  memory (images, probability maps and masks, plus the preprocessing of the image being segmented:
+  at most ~30 bytes per pixel) is bounded by pixels, not count."""
   chunk, pixels = [], 0
   for path in files:
     try:
@@ -134,8 +212,11 @@ def load_models(workdir: str, classifier_workdir: str | None, which):
       segmenter = (seg_task, runner.restore(seg_task, seg_dir, "best"))
   elif isinstance(task, segmentation.SegmentationTask):
     task = common.with_segmentation_overrides(task, FLAGS.tta_scales, FLAGS.fallback)
-    segmenter = (task, runner.restore(task, workdir, which))
     cls_task = runner.load(classifier_workdir) if classifier_workdir else None
+    if cls_task is not None and not isinstance(cls_task, classification.ClassificationTask):
+      raise app.UsageError(f"--classifier_workdir={classifier_workdir} holds a {cls_task.name!r} run, "
+                           "not a classification run (train_classifier)")
+    segmenter = (task, runner.restore(task, workdir, which))
   else:
     raise app.UsageError(f"{workdir} holds a {task.name!r} run: predict knows segmentation and classification runs")
   if classifier_workdir:
@@ -152,12 +233,14 @@ def main(argv):
   files = expand_globs(FLAGS.images)
   if not files:
     raise app.UsageError(f"--images={FLAGS.images!r} matches no files")
-  csv_path = os.path.join(FLAGS.out, "predictions.csv")
-  if os.path.realpath(csv_path) in {os.path.realpath(f) for f in files}:
-    raise app.UsageError(f"--out={FLAGS.out}: {csv_path} is one of the --images")
-  if os.path.exists(csv_path) and not FLAGS.overwrite:
-    raise app.UsageError(f"--out={FLAGS.out} already holds predictions.csv from an earlier run; "
-                         "pass --overwrite to replace that run's outputs, or choose another --out")
+  csv_path, partial_path = (os.path.join(FLAGS.out, name) for name in TABLES)
+  for path in (csv_path, partial_path):
+    if os.path.realpath(path) in {os.path.realpath(f) for f in files}:
+      raise app.UsageError(f"--out={FLAGS.out}: {path} is one of the --images")
+  tables, own = own_outputs(FLAGS.out)
+  if tables and not FLAGS.overwrite:
+    raise app.UsageError(f"--out={FLAGS.out} already holds {os.path.basename(tables[0])} from an earlier "
+                         "run; pass --overwrite to replace that run's outputs, or choose another --out")
   try:  # before the models are restored: a read-only --out fails here, naming itself
     os.makedirs(FLAGS.out, exist_ok=True)
     with tempfile.TemporaryFile(dir=FLAGS.out):
@@ -168,10 +251,12 @@ def main(argv):
                                       common.checkpoint_flag_value(FLAGS.checkpoint))
   if FLAGS.tta and segmenter is not None and "tta" not in segmenter[0].predict_fns():
     raise app.UsageError(f"--tta: a {segmenter[0].name!r} segmenter has no test-time augmentation")
-  # The table of this run is written whole at the end; until then, progress goes to a partial
-  # file, so a run killed midway leaves an earlier predictions.csv as it was.
-  partial_path = csv_path + ".partial"
   plans = plan_outputs(files, FLAGS.out, with_masks=segmenter is not None)
+  refuse_foreign_files(plans, own)
+  if FLAGS.overwrite:
+    remove_earlier_run(FLAGS.out, tables, own, files)
+  # The table of this run is written whole at the end; until then, progress goes to a partial
+  # table, written ahead of each chunk's masks: whatever a killed run wrote, it lists.
   columns = list(COLUMNS + MEASUREMENTS) if segmenter else ["file", "status", "error", "notes", "height", "width"]
   if classifier is not None:
     columns += ["predicted"] + [f"p_{n}" for n in classifier[0].class_names]
@@ -190,20 +275,20 @@ def main(argv):
         continue
       image, notes = item
       row.update(height=image.shape[0], width=image.shape[1], notes="; ".join(notes))
-      good.append((row, os.path.splitext(os.path.basename(path))[0]))
+      good.append(row)
       images.append(image)
     done += len(chunk)
     masks = []
     if segmenter is not None and images:
       seg_task, seg_state = segmenter
       masks = seg_task.masks_for(seg_task.segment_images(seg_state, images, predict="tta" if FLAGS.tta else "predict"))
-    for (row, stem), image, mask in zip(good, images, masks):
-      mask_path = os.path.join(FLAGS.out, f"{stem}.png")
-      overlay_path = os.path.join(FLAGS.out, f"{stem}_overlay.png")
-      io.write_png(mask_path, mask.astype(np.uint8) * 255)
-      io.write_png(overlay_path, figures.overlay(image, mask))
-      row.update(mask=mask_path, overlay=overlay_path, lesion_pixels=int(mask.sum()),
-                 lesion_fraction=round(float(mask.mean()), 6))
+      for row in good:  # write-ahead: listed (so predict's own next time) before they exist
+        row.update(status="writing", mask=plans[row["file"]][0], overlay=plans[row["file"]][1])
+      write_csv(partial_path, rows, columns)
+    for row, image, mask in zip(good, images, masks):
+      io.write_png(row["mask"], mask.astype(np.uint8) * 255)
+      io.write_png(row["overlay"], figures.overlay(image, mask))
+      row.update(status="ok", lesion_pixels=int(mask.sum()), lesion_fraction=round(float(mask.mean()), 6))
       found = measure.measure_lesion(mask, image, FLAGS.mm_per_pixel)
       row.update({k: (" ".join(found[k]) if k == "colours" else
                       round(found[k], 4) if isinstance(found[k], float) else found[k]) for k in MEASUREMENTS})
@@ -217,7 +302,7 @@ def main(argv):
                 if cls_task.config.image_artifacts else images)
       probs = np.mean([cls_task.classify_images(st, inputs) for st in cls_states], axis=0)
       names = cls_task.class_names
-      for (row, _), p in zip(good, probs):
+      for row, p in zip(good, probs):
         row.update({f"p_{n}": round(float(v), 6) for n, v in zip(names, p)}, predicted=names[int(np.argmax(p))])
     write_csv(partial_path, rows, columns)
     logging.info("%d/%d files done (%d refused).", done, len(files), failed)
@@ -230,4 +315,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(common.main_with_usage_errors(main))
+  common.run(main)

@@ -203,15 +203,23 @@ _EXIF_ORIENTATION = {
     7: lambda a: np.swapaxes(a[::-1, ::-1], 0, 1), 8: lambda a: np.rot90(a, 1)}
 
 
-def _image_facts(data: bytes) -> dict[str, int]:
-  """EXIF orientation and frame count, where the file says (PIL reads only the headers)."""
+# PIL modes of single-channel sources. OpenCV widens some of them to 3 or 4 equal channels (a
+# gray+alpha PNG decodes as BGRA), so the channel count alone would let them pass as colour.
+# Palette images ("P") are not judged by their palette: a colour GIF may hold only greys.
+_GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def _image_facts(data: bytes) -> dict:
+  """EXIF orientation, frame count and whether the source is grayscale, where the file says (PIL
+  reads only the headers)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   import io as pyio  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(pyio.BytesIO(data)) as im:
-      return {"orientation": int(im.getexif().get(0x0112, 1) or 1), "frames": int(getattr(im, "n_frames", 1))}
+      return {"orientation": int(im.getexif().get(0x0112, 1) or 1), "frames": int(getattr(im, "n_frames", 1)),
+              "gray": im.mode in _GRAY_MODES}
   except Exception:  # pylint: disable=broad-except  (OpenCV decoded it; the facts are optional)
-    return {"orientation": 1, "frames": 1}
+    return {"orientation": 1, "frames": 1, "gray": False}
 
 
 def read_rgb_image_with_notes(path: str | os.PathLike, min_size: int = 1) -> tuple[np.ndarray, list[str]]:
@@ -229,14 +237,15 @@ def read_rgb_image_with_notes(path: str | os.PathLike, min_size: int = 1) -> tup
 def read_rgb_image(path: str | os.PathLike, min_size: int = 1) -> np.ndarray:
   """Reads an image file as uint8 RGB (H, W, 3), or raises ImageError naming file and reason.
 
-  Dermoscopy methods here rely on colour, so grayscale and images with an alpha channel are
-  refused rather than silently converted. 16-bit images are scaled to 8 bits. A JPEG damaged
+  Dermoscopy methods here rely on colour, so grayscale (by the file's own pixel format, even
+  when the decoder widens it to colour channels) and images with an alpha channel are refused
+  rather than silently converted. 16-bit images are scaled to 8 bits. A JPEG damaged
   mid-stream is refused. The EXIF orientation is applied (a phone photo comes out as displayed).
   """
   return _read_rgb(path, min_size)[0]
 
 
-def _read_rgb(path: str | os.PathLike, min_size: int = 1) -> tuple[np.ndarray, dict[str, int]]:
+def _read_rgb(path: str | os.PathLike, min_size: int = 1) -> tuple[np.ndarray, dict]:
   """The validated reader (see read_rgb_image): the image and the facts read from its header."""
   import cv2  # pylint: disable=g-import-not-at-top
 
@@ -262,7 +271,8 @@ def _read_rgb(path: str | os.PathLike, min_size: int = 1) -> tuple[np.ndarray, d
     image = (image // 257).astype(np.uint8)
   elif image.dtype != np.uint8:
     raise ImageError(f"{path}: unsupported pixel type {image.dtype}")
-  if image.ndim == 2 or image.shape[-1] == 1:
+  facts = _image_facts(data)
+  if image.ndim == 2 or image.shape[-1] == 1 or facts["gray"]:
     raise ImageError(f"{path}: grayscale image; dermoscopy needs RGB colour")
   if image.shape[-1] == 4 and image[..., 3].min() == np.iinfo(image.dtype).max:
     image = image[..., :3]  # a fully opaque alpha channel holds nothing (OpenCV decodes GIFs so)
@@ -274,7 +284,6 @@ def _read_rgb(path: str | os.PathLike, min_size: int = 1) -> tuple[np.ndarray, d
   if min(h, w) < min_size:
     raise ImageError(f"{path}: image is {w}x{h} px, smaller than the minimum {min_size} px")
   image = image[..., ::-1]
-  facts = _image_facts(data)
   if facts["orientation"] in _EXIF_ORIENTATION:
     image = _EXIF_ORIENTATION[facts["orientation"]](image)
   return np.ascontiguousarray(image), facts

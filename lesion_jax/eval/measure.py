@@ -32,15 +32,21 @@ DERMOSCOPIC_COLOURS = {
     "black": (12.0, 2.0, 1.0),
 }
 _SKIN_LIKE = (72.0, 15.0, 18.0)  # pixels nearer to skin than to any criterion colour don't count
+_SLICE = 1 << 16  # lesion pixels whose colour distances are computed at once (bounds the memory)
 
 
 def _principal_axes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """Centroid (row, col), eigenvalues (descending) and eigenvectors (columns) of the mask's pixel
   coordinate covariance."""
   rows, cols = np.nonzero(mask)
-  pts = np.stack([rows, cols], 1).astype(np.float64)
+  # Filled in place, with the index arrays freed first: a full-resolution lesion's coordinates
+  # are large (16 bytes per lesion pixel per copy), and predict measures 48-megapixel photos.
+  pts = np.empty((len(rows), 2), np.float64)
+  pts[:, 0], pts[:, 1] = rows, cols
+  del rows, cols
   centre = pts.mean(0)
-  cov = np.cov((pts - centre).T) if len(pts) > 1 else np.zeros((2, 2))
+  pts -= centre
+  cov = np.cov(pts.T) if len(pts) > 1 else np.zeros((2, 2))
   values, vectors = np.linalg.eigh(cov)
   order = np.argsort(values)[::-1]
   return centre, values[order], vectors[:, order]
@@ -84,15 +90,26 @@ def max_feret_diameter(contour: np.ndarray) -> float:
 def colours_present(image: np.ndarray, mask: np.ndarray, min_fraction: float = 0.05
                     ) -> tuple[list[str], dict[str, float], float]:
   """(colours covering ≥ min_fraction of the lesion, fraction per colour, colour spread)."""
-  lab = cv2.cvtColor(image.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[mask]
-  if len(lab) == 0:
+  # Only the lesion's pixels are converted (as a one-column image: the conversion is per pixel),
+  # and the distances are taken a slice at a time: the (pixels, colours, 3) float64 differences of
+  # a whole 48-megapixel lesion would take gigabytes. Results are those of the whole-array version.
+  pixels = np.asarray(image)[postprocess.as_mask(mask)]
+  if len(pixels) == 0:
     return [], {}, 0.0
+  lab = cv2.cvtColor(pixels[:, None, :].astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)[:, 0]
+  del pixels
   names = list(DERMOSCOPIC_COLOURS)
   refs = np.array([DERMOSCOPIC_COLOURS[n] for n in names] + [_SKIN_LIKE])
-  nearest = np.argmin(((lab[:, None, :] - refs[None]) ** 2).sum(-1), 1)
+  centre = lab.mean(0)
+  nearest = np.empty(len(lab), np.intp)
+  distance = np.empty(len(lab), lab.dtype)
+  for start in range(0, len(lab), _SLICE):
+    part = lab[start:start + _SLICE]
+    nearest[start:start + _SLICE] = np.argmin(((part[:, None, :] - refs[None]) ** 2).sum(-1), 1)
+    distance[start:start + _SLICE] = np.sqrt(((part - centre) ** 2).sum(-1))
   fractions = {n: float((nearest == i).mean()) for i, n in enumerate(names)}
   present = [n for n in names if fractions[n] >= min_fraction]
-  spread = float(np.sqrt(((lab - lab.mean(0)) ** 2).sum(-1)).mean())
+  spread = float(distance.mean())
   return present, fractions, spread
 
 
