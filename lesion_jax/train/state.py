@@ -31,7 +31,8 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, rng: 
   recorded results used."""
   zeros = jax.tree.map(jnp.zeros_like, example_inputs)
   rngs = {"params": rng, "dropout": rng}
-  if compiled_init:
+  # Under a trace (jax.eval_shape of the state: a restore template) there is nothing to compile.
+  if compiled_init and not isinstance(rng, jax.core.Tracer):
     init = jax.jit(lambda rngs, *xs: model.init(rngs, *xs, train=False))
     variables = init.lower(rngs, *zeros).compile(compiler_options={"xla_backend_optimization_level": 0})(rngs, *zeros)
   else:
