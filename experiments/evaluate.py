@@ -92,7 +92,7 @@ def main(argv):
   scores, _ = runner.evaluate(task, state, split, workdir=FLAGS.workdir, prefix=f"eval_{tag}",
                               predict="tta" if FLAGS.tta else "predict", ensemble=bool(FLAGS.ensemble_with))
   scores = {k.replace(f"eval_{tag}/", f"{name}/"): v for k, v in scores.items()}
-  scores["split"] = scores[f"{name}/split"] = split  # as runner.run records it
+  scores["split"] = split
   if split == task.val_split:  # as runner.run labels it
     scores[f"{name}/used_for_selection"] = True
   scores["checkpoint"] = FLAGS.checkpoint

@@ -142,7 +142,7 @@ def evaluate(task: base.Task, state: Any, split: str, mesh: jax.sharding.Mesh | 
   """Scores `state` on `split` with the task's predict function `predict`; with `workdir`, writes
   the task's figures (named by `prefix`, default the split) into `workdir`/figures. With
   `ensemble`, `state` is a tuple of states whose outputs are averaged (Task.jit_predict). Returns
-  the scores prefixed by `prefix` and the Evaluation."""
+  the scores prefixed by `prefix` (with `<prefix>/split`) and the Evaluation."""
   mesh = mesh or sharding.make_mesh()
   prefix = prefix or split
   result = task.evaluate(state, split, mesh, task.jit_predict(state, mesh, predict, ensemble),
@@ -151,7 +151,9 @@ def evaluate(task: base.Task, state: Any, split: str, mesh: jax.sharding.Mesh | 
     fig_dir = os.path.join(workdir, "figures")
     task.write_figures(result, fig_dir, prefix)
     save_curves(workdir)
-  return {f"{prefix}/{k}": v for k, v in result.scores.items()}, result
+  # "<prefix>/split" names the split scored: the prefix is its role ("test"), the split may be another
+  # (the ISIC recipes report Validation).
+  return {f"{prefix}/{k}": v for k, v in result.scores.items()} | {f"{prefix}/split": split}, result
 
 
 def save_curves(workdir: str) -> None:
@@ -187,7 +189,6 @@ def _train_and_score(task: base.Task, workdir: str, test_split: str, mesh) -> di
   for prefix, split in task.final_splits(test_split):
     scores, result = evaluate(task, state, split, mesh, workdir, prefix, figures_too=prefix != "train")
     metrics.update(scores)
-    metrics[f"{prefix}/split"] = split  # "test/" is the role; this is the split actually scored
     if result.predictions is not None:
       predictions[f"{prefix}/_predictions"] = result.predictions
     if split == task.val_split:  # scores of the split that picked the checkpoint are optimistic
@@ -245,7 +246,6 @@ def _cross_validate(task: base.Task, workdir: str, test_split: str, mesh) -> dic
                                      ("test", test_split, True)):
       s, result = evaluate(fold_task, state, fold_split, mesh, fold_dir if figs else None, prefix)
       scores.update(s)
-      scores[f"{prefix}/split"] = fold_split
       if result.predictions is not None:
         scores[f"{prefix}/_predictions"] = result.predictions
       if prefix == "cv":
@@ -261,7 +261,7 @@ def _cross_validate(task: base.Task, workdir: str, test_split: str, mesh) -> dic
         metrics[f"{prefix}/{k}_fold_mean"] = float(np.mean(values))
         metrics[f"{prefix}/{k}_fold_std"] = float(np.std(values))
   metrics["folds"] = task.folds
-  metrics["test/split"] = test_split
+  metrics["test/split"] = test_split  # the pooled cv/ scores name no single split
   task.write_figures(pooled, os.path.join(workdir, "figures"), "cv")
   write_results(workdir, metrics, {})
   return metrics
