@@ -19,7 +19,9 @@ and stores each result under its example id:
   (`shard_ids`: every P-th sorted id from its process index) into the shared store; the counts
   are then gathered, which also waits until every process has written its share, so afterwards
   every process can read all artifacts. Explicit `process_index`/`process_count` run one share
-  as an independent job (no waiting), e.g. array jobs without `jax.distributed`.
+  as an independent job (no waiting), e.g. array jobs without `jax.distributed`. Hosts call
+  `compute` different numbers of times (their shares left to do differ), so a model-driven
+  `compute` runs on a process-local mesh (`sharding.process_local`), never a collective step.
 
 `run_on_beam` runs the same stage on an Apache Beam runner (optional dependency).
 """

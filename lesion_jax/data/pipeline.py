@@ -7,7 +7,8 @@ shuffles, seeds and batches: `train_stream` / `eval_stream` (tf.data) and `train
 
 Training streams are a pure function of (seed, step): epoch e is the split shuffled with the seed
 seed·1_000_003 + e, and example i of the stream is preprocessed with the stateless seed
-(seed, i). `train_iterator(config, ops, start_step=s)` therefore resumes exactly where an
+(seed, i) (on host p > 0 of a multi-host run, (process_stream_seed(seed), i): hosts augment
+differently). `train_iterator(config, ops, start_step=s)` therefore resumes exactly where an
 interrupted run stopped, and the same seed always gives the same batches.
 """
 from __future__ import annotations
@@ -220,11 +221,26 @@ def _label_counts(ds: tf.data.Dataset, label_key: str, classes: int) -> np.ndarr
   return np.bincount(labels, minlength=classes)
 
 
+def process_stream_seed(seed: int, process_index: int | None = None) -> int:
+  """The seed of process `process_index`'s (default: this one's) preprocessing stream.
+
+  Every host's stream has the same positions, so without the process in the seed host p would
+  augment its i-th example exactly as host 0 augments its own i-th. Process 0 keeps `seed`
+  itself, so every single-host run, and process 0 of a multi-host one, draws bit for bit what it
+  drew before hosts were told apart; only process p > 0 folds p in (an int64 mix of (seed, p))."""
+  p = jax.process_index() if process_index is None else process_index
+  if p == 0:
+    return seed
+  mixed = np.random.SeedSequence([seed % 2 ** 63, p]).generate_state(1, np.uint64)[0]
+  return int(mixed >> np.uint64(1))  # fits tf.int64
+
+
 def _preprocessed(ds: tf.data.Dataset, preprocess: ops.OpLike, seed: int,
                   builder: tfds.core.DatasetBuilder) -> tf.data.Dataset:
-  """`ds` of (position, example) through `preprocess`, each example seeded with (seed, position)."""
+  """`ds` of (position, example) through `preprocess`, each example seeded with
+  (process_stream_seed(seed), position): (seed, position) on one host."""
   try:  # ops check their inputs while tf.data traces them, i.e. here
-    return ops.apply(ds, preprocess, stream_seed=seed)
+    return ops.apply(ds, preprocess, stream_seed=process_stream_seed(seed))
   except ops.MissingFeatureError as e:
     raise ops.MissingFeatureError(f"dataset {builder.info.full_name}: {e}") from None
 

@@ -29,7 +29,8 @@ one-vs-rest ROC AUC, average precision, sensitivity and specificity (`metrics.cl
 None where the split has no patch of the feature), their means over the features (`mean_auc`
 picks the best checkpoint), the overall accuracy and the confusion matrix. Figures: a grid of
 example patches per class and the confusion matrix. Evaluation is single-host (the pipeline's
-`eval_iterator` does not split a one-to-many op's outputs over hosts).
+`eval_iterator` does not split a one-to-many op's outputs over hosts), so `check` refuses a
+multi-host run up front.
 
 `input.image_size` and `input.augment` are not read: images are used at their stored resolution
 (the superpixel maps join them pixel for pixel) and patches have side `patch.size`.
@@ -204,6 +205,12 @@ class FeatureNetworkTask(base.Task):
   def check(self, mesh, extra_splits=()) -> None:
     c = self.config
     err = config_lib.ConfigError
+    if jax.process_count() > 1:
+      # Refused before anything is written or trained: the run would die at its first validation.
+      raise err(f"the Lesion Feature Network runs on one host only (this run has {jax.process_count()} "
+                "processes): its evaluation emits a variable number of patches per image (a one-to-many "
+                "op), so hosts cannot agree in advance on how many batches each evaluates "
+                "(pipeline.eval_iterator); run it as a single process (it may use every local device)")
     if c.model.variant not in LFN_VARIANTS:
       raise err(f"--variant={c.model.variant!r}: choose one of {list(LFN_VARIANTS)}")
     p = c.patch

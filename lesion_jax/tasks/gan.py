@@ -229,7 +229,9 @@ class GANTask(base.Task):
 
   def sample(self, state, z: np.ndarray, mesh=None, predict=None) -> np.ndarray:
     """Images (N, C, S, S, 3) in [-1, 1] from latents (N, C, latent), in batches of the training size
-    (BatchNorm uses each batch's statistics, as in training)."""
+    (BatchNorm uses each batch's statistics, as in training). On several hosts every host passes
+    the same `z` and gets every image: each batch is the whole global batch (as on one host),
+    split over the mesh's devices, and gathered back to every host."""
     mesh = mesh or sharding.make_mesh()
     predict = predict or self.jit_predict(state, mesh)
     b = self.batch_size
@@ -239,18 +241,22 @@ class GANTask(base.Task):
       n = len(chunk)
       if n < b:  # a full batch keeps BatchNorm's statistics those of a training-sized batch
         chunk = np.concatenate([chunk, self.latents(10_000 + start, b - n)])
-      out.append(np.asarray(jax.device_get(predict(state, sharding.shard_batch({"z": chunk}, mesh))))[:n])
+      out.append(sharding.gather_global(predict(state, sharding.global_batch({"z": chunk}, mesh)))[:n])
     return np.concatenate(out) if out else np.zeros((0, len(self.class_names)))
 
   def real_examples(self, split: str) -> dict[str, tuple[np.ndarray, list[str]]]:
-    """The split's (images in [-1, 1] at the GAN's size, ids) per modelled class."""
+    """The split's (images in [-1, 1] at the GAN's size, ids) per modelled class: the whole split
+    on every host, in the split's order (each host reads its shard, a contiguous part, and the
+    shards are gathered in process order), so FD-derm compares with the same real images as on
+    one host."""
     images, labels, ids = [], [], []
     for batch in self.eval_batches(split):
       real = batch["weight"] > 0
       images.append(batch["image"][real])
       labels.append(batch["label"][real])
       ids.extend(base.decode_ids(batch["id"][real]))
-    images, labels, ids = np.concatenate(images), np.concatenate(labels), np.asarray(ids)
+    rows = sharding.allgather_rows({"image": np.concatenate(images), "label": np.concatenate(labels)})
+    images, labels, ids = rows["image"], rows["label"], np.asarray(sharding.allgather_strings(ids))
     return {n: (images[labels == i], list(ids[labels == i])) for n, i in zip(self.class_names, self.class_indices)}
 
   def real_images(self, split: str) -> dict[str, np.ndarray]:

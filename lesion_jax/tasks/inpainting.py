@@ -324,8 +324,11 @@ def purified_images(inpainter_workdir: str, builder, splits: list[str], root: st
   dataset = builder.info.full_name
   occlusions = occlusion.occlusion_store(root, dataset, occlusion_config)
   store = purify.purified_store(root, dataset, inpainter_workdir, step, occlusions)
-  predict = task.jit_predict(state, mesh)
-  inpaint = lambda images, masks: task.inpaint_images(state, images, masks, mesh, predict)
+  # Each host inpaints only its share of the images not yet stored, so hosts run different
+  # numbers of batches: on a process-local mesh, none waits for the others (sharding.process_local).
+  local, state = sharding.process_local(state, mesh)
+  predict = task.jit_predict(state, local)
+  inpaint = lambda images, masks: task.inpaint_images(state, images, masks, local, predict)
   for split in splits:
     purify.purify_split(builder, split, store, occlusions, occlusion_config, inpaint)
   return store.directory

@@ -420,8 +420,11 @@ def lesion_crops(segmenter_workdir: str, builder, splits: list[str], size: int, 
   step = int(jax.device_get(state.step))
   cstore = crops.crop_store(root, builder.info.full_name, segmenter_workdir, step, size, margin, black_out,
                             fallback=task.config.fallback)
-  predict = task.jit_predict(state, mesh)
-  segment = lambda images: task.segment_images(state, images, mesh, predict)
+  # Each host segments only its share of the images not yet stored, so hosts run different
+  # numbers of batches: on a process-local mesh, none waits for the others (sharding.process_local).
+  local, state = sharding.process_local(state, mesh)
+  predict = task.jit_predict(state, local)
+  segment = lambda images: task.segment_images(state, images, local, predict)
   binarize = lambda prob: task.binarize(prob)[0]
   for split in splits:
     crops.crop_split(builder, split, cstore, segment, binarize, size, margin, black_out=black_out)

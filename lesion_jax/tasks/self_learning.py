@@ -108,8 +108,11 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
     state = runner.restore(task, round_dir, "best", mesh)
     step = int(jax.device_get(state.step))
     rstore = relabel.relabel_store(root, builder.info.full_name, round_dir, step)
-    predict = task.jit_predict(state, mesh)
-    segment = lambda images: task.segment_images(state, images, mesh, predict)  # noqa: E731
+    # Each host relabels only its share of the images not yet stored, so hosts run different
+    # numbers of batches: on a process-local mesh, none waits for the others (sharding.process_local).
+    local, state = sharding.process_local(state, mesh)
+    predict = task.jit_predict(state, local)
+    segment = lambda images: task.segment_images(state, images, local, predict)  # noqa: E731
     binarize = lambda prob: task.binarize(prob)[0]  # noqa: E731
     pseudo = {}
     for split in unlabelled:

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
 
@@ -34,14 +34,50 @@ def initialize_distributed(mode: str = "auto", coordinator_address: str | None =
                              process_id=process_id)
 
 
+def _data_mesh(devices) -> Mesh:
+  # Auto axes: the steps are written for GSPMD's automatic sharding (jax.make_mesh would default
+  # to explicit sharding types).
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,), devices=devices)
+
+
 def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A mesh over all (or the first `num_devices`) devices, across every host, with one 'data' axis."""
+  """A mesh over all (or the first `num_devices`) devices, across every host, with one 'data'
+  axis, laid out by `jax.make_mesh` (which orders devices by the physical topology where it
+  knows one, e.g. a ring on TPU, for faster all-reduces)."""
   devices = jax.devices()
   if num_devices is not None:
     if num_devices > len(devices):
       raise ValueError(f"asked for {num_devices} devices, only {len(devices)} are visible")
     devices = devices[:num_devices]
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  return _data_mesh(devices)
+
+
+def local_mesh() -> Mesh:
+  """A 'data' mesh of this process's devices only: computations on it never wait for another host."""
+  return _data_mesh(jax.local_devices())
+
+
+def process_local(tree: Any, mesh: Mesh) -> tuple[Mesh, Any]:
+  """(mesh, tree) for work each host does on its own, e.g. artifact inference, where hosts run
+  different numbers of batches: on several hosts, a process-local mesh (`local_mesh`) and `tree`
+  (arrays replicated on `mesh`) replicated on it, from each array's local copy; on one host,
+  `mesh` and `tree` unchanged.
+
+  Why: a step jitted over a mesh spanning hosts is one program on all of them; when XLA puts a
+  collective into it, a host that runs it more often than the others waits forever for them.
+  """
+  if jax.process_count() == 1:
+    return mesh, tree
+  local = local_mesh()
+
+  def move(x):
+    if isinstance(x, jax.Array):
+      if not x.is_fully_replicated:
+        raise ValueError(f"process_local moves replicated arrays only, got one sharded as {x.sharding}")
+      x = x.addressable_data(0)
+    return jax.device_put(x, replicated(local), may_alias=False)
+
+  return local, jax.tree.map(move, tree)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -110,13 +146,28 @@ def meet_hosts(timeout_s: float = HOSTS_MEET_TIMEOUT_S) -> None:
   machine, a longer input-pipeline start) killed the run ("Gloo context initialization failed:
   DEADLINE_EXCEEDED"). The coordination service's barrier is not a collective and takes its own
   timeout.
+
+  Why a private API: JAX (0.10) exposes no public barrier of the coordination service.
+  `multihost_utils.sync_global_devices` is a collective (it would set gloo up, the very thing
+  that must wait), and `jax.distributed` offers only initialize / is_initialized / shutdown. So
+  the client is read from `jax._src.distributed`, guarded: where a JAX version moves it, the
+  hosts go on without meeting (logged), as they did before this barrier existed.
   """
   global _hosts_met
   if _hosts_met or jax.process_count() == 1:
     return
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  client = distributed.global_state.client
-  if client is not None:
+  client = None
+  if jax.distributed.is_initialized():
+    try:
+      from jax._src import distributed  # pylint: disable=g-import-not-at-top
+      client = distributed.global_state.client
+    except (ImportError, AttributeError):
+      client = None
+  if client is None or not hasattr(client, "wait_at_barrier"):
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning("meet_hosts: no coordination-service client to wait at (this JAX version keeps it "
+                    "elsewhere); the hosts go on without meeting before the first collective")
+  else:
     client.wait_at_barrier("lesion_jax_hosts_meet", timeout_in_ms=int(timeout_s * 1000))
   _hosts_met = True
 
@@ -185,12 +236,41 @@ def allgather_strings(strings: list[str]) -> list[str]:
 
 
 def to_host(tree: Any) -> Any:
-  """This process's rows of every batch-sharded global array in `tree`, as numpy (in batch order)."""
+  """This process's rows of every batch-sharded array in `tree`, as numpy (in batch order): all
+  rows of an array this process holds whole (one host, or a process-local mesh)."""
   if jax.process_count() == 1:
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
   def local(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
     shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
     return np.concatenate([np.asarray(s.data) for s in shards], axis=0)
 
   return jax.tree.map(local, tree)
+
+
+def global_batch(tree: Any, mesh: Mesh) -> Any:
+  """A pytree of whole global batches that every process holds in full (e.g. latents from a
+  shared seed) placed on `mesh`, split along the batch axis: each device gets its own rows, so
+  the global array equals the host one whatever the mesh's device order."""
+  sharding = batch_sharded(mesh)
+
+  def place(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+  return jax.tree.map(place, tree)
+
+
+def gather_global(tree: Any) -> Any:
+  """Every array of `tree` whole, as numpy, on every process (a collective where an array spans
+  hosts): the inverse of `global_batch`."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  def whole(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(whole, tree)
