@@ -31,7 +31,7 @@ class _Commands:
                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert json.loads(self._server.stdout.readline()) == {"ready": True}
 
-  def run(self, module, *args, timeout=600):
+  def run(self, module, *args, timeout=600, check=False):
     self._count += 1
     out, err = (os.path.join(self._scratch, f"{self._count}.{n}") for n in ("out", "err"))
     request = {"module": module, "args": list(args), "cwd": REPO, "stdout": out, "stderr": err,
@@ -41,7 +41,10 @@ class _Commands:
     reply = json.loads(self._server.stdout.readline())
     if reply["timed_out"]:
       raise subprocess.TimeoutExpired([module, *args], timeout)
-    return subprocess.CompletedProcess([module, *args], reply["returncode"], open(out).read(), open(err).read())
+    proc = subprocess.CompletedProcess([module, *args], reply["returncode"], open(out).read(), open(err).read())
+    if check and proc.returncode != 0:
+      raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
 
   def close(self):
     self._server.stdin.close()
@@ -60,10 +63,7 @@ def commands(tmp_path_factory):
 
 
 def run(module, *args, check=True):
-  proc = _commands.run(module, *args)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-  return proc
+  return _commands.run(module, *args, check=check)
 
 
 @pytest.fixture(scope="module")

@@ -30,10 +30,7 @@ def workdir(tiny_data_dir, tiny_dataset, tmp_path_factory):
 
 
 def run(module, *args, check=True):
-  proc = _commands.run(module, *args)
-  if check and proc.returncode != 0:
-    raise AssertionError(f"{module} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-  return proc
+  return _commands.run(module, *args, check=check)
 
 
 def predict(workdir, images, out, *args, check=True):
@@ -98,13 +95,19 @@ def test_same_stem_inputs_get_their_own_names_and_a_corrupt_one_takes_none(workd
                                      "solo_overlay.png"]
 
 
-def test_overwrite_leaves_only_what_the_new_table_lists(workdir, tmp_path):
+def first_run_of_two_photos(workdir, tmp_path):
+  """(images folder, --out) after a predict run on a.png and b.png."""
   images = tmp_path / "images"
   images.mkdir()
   for i, name in enumerate(("a.png", "b.png")):
     photo(images / name, seed=i)
   out = tmp_path / "out"
   predict(workdir, f"{images}/*.png", out)
+  return images, out
+
+
+def test_overwrite_leaves_only_what_the_new_table_lists(workdir, tmp_path):
+  images, out = first_run_of_two_photos(workdir, tmp_path)
   (out / "notes.txt").write_text("the user's")  # not an output of either run: left alone
   predict(workdir, f"{images}/a.png", out, "--overwrite")
   assert list(table(out)) == ["a.png"]
@@ -112,12 +115,7 @@ def test_overwrite_leaves_only_what_the_new_table_lists(workdir, tmp_path):
 
 
 def test_a_killed_overwrite_run_leaves_no_old_table_and_owns_what_it_wrote(workdir, tmp_path):
-  images = tmp_path / "images"
-  images.mkdir()
-  for i, name in enumerate(("a.png", "b.png")):
-    photo(images / name, seed=i)
-  out = tmp_path / "out"
-  predict(workdir, f"{images}/*.png", out)
+  images, out = first_run_of_two_photos(workdir, tmp_path)
   killed = run("tests.test_predict_safety", f"--workdir={workdir}", f"--images={images}/*.png", f"--out={out}",
                "--overwrite", "--chunk=1", check=False)
   assert killed.returncode == 137, killed.stderr[-3000:]

@@ -24,7 +24,7 @@ from lesion_jax import config as config_lib
 from lesion_jax.data import pipeline
 from lesion_jax.tasks import base, runner
 from lesion_jax.train import loop
-from tests.test_runner import HoleConfig, HoleTask
+from tests.hole_task import HoleConfig, HoleTask
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
