@@ -117,6 +117,10 @@ def test_a_run_that_wrote_nothing_does_not_lock_its_workdir(task, tmp_path):
   runner.write_config(workdir, task)  # e.g. a run that diverged before its first checkpoint
   runner.write_config(workdir, HoleTask(dataclasses.replace(task.config, hole_size=4)))  # accepted
   assert runner.load(workdir).config.hole_size == 4
+  os.makedirs(os.path.join(workdir, "round_0"))  # a pipeline whose first stage has a run of its own
+  runner.write_config(os.path.join(workdir, "round_0"), task)
+  with pytest.raises(ValueError, match="other flags"):
+    runner.write_config(workdir, task)
 
 
 def _data_files(step_dir: str) -> list[str]:

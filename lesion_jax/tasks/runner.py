@@ -70,7 +70,9 @@ def _nothing_trained(workdir: str) -> bool:
   the corrected command out."""
   ckpt_dir = os.path.join(workdir, "checkpoints")
   steps = [d for d in os.listdir(ckpt_dir) if d.isdigit()] if os.path.isdir(ckpt_dir) else []
-  return not steps and not os.path.exists(os.path.join(workdir, "metrics.json"))
+  # A pipeline's record (two-stage, self-learning, cross-validation) has its runs in subfolders.
+  stages = [d for d in os.listdir(workdir) if os.path.exists(os.path.join(workdir, d, "config.json"))]
+  return not steps and not stages and not os.path.exists(os.path.join(workdir, "metrics.json"))
 
 
 def _read_record(path: str) -> dict[str, Any]:
