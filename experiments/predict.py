@@ -212,10 +212,8 @@ def load_models(workdir: str, classifier_workdir: str | None, which):
       segmenter = (seg_task, runner.restore(seg_task, seg_dir, "best"))
   elif isinstance(task, segmentation.SegmentationTask):
     task = common.with_segmentation_overrides(task, FLAGS.tta_scales, FLAGS.fallback)
-    cls_task = runner.load(classifier_workdir) if classifier_workdir else None
-    if cls_task is not None and not isinstance(cls_task, classification.ClassificationTask):
-      raise app.UsageError(f"--classifier_workdir={classifier_workdir} holds a {cls_task.name!r} run, "
-                           "not a classification run (train_classifier)")
+    cls_task = (runner.load(classifier_workdir, classification.ClassificationTask, "classifier_workdir")
+                if classifier_workdir else None)
     segmenter = (task, runner.restore(task, workdir, which))
   else:
     raise app.UsageError(f"{workdir} holds a {task.name!r} run: predict knows segmentation and classification runs")

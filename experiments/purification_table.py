@@ -47,9 +47,7 @@ def main(argv):
     name, sep, path = item.partition(":")
     if not sep or not path:
       raise app.UsageError(f"--classifiers: {item!r} is not name:workdir")
-    task = runner.load(path)
-    if not isinstance(task, classification.ClassificationTask):
-      raise app.UsageError(f"--classifiers: {path} holds a {task.name!r} run, not a classifier")
+    task = runner.load(path, classification.ClassificationTask, "classifiers")
     runs[name] = (task, runner.restore(task, path, "best", mesh))
   first = next(iter(runs.values()))[0]
   data = first.config.input

@@ -134,7 +134,7 @@ def test_a_killed_overwrite_run_leaves_no_old_table_and_owns_what_it_wrote(workd
 def test_a_classifier_workdir_of_another_kind_is_refused_by_name(workdir, tmp_path):
   photo(tmp_path / "a.png")
   proc = predict(workdir, f"{tmp_path}/a.png", tmp_path / "out", f"--classifier_workdir={workdir}", check=False)
-  refused_in_one_line(proc, f"--classifier_workdir={workdir} holds a 'segmentation' run")
+  refused_in_one_line(proc, f"--classifier_workdir={workdir}: holds a 'segmentation' run, not a 'classification' run")
   assert not os.path.exists(tmp_path / "out" / "predictions.csv")
 
 

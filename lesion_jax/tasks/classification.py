@@ -17,7 +17,7 @@ from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, inference, metrics
 from lesion_jax.models.classifiers import CLASSIFIERS, build_classifier
-from lesion_jax.tasks import base
+from lesion_jax.tasks import base, runner
 from lesion_jax.train import sharding, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
@@ -139,7 +139,7 @@ class ClassificationTask(base.Task):
     c = self.config
     if not os.path.exists(os.path.join(c.model.init_from, "config.json")):
       raise config_lib.ConfigError(f"--init_from={c.model.init_from}: not a train_classifier workdir (no config.json)")
-    source = load_classifier_run(c.model.init_from, "init_from")
+    source = runner.load(c.model.init_from, ClassificationTask, "model.init_from")
     if (source.config.model.name, source.config.model.width) != (c.model.name, c.model.width):
       raise config_lib.ConfigError(
           f"--init_from={c.model.init_from}: a {source.config.model.name} of width {source.config.model.width:g}, "
@@ -194,7 +194,6 @@ class ClassificationTask(base.Task):
   def generated_examples(self) -> tuple[list[dict], dict]:
     """(records of the generated images that balance the train split, the plan: counts per class)."""
     from lesion_jax.artifacts import generated  # pylint: disable=g-import-not-at-top
-    from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
     c = self.config
     gan_task = runner.load(c.generated)
     with base.loop.checkpoints_for(c.generated, gan_task.loop_config(), read_only=True) as ckpts:
@@ -290,27 +289,14 @@ class ClassificationTask(base.Task):
   def classify_images(self, state, images: list[np.ndarray], mesh=None) -> list[np.ndarray]:
     """Class probabilities for uint8 RGB model inputs (raw images, or lesion crops for a classifier
     trained on segmented input), preprocessed exactly as in training."""
-    from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
     return runner.predict_examples(self, state, [self.example_input(im) for im in images], mesh)
-
-
-def load_classifier_run(workdir: str, flag: str) -> "ClassificationTask":
-  """The task of a train_classifier run's config.json; `flag` names the option that gave
-  `workdir`, for the error when it holds another kind of run."""
-  from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
-  task = runner.load(workdir)
-  if not isinstance(task, ClassificationTask):
-    raise config_lib.ConfigError(f"--{flag}={workdir}: holds a {task.name!r} run, not a "
-                                 "classification run (train_classifier)")
-  return task
 
 
 def restored_classifier(workdir: str, flag: str) -> tuple["ClassificationTask", dict, Callable]:
   """(task, variables, apply_fn) of the best checkpoint of a train_classifier run, on the host: a
   fixed network other tasks read features from (perceptual losses, FD-derm). `flag` names the
   option that gave `workdir`, for the error when it holds another kind of run."""
-  from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
-  task = load_classifier_run(workdir, flag)
+  task = runner.load(workdir, ClassificationTask, flag)
   state = jax.device_get(runner.restore(task, workdir, "best"))
   return task, model_variables(state), state.apply_fn
 

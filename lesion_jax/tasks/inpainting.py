@@ -41,7 +41,7 @@ from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, inference
 from lesion_jax.eval import inpainting as inpainting_eval
 from lesion_jax.models.inpainting import PConvUNet
-from lesion_jax.tasks import base
+from lesion_jax.tasks import base, runner
 from lesion_jax.train import losses, sharding, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
@@ -173,8 +173,7 @@ class InpaintingTask(base.Task):
     c = self.config
     if not self.finetuning:
       return state
-    from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
-    initial_task = runner.load(c.finetune_from)
+    initial_task = runner.load(c.finetune_from, InpaintingTask, "finetune_from")
     initial = jax.device_get(runner.restore(initial_task, c.finetune_from, "best"))
     return state.replace(params=initial.params, batch_stats=initial.batch_stats,
                          opt_state=state.tx.init(initial.params))
@@ -282,7 +281,6 @@ class InpaintingTask(base.Task):
     """uint8 RGB images of any size with their bool hole masks (True = occluded) → the images with
     the holes filled: the network runs at the run's image size, its output is resized back and
     replaces only the hole pixels (every other pixel is kept as it was)."""
-    from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
     import cv2  # pylint: disable=g-import-not-at-top
     size = self.config.input.image_size
     examples = []
@@ -304,11 +302,7 @@ class InpaintingTask(base.Task):
 
 def inpainter_from_workdir(workdir: str, mesh=None) -> tuple[InpaintingTask, Any]:
   """(task, best state) of a train_inpainter run, with a clear error for another kind of run."""
-  from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
-  task = runner.load(workdir)
-  if not isinstance(task, InpaintingTask):
-    raise config_lib.ConfigError(f"--inpainter_workdir={workdir}: holds a {task.name!r} run, not an "
-                                 "inpainting run (train_inpainter)")
+  task = runner.load(workdir, InpaintingTask, "inpainter_workdir")
   return task, runner.restore(task, workdir, "best", mesh)
 
 

@@ -89,15 +89,20 @@ class RunNotFoundError(FileNotFoundError):
   """A workdir with no run record in it."""
 
 
-def load(workdir: str) -> base.Task:
-  """The task (and config) of the run in `workdir`."""
+def load(workdir: str, kind: type[base.Task] | None = None, flag: str = "workdir") -> base.Task:
+  """The task (and config) of the run in `workdir`. With `kind`, the one way to ask for a run of
+  one kind: another kind is refused with a ConfigError naming `flag` (the option that gave
+  `workdir`) and both kinds, before anything is restored."""
   path = config_path(workdir)
   if not os.path.exists(path):
-    raise RunNotFoundError(f"{path} not found: is {workdir!r} the --workdir of a training run?")
+    raise RunNotFoundError(f"{path} not found: is {workdir!r} the --{flag} of a training run?")
   try:
-    return base.from_record(_read_record(path), path)
+    task = base.from_record(_read_record(path), path)
   except (TypeError, KeyError) as e:  # a record of the right keys but the wrong shapes
     raise config_lib.ConfigError(f"{path}: not a readable run record ({type(e).__name__}: {e})") from None
+  if kind is not None and not isinstance(task, kind):
+    raise config_lib.ConfigError(f"--{flag}={workdir}: holds a {task.name!r} run, not a {kind.name!r} run")
+  return task
 
 
 def restore(task: base.Task, workdir: str, which: checkpoint.Which = "best",

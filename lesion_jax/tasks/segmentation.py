@@ -20,7 +20,7 @@ from lesion_jax.eval import figures, inference, metrics, postprocess, superpixel
 from lesion_jax.eval.superpixel_refine import RefineConfig
 from lesion_jax.models.fcn import FCN
 from lesion_jax.models.unet import UNet
-from lesion_jax.tasks import base
+from lesion_jax.tasks import base, runner
 from lesion_jax.train import losses, sharding, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
@@ -381,7 +381,6 @@ class SegmentationTask(base.Task):
   def segment_images(self, state, images: list[np.ndarray], mesh=None, predict=None) -> list[np.ndarray]:
     """Lesion probability maps for uint8 RGB images of any size, each at its image's resolution
     (preprocessed exactly as in training, run in padded batches of the run's batch size)."""
-    from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
     probs = runner.predict_examples(self, state, [self.example_input(im) for im in images], mesh,
                                     predict or "predict")
     return [self.prob_at(p, im.shape[0], im.shape[1]) for p, im in zip(probs, images)]
@@ -408,12 +407,8 @@ def lesion_crops(segmenter_workdir: str, builder, splits: list[str], size: int, 
   images. Masks are the run's own binarisation (`binarize`), with the catastrophic-mask fallback
   if `fallback` (None: the run's own --fallback)."""
   from lesion_jax.artifacts import crops  # pylint: disable=g-import-not-at-top
-  from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
   mesh = mesh or sharding.make_mesh()
-  task = runner.load(segmenter_workdir)
-  if not isinstance(task, SegmentationTask):
-    raise config_lib.ConfigError(f"--segmenter_workdir={segmenter_workdir}: holds a {task.name!r} run, "
-                                 "not a segmentation run (train_segmenter)")
+  task = runner.load(segmenter_workdir, SegmentationTask, "segmenter_workdir")
   if fallback is not None:
     task = task.with_postprocessing(fallback=fallback)
   state = runner.restore(task, segmenter_workdir, "best", mesh)
