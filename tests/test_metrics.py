@@ -292,3 +292,28 @@ def test_roc_curve_points_matches_sklearn():
   scores = rng.random(30)
   for ours, ref in zip(metrics.roc_curve_points(labels, scores), skm.roc_curve(labels, scores)):
     np.testing.assert_allclose(ours, ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# Package layout
+
+
+def test_metrics_package_reexports_each_family_and_imports_no_cycle():
+  import ast, importlib, inspect  # pylint: disable=g-import-not-at-top,multiple-imports
+  package = "lesion_jax.eval.metrics"
+  layers = {"masks": set(), "boundary": {"masks"}, "segmentation": {"boundary", "masks"},
+            "classification": set(), "generative": set(), "detection": set()}
+  for name, expected in layers.items():
+    module = importlib.import_module(f"{package}.{name}")
+    tree = ast.parse(inspect.getsource(module))
+    imports = {n.module[len(package) + 1:] for n in ast.walk(tree)
+               if isinstance(n, ast.ImportFrom) and (n.module or "").startswith(package + ".")}
+    assert imports == expected, name
+    if name == "masks":
+      continue
+    defined = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+    defined += [t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets]
+    for attr in defined:
+      if not attr.startswith("_"):
+        assert getattr(metrics, attr) is getattr(module, attr), f"{name}.{attr}"
+  assert metrics._box_iou_np is importlib.import_module(f"{package}.detection")._box_iou_np  # pylint: disable=protected-access

@@ -302,3 +302,21 @@ def test_rotation_of_boxes_matches_the_image_rotation_exactly_at_right_angles():
   layout = augment._layout(features, "image", ("r",), (), ("b",))  # pylint: disable=protected-access
   out = augment._rotate_step(features, layout, tf.constant(math.pi / 2), None)  # pylint: disable=protected-access
   np.testing.assert_allclose(np.asarray(out["b"])[0], _bbox(np.asarray(out["r"])[..., 0] > 0), atol=1e-5)
+
+
+def _sibling_imports(package: str, module: str) -> set[str]:
+  """The modules of `package` that `package.module` imports."""
+  import ast, importlib, inspect  # pylint: disable=g-import-not-at-top,multiple-imports
+  tree = ast.parse(inspect.getsource(importlib.import_module(f"{package}.{module}")))
+  return {n.module[len(package) + 1:] for n in ast.walk(tree)
+          if isinstance(n, ast.ImportFrom) and (n.module or "").startswith(package + ".")}
+
+
+def test_ops_package_reexports_every_op_and_its_modules_import_downwards():
+  for name in ops.names():
+    assert getattr(ops, name) is ops.get(name), name
+  assert ops.expand is ops.core.expand and callable(ops.expand)  # the factory, not a module
+  layers = {"core": set(), "features": {"core"}, "image": {"core", "features"}, "one_to_many": {"core"},
+            "detection": {"core"}, "inpainting": {"core"}, "lesion_index": {"core"},
+            "feature_network": {"core", "image"}}
+  assert {m: _sibling_imports("lesion_jax.data.ops", m) for m in layers} == layers

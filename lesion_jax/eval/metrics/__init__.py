@@ -1,0 +1,60 @@
+"""Segmentation and classification metrics shared by every experiment (host-side numpy).
+
+Segmentation follows the ISIC 2017/2018 challenge conventions: every metric is computed per
+image from that image's pixel counts and then averaged over images (not pooled over pixels).
+
+Per-image definitions, with tp/fp/fn/tn counted over the image's pixels:
+
+  jaccard     = tp / (tp + fp + fn)            1.0 when pred and target are both empty
+  dice        = 2 tp / (2 tp + fp + fn)        1.0 when pred and target are both empty
+  accuracy    = (tp + tn) / pixels
+  sensitivity = tp / (tp + fn)                 1.0 when the target is empty (nothing to miss)
+  specificity = tn / (tn + fp)                 1.0 when the target covers the whole image
+
+So an empty prediction for a non-empty target scores jaccard = dice = sensitivity = 0, and a
+non-empty prediction for an empty target scores jaccard = dice = 0, sensitivity = 1.
+"jaccard_thresholded" is the ISIC 2018 score: a per-image Jaccard below `threshold_ja` (0.65)
+counts as 0, one at or above it counts as is, then the mean is taken. Boundary metrics (HD95 and
+the DAVIS boundary F-score, with their empty-mask rules) are in `boundary_scores`.
+
+Classification (`classification_scores`):
+
+  * Binary problems (probs (N,) = P(class 1), or (N, 2)): precision/recall/f1/sensitivity/
+    specificity/roc_auc/average_precision are those of the positive class 1. Predicted label is
+    the argmax; for probs (N,) that is class 1 when P > 0.5.
+  * Multi-class: precision/recall/f1 are macro averages over all C classes (as scikit-learn's
+    `average="macro"` with `labels=range(C)`); sensitivity, specificity, roc_auc,
+    average_precision and specificity_at_sensitivity are macro means of the one-vs-rest values
+    over the classes where they are defined.
+  * Precision/recall/f1 with a zero denominator are 0 (scikit-learn's `zero_division=0`).
+    Everything else that is undefined (e.g. ROC AUC with one class in `labels`) is None, and
+    `notes` says why. The result contains only Python scalars, lists, dicts and None.
+  * `balanced_accuracy` (every problem) is the mean per-class recall, the ISIC 2018 Task 3 score.
+    With the ISIC 2017 classes (nevus / melanoma / seborrheic keratosis names present),
+    `isic2017` holds the Part 3 ranking: melanoma ROC AUC, seborrheic keratosis ROC AUC, their
+    mean, and melanoma specificity at 82 / 89 / 95 % sensitivity.
+
+Sample quality of generated images (`frechet_distance`, `kernel_distance`) compares two sets of
+feature vectors (FD-derm uses this project's own classifier's features, so its values are not
+comparable with published FIDs on Inception features).
+
+Layout (every name is re-exported here, so `from lesion_jax.eval import metrics; metrics.X` is
+the way to use them), by family: `segmentation` (counts, per-image scores, summaries,
+SegmentationAccumulator, pixel_confusion), `boundary` (HD95, boundary F, boundary recall,
+under-segmentation error), `classification` (ROC, specificity at sensitivity,
+classification_scores, isic2017_scores), `generative` (frechet_distance, kernel_distance) and
+`detection` (box IoU, mask_box, average_precision, DetectionAccumulator); `masks` holds the mask
+input checks the first two share.
+"""
+# pylint: disable=g-importing-member,unused-import
+from lesion_jax.eval.metrics.boundary import (BOUNDARY_KEYS, boundary_recall, boundary_scores, boundary_scores_one,
+                                              boundary_tolerance, mask_boundary, undersegmentation_error)
+from lesion_jax.eval.metrics.classification import (DEFAULT_SENSITIVITIES, ISIC2017_KERATOSIS, ISIC2017_MELANOMA,
+                                                    classification_scores, isic2017_scores, roc_curve_points,
+                                                    specificity_at_sensitivity)
+from lesion_jax.eval.metrics.detection import DetectionAccumulator, _box_iou_np, average_precision, mask_box
+from lesion_jax.eval.metrics.generative import frechet_distance, kernel_distance
+from lesion_jax.eval.metrics.segmentation import (SEGMENTATION_KEYS, SegmentationAccumulator,
+                                                  per_image_segmentation_scores, pixel_confusion,
+                                                  scores_from_counts, segmentation_counts, segmentation_scores,
+                                                  summarize_segmentation)
