@@ -1,7 +1,7 @@
 """Mask R-CNN lesion segmentation (pipeline 4's segmenter, the mask-then-AlexNet paper).
 
 A segmentation task whose network is models.maskrcnn.MaskRCNN: it trains on instances derived
-from the lesion masks (data/ops.py lesion_instances) and predicts detections; the lesion mask of
+from the lesion masks (data/ops/detection.py lesion_instances) and predicts detections; the lesion mask of
 an image is its top-scoring instance's mask pasted at the image's native resolution (one lesion
 per dermoscopy image, so the best instance is the lesion; `paste="union"` takes the pixel-wise
 maximum over every instance scoring at least `score_threshold` instead). An image whose best

@@ -264,7 +264,7 @@ def gan_sample_step(state, batch: Batch) -> jax.Array:
 def make_maskrcnn_train_step(smooth_l1_beta: float = 0.0) -> TrainStep:
   """A train step for models.maskrcnn.MaskRCNN on batch['image'] and the padded instances
   batch['gt_boxes'] (N, K, 4), ['gt_classes'] (N, K), ['gt_masks'] (N, H, W, K), ['gt_valid'] (N, K)
-  (data/ops.py lesion_instances). Padding examples (weight 0) count as images without lesions
+  (data/ops/detection.py lesion_instances). Padding examples (weight 0) count as images without lesions
   (their instances are all invalid). Metrics: every loss term, "loss", and the mean numbers of
   foreground RoIs and of proposals per image."""
 
