@@ -112,7 +112,7 @@ def restore(task: base.Task, workdir: str, which: checkpoint.Which = "best",
   # Restored straight into the mesh's sharding (on several hosts, arrays committed to one local
   # device could not be moved onto the global mesh afterwards), from the state's abstract shape:
   # nothing is initialised only to be overwritten.
-  template = loop.replicated_abstract(jax.eval_shape(task.init_state, jax.random.key(0)), mesh)
+  template = sharding.replicated_abstract(jax.eval_shape(task.init_state, jax.random.key(0)), mesh)
   with loop.checkpoints_for(workdir, task.loop_config(), read_only=True) as ckpts:
     step = ckpts.best_step() if which == "best" else ckpts.latest_step() if which == "latest" else which
     state = ckpts.restore(template, which)

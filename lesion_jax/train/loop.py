@@ -30,7 +30,6 @@
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import signal
@@ -97,15 +96,9 @@ def check_state(state: Any) -> None:
   if step is None:
     raise TypeError(f"the training loop needs a state with a `step` attribute (an integer scalar "
                     f"array the train step increments), got {type(state).__name__}")
-  dtype = getattr(step, "dtype", None) or np.asarray(step).dtype
+  dtype = step.dtype if hasattr(step, "dtype") else np.asarray(step).dtype
   if getattr(step, "shape", ()) != () or not np.issubdtype(dtype, np.integer):
     raise TypeError(f"state.step must be an integer scalar, got {step!r}")
-
-
-def replicated_abstract(tree: Any, mesh: jax.sharding.Mesh) -> Any:
-  """The shape of `tree` (arrays or ShapeDtypeStructs) with the mesh's replicated sharding: a
-  restore template that allocates nothing."""
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.replicated(mesh)), tree)
 
 
 class _StopSignals:
@@ -218,7 +211,7 @@ def train(state: Any, train_step: Callable, batches_from: Callable[[int], Iterat
 def _resume_or_start(initial: InitialState, ckpts: checkpoint.Checkpoints, mesh) -> tuple[Any, int]:
   """(replicated state, its step): the newest intact checkpoint, restored straight into the
   replicated sharding (works across hosts), else the initial state."""
-  template = replicated_abstract(initial.abstract, mesh)
+  template = sharding.replicated_abstract(initial.abstract, mesh)
   while (step := ckpts.newest_intact_step()) is not None:
     try:
       state = ckpts.restore(template, step)
@@ -273,33 +266,27 @@ def _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rn
     last = step == config.num_steps
     evaluating = step % config.eval_every == 0 or last
     due_hooks = [h for h in hooks if step % h.every == 0 or last]
-    stop = signals.agreed()
-    if stop and not (evaluating or step % checkpoint_every == 0):
-      check_finite_state(step, state)
-      ckpts.save(step, state)
-      ckpts.wait()
-      writer.flush()
-      logging.warning("Stopped by %s at step %d: checkpoint saved; re-run the same command to resume.",
-                      signal.Signals(stop).name, step)
-      raise Preempted(stop, step, writer.workdir)
-    if evaluating or step % checkpoint_every == 0 or due_hooks:
+    stop = signals.agreed()  # a signal on any host: save this step and stop
+    saving = evaluating or step % checkpoint_every == 0 or bool(stop)
+    if saving or due_hooks:
       pause = time.perf_counter()
       eval_metrics = None
-      if evaluating or step % checkpoint_every == 0:
+      if saving:
         check_finite_state(step, state)
       if evaluating:
         eval_metrics = dict(evaluate(state)) if evaluate is not None else {}
         writer.scalars(step, eval_metrics)
         shown = " ".join(f"{k} {v:.4f}" for k, v in eval_metrics.items())
         logging.info("eval at step %d: %s (%.1fs)", step, shown or "-", time.perf_counter() - pause)
-      if evaluating or step % checkpoint_every == 0:
+      if saving:
         ckpts.save(step, state, eval_metrics or None)
       for hook in due_hooks:
         hook(step, state, writer)
       writer.flush()
       window_start += time.perf_counter() - pause  # keep eval, hooks and saving out of images/s
-    if stop:  # this step's checkpoint was written above, on its own schedule
+    if stop:
       ckpts.wait()
+      writer.flush()
       logging.warning("Stopped by %s at step %d: checkpoint saved; re-run the same command to resume.",
                       signal.Signals(stop).name, step)
       raise Preempted(stop, step, writer.workdir)

@@ -180,6 +180,12 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(tree, replicated(mesh), may_alias=False)
 
 
+def replicated_abstract(tree: Any, mesh: Mesh) -> Any:
+  """The shape of `tree` (arrays or ShapeDtypeStructs) with the mesh's replicated sharding: a
+  restore template that allocates nothing."""
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated(mesh)), tree)
+
+
 def state_shardings(state: Any, mesh: Mesh) -> Any:
   return jax.tree.map(lambda _: replicated(mesh), state)
 
