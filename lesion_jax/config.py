@@ -134,6 +134,7 @@ class Leaf:
   optional: bool
   default: Any
   doc: str
+  location: bool = False
 
 
 def leaves(config: Any, prefix: str = "") -> Iterator[Leaf]:
@@ -150,12 +151,19 @@ def leaves(config: Any, prefix: str = "") -> Iterator[Leaf]:
       args = typing.get_args(tp)
       if args and dataclasses.is_dataclass(args[0]):
         continue
-    yield Leaf(prefix + f.name, tp, optional, value, f.metadata.get("doc", ""))
+    yield Leaf(prefix + f.name, tp, optional, value, f.metadata.get("doc", ""), f.metadata.get("location", False))
 
 
-def field(default: Any, doc: str = "", **kwargs) -> Any:
-  """A dataclass field with a one-line description (becomes the flag's help text)."""
-  return dataclasses.field(default=default, metadata={"doc": doc}, **kwargs)
+def field(default: Any, doc: str = "", location: bool = False, **kwargs) -> Any:
+  """A dataclass field with a one-line description (becomes the flag's help text). `location`:
+  the field says where something is (a data folder, another run's workdir, a weights file), not
+  what the run computes, so a moved or copied one still resumes (`location_paths`)."""
+  return dataclasses.field(default=default, metadata={"doc": doc, "location": location}, **kwargs)
+
+
+def location_paths(config: Any) -> frozenset[str]:
+  """Dotted paths of the fields of `config` marked `location=True`."""
+  return frozenset(leaf.path for leaf in leaves(config) if leaf.location)
 
 
 def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:

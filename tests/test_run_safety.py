@@ -281,3 +281,30 @@ def test_help_exits_zero_and_usage_errors_are_one_line(tiny_data_dir, tmp_path):
   errors = [line for line in refused.stderr.splitlines() if "error" in line.lower()]
   assert errors and "config.json not found" in refused.stderr
   assert len(refused.stderr.splitlines()) < 10, refused.stderr  # not absl's page of help
+
+
+def test_a_moved_run_that_a_run_reads_still_resumes(tmp_path):
+  """Locations are marked on the config fields: an inpainter fine-tuned from a run that has moved
+  (or a classifier whose crops' segmenter has) resumes; a field that defines the run may not change."""
+  from lesion_jax.tasks import classification, inpainting, two_stage  # pylint: disable=g-import-not-at-top
+  assert {"finetune_from", "perceptual_workdir", "input.data_dir", "input.manual_dir"} <= \
+      config_lib.location_paths(inpainting.InpainterConfig())
+  assert {"crop.segmenter_workdir", "generated", "model.init_from", "model.init_weights"} <= \
+      config_lib.location_paths(classification.ClassifierConfig())
+  workdir = str(tmp_path / "w")
+  first = inpainting.InpaintingTask(inpainting.InpainterConfig(finetune_from="/runs/initial"))
+  runner.write_config(workdir, first)
+  os.makedirs(os.path.join(workdir, "checkpoints", "5"))  # something trained: the record is binding
+  runner.write_config(workdir, inpainting.InpaintingTask(inpainting.InpainterConfig(finetune_from="/moved/initial")))
+  with pytest.raises(ValueError, match="other flags"):
+    runner.write_config(workdir, inpainting.InpaintingTask(inpainting.InpainterConfig(
+        finetune_from="/moved/initial", perceptual_layers=2)))
+  pipeline_dir = str(tmp_path / "p")  # a pipeline's record names its config for the same rule
+  config = two_stage.TwoStageConfig(data_dir="/data/a")
+  runner.write_config(pipeline_dir, two_stage.describe(config), config)
+  open(os.path.join(pipeline_dir, "metrics.json"), "w").write("{}")
+  moved = two_stage.TwoStageConfig(data_dir="/data/b")
+  runner.write_config(pipeline_dir, two_stage.describe(moved), moved)
+  with pytest.raises(ValueError, match="other flags"):
+    other = two_stage.TwoStageConfig(data_dir="/data/b", seed=1)
+    runner.write_config(pipeline_dir, two_stage.describe(other), other)

@@ -62,8 +62,8 @@ class InputConfig:
   image_size and augment are read by the tasks when they build their op lists."""
   dataset: str = field("synthetic_lesions", "TFDS dataset name[/config], e.g. synthetic_lesions, "
                        "synthetic_lesions/s128, isic2017.")
-  data_dir: str | None = field(None, "TFDS data directory (default: ~/tensorflow_datasets).")
-  manual_dir: str | None = field(None, "Folder with the hand-downloaded archive (real datasets).")
+  data_dir: str | None = field(None, "TFDS data directory (default: ~/tensorflow_datasets).", location=True)
+  manual_dir: str | None = field(None, "Folder with the hand-downloaded archive (real datasets).", location=True)
   image_size: int = field(64, "Images are resized to image_size x image_size.")
   geometry: str = field("stretch", "How an image becomes a square: stretch (resize, the papers') or "
                         "letterbox (keep the aspect ratio, pad with black; maps are cut back before scoring).")

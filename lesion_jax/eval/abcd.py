@@ -27,11 +27,12 @@ FEATURE_NAMES = ("area_fraction", "relative_diameter", "axis_ratio", "asymmetry_
 @dataclasses.dataclass(frozen=True)
 class ABCDConfig:
   dataset: str = field("isic2017", "TFDS dataset name[/config].")
-  data_dir: str | None = field(None, "TFDS data directory (default: ~/tensorflow_datasets).")
-  manual_dir: str | None = field(None, "Folder with the hand-downloaded archive (real datasets).")
+  data_dir: str | None = field(None, "TFDS data directory (default: ~/tensorflow_datasets).", location=True)
+  manual_dir: str | None = field(None, "Folder with the hand-downloaded archive (real datasets).", location=True)
   masks: str = field("segmenter", "Masks measured: segmenter (--segmenter_workdir's best checkpoint) or kmeans "
                      "(K-means pseudo-masks: nothing trained, so every split's masks are equally rough).")
-  segmenter_workdir: str | None = field(None, "train_segmenter run whose best checkpoint gives the masks measured.")
+  segmenter_workdir: str | None = field(None, "train_segmenter run whose best checkpoint gives the masks measured.",
+                                        location=True)
   train_split: str = field("train", "Split the model is chosen on (k-fold) and fitted to.")
   test_split: str = field("test", "Split scored once at the end.")
   label_key: str = field("malignant", "Target feature: malignant (benign/malignant) or label (diagnosis).")

@@ -30,18 +30,19 @@ class ClassifierModelConfig:
   init_weights: str | None = field(None, "Initial ResNet weights from a local torchvision state dict (.npz from "
                                    "experiments/export_torchvision_weights.py, or .pth with torch installed); the "
                                    "model then pads as torchvision does and uses its 7x7 stem. The head is kept "
-                                   "fresh when its class count differs.")
+                                   "fresh when its class count differs.", location=True)
   init_from: str | None = field(None, "A train_classifier run of the same network (e.g. on synthetic_lesions) "
                                 "whose best checkpoint initialises this one (pretrain, then fine-tune): every "
                                 "weight and BatchNorm statistic of the same path and shape is copied, the rest "
-                                "(a head for another class count) stays freshly initialised.")
+                                "(a head for another class count) stays freshly initialised.", location=True)
 
 
 @dataclasses.dataclass(frozen=True)
 class LesionCropConfig:
   """Segmented input: the segmenter's mask ANDed with the image, cropped to the lesion's box
   (plus a margin) and resized (artifacts/crops.py); the same function serves training and predict."""
-  segmenter_workdir: str | None = field(None, "train_segmenter run whose best checkpoint makes the crops.")
+  segmenter_workdir: str | None = field(None, "train_segmenter run whose best checkpoint makes the crops.",
+                                        location=True)
   margin: float = field(0.1, "Margin around the lesion's bounding box, fraction of its size.")
   black_out: bool = field(True, "Black out the skin around the lesion (mask AND image).")
   fallback: bool = field(False, "Replace the segmenter's catastrophic masks (empty / whole field of view) "
@@ -65,7 +66,7 @@ class ClassifierConfig:
   class_weighting: str = field("none", "Loss weights per class: none, or inverse_frequency (n / (C n_c) "
                                "from the train split).")
   generated: str | None = field(None, "train_gan run whose generated images fill the scarce classes of the "
-                                "train split up to the largest (near-copies left out).")
+                                "train split up to the largest (near-copies left out).", location=True)
   folds: int = field(1, "k-fold cross-validation over the train split (the AlexNet paper used 5).")
   train_split: str = field("train", "Split trained on (and cross-validated over).")
   val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")

@@ -114,7 +114,7 @@ class FeatureNetworkConfig:
                                  "has one, else SLIC), dataset, or slic (SLIC artifacts).")
   superpixels: SuperpixelConfig = SuperpixelConfig()
   artifact_dir: str | None = field(None, "Where SLIC superpixels are stored (default: "
-                                   "<data_dir>/lesion_jax_artifacts).")
+                                   "<data_dir>/lesion_jax_artifacts).", location=True)
   num_steps: int = field(3000, "Training steps.")
   eval_every: int = field(1000, "Validate (and checkpoint) every this many steps.")
   checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")

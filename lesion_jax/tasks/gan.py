@@ -65,7 +65,8 @@ class GANConfig:
   sample_every: int = field(500, "Sample grid per class (figures/ and TensorBoard) every this many steps.")
   train_split: str = field("train", "Split of real images.")
   val_split: str = field("train", "Real images FD-derm compares with (scarce classes have few validation images).")
-  feature_workdir: str | None = field(None, "train_classifier run whose features give FD-derm (none: no FD, keep the last).")
+  feature_workdir: str | None = field(None, "train_classifier run whose features give FD-derm (none: no FD, keep "
+                                      "the last).", location=True)
   fd_samples: int = field(256, "Generated images per class for FD-derm (at least as many as the real ones).")
   image_artifacts: str | None = field(None, "Artifact store of images used instead of the dataset's (e.g. purified).")
 

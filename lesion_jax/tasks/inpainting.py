@@ -71,7 +71,7 @@ class InpainterConfig:
   loss: losses.InpaintingLossWeights = losses.InpaintingLossWeights()
   perceptual_workdir: str | None = field(
       None, "train_classifier run whose first convolutions give the perceptual and style features "
-      "(no pretrained VGG offline); unset: those two terms are off.")
+      "(no pretrained VGG offline); unset: those two terms are off.", location=True)
   perceptual_layers: int = field(3, "How many of that classifier's first convolutions (ReLU'd) to use.")
   target_key: str = field("image_clean", "Feature of the clean target: image_clean (synthetic), or "
                           "image on real data (its own pixels are the truth outside the holes).")
@@ -82,7 +82,8 @@ class InpainterConfig:
   eval_holes: str = field("occlusion_mask", "Holes scored in evaluation: occlusion_mask (the truth), "
                           "detected (occlusion_artifacts) or random.")
   finetune_from: str | None = field(None, "Workdir of the initial (Adam) run: start from its best state, "
-                                    "train with the `finetune` optimiser and the encoder BatchNorm frozen.")
+                                    "train with the `finetune` optimiser and the encoder BatchNorm frozen.",
+                                    location=True)
   num_steps: int = field(2000, "Training steps.")
   eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
   checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")

@@ -23,16 +23,16 @@ from lesion_jax.train import loop, sharding
 
 # Config fields that only say how long or how often: a resumed run may change them.
 RESUMABLE_CHANGES = frozenset({"num_steps", "eval_every", "log_every", "checkpoint_every"})
-# Fields that say where things are, not what the run computes: a moved or copied workdir, data
-# directory or archive still resumes. Artifact stores are compared by what names their content
+# Fields that say where things are, not what the run computes, are marked on the config field
+# (config.field(..., location=True)): a moved or copied workdir, data directory, archive or run
+# it reads still resumes. Artifact stores are compared by what names their content
 # (<dataset>/<kind>/<parameters>), not by where they are.
-LOCATION_FIELDS = frozenset({"data_dir", "manual_dir", "artifact_dir", "segmenter_workdir"})
 ARTIFACT_FIELDS = frozenset({"mask_artifacts", "image_artifacts"})
 
 
-def _defines_the_run(path: str, old: Any, new: Any) -> bool:
+def _defines_the_run(path: str, old: Any, new: Any, locations: frozenset[str]) -> bool:
   leaf = path.rsplit(".", 1)[-1]
-  if leaf in RESUMABLE_CHANGES or leaf in LOCATION_FIELDS:
+  if leaf in RESUMABLE_CHANGES or path.removeprefix("config.") in locations:
     return False
   if leaf in ARTIFACT_FIELDS and old and new:
     tail = lambda p: os.path.normpath(p).split(os.sep)[-3:]
@@ -44,12 +44,15 @@ def config_path(workdir: str) -> str:
   return os.path.join(workdir, "config.json")
 
 
-def write_config(workdir: str, task: base.Task | dict[str, Any]) -> None:
-  """Records the task and its config (or a pipeline's record) in `workdir`/config.json. A
-  workdir already holding another run's config is refused unless only RESUMABLE_CHANGES,
-  locations (LOCATION_FIELDS) or artifact-store roots differ, so runs are never mixed."""
+def write_config(workdir: str, task: base.Task | dict[str, Any], config: Any = None) -> None:
+  """Records the task and its config (or a pipeline's record, `{"task": name, "config":
+  to_dict(config)}` with its `config`) in `workdir`/config.json. A workdir already holding
+  another run's config is refused unless only RESUMABLE_CHANGES, fields marked as locations or
+  artifact-store roots differ, so runs are never mixed."""
   path = config_path(workdir)
   new = task.describe() if isinstance(task, base.Task) else task
+  config = task.config if isinstance(task, base.Task) else config
+  locations = config_lib.location_paths(config) if config is not None else frozenset()
   if os.path.exists(path) and not _nothing_trained(workdir):
     old = _read_record(path)
     if isinstance(task, base.Task) and old.get("task") == new["task"]:
@@ -57,7 +60,7 @@ def write_config(workdir: str, task: base.Task | dict[str, Any]) -> None:
         old = base.from_record(old, path).describe()
       except (config_lib.ConfigError, ValueError, KeyError):
         pass  # an unreadable record is compared as it is (and refused)
-    changed = {k: v for k, v in config_lib.diff(old, new).items() if _defines_the_run(k, *v)}
+    changed = {k: v for k, v in config_lib.diff(old, new).items() if _defines_the_run(k, *v, locations)}
     if changed:
       raise ValueError(f"{path} was written by a run with other flags {changed} (old, new); use a "
                        "new --workdir or the same flags to resume")

@@ -41,7 +41,7 @@ class SelfLearningConfig:
   transductive: bool = False
   start: str = "kmeans"  # round 0's masks: kmeans (no manual mask anywhere) or ground_truth
   test_split: str = "test"
-  artifact_dir: str | None = None
+  artifact_dir: str | None = config_lib.field(None, "Where artifacts live.", location=True)
 
   def __post_init__(self):  # ConfigError: the experiment reports it as a usage error, before any write
     if self.rounds < 0:
@@ -79,7 +79,7 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
   data = seg.input
   builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
   segmentation.SegmentationTask(seg).check(mesh, [("test_split", config.test_split)])
-  runner.write_config(workdir, {"task": "self_learning", "config": config_lib.to_dict(config)})
+  runner.write_config(workdir, {"task": "self_learning", "config": config_lib.to_dict(config)}, config)
   root = config.artifact_dir or store.default_root(data.data_dir)
   unlabelled = _unlabelled_splits(config)
   pseudo, masks = {}, None

@@ -42,9 +42,9 @@ DEFAULT_CLASSIFIERS = (
 @dataclasses.dataclass(frozen=True)
 class TwoStageConfig:
   dataset: str = "synthetic_lesions"
-  data_dir: str | None = None
-  manual_dir: str | None = None
-  artifact_dir: str | None = None
+  data_dir: str | None = config_lib.field(None, "TFDS data directory.", location=True)
+  manual_dir: str | None = config_lib.field(None, "Folder with the hand-downloaded archive.", location=True)
+  artifact_dir: str | None = config_lib.field(None, "Where artifacts live.", location=True)
   seed: int = 0
   segmenter: segmentation.SegmenterConfig = segmentation.SegmenterConfig(
       num_steps=800, eval_every=400, optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=100))
@@ -71,7 +71,7 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
   builder = pipeline.get_builder(config.dataset, config.data_dir, config.manual_dir)
   for task in _stage_tasks(config):  # every stage's config is checked before anything is written
     task.check(mesh, [("test_split", config.test_split)])
-  runner.write_config(workdir, describe(config))
+  runner.write_config(workdir, describe(config), config)
   has_masks = "mask" in builder.info.features
   root = config.artifact_dir or store.default_root(config.data_dir)
   fig_dir = os.path.join(workdir, "figures")
