@@ -164,3 +164,22 @@ def test_sgd_gets_sgd_sized_defaults_unless_given_and_config_json_records_them()
   # Adam keeps ClassifierConfig's defaults.
   assert classification.with_optimizer_defaults(base_config) == base_config
 
+
+
+def test_every_network_is_one_lookup_by_name():
+  from lesion_jax import models  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import classification, lesion_index, segmentation  # pylint: disable=g-import-not-at-top
+  assert models.names("classifier") == ("lenet5", "alexnet", "resnet18", "resnet50")
+  assert models.names("segmenter") == ("fcn", "unet", "dilated_unet")
+  assert set(models.names("fcrn")) == {"fcrn_small", "fcrn50", "fcrn88"}
+  assert models.get("dilated_unet", features=4, levels=2) == models.UNet(features=4, levels=2,
+                                                                         bottleneck_dilations=(2, 4))
+  config = segmentation.SegmenterModelConfig(name="fcn", features=8, levels=3, head_features=16)
+  assert config.build() == models.FCN(features=8, levels=3, head_features=16)
+  with pytest.raises(ValueError, match=r"model 'unet': .*'featurs'.*it takes \['features'"):
+    models.get("unet", featurs=3)
+  with pytest.raises(ValueError, match="unknown model 'unet3d'"):
+    models.get("unet3d")
+  # The task configs list the registry's names in their flag help.
+  assert "resnet50" in classification.ClassifierModelConfig.__dataclass_fields__["name"].metadata["doc"]
+  assert "fcrn88" in lesion_index.FCRNConfig.__dataclass_fields__["variant"].metadata["doc"]

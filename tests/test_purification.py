@@ -213,7 +213,7 @@ def test_real_data_mode_scores_random_holes_in_the_image_itself(tiny_data_dir, t
 def test_dilated_unet_has_dilated_2_then_4_convs_and_standardises_its_input():
   config = segmentation.SegmenterModelConfig(name="dilated_unet", features=4, levels=2, norm="none",
                                              channel_mean=(0.6, 0.5, 0.4), channel_std=(0.2, 0.1, 0.3))
-  model = segmentation.SEGMENTERS["dilated_unet"](config)
+  model = config.build()
   assert model.bottleneck_dilations == (2, 4)
   x = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (1, 16, 16, 3)), jnp.float32)
   # Random weights of the right shapes (eval_shape: no compiled initialisation, which is slow cold).

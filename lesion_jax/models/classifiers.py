@@ -12,6 +12,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lesion_jax.models import registry
+
 
 class LeNet5(nn.Module):
   """LeCun et al. 1998: two 5×5 conv + pool stages (6, 16 maps), dense 120 → 84 → classes.
@@ -200,3 +202,7 @@ def build_classifier(name: str, num_classes: int, width: float = 1.0, dtype=jnp.
       raise ValueError(f"torchvision_padding applies to the ResNets only, not {name!r}")
     model = model.clone(torchvision_padding=True)
   return model
+
+
+for _name in CLASSIFIERS:
+  registry.register(_name, "classifier", partial(build_classifier, _name))

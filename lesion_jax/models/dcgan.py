@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models import layers
+from lesion_jax.models import layers, registry
 
 _INIT = nn.initializers.normal(0.02)
 
@@ -195,3 +195,7 @@ class Discriminator(nn.Module):
     if split < n:
       x = _shared(DiscriminatorLayers)(start=split, stop=n, minibatch_kernels=mb, name="shared", **kw)(x)
     return x
+
+
+registry.register("dcgan_generator", "gan", Generator)
+registry.register("dcgan_discriminator", "gan", Discriminator)

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from lesion_jax.models import layers
+from lesion_jax.models import registry
 
 
 class FCN(nn.Module):
@@ -70,3 +71,6 @@ class FCN(nn.Module):
     x = nn.relu(x)
     logits = nn.Conv(self.num_outputs, (3, 3), padding="SAME", dtype=self.dtype, name="logits")(x)
     return logits[:, :h, :w].astype(jnp.float32)
+
+
+registry.register("fcn", "segmenter", FCN)  # the superpixel-guided paper's multi-scale FCN

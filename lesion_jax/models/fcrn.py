@@ -19,6 +19,7 @@ runs use. Any input size works (edge-padded to a multiple of 32, scores cropped 
 """
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from lesion_jax.models import layers
+from lesion_jax.models import registry
 
 # name -> (blocks per stage, width of the first stage's bottleneck).
 FCRN_VARIANTS: dict[str, tuple[tuple[int, ...], int]] = {
@@ -110,3 +112,7 @@ def fcrn(variant: str, num_classes: int = 4, norm: str = "batch", upsample: str 
   blocks, default_width = FCRN_VARIANTS[variant]
   return FCRN(blocks=blocks, width=width or default_width, num_classes=num_classes, norm=norm,
               upsample=upsample, dtype=dtype)
+
+
+for _variant in FCRN_VARIANTS:
+  registry.register(_variant, "fcrn", functools.partial(fcrn, _variant))

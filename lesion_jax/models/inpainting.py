@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models import layers
+from lesion_jax.models import layers, registry
 
 
 def _upsample_2x(x: jax.Array) -> jax.Array:
@@ -88,3 +88,6 @@ class PConvUNet(nn.Module):
         x = layers.make_norm("batch", train, self.dtype, name=f"dec_bn{level}")(x)
         x = nn.leaky_relu(x, 0.2)
     return x.astype(jnp.float32)
+
+
+registry.register("pconv_unet", "inpainter", PConvUNet)

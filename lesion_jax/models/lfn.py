@@ -18,11 +18,14 @@ paper's: every conv of stage s has `widths[s]` kernels, with
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from lesion_jax.models import registry
 
 # Kernels per stage (each stage's three convs share its width). Our choice; see the docstring.
 LFN_VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -62,3 +65,7 @@ def lfn(variant: str = "lfn", num_classes: int = 5, use_batchnorm: bool = True,
   if variant not in LFN_VARIANTS:
     raise ValueError(f"unknown LFN variant {variant!r}; choose one of {list(LFN_VARIANTS)}")
   return LFN(num_classes=num_classes, widths=LFN_VARIANTS[variant], use_batchnorm=use_batchnorm, dtype=dtype)
+
+
+for _variant in LFN_VARIANTS:
+  registry.register(_variant, "lfn", functools.partial(lfn, _variant))

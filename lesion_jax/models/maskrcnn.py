@@ -43,6 +43,7 @@ from lesion_jax.detection import roi_align as roi_align_lib
 from lesion_jax.detection import targets as targets_lib
 from lesion_jax.models import classifiers
 from lesion_jax.models.classifiers import BottleneckBlock, ResNetBlock
+from lesion_jax.models import registry
 from lesion_jax.models.layers import Upsample2x
 
 Dtype = Any
@@ -320,3 +321,6 @@ class MaskRCNN(nn.Module):
     masks = jnp.take_along_axis(mask_logits, (det_classes - 1)[:, :, None, None, None], axis=-1)[..., 0]
     return {"boxes": det_boxes, "scores": det_scores, "classes": det_classes, "valid": det_valid,
             "masks": jax.nn.sigmoid(masks)}
+
+
+registry.register("mask_rcnn", "detector", MaskRCNN)

@@ -1,6 +1,7 @@
 """U-Net (Ronneberger et al. 2015) as used by the lesion-segmentation papers: 4 down / 4 up levels."""
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -8,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from lesion_jax.models import layers
+from lesion_jax.models import registry
 
 
 class UNet(nn.Module):
@@ -61,3 +63,8 @@ class UNet(nn.Module):
       x = layers.ConvBlock(self.features * 2 ** i, self.norm, dtype=self.dtype, name=f"dec{i}")(x, train)
     logits = nn.Conv(self.num_outputs, (1, 1), dtype=self.dtype, name="logits")(x)
     return logits.astype(jnp.float32)
+
+
+registry.register("unet", "segmenter", UNet)
+# The purification paper's: 3x3 convs dilated 2 then 4 after the bottleneck.
+registry.register("dilated_unet", "segmenter", functools.partial(UNet, bottleneck_dilations=(2, 4)))

@@ -16,7 +16,7 @@ from lesion_jax import config as config_lib
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, inference, metrics
-from lesion_jax.models.classifiers import CLASSIFIERS, build_classifier
+from lesion_jax import models
 from lesion_jax.tasks import base, runner
 from lesion_jax.train import sharding, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
@@ -24,7 +24,7 @@ from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_sta
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierModelConfig:
-  name: str = field("lenet5", "Classifier network: " + ", ".join(CLASSIFIERS) + ".")
+  name: str = field("lenet5", "Classifier network: " + ", ".join(models.names("classifier")) + ".")
   width: float = field(1.0, "Channel multiplier (AlexNet conv channels; ResNet base width 64*width).")
   dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
   init_weights: str | None = field(None, "Initial ResNet weights from a local torchvision state dict (.npz from "
@@ -114,8 +114,9 @@ class ClassificationTask(base.Task):
 
   def check(self, mesh, extra_splits=()) -> None:
     c = self.config
-    if c.model.name not in CLASSIFIERS:
-      raise config_lib.ConfigError(f"--model={c.model.name!r}: not a classifier; choose one of {list(CLASSIFIERS)}")
+    if models.family_of(c.model.name) != "classifier":
+      raise config_lib.ConfigError(f"--model={c.model.name!r}: not a classifier; choose one of "
+                                   f"{list(models.names('classifier'))}")
     if c.input.image_size < 1:
       raise config_lib.ConfigError(f"--image_size={c.input.image_size}: must be at least 1")
     features = self.builder.info.features
@@ -149,8 +150,8 @@ class ClassificationTask(base.Task):
   def init_state(self, rng: jax.Array) -> TrainState:
     c = self.config
     size = c.input.image_size
-    model = build_classifier(c.model.name, len(self.class_names), c.model.width, jnp.dtype(c.model.dtype),
-                             torchvision_padding=bool(c.model.init_weights))
+    model = models.get(c.model.name, num_classes=len(self.class_names), width=c.model.width,
+                       dtype=jnp.dtype(c.model.dtype), torchvision_padding=bool(c.model.init_weights))
     return create_train_state(model, c.optimizer.build(c.num_steps), rng, jnp.zeros((1, size, size, 3), jnp.float32))
 
   def warm_start(self, state: TrainState) -> TrainState:

@@ -54,7 +54,7 @@ from lesion_jax.artifacts.superpixels import SuperpixelConfig
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, inference, metrics
-from lesion_jax.models.lfn import LFN_VARIANTS, lfn
+from lesion_jax import models
 from lesion_jax.tasks import base
 from lesion_jax.train import losses, sharding, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state, make_optimizer
@@ -66,7 +66,7 @@ PATCHES_PER_CLASS_IN_FIGURE = 6
 
 @dataclasses.dataclass(frozen=True)
 class LFNModelConfig:
-  variant: str = field("lfn", "LFN width: " + ", ".join(LFN_VARIANTS) + " (models/lfn.py).")
+  variant: str = field("lfn", "LFN width: " + ", ".join(models.names("lfn")) + " (models/lfn.py).")
   batchnorm: bool = field(True, "BatchNorm after every conv (--nobatchnorm: the ablation).")
   dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
 
@@ -211,8 +211,8 @@ class FeatureNetworkTask(base.Task):
                 "processes): its evaluation emits a variable number of patches per image (a one-to-many "
                 "op), so hosts cannot agree in advance on how many batches each evaluates "
                 "(pipeline.eval_iterator); run it as a single process (it may use every local device)")
-    if c.model.variant not in LFN_VARIANTS:
-      raise err(f"--variant={c.model.variant!r}: choose one of {list(LFN_VARIANTS)}")
+    if models.family_of(c.model.variant) != "lfn":
+      raise err(f"--variant={c.model.variant!r}: choose one of {list(models.names('lfn'))}")
     p = c.patch
     if p.size < 8:
       raise err(f"--patch.size={p.size}: must be at least 8 (three 2x2 poolings)")
@@ -256,7 +256,8 @@ class FeatureNetworkTask(base.Task):
 
   def model(self):
     m = self.config.model
-    return lfn(m.variant, len(self.class_names), m.batchnorm, jnp.dtype(m.dtype))
+    return models.get(m.variant, num_classes=len(self.class_names), use_batchnorm=m.batchnorm,
+                      dtype=jnp.dtype(m.dtype))
 
   def init_state(self, rng: jax.Array) -> TrainState:
     c = self.config

@@ -28,7 +28,7 @@ from lesion_jax import config as config_lib
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, inference, licu, metrics, postprocess
-from lesion_jax.models.fcrn import FCRN_VARIANTS, fcrn
+from lesion_jax import models
 from lesion_jax.tasks import base
 from lesion_jax.train import losses, sharding, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
@@ -36,7 +36,7 @@ from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_sta
 
 @dataclasses.dataclass(frozen=True)
 class FCRNConfig:
-  variant: str = field("fcrn_small", "FCRN depth: " + ", ".join(FCRN_VARIANTS) + " (fcrn88: the paper's).")
+  variant: str = field("fcrn_small", "FCRN depth: " + ", ".join(models.names("fcrn")) + " (fcrn88: the paper's).")
   width: int = field(0, "Bottleneck width of the first stage (0: the variant's own).")
   norm: str = field("batch", "Normalisation: batch, group, layer, none.")
   upsample: str = field("depth_to_space", "Learned up-sampling: depth_to_space (fast on CPU) or transpose.")
@@ -122,13 +122,13 @@ class LesionIndexTask(base.Task):
 
   def model(self):
     m = self.config.model
-    return fcrn(m.variant, num_classes=1 + len(self.class_names), norm=m.norm, upsample=m.upsample,
-                dtype=jnp.dtype(m.dtype), width=m.width or None)
+    return models.get(m.variant, num_classes=1 + len(self.class_names), norm=m.norm, upsample=m.upsample,
+                      dtype=jnp.dtype(m.dtype), width=m.width or None)
 
   def check(self, mesh, extra_splits=()) -> None:
     c = self.config
-    if c.model.variant not in FCRN_VARIANTS:
-      raise config_lib.ConfigError(f"--variant={c.model.variant!r}: choose one of {list(FCRN_VARIANTS)}")
+    if models.family_of(c.model.variant) != "fcrn":
+      raise config_lib.ConfigError(f"--variant={c.model.variant!r}: choose one of {list(models.names('fcrn'))}")
     if c.augmentation not in AUGMENTATIONS:
       raise config_lib.ConfigError(f"--augmentation={c.augmentation!r}: choose one of {list(AUGMENTATIONS)}")
     if c.rotation_degrees and len(c.rotation_degrees) != len(self.class_names):

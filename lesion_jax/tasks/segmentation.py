@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lesion_jax import config as config_lib
+from lesion_jax import models
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.artifacts import superpixels as superpixels_lib
@@ -18,29 +19,10 @@ from lesion_jax.artifacts.store import default_root
 from lesion_jax.artifacts.superpixels import SuperpixelConfig
 from lesion_jax.eval import figures, inference, metrics, postprocess, superpixel_refine
 from lesion_jax.eval.superpixel_refine import RefineConfig
-from lesion_jax.models.fcn import FCN
-from lesion_jax.models.unet import UNet
 from lesion_jax.tasks import base, runner
 from lesion_jax.train import losses, sharding, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
-def _unet(m, **kwargs) -> UNet:
-  return UNet(features=m.features, levels=m.levels, norm=m.norm, upsample=m.upsample,
-              input_mean=m.channel_mean, input_std=m.channel_std, dtype=jnp.dtype(m.dtype), **kwargs)
-
-
-def _fcn(m) -> FCN:
-  return FCN(features=m.features, levels=m.levels, head_features=m.head_features, norm=m.norm,
-             upsample=m.upsample, dtype=jnp.dtype(m.dtype))
-
-
-# Segmentation networks by name: each builds its Flax module from the model config.
-SEGMENTERS: dict[str, Callable[[Any], Any]] = {
-    "unet": _unet,
-    # The purification paper's: 3x3 convs dilated 2 then 4 after the bottleneck (see README).
-    "dilated_unet": lambda m: _unet(m, bottleneck_dilations=(2, 4)),
-    "fcn": _fcn,  # the superpixel-guided paper's multi-scale FCN (any input size)
-}
 REFINEMENTS = ("none", "superpixel")
 REFINEMENT_FIGURE_ROWS = 8
 # Networks whose input side must be a multiple of 2^levels (the FCN pads itself).
@@ -49,7 +31,7 @@ FIXED_GRID = ("unet", "dilated_unet")
 
 @dataclasses.dataclass(frozen=True)
 class SegmenterModelConfig:
-  name: str = field("unet", "Segmentation network: " + ", ".join(SEGMENTERS) + ".")
+  name: str = field("unet", "Segmentation network: " + ", ".join(models.names("segmenter")) + ".")
   features: int = field(16, "Width of the first U-Net level (doubles per level).")
   levels: int = field(4, "Down/up-sampling levels.")
   norm: str = field("batch", "Normalisation in conv blocks: none, batch, group, layer (batch "
@@ -62,6 +44,17 @@ class SegmenterModelConfig:
       None, "U-Nets: per-channel mean of the training images in [0, 1]; set, the input is standardised "
       "with it (train_segmenter --input_norm=dataset measures it; the purification paper's normalisation).")
   channel_std: tuple[float, float, float] | None = field(None, "U-Nets: per-channel standard deviation, with channel_mean.")
+
+  def build(self):
+    """The network (`models.get`) with the fields it takes: every segmenter its widths, norm,
+    up-sampling and dtype; the U-Nets their input statistics, the FCN its head width."""
+    kwargs = dict(features=self.features, levels=self.levels, norm=self.norm, upsample=self.upsample,
+                  dtype=jnp.dtype(self.dtype))
+    if self.name == "fcn":
+      kwargs["head_features"] = self.head_features
+    else:
+      kwargs.update(input_mean=self.channel_mean, input_std=self.channel_std)
+    return models.get(self.name, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,16 +109,13 @@ class SegmentationTask(base.Task):
   averages_outputs = True  # lesion probability maps
 
   def model(self):
-    m = self.config.model
-    if m.name not in SEGMENTERS:
-      raise ValueError(f"unknown segmentation model {m.name!r}; choose one of {list(SEGMENTERS)}")
-    return SEGMENTERS[m.name](m)
+    return self.config.model.build()
 
   def check(self, mesh, extra_splits=()) -> None:
     c = self.config
-    if c.model.name not in SEGMENTERS:
+    if models.family_of(c.model.name) != "segmenter":
       raise config_lib.ConfigError(f"--model={c.model.name!r}: not a segmentation model; choose one of "
-                                   f"{list(SEGMENTERS)}")
+                                   f"{list(models.names('segmenter'))}")
     factor = 2 ** c.model.levels
     if c.model.name in FIXED_GRID and (c.input.image_size < factor or c.input.image_size % factor):
       raise config_lib.ConfigError(
