@@ -174,22 +174,18 @@ def define_tta_flags() -> None:
 
 
 def with_segmentation_overrides(task: Any, tta_scales: list[str] | None, fallback: bool | None) -> Any:
-  """A restored segmentation task with evaluate / predict's --tta_scales and --fallback applied
-  (None: the run's own)."""
+  """A restored task with evaluate / predict's --tta_scales and --fallback applied (None: the
+  run's own), through Task.with_overrides (a task that has no such setting is refused by name)."""
   from absl import app  # pylint: disable=g-import-not-at-top
   changes = {}
   if tta_scales is not None:
-    if not hasattr(task.config, "tta_scales"):
-      raise app.UsageError(f"--tta_scales: a {task.name!r} run has no test-time scales (segmentation runs do)")
     try:
       changes["tta_scales"] = tuple(int(v) for v in tta_scales)
     except ValueError:
       raise app.UsageError(f"--tta_scales={','.join(tta_scales)}: give integer sides in px") from None
   if fallback is not None:
-    if not hasattr(task.config, "fallback"):
-      raise app.UsageError(f"--fallback: a {task.name!r} run has no mask fallback (segmentation runs do)")
     changes["fallback"] = fallback
-  return task.with_postprocessing(**changes) if changes else task
+  return task.with_overrides(**changes)
 
 
 def run_directory(workdir: str) -> None:

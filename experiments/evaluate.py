@@ -69,9 +69,7 @@ def main(argv):
   common.quiet_library_logs()
   task = recorded = runner.load(FLAGS.workdir)
   if FLAGS.refine is not None:
-    if not hasattr(task.config, "refine"):
-      raise config_lib.ConfigError(f"--refine: a {task.name!r} run has no refinement (segmentation runs do)")
-    task = type(task)(config_lib.replace(task.config, {"refine": FLAGS.refine}))
+    task = task.with_overrides(refine=FLAGS.refine)
   task = common.with_segmentation_overrides(task, FLAGS.tta_scales, FLAGS.fallback)
   which = common.checkpoint_flag_value(FLAGS.checkpoint)
   state = runner.restore(task, FLAGS.workdir, which)

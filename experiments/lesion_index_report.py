@@ -8,13 +8,11 @@ summed), each at its multi-scale test setting; Table IV: the LIN at the training
 at every test scale; Table V: the melanoma and seborrheic keratosis AUC of the lesion index
 without and with the LICU. Writes report.md and report.json into --out.
 """
-import dataclasses
 import os
 
 from absl import app, flags
 
 from experiments import common
-from lesion_jax import config as config_lib
 from lesion_jax import io
 from lesion_jax.tasks import lesion_index, runner
 from lesion_jax.train import sharding
@@ -34,15 +32,9 @@ INDEX = ("licu_melanoma_auc", "licu_melanoma_ap", "licu_keratosis_auc", "licu_me
 
 
 def _member(workdir, mesh):
-  task = runner.load(workdir)
-  if not isinstance(task, lesion_index.LesionIndexTask):
-    raise config_lib.ConfigError(f"{workdir}: a {task.name!r} run, not train_lesion_index")
+  task = runner.load(workdir, lesion_index.LesionIndexTask, "workdir")
   state = runner.restore(task, workdir, common.checkpoint_flag_value(FLAGS.checkpoint), mesh)
   return task, state
-
-
-def _with_scales(task, scales):
-  return lesion_index.LesionIndexTask(dataclasses.replace(task.config, test_scales=tuple(scales)))
 
 
 def _score(members, mesh):
@@ -68,7 +60,7 @@ def main(argv):
   if FLAGS.dr_dm_workdir:
     results["fcrn_dr_dm"] = _score([_member(FLAGS.dr_dm_workdir, mesh)], mesh)
   results["lin"] = _score([dr, dm], mesh)
-  results["lin_single_scale"] = _score([(_with_scales(t, single), s) for t, s in (dr, dm)], mesh)
+  results["lin_single_scale"] = _score([(t.with_overrides(test_scales=tuple(single)), s) for t, s in (dr, dm)], mesh)
   results["fcrn_dm"] = _score([dm], mesh)
   names = {"fcrn_dr": "FCRN on DR", "fcrn_dm": "FCRN on DM", "fcrn_dr_dm": "FCRN on DR + DM",
            "lin": f"LIN (DR + DM FCRNs), scales {list(scales)}", "lin_single_scale": f"LIN, scale {list(single)}"}

@@ -58,7 +58,7 @@ def main(argv):
   for name, (task, state) in runs.items():
     for split in FLAGS.splits:
       for test_input, images in (("raw", None), ("purified", purified)):
-        tested = type(task)(dataclasses.replace(task.config, image_artifacts=images))
+        tested = task.with_overrides(image_artifacts=images)
         scores = tested.evaluate(state, split, mesh).scores
         rows.append({"classifier": name, "split": split, "test_input": test_input,
                      **{k: scores.get(k) for k in COLUMNS}, "num_examples": scores.get("num_examples")})

@@ -7,13 +7,11 @@ import os
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import tensorflow as tf
 
 from lesion_jax.data import ops, pipeline
-from lesion_jax.eval import inference
 from lesion_jax.tasks import base
-from lesion_jax.train import loop, losses, sharding, steps
+from lesion_jax.train import loop, losses, steps
 from lesion_jax.train.state import OptimizerConfig, create_train_state
 
 
@@ -99,17 +97,13 @@ class HoleTask(base.Task):
   def best_metric(self):
     return "val/accuracy", "max"
 
-  def evaluate(self, state, split, mesh, predict=None, keep_examples=0):
-    predict = predict or self.jit_predict(state, mesh)
-    accuracy, ids = [], []
-    for batch, out in inference.predict_over(predict, state, self.eval_batches(split), mesh):
-      real = batch["weight"] > 0
-      correct = (out["prob"] > 0.5) == (batch["targets"]["mask"][..., 0] > 0.5)
-      accuracy.append(correct.mean(axis=(1, 2))[real])
-      ids.extend(base.decode_ids(batch["id"][real]))
-    rows = sharding.allgather_rows({"accuracy": np.concatenate(accuracy)})
+  def per_example(self, batch, outputs, real, kept):
+    correct = (outputs["prob"] > 0.5) == (batch["targets"]["mask"][..., 0] > 0.5)
+    return {"accuracy": correct.mean(axis=(1, 2))[real]}
+
+  def summarize(self, rows, ids, examples):
     return base.Evaluation({"accuracy": float(rows["accuracy"].mean()), "num_images": len(rows["accuracy"])},
-                           rows, sharding.allgather_strings(ids))
+                           rows, ids)
 
   def hooks(self, workdir, mesh):
     def record(step, state, writer):

@@ -308,3 +308,19 @@ def test_a_moved_run_that_a_run_reads_still_resumes(tmp_path):
   with pytest.raises(ValueError, match="other flags"):
     other = two_stage.TwoStageConfig(data_dir="/data/b", seed=1)
     runner.write_config(pipeline_dir, two_stage.describe(other), other)
+
+
+def test_a_restored_run_changes_only_its_declared_evaluation_settings():
+  from lesion_jax.tasks import classification, lesion_index, segmentation  # pylint: disable=g-import-not-at-top
+  seg = segmentation.SegmentationTask(segmentation.SegmenterConfig())
+  assert seg.with_overrides(fallback=True, tta_scales=(64, 80)).config.tta_scales == (64, 80)
+  assert seg.with_overrides() is seg
+  with pytest.raises(config_lib.ConfigError, match=r"--num_steps: a 'segmentation' run cannot change \['num_steps'\]"):
+    seg.with_overrides(num_steps=5)
+  with pytest.raises(config_lib.ConfigError, match="--fallback_max_fraction"):  # and the values are checked
+    segmentation.SegmentationTask(segmentation.SegmenterConfig(fallback_max_fraction=1.5)).with_overrides(fallback=True)
+  assert lesion_index.LesionIndexTask(lesion_index.LesionIndexConfig()).with_overrides(
+      test_scales=(32,)).config.test_scales == (32,)
+  with pytest.raises(config_lib.ConfigError, match="may change: none"):
+    HoleTask(HoleConfig()).with_overrides(hole_size=2)
+  assert "image_artifacts" in classification.ClassificationTask.evaluation_overrides

@@ -12,7 +12,15 @@ A task is a class bound to its config (a frozen dataclass, `config_cls`) and reg
       def train_batches(self, start_step): ...  # host batches (pytrees), resumable by step
       def eval_batches(self, split): ...        # the split once, padded, with 'weight' and 'id'
       def predict_fns(self): ...                # {"predict": fn(state, batch) -> pytree}
-      def evaluate(self, state, split, ...): ...# Evaluation, gathered across hosts
+      def per_example(self, batch, outputs, real, kept): ...  # rows of the batch's real examples
+      def summarize(self, rows, ids, examples): ...           # Evaluation from every host's rows
+
+The default `evaluate` runs the predict function over `eval_batches(split)`, collects each real
+example's rows with `per_example` (or the object `example_accumulator` gives), gathers them from
+every host (`gather_examples`) and hands them to `summarize`: a task writes what one example
+scores and what the split's summary is, never the loop. A task whose outputs come from elsewhere
+(the LIN's sum of several runs' maps, segmentation's scoring against the dataset's own masks)
+overrides `outputs_over` or `example_accumulator`, not `evaluate`.
 
 `config.json` records `{"task": name, "config": to_dict(config)}`, so `runner.load(workdir)` gives
 the task back and `experiments/evaluate.py` / `predict.py` work on any task's workdir.
@@ -21,12 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, ClassVar, Iterator, Sequence
+from typing import Any, Callable, ClassVar, Iterable, Iterator, Protocol, Sequence
 
 import jax
 import numpy as np
 
 from lesion_jax import config as config_lib
+from lesion_jax.eval import inference
 from lesion_jax.train import loop, sharding
 
 Batch = dict[str, Any]
@@ -75,6 +84,9 @@ class Task:
   # Whether the "predict" outputs are per-pixel probabilities that an ensemble of runs may average
   # (`jit_predict(..., ensemble=True)`); not where they are instance lists or detections.
   averages_outputs: ClassVar[bool] = False
+  # Config fields a restored run may change for evaluation or prediction (`with_overrides`):
+  # how its outputs are post-processed or what it reads at test time, never what it learnt.
+  evaluation_overrides: ClassVar[frozenset[str]] = frozenset()
 
   def __init__(self, config: Any):
     if not isinstance(config, self.config_cls):
@@ -104,9 +116,33 @@ class Task:
     """Pure `fn(state, batch) -> outputs` by name; "predict" is the default one."""
     raise NotImplementedError
 
+  def per_example(self, batch: Batch, outputs: Any, real: np.ndarray, kept: "Kept") -> dict[str, np.ndarray]:
+    """Rows (arrays, one row per entry of `real`) of the real examples of one host batch, given
+    the predict function's host `outputs`; figure examples go to `kept`."""
+    raise NotImplementedError
+
+  def summarize(self, rows: dict[str, np.ndarray], ids: list[str], examples: dict[str, np.ndarray]) -> Evaluation:
+    """The Evaluation of a split from every host's rows (in `ids` order) and this host's examples."""
+    raise NotImplementedError
+
   def evaluate(self, state: Any, split: str, mesh: jax.sharding.Mesh,
                predict: Callable | None = None, keep_examples: int = 0) -> Evaluation:
-    raise NotImplementedError
+    """Scores `state` on `split` (every host's share of it), keeping up to `keep_examples` host
+    examples for figures."""
+    predict = predict or self.jit_predict(state, mesh)
+    accumulator = self.example_accumulator(split)
+    rows, ids, examples = gather_examples(self.outputs_over(state, split, mesh, predict), accumulator,
+                                          keep_examples)
+    return self.summarize(rows, ids, examples)
+
+  def outputs_over(self, state: Any, split: str, mesh: jax.sharding.Mesh, predict: Callable
+                   ) -> Iterable[tuple[Batch, Any]]:
+    """(host batch, host outputs) over `split` once, as `evaluate` scores them."""
+    return inference.predict_over(predict, state, self.eval_batches(split), mesh)
+
+  def example_accumulator(self, split: str) -> "Accumulator":
+    """What collects the rows of one evaluation of `split`: `per_example`'s, batch after batch."""
+    return ExampleRows(self.per_example)
 
   # --- defaults a task may override ---------------------------------------------------------
   @functools.cached_property
@@ -168,6 +204,24 @@ class Task:
     splits = [("train_split", c.train_split)] + ([("val_split", c.val_split)] if c.val_split else [])
     for flag, split in [*splits, *extra_splits]:
       check_split(self.builder, split, flag)
+
+  def with_overrides(self, **changes: Any) -> "Task":
+    """This run with evaluation-time settings changed, checked (`check_overrides`): the one way
+    evaluate, predict, lesion crops and the report scripts change a restored run. Only the fields
+    the task declares in `evaluation_overrides` may change (ConfigError naming the others)."""
+    if not changes:
+      return self
+    refused = sorted(set(changes) - self.evaluation_overrides)
+    if refused:
+      allowed = sorted(self.evaluation_overrides) or "none"
+      raise config_lib.ConfigError(f"--{refused[0]}: a {self.name!r} run cannot change {refused} after training "
+                                   f"(it may change: {allowed})")
+    task = type(self)(config_lib.replace(self.config, changes))
+    task.check_overrides()
+    return task
+
+  def check_overrides(self) -> None:
+    """Checks the fields of `evaluation_overrides` (called by `check` and `with_overrides`)."""
 
   def hooks(self, workdir: str, mesh: jax.sharding.Mesh) -> Sequence[loop.PeriodicHook]:
     return ()
@@ -238,3 +292,74 @@ def check_split(builder, split: str, flag: str) -> None:
 
 def decode_ids(ids: np.ndarray) -> list[str]:
   return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation loop every task shares
+
+
+class Kept:
+  """A few of this host's examples, kept for figures (`Evaluation.examples`): by default the first
+  `limit` real examples the host reads (`wants`); a task may choose others (e.g. a few per class).
+  Each `add` appends one example's arrays; `stacked` gives one array per key."""
+
+  def __init__(self, limit: int):
+    self.limit = limit
+    self.seen = 0  # real examples of this host before the current batch
+    self.lists: dict[str, list] = {}
+
+  def wants(self, j: int = 0) -> bool:
+    """Whether the current batch's `j`-th real example is among the host's first `limit`."""
+    return self.seen + j < self.limit
+
+  def add(self, **arrays: Any) -> None:
+    for k, v in arrays.items():
+      self.lists.setdefault(k, []).append(v)
+
+  def stacked(self) -> dict[str, np.ndarray]:
+    return {k: np.stack(v) for k, v in self.lists.items()}
+
+
+class Accumulator(Protocol):
+  """Collects one host's rows of an evaluation, batch by batch (`add`, with the indices of the
+  batch's real examples), then gives them (`rows`: arrays of one row per real example, in order).
+  A task whose scoring keeps state between batches (a stateful scorer, running sums) implements it;
+  the others write `per_example` and get `ExampleRows`."""
+
+  def add(self, batch: Batch, outputs: Any, real: np.ndarray, kept: Kept) -> None: ...
+
+  def rows(self) -> dict[str, np.ndarray]: ...
+
+
+class ExampleRows:
+  """The default accumulator: `per_example(batch, outputs, real, kept)`'s rows, concatenated."""
+
+  def __init__(self, per_example: Callable[[Batch, Any, np.ndarray, Kept], dict[str, np.ndarray]]):
+    self.per_example = per_example
+    self.parts: list[dict[str, np.ndarray]] = []
+
+  def add(self, batch: Batch, outputs: Any, real: np.ndarray, kept: Kept) -> None:
+    self.parts.append(self.per_example(batch, outputs, real, kept))
+
+  def rows(self) -> dict[str, np.ndarray]:
+    """{} where no batch came (the task's `summarize` decides what an empty split scores)."""
+    return {k: np.concatenate([p[k] for p in self.parts]) for k in self.parts[0]} if self.parts else {}
+
+
+def gather_examples(outputs: Iterable[tuple[Batch, Any]], accumulator: Accumulator | Callable,
+                    keep_examples: int = 0) -> tuple[dict[str, np.ndarray], list[str], dict[str, np.ndarray]]:
+  """(rows, ids, examples) of an evaluation: `accumulator` (an Accumulator, or a `per_example`
+  function) collects the rows of the real examples (weight > 0) of each (host batch, host outputs);
+  each host scored its own shard of the split, so rows and ids are then gathered from every host,
+  in host order. `examples`: this host's kept examples (its first `keep_examples`, unless the task
+  chooses its own), for figures."""
+  acc = accumulator if hasattr(accumulator, "add") else ExampleRows(accumulator)
+  kept = Kept(keep_examples)
+  ids: list[str] = []
+  for batch, out in outputs:
+    real = np.flatnonzero(batch["weight"] > 0)
+    acc.add(batch, out, real, kept)
+    ids.extend(decode_ids(batch["id"][real]))
+    kept.seen += len(real)
+  rows = acc.rows()  # {} on every host alike: each host reads the same number of batches
+  return sharding.allgather_rows(rows) if rows else rows, sharding.allgather_strings(ids), kept.stacked()

@@ -15,10 +15,10 @@ from absl import logging
 from lesion_jax import config as config_lib
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
-from lesion_jax.eval import figures, inference, metrics
+from lesion_jax.eval import figures, metrics
 from lesion_jax import models
 from lesion_jax.tasks import base, runner
-from lesion_jax.train import sharding, steps
+from lesion_jax.train import steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
 
@@ -101,6 +101,8 @@ class ClassificationTask(base.Task):
   config_cls = ClassifierConfig
   geometries = ("stretch", "letterbox")
   color_constancy = True
+  # Scored on other images than those trained on (e.g. purified ones: purification_table).
+  evaluation_overrides = frozenset({"image_artifacts"})
   summary_keys = ("accuracy", "balanced_accuracy", "misclassification_rate", "f1", "precision", "recall", "sensitivity",
                   "specificity", "roc_auc", "average_precision")
 
@@ -238,17 +240,11 @@ class ClassificationTask(base.Task):
   def best_metric(self) -> tuple[str, str]:
     return "val/best_metric", "max"
 
-  def evaluate(self, state, split, mesh, predict=None, keep_examples=0) -> base.Evaluation:
-    predict = predict or self.jit_predict(state, mesh)
-    labels, probs, ids = [], [], []
-    for batch, out in inference.predict_over(predict, state, self.eval_batches(split), mesh):
-      real = batch["weight"] > 0
-      labels.append(batch["label"][real])
-      probs.append(out[real])
-      ids.extend(base.decode_ids(batch["id"][real]))
-    # Each host predicted its own shard of the split; every host scores all of it.
-    rows = sharding.allgather_rows({"labels": np.concatenate(labels), "probs": np.concatenate(probs)})
-    return self.evaluation_of(rows["labels"], rows["probs"], sharding.allgather_strings(ids))
+  def per_example(self, batch, outputs, real, kept) -> dict[str, np.ndarray]:
+    return {"labels": batch["label"][real], "probs": outputs[real]}
+
+  def summarize(self, rows, ids, examples) -> base.Evaluation:
+    return self.evaluation_of(rows["labels"], rows["probs"], ids)
 
   def evaluation_of(self, labels: np.ndarray, probs: np.ndarray, ids: list[str]) -> base.Evaluation:
     scores = metrics.classification_scores(labels, probs, self.class_names)

@@ -53,10 +53,10 @@ from lesion_jax.artifacts.store import default_root
 from lesion_jax.artifacts.superpixels import SuperpixelConfig
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
-from lesion_jax.eval import figures, inference, metrics
+from lesion_jax.eval import figures, metrics
 from lesion_jax import models
 from lesion_jax.tasks import base
-from lesion_jax.train import losses, sharding, steps
+from lesion_jax.train import losses, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state, make_optimizer
 
 ISIC2017_FEATURES = ("pigment_network", "negative_network", "milia_like_cyst", "streaks")
@@ -310,33 +310,24 @@ class FeatureNetworkTask(base.Task):
   def best_metric(self) -> tuple[str, str]:
     return "val/best_metric", "max"
 
-  def evaluate(self, state, split, mesh, predict=None, keep_examples=0) -> base.Evaluation:
-    predict = predict or self.jit_predict(state, mesh)
-    labels, probs, index, ids = [], [], [], []
-    per_class = PATCHES_PER_CLASS_IN_FIGURE if keep_examples else 0
-    kept: dict[int, list] = {}
-    for batch, out in inference.predict_over(predict, state, self.eval_batches(split), mesh):
-      real = np.flatnonzero(batch["weight"] > 0)
-      labels.append(batch["label"][real])
-      probs.append(out[real])
-      index.append(batch["patch_index"][real])
-      ids.extend(base.decode_ids(batch["id"][real]))
-      for i in real if per_class else ():
-        shelf = kept.setdefault(int(batch["label"][i]), [])
-        if len(shelf) < per_class:
-          shelf.append((batch["image"][i], int(np.argmax(out[i]))))
+  def per_example(self, batch, outputs, real, kept) -> dict[str, np.ndarray]:
+    """Each patch's label, class probabilities and superpixel index; with figures asked for, the
+    first PATCHES_PER_CLASS_IN_FIGURE patches of each class (not the first few patches: most are
+    background)."""
+    for i in real if kept.limit else ():
+      label = int(batch["label"][i])
+      if kept.lists.get("label", []).count(label) < PATCHES_PER_CLASS_IN_FIGURE:
+        kept.add(image=batch["image"][i], label=label, pred=int(np.argmax(outputs[i])))
+    return {"labels": batch["label"][real].astype(np.int64), "probs": outputs[real].astype(np.float64),
+            "patch_index": batch["patch_index"][real].astype(np.int64)}
+
+  def summarize(self, rows, ids, examples) -> base.Evaluation:
     k = len(self.class_names)
-    rows = sharding.allgather_rows({
-        "labels": np.concatenate(labels).astype(np.int64) if labels else np.zeros(0, np.int64),
-        "probs": np.concatenate(probs).astype(np.float64) if probs else np.zeros((0, k)),
-        "patch_index": np.concatenate(index).astype(np.int64) if index else np.zeros(0, np.int64)})
-    ids = sharding.allgather_strings(ids)
-    examples = {}
-    if kept:
-      chosen = [(c, im, pred) for c in sorted(kept) for im, pred in kept[c]]
-      examples = {"image": np.stack([im for _, im, _ in chosen]),
-                  "label": np.asarray([c for c, _, _ in chosen], np.int64),
-                  "pred": np.asarray([pred for _, _, pred in chosen], np.int64)}
+    rows = rows or {"labels": np.zeros(0, np.int64), "probs": np.zeros((0, k)), "patch_index": np.zeros(0, np.int64)}
+    if examples:  # grouped by class, in reading order within each
+      order = np.argsort(examples["label"], kind="stable")
+      examples = {"image": examples["image"][order], "label": examples["label"][order].astype(np.int64),
+                  "pred": examples["pred"][order].astype(np.int64)}
     return base.Evaluation(self.scores_of(rows["labels"], rows["probs"], len(set(ids))), rows, ids, examples)
 
   def scores_of(self, labels: np.ndarray, probs: np.ndarray, num_images: int) -> dict:

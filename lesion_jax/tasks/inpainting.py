@@ -241,31 +241,30 @@ class InpaintingTask(base.Task):
     return self.validation_metrics(self.evaluate_batches(state, self.eval_batches(self.config.val_split),
                                                          mesh, predict, baselines=False))
 
-  def evaluate(self, state, split, mesh, predict=None, keep_examples=0) -> base.Evaluation:
-    predict = predict or self.jit_predict(state, mesh)
-    return self.evaluate_batches(state, self.eval_batches(split), mesh, predict, keep_examples)
-
   def evaluate_batches(self, state, batches, mesh, predict, keep_examples=0, baselines=True) -> base.Evaluation:
     """Hole PSNR / SSIM / L1 of the network (and of OpenCV's methods on the same inputs and masks)."""
     methods = METHODS if baselines else (NETWORK,)
+    rows, ids, examples = base.gather_examples(inference.predict_over(predict, state, batches, mesh),
+                                               functools.partial(self.per_example, methods=methods), keep_examples)
+    return self.summarize(rows, ids, examples, methods)
+
+  def per_example(self, batch, outputs, real, kept, methods=METHODS) -> dict[str, np.ndarray]:
+    """Each image's hole scores of `methods` (the network's output and OpenCV's fills); figures
+    show only images with holes."""
     acc = inpainting_eval.InpaintingAccumulator(methods)
-    ids: list[str] = []
-    kept: dict[str, list[np.ndarray]] = {}
-    for batch, out in inference.predict_over(predict, state, batches, mesh):
-      for i in np.flatnonzero(batch["weight"] > 0):
-        image, target = (figures.to_uint8_rgb((batch[k][i] + 1) / 2) for k in ("image", "target"))
-        holes = batch["mask"][i, ..., 0] < 0.5
-        outputs = {NETWORK: figures.to_uint8_rgb(np.clip((out[i] + 1) / 2, 0, 1))}
-        if baselines:
-          outputs.update({m: inpainting_eval.opencv_inpaint(image, holes, m) for m in inpainting_eval.OPENCV_METHODS})
-        acc.update(outputs, target, holes)
-        if len(ids) < keep_examples and holes.any():
-          for k, v in (("image", image), ("holes", holes), ("target", target), *outputs.items()):
-            kept.setdefault(k, []).append(v)
-        ids.append(base.decode_ids(batch["id"][i:i + 1])[0])
-    rows = sharding.allgather_rows(acc.per_image())
-    return base.Evaluation(acc.summarize(rows, methods), rows, sharding.allgather_strings(ids),
-                           {k: np.stack(v) for k, v in kept.items()})
+    for j, i in enumerate(real):
+      image, target = (figures.to_uint8_rgb((batch[k][i] + 1) / 2) for k in ("image", "target"))
+      holes = batch["mask"][i, ..., 0] < 0.5
+      filled = {NETWORK: figures.to_uint8_rgb(np.clip((outputs[i] + 1) / 2, 0, 1))}
+      filled.update({m: inpainting_eval.opencv_inpaint(image, holes, m) for m in methods if m != NETWORK})
+      acc.update(filled, target, holes)
+      if kept.wants(j) and holes.any():
+        kept.add(image=image, holes=holes, target=target, **filled)
+    return acc.per_image()
+
+  def summarize(self, rows, ids, examples, methods=METHODS) -> base.Evaluation:
+    rows = rows or inpainting_eval.InpaintingAccumulator(methods).per_image()
+    return base.Evaluation(inpainting_eval.InpaintingAccumulator.summarize(rows, methods), rows, ids, examples)
 
   def write_figures(self, evaluation, fig_dir, prefix) -> None:
     ex = evaluation.examples

@@ -15,6 +15,7 @@ filled, largest component kept), and per class the ROC AUC / AP of its index wit
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 from typing import Any, Callable, Iterator, Sequence
 
@@ -30,7 +31,7 @@ from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, inference, licu, metrics, postprocess
 from lesion_jax import models
 from lesion_jax.tasks import base
-from lesion_jax.train import losses, sharding, steps
+from lesion_jax.train import losses, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
 
@@ -115,6 +116,7 @@ def lesion_mask(maps: np.ndarray) -> np.ndarray:
 class LesionIndexTask(base.Task):
   name = "lesion_index"
   config_cls = LesionIndexConfig
+  evaluation_overrides = frozenset({"test_scales"})  # the multi-scale test of the paper
 
   @property
   def class_names(self) -> list[str]:
@@ -199,9 +201,48 @@ class LesionIndexTask(base.Task):
   def best_metric(self) -> tuple[str, str]:
     return "val/jaccard", "max"
 
-  def evaluate(self, state, split, mesh, predict=None, keep_examples=0) -> base.Evaluation:
-    predict = predict or self.jit_predict(state, mesh)
-    return evaluate_members([(self, state, predict)], split, mesh, keep_examples)
+  def outputs_over(self, state, split, mesh, predict):
+    """This FCRN's native maps: `summed_maps` of one member (`evaluate_members` sums several)."""
+    return summed_maps([(self, state, predict)], split, mesh)
+
+  def per_example(self, batch, outputs, real, kept) -> dict[str, np.ndarray]:
+    """Each image's lesion mask counts and class indices (with the LICU and without), from the
+    maps `summed_maps` gives: `outputs` is (truth mask, maps) per real image."""
+    acc = metrics.SegmentationAccumulator(boundary=True)
+    labels, licu_rows, mean_rows = [], [], []
+    for j, (i, (truth, maps)) in enumerate(zip(real, outputs)):
+      mask = lesion_mask(maps)
+      acc.update(mask[None], truth[None])
+      labels.append(int(batch["label"][i]))
+      licu_rows.append(licu.lesion_index(maps, mask))
+      mean_rows.append(licu.mean_index(maps, mask))
+      if kept.wants(j):
+        kept.add(image=self.figure_image(batch, i, truth.shape),
+                 pred=postprocess.resize_mask(mask, FIGURE_SIZE, FIGURE_SIZE),
+                 mask=postprocess.resize_mask(truth, FIGURE_SIZE, FIGURE_SIZE), index=licu_rows[-1])
+    n = len(self.class_names)
+    return {**acc.counts(), "label": np.asarray(labels, np.int64).reshape(-1),
+            "licu": np.asarray(licu_rows, np.float64).reshape(-1, n),
+            "mean": np.asarray(mean_rows, np.float64).reshape(-1, n)}
+
+  def summarize(self, rows, ids, examples) -> base.Evaluation:
+    c = self.config
+    rows = rows or self.per_example({}, [], np.zeros(0, np.int64), base.Kept(0))  # an empty split
+    per_image = metrics.scores_from_counts(rows)
+    scores = metrics.summarize_segmentation(per_image)
+    scores.update(classification_summary(rows["label"], rows["licu"], rows["mean"], self.class_names,
+                                         c.melanoma_class, c.keratosis_class))
+    per_image.update(label=rows["label"], licu=rows["licu"], mean=rows["mean"])
+    return base.Evaluation(scores, per_image, ids, examples)
+
+  def figure_image(self, batch, i: int, shape: tuple[int, int]) -> np.ndarray:
+    """Example `i` of `batch` (its first test scale's input, the image's window of it) as a
+    FIGURE_SIZE uint8 RGB image."""
+    size = self.config.test_scales[0]
+    top, left, nh, nw = ops.letterbox_window(*shape, size)
+    shown = (batch[scale_key(size)][i][top:top + nh, left:left + nw] + 1.0) / 2.0
+    shown = cv2.resize(np.ascontiguousarray(shown, np.float32), (FIGURE_SIZE, FIGURE_SIZE))
+    return figures.to_uint8_rgb(np.clip(shown, 0, 1))
 
   def validate(self, state, mesh, predict) -> dict[str, float]:
     return self.validation_metrics(self.evaluate(state, self.config.val_split, mesh, predict))
@@ -218,59 +259,45 @@ FIGURE_SIZE = 128
 
 
 def member_maps(task: LesionIndexTask, state, predict, split: str, mesh
-                ) -> Iterator[tuple[str, int, np.ndarray, np.ndarray, np.ndarray]]:
-  """(id, label, truth mask, summed native maps, a FIGURE_SIZE display image) per image of
-  `split` for one FCRN."""
+                ) -> Iterator[tuple[base.Batch, list[tuple[str, np.ndarray, np.ndarray]]]]:
+  """Per host batch of `split` for one FCRN: (the batch, [(id, truth mask, summed native maps)
+  per real image])."""
   scales = task.config.test_scales
   for batch, probs in inference.predict_over(predict, state, task.eval_batches(split), mesh):
     real = np.flatnonzero(batch["weight"] > 0)
+    images = []
     for i, image_id in zip(real, base.decode_ids(batch["id"][real])):
       truth = postprocess.decode_mask(batch["mask_encoded"][i])
-      maps = native_maps({s: probs[scale_key(s)][i] for s in scales}, *truth.shape)
-      top, left, nh, nw = ops.letterbox_window(*truth.shape, scales[0])
-      shown = (batch[scale_key(scales[0])][i][top:top + nh, left:left + nw] + 1.0) / 2.0
-      shown = cv2.resize(np.ascontiguousarray(shown, np.float32), (FIGURE_SIZE, FIGURE_SIZE))
-      yield image_id, int(batch["label"][i]), truth, maps, figures.to_uint8_rgb(np.clip(shown, 0, 1))
+      images.append((image_id, truth, native_maps({s: probs[scale_key(s)][i] for s in scales}, *truth.shape)))
+    yield batch, images
+
+
+def summed_maps(members: Sequence[tuple[LesionIndexTask, Any, Callable]], split: str, mesh
+                ) -> Iterator[tuple[base.Batch, list[tuple[np.ndarray, np.ndarray]]]]:
+  """(host batch, [(truth mask, maps) per real image]) over `split`, batched as the first member
+  reads it, each image's maps the sum of every member's native maps (the LIN). The other members
+  are read image by image: their batch sizes and scales may differ from the first's."""
+  streams = [member_maps(task, state, predict, split, mesh) for task, state, predict in members]
+  others = [itertools.chain.from_iterable(images for _, images in stream) for stream in streams[1:]]
+  for batch, images in streams[0]:
+    summed = []
+    for image in images:
+      rows = [image] + [next(other, (None, None, None)) for other in others]
+      if any(r[0] != image[0] for r in rows):
+        raise RuntimeError(f"members read {split} in different orders ({[r[0] for r in rows]})")
+      summed.append((image[1], sum(r[2] for r in rows)))
+    yield batch, summed
 
 
 def evaluate_members(members: Sequence[tuple[LesionIndexTask, Any, Callable]], split: str, mesh,
                      keep_examples: int = 0) -> base.Evaluation:
-  """Scores the sum of the members' native maps (one member: that FCRN alone)."""
+  """Scores the sum of the members' native maps (one member: that FCRN alone, as its `evaluate`)."""
   first = members[0][0]
-  names = first.class_names
   for task, _, _ in members[1:]:
-    if task.class_names != names or task.config.input.dataset != first.config.input.dataset:
+    if task.class_names != first.class_names or task.config.input.dataset != first.config.input.dataset:
       raise config_lib.ConfigError("LIN members must be runs on one dataset with the same classes")
-  streams = [member_maps(task, state, predict, split, mesh) for task, state, predict in members]
-  acc = metrics.SegmentationAccumulator(boundary=True)
-  ids, labels, licu_rows, mean_rows = [], [], [], []
-  kept: dict[str, list[np.ndarray]] = {}
-  for rows in zip(*streams):
-    image_id, label, truth, _, shown = rows[0]
-    if any(r[0] != image_id for r in rows):
-      raise RuntimeError(f"members read {split} in different orders ({[r[0] for r in rows]})")
-    maps = sum(r[3] for r in rows)
-    mask = lesion_mask(maps)
-    acc.update(mask[None], truth[None])
-    ids.append(image_id)
-    labels.append(label)
-    licu_rows.append(licu.lesion_index(maps, mask))
-    mean_rows.append(licu.mean_index(maps, mask))
-    if len(ids) <= keep_examples:
-      kept.setdefault("image", []).append(shown)
-      kept.setdefault("pred", []).append(postprocess.resize_mask(mask, FIGURE_SIZE, FIGURE_SIZE))
-      kept.setdefault("mask", []).append(postprocess.resize_mask(truth, FIGURE_SIZE, FIGURE_SIZE))
-      kept.setdefault("index", []).append(licu_rows[-1])
-  rows = sharding.allgather_rows({**acc.counts(), "label": np.asarray(labels, np.int64).reshape(-1),
-                                  "licu": np.asarray(licu_rows, np.float64).reshape(-1, len(names)),
-                                  "mean": np.asarray(mean_rows, np.float64).reshape(-1, len(names))})
-  per_image = metrics.scores_from_counts(rows)
-  scores = metrics.summarize_segmentation(per_image, acc.threshold_ja)
-  scores.update(classification_summary(rows["label"], rows["licu"], rows["mean"], names,
-                                       first.config.melanoma_class, first.config.keratosis_class))
-  per_image.update(label=rows["label"], licu=rows["licu"], mean=rows["mean"])
-  return base.Evaluation(scores, per_image, sharding.allgather_strings(ids),
-                         {k: np.stack(v) for k, v in kept.items()})
+  rows, ids, examples = base.gather_examples(summed_maps(members, split, mesh), first.per_example, keep_examples)
+  return first.summarize(rows, ids, examples)
 
 
 def classification_summary(labels, licu_index, mean_index, names, melanoma: str, keratosis: str

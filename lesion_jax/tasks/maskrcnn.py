@@ -102,6 +102,7 @@ class MaskRCNNTask(segmentation.SegmentationTask):
   config_cls = MaskRCNNConfig
   geometries = ("stretch",)  # its instance masks are pasted into boxes of the stretched image
   averages_outputs = False  # detections, not maps
+  evaluation_overrides = frozenset({"fallback"})
 
   def model(self) -> MaskRCNN:
     m = self.config.model
@@ -135,10 +136,10 @@ class MaskRCNNTask(segmentation.SegmentationTask):
     for name in ("score_threshold", "threshold"):
       if not 0.0 < getattr(c, name) < 1.0:
         raise config_lib.ConfigError(f"--{name}={getattr(c, name)}: must be between 0 and 1")
-    self.check_postprocessing()
+    self.check_overrides()
     base.Task.check(self, mesh, extra_splits)
 
-  def check_postprocessing(self) -> None:
+  def check_overrides(self) -> None:
     if not 0.0 < self.config.fallback_max_fraction <= 1.0:
       raise config_lib.ConfigError(f"--fallback_max_fraction={self.config.fallback_max_fraction}: must be in (0, 1]")
 

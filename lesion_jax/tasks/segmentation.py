@@ -107,6 +107,7 @@ class SegmentationTask(base.Task):
   geometries = ("stretch", "letterbox")
   color_constancy = True
   averages_outputs = True  # lesion probability maps
+  evaluation_overrides = frozenset({"tta_scales", "fallback", "refine"})
 
   def model(self):
     return self.config.model.build()
@@ -122,10 +123,10 @@ class SegmentationTask(base.Task):
           f"--image_size={c.input.image_size}: a U-Net with --levels={c.model.levels} needs a multiple of {factor}")
     if c.loss not in losses.SEGMENTATION_LOSSES:
       raise config_lib.ConfigError(f"--loss={c.loss!r}: choose one of {list(losses.SEGMENTATION_LOSSES)}")
-    self.check_postprocessing()
+    self.check_overrides()
     super().check(mesh, extra_splits)
 
-  def check_postprocessing(self) -> None:
+  def check_overrides(self) -> None:
     """Refuses bad evaluation-time settings (also when evaluate / predict override them)."""
     c = self.config
     if c.refine not in REFINEMENTS:
@@ -138,15 +139,6 @@ class SegmentationTask(base.Task):
                                    f"needs multiples of {factor}")
     if not 0.0 < c.fallback_max_fraction <= 1.0:
       raise config_lib.ConfigError(f"--fallback_max_fraction={c.fallback_max_fraction}: must be in (0, 1]")
-
-  def with_postprocessing(self, **changes) -> "SegmentationTask":
-    """This run with evaluation-time settings changed (tta_scales, fallback, ...), checked: what
-    evaluate, predict and lesion crops apply to a restored run."""
-    if not changes:
-      return self
-    task = type(self)(config_lib.replace(self.config, changes))
-    task.check_postprocessing()
-    return task
 
   def init_state(self, rng: jax.Array) -> TrainState:
     size = self.config.input.image_size
@@ -202,13 +194,14 @@ class SegmentationTask(base.Task):
     """The post-processing applied to each map before scoring (config.refine)."""
     return self.config.refine
 
-  def evaluate(self, state, split, mesh, predict=None, keep_examples=0) -> base.Evaluation:
-    """ISIC segmentation and boundary scores over `split`, against the dataset's ground-truth
-    masks, after the configured refinement."""
-    predict = predict or self.jit_predict(state, mesh)
+  def outputs_over(self, state, split, mesh, predict):
+    """Evaluation scores against the dataset's ground-truth masks (not the joined pseudo-masks)."""
+    return inference.predict_over(predict, state, self.eval_batches(split, joins=()), mesh)
+
+  def example_accumulator(self, split):
+    """ISIC segmentation and boundary scores over `split`, after the configured refinement."""
     store = self.superpixel_store(split) if self.refinement() == "superpixel" else None
-    return self.evaluate_batches(state, self.eval_batches(split, joins=()), mesh, predict, keep_examples,
-                                 boundary=True, superpixels=store)
+    return SegmentationRows(self, boundary=True, superpixels=store)
 
   def validate(self, state, mesh, predict) -> dict[str, float]:
     """Validation scores against the masks trained on (pseudo-masks, with mask_artifacts): a
@@ -253,68 +246,28 @@ class SegmentationTask(base.Task):
                        superpixels=None) -> base.Evaluation:
     """Scores each image at its own resolution (the encoded truth's, else the model's) as the
     ISIC challenges do; with `superpixels` (a store) the map is refined on them first."""
-    c = self.config
-    acc = metrics.SegmentationAccumulator(boundary=boundary)
-    instances = self.instance_accumulator()
-    ids: list[str] = []
-    refined: list[bool] = []  # per image: superpixel refinement applied (else the map was kept)
-    fell_back: list[bool] = []  # per image: the catastrophic-failure fallback replaced the mask
-    kept: dict[str, list[np.ndarray]] = {}
-    for batch, probs in inference.predict_over(predict, state, batches, mesh):
-      real = np.flatnonzero(batch["weight"] > 0)
-      batch_ids = base.decode_ids(batch["id"][real])
-      for i, image_id in zip(real, batch_ids):
-        output = jax.tree.map(lambda x, i=i: x[i], probs)
-        if "mask_encoded" in batch:
-          truth = postprocess.decode_mask(batch["mask_encoded"][i])
-        else:
-          truth = batch["mask"][i, ..., 0] > 0.5
-        refinement = None
-        if superpixels is not None:
-          sp = superpixels_lib.read_superpixels(superpixels, image_id)
-          prob = self.prob_at(output, *sp.labels.shape)
-          refinement = superpixel_refine.refine(prob, sp, c.superpixel_refine)
-          refined.append(refinement.refined)
-          pred = refinement.mask
-          if pred.shape != truth.shape:
-            pred = postprocess.resize_mask(pred, *truth.shape)
-        else:
-          prob = self.prob_at(output, *truth.shape)
-          pred, replaced = self.binarize(prob)
-          fell_back.append(replaced)
-        acc.update(pred[None], truth[None])
-        if instances is not None:
-          instances.update(output, truth)
-        if len(ids) < keep_examples:  # examples for figures, at the model's input size
-          self._keep(kept, batch["image"][i], prob, pred, truth, refinement,
-                     sp if refinement is not None else None)
-        ids.append(image_id)
-    # Each host scored its own shard of the split; every host summarises all of it.
-    rows = acc.counts()
-    if superpixels is not None:
-      rows["refined"] = np.asarray(refined, np.int64).reshape(-1)
-    elif c.fallback:
-      rows["fallback"] = np.asarray(fell_back, np.int64).reshape(-1)
-    if instances is not None:
-      rows.update(instances.rows())
-    rows = sharding.allgather_rows(rows)
+    rows, ids, examples = base.gather_examples(inference.predict_over(predict, state, batches, mesh),
+                                               SegmentationRows(self, boundary, superpixels), keep_examples)
+    return self.summarize(rows, ids, examples)
+
+  def summarize(self, rows, ids, examples) -> base.Evaluation:
     per_image = metrics.scores_from_counts(rows)
-    scores = metrics.summarize_segmentation(per_image, acc.threshold_ja)
+    scores = metrics.summarize_segmentation(per_image)
     scores["pixel_confusion"] = metrics.pixel_confusion(rows)  # the mask-then-AlexNet paper's Table I
+    instances = self.instance_accumulator()
     if instances is not None:
       scores.update(instances.summarize(rows))
-    if superpixels is not None:
+    if "refined" in rows:
       per_image["refined"] = rows["refined"]
       scores["refined_images"] = int(rows["refined"].sum())  # the others kept the network's map
     if "fallback" in rows:
       per_image["fallback"] = rows["fallback"]
       scores["fallback_images"] = int(rows["fallback"].sum())
-    return base.Evaluation(scores, per_image, sharding.allgather_strings(ids),
-                           {k: np.stack(v) for k, v in kept.items()})
+    return base.Evaluation(scores, per_image, ids, examples)
 
   def _keep(self, kept, image, prob, pred, truth, refinement, sp) -> None:
     size = image.shape[:2]
-    add = lambda k, v: kept.setdefault(k, []).append(v)
+    add = lambda k, v: kept.add(**{k: v})
     add("image", figures.to_uint8_rgb((image + 1) / 2))
     add("mask", self.model_view(np.asarray(truth, bool), size))
     add("pred", self.model_view(np.asarray(pred, bool), size))
@@ -390,6 +343,57 @@ class SegmentationTask(base.Task):
     return [self.binarize(p)[0] for p in probs]
 
 
+class SegmentationRows:
+  """A segmentation evaluation's accumulator (base.Accumulator): each image's pixel counts (and
+  boundary scores) at its own resolution, whether superpixel refinement or the fallback changed
+  it, and the task's instance scores (Mask R-CNN's detections, a scorer that keeps state)."""
+
+  def __init__(self, task: SegmentationTask, boundary: bool = False, superpixels=None):
+    self.task = task
+    self.superpixels = superpixels
+    self.acc = metrics.SegmentationAccumulator(boundary=boundary)
+    self.instances = task.instance_accumulator()
+    self.refined: list[bool] = []  # per image: superpixel refinement applied (else the map was kept)
+    self.fell_back: list[bool] = []  # per image: the catastrophic-failure fallback replaced the mask
+
+  def add(self, batch, outputs, real, kept) -> None:
+    task = self.task
+    for j, (i, image_id) in enumerate(zip(real, base.decode_ids(batch["id"][real]))):
+      output = jax.tree.map(lambda x, i=i: x[i], outputs)
+      if "mask_encoded" in batch:
+        truth = postprocess.decode_mask(batch["mask_encoded"][i])
+      else:
+        truth = batch["mask"][i, ..., 0] > 0.5
+      refinement = sp = None
+      if self.superpixels is not None:
+        sp = superpixels_lib.read_superpixels(self.superpixels, image_id)
+        prob = task.prob_at(output, *sp.labels.shape)
+        refinement = superpixel_refine.refine(prob, sp, task.config.superpixel_refine)
+        self.refined.append(refinement.refined)
+        pred = refinement.mask
+        if pred.shape != truth.shape:
+          pred = postprocess.resize_mask(pred, *truth.shape)
+      else:
+        prob = task.prob_at(output, *truth.shape)
+        pred, replaced = task.binarize(prob)
+        self.fell_back.append(replaced)
+      self.acc.update(pred[None], truth[None])
+      if self.instances is not None:
+        self.instances.update(output, truth)
+      if kept.wants(j):  # examples for figures, at the model's input size
+        task._keep(kept, batch["image"][i], prob, pred, truth, refinement, sp)  # pylint: disable=protected-access
+
+  def rows(self) -> dict[str, np.ndarray]:
+    rows = self.acc.counts()
+    if self.superpixels is not None:
+      rows["refined"] = np.asarray(self.refined, np.int64).reshape(-1)
+    elif self.task.config.fallback:
+      rows["fallback"] = np.asarray(self.fell_back, np.int64).reshape(-1)
+    if self.instances is not None:
+      rows.update(self.instances.rows())
+    return rows
+
+
 def lesion_crops(segmenter_workdir: str, builder, splits: list[str], size: int, root: str,
                  margin: float = 0.1, black_out: bool = True, mesh=None, fallback: bool | None = None) -> str:
   """Segments and crops every image of `splits` with the best checkpoint of a segmenter run
@@ -400,7 +404,7 @@ def lesion_crops(segmenter_workdir: str, builder, splits: list[str], size: int, 
   mesh = mesh or sharding.make_mesh()
   task = runner.load(segmenter_workdir, SegmentationTask, "segmenter_workdir")
   if fallback is not None:
-    task = task.with_postprocessing(fallback=fallback)
+    task = task.with_overrides(fallback=fallback)
   state = runner.restore(task, segmenter_workdir, "best", mesh)
   step = int(jax.device_get(state.step))
   cstore = crops.crop_store(root, builder.info.full_name, segmenter_workdir, step, size, margin, black_out,
