@@ -27,6 +27,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from lesion_jax import io
+
 Which = int | Literal["latest", "best"]
 
 
@@ -137,6 +139,7 @@ class Checkpoints:
     self._options = options
     self._manager = ocp.CheckpointManager(self.directory, options=options)
     self._unsealed: set[int] = set()
+    self._verified: set[int] = set()  # steps whose files matched their checksums (hashed once)
 
   def _metric_value(self, metrics: dict[str, Any]) -> float:
     value = float(metrics.get(self.best_metric, math.nan))
@@ -191,7 +194,6 @@ class Checkpoints:
     for step in sorted(self._unsealed):
       step_dir = self.step_directory(step)
       if os.path.isdir(step_dir) and jax.process_index() == 0:
-        from lesion_jax import io  # pylint: disable=g-import-not-at-top  (io imports nothing of ours)
         io.write_json(os.path.join(step_dir, CHECKSUMS), _file_digests(step_dir))
     self._unsealed.clear()
 
@@ -202,6 +204,8 @@ class Checkpoints:
     """Checks the files of `step` against its recorded checksums: True if they match, False if
     none were recorded (saved before checksums, or cut off before its save finished); raises
     CheckpointDamagedError naming the file otherwise."""
+    if step in self._verified:
+      return True
     step_dir = self.step_directory(step)
     path = os.path.join(step_dir, CHECKSUMS)
     if not os.path.exists(path):
@@ -217,6 +221,7 @@ class Checkpoints:
         raise CheckpointDamagedError(f"checkpoint {step_dir} is damaged: {rel} is missing")
       if actual[rel] != digest:
         raise CheckpointDamagedError(f"checkpoint {step_dir} is damaged: {rel} does not match its recorded checksum")
+    self._verified.add(step)
     return True
 
   def restore(self, template: Any, which: Which = "latest") -> Any:
@@ -249,6 +254,7 @@ class Checkpoints:
     """Moves a damaged step out of the checkpoint directory (to `<directory>_damaged/<step>`) and
     reopens the manager without it."""
     target = os.path.join(self.directory + "_damaged", str(step))
+    self._verified.discard(step)  # a step saved again under this number is hashed afresh
     logging.getLogger("absl").warning("%s; moving it to %s and resuming from an earlier checkpoint.",
                                       reason, target)
     if jax.process_index() == 0:

@@ -210,8 +210,8 @@ ANY = Range(None)
 
 RANGES: dict[str, Range] = {
     **dict.fromkeys((
-        "batch_size", "box_fc_features", "checkpoint_every", "decay_every", "depth", "detections",
-        "discriminator_features", "eval_every", "expanded_shuffle", "fd_samples", "features",
+        "batch_size", "box_fc_features", "checkpoint_every", "depth", "detections",
+        "discriminator_features", "eval_every", "expanded_shuffle", "features",
         "folds", "fpn_features", "generator_features", "head_features", "image_size", "latent_dim",
         "levels", "log_every", "mask_features", "max_instances", "max_side", "num_steps",
         "num_superpixels", "perceptual_layers", "rois_per_image", "rpn_batch_per_image",
@@ -221,9 +221,13 @@ RANGES: dict[str, Range] = {
     **dict.fromkeys(("anchor_sizes", "aspect_ratios", "channel_std", "compactness", "shades_of_gray_p",
                      "sigma"), POSITIVE),
     **dict.fromkeys((
-        "alpha", "color", "detection_nms_iou", "fallback_max_fraction", "fusion_weight", "high", "low",
-        "margin", "max_hole_fraction", "min_fraction", "roi_fg_fraction", "roi_fg_iou", "roi_margin",
-        "rpn_nms_iou", "score_threshold", "threshold"), FRACTION),
+        "alpha", "color", "detection_nms_iou", "fusion_weight", "high", "low", "margin",
+        "max_hole_fraction", "min_fraction", "roi_fg_fraction", "roi_fg_iou", "roi_margin",
+        "rpn_nms_iou"), FRACTION),
+    # Probability cut-offs: 0 or 1 would keep every pixel or detection, or none.
+    **dict.fromkeys(("threshold", "score_threshold"), Range(0, 1, low_open=True, high_open=True)),
+    "fallback_max_fraction": Range(0, 1, low_open=True),
+    "fd_samples": Range(2),  # a covariance needs two samples
     # A learning rate above 10 only diverges; 0 trains nothing.
     "learning_rate": Range(0, 10, low_open=True),
     "decay_factor": Range(0, 1, low_open=True),

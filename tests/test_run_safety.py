@@ -324,3 +324,12 @@ def test_a_restored_run_changes_only_its_declared_evaluation_settings():
   with pytest.raises(config_lib.ConfigError, match="may change: none"):
     HoleTask(HoleConfig()).with_overrides(hole_size=2)
   assert "image_artifacts" in classification.ClassificationTask.evaluation_overrides
+
+
+def test_zero_means_off_where_a_field_says_so():
+  from lesion_jax.tasks import feature_network  # pylint: disable=g-import-not-at-top
+  # decay_every=0: the LFN uses optimizer.lr_schedule instead of its step decay.
+  config = config_lib.replace(feature_network.FeatureNetworkConfig(), {"decay_every": 0})
+  assert config.decay_every == 0
+  with pytest.raises(config_lib.ConfigError, match=r"--decay_factor=0.0: must be in \(0, 1\]"):
+    config_lib.replace(config, {"decay_factor": 0.0})

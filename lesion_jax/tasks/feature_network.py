@@ -235,9 +235,6 @@ class FeatureNetworkTask(base.Task):
       raise err(f"--rotate={list(c.balance.rotate)}: {unknown} not among the features {list(p.features)}")
     if c.superpixel_source not in SUPERPIXEL_SOURCES:
       raise err(f"--superpixel_source={c.superpixel_source!r}: choose one of {list(SUPERPIXEL_SOURCES)}")
-    if c.decay_every < 0 or not 0.0 < c.decay_factor <= 1.0:
-      raise err(f"--decay_every={c.decay_every} / --decay_factor={c.decay_factor}: need decay_every >= 0 "
-                "and 0 < decay_factor <= 1")
     features = self.builder.info.features
     if "feature_masks" not in features:
       raise err(f"--dataset={c.input.dataset!r}: has no feature_masks (use e.g. synthetic_lesions/features64 "

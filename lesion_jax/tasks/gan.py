@@ -184,8 +184,6 @@ class GANTask(base.Task):
     empty = [k for k, i in zip(self.class_names, self.class_indices) if self.class_counts[i] == 0]
     if empty:
       raise config_lib.ConfigError(f"--classes: {empty} have no image in {c.train_split!r}")
-    if c.extra_generator_steps < 0 or c.sample_every < 1 or c.fd_samples < 2:
-      raise config_lib.ConfigError("--extra_generator_steps must be >= 0, --sample_every >= 1, --fd_samples >= 2")
     super().check(mesh, extra_splits)
 
   def init_state(self, rng):

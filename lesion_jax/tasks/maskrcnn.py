@@ -133,15 +133,10 @@ class MaskRCNNTask(segmentation.SegmentationTask):
       raise config_lib.ConfigError(f"--instances={c.instances!r}: choose one of {list(ops.INSTANCE_MODES)}")
     if c.paste not in PASTE_MODES:
       raise config_lib.ConfigError(f"--paste={c.paste!r}: choose one of {list(PASTE_MODES)}")
-    for name in ("score_threshold", "threshold"):
-      if not 0.0 < getattr(c, name) < 1.0:
-        raise config_lib.ConfigError(f"--{name}={getattr(c, name)}: must be between 0 and 1")
-    self.check_overrides()
-    base.Task.check(self, mesh, extra_splits)
+    base.Task.check(self, mesh, extra_splits)  # numbers (thresholds, fallback_max_fraction): config.RANGES
 
   def check_overrides(self) -> None:
-    if not 0.0 < self.config.fallback_max_fraction <= 1.0:
-      raise config_lib.ConfigError(f"--fallback_max_fraction={self.config.fallback_max_fraction}: must be in (0, 1]")
+    """Its overrides are numbers only, checked with the config (config.RANGES)."""
 
   def init_state(self, rng: jax.Array) -> TrainState:
     size = self.config.input.image_size

@@ -131,14 +131,10 @@ class SegmentationTask(base.Task):
     c = self.config
     if c.refine not in REFINEMENTS:
       raise config_lib.ConfigError(f"--refine={c.refine!r}: choose one of {list(REFINEMENTS)}")
-    if not 0.0 < c.threshold < 1.0:
-      raise config_lib.ConfigError(f"--threshold={c.threshold}: must be between 0 and 1")
     factor = 2 ** c.model.levels
     if c.model.name in FIXED_GRID and any(side < factor or side % factor for side in c.tta_scales):
       raise config_lib.ConfigError(f"--tta_scales={list(c.tta_scales)}: a U-Net with --levels={c.model.levels} "
                                    f"needs multiples of {factor}")
-    if not 0.0 < c.fallback_max_fraction <= 1.0:
-      raise config_lib.ConfigError(f"--fallback_max_fraction={c.fallback_max_fraction}: must be in (0, 1]")
 
   def init_state(self, rng: jax.Array) -> TrainState:
     size = self.config.input.image_size
