@@ -64,6 +64,8 @@ class InputConfig:
                        "synthetic_lesions/s128, isic2017.")
   data_dir: str | None = field(None, "TFDS data directory (default: ~/tensorflow_datasets).", location=True)
   manual_dir: str | None = field(None, "Folder with the hand-downloaded archive (real datasets).", location=True)
+  artifact_dir: str | None = field(None, "Where artifacts the run reads are stored (lesion crops, purified images, "
+                                   "pseudo-masks, superpixels; default: <data_dir>/lesion_jax_artifacts).", location=True)
   image_size: int = field(64, "Images are resized to image_size x image_size.")
   geometry: str = field("stretch", "How an image becomes a square: stretch (resize, the papers') or "
                         "letterbox (keep the aspect ratio, pad with black; maps are cut back before scoring).")
@@ -75,6 +77,11 @@ class InputConfig:
   augment: AugmentConfig = AugmentConfig()
   shuffle_buffer: int = field(4096, "Shuffle buffer (encoded examples).")
   joins: tuple[ArtifactJoin, ...] = ()  # artifacts joined by id (set by the tasks, not by flags)
+
+  def artifact_root(self) -> str:
+    """The folder artifacts of this input live under: `artifact_dir`, or <data_dir>/lesion_jax_artifacts."""
+    from lesion_jax.artifacts import store  # pylint: disable=g-import-not-at-top
+    return self.artifact_dir or store.default_root(self.data_dir)
 
 
 def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None = None,

@@ -74,6 +74,10 @@ class Evaluation:
   predictions: dict[str, Any] | None = None
 
 
+class PredictionUnsupported(ValueError):
+  """A run that cannot predict on a user's photos; the message says why, in one line."""
+
+
 class Task:
   """Base class of every pipeline's task; see the module docstring for the contract."""
   name: ClassVar[str]
@@ -222,6 +226,31 @@ class Task:
 
   def check_overrides(self) -> None:
     """Checks the fields of `evaluation_overrides` (called by `check` and `with_overrides`)."""
+
+  # --- before and after training, and on a user's photos ------------------------------------
+  def prepare(self, splits: Sequence[str]) -> "Task":
+    """This task with what its run reads built first, for `splits` (lesion crops, purified images,
+    K-means pseudo-masks, input statistics, superpixels: stored once as artifacts, so a re-run
+    finds them). `runner.run` calls it after `check` and before training; the returned task's
+    config is what config.json records. The default reads the dataset as it is."""
+    del splits
+    return self
+
+  def after_training(self, state: Any, workdir: str, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+    """What a run makes from its final (best) state once scored (e.g. a GAN's generated images);
+    returns metrics to add to metrics.json."""
+    del state, workdir, mesh
+    return {}
+
+  def predict_images(self, state: Any, images: Sequence[np.ndarray], predict: str = "predict"
+                     ) -> list[dict[str, Any]]:
+    """One record per uint8 RGB image (any size): what "predict on a user's photo" means for this
+    task, replaying what the run read (its crops, its purification). Record keys by kind:
+    "mask" (bool, the image's own height x width), "probabilities" (one per `class_names`),
+    "image" (uint8 RGB, e.g. the purified photo), "scores" ({name: float}). A task that cannot
+    predict on photos raises PredictionUnsupported with the one-line reason."""
+    del state, images, predict
+    raise PredictionUnsupported(f"a {self.name!r} run does not predict on photos")
 
   def hooks(self, workdir: str, mesh: jax.sharding.Mesh) -> Sequence[loop.PeriodicHook]:
     return ()

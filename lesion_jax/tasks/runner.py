@@ -189,7 +189,14 @@ def run(task: base.Task, workdir: str, test_split: str = "test",
   # Every split the run reads is checked before the first step, not after training.
   task.check(mesh, [("test_split", split) for prefix, split in task.final_splits(test_split) if prefix == "test"])
   with run_lock.hold(workdir):
+    task = task.prepare(run_splits(task, test_split))
     return _train_and_score(task, workdir, test_split, mesh)
+
+
+def run_splits(task: base.Task, test_split: str) -> list[str]:
+  """Every split a run reads (train, validation, the final ones), once each: what `prepare` builds for."""
+  c = task.config
+  return [s for s in dict.fromkeys([c.train_split, c.val_split, *(s for _, s in task.final_splits(test_split))]) if s]
 
 
 def _train_and_score(task: base.Task, workdir: str, test_split: str, mesh) -> dict[str, Any]:
@@ -203,6 +210,7 @@ def _train_and_score(task: base.Task, workdir: str, test_split: str, mesh) -> di
       predictions[f"{prefix}/_predictions"] = result.predictions
     if split == task.val_split:  # scores of the split that picked the checkpoint are optimistic
       metrics[f"{prefix}/used_for_selection"] = True
+  metrics.update(task.after_training(state, workdir, mesh))
   save_curves(workdir)
   write_results(workdir, metrics, predictions)
   return metrics
@@ -238,6 +246,7 @@ def cross_validate(task: base.Task, workdir: str, test_split: str = "test",
   if task.folds > task.builder.info.splits[task.config.train_split].num_examples:
     raise config_lib.ConfigError(f"--folds={task.folds}: more folds than examples in {task.config.train_split!r}")
   with run_lock.hold(workdir):
+    task = task.prepare(run_splits(task, test_split))
     return _cross_validate(task, workdir, test_split, mesh)
 
 
