@@ -39,11 +39,11 @@ from lesion_jax.eval import inference
 from lesion_jax.train import loop, sharding
 
 Batch = dict[str, Any]
-_REGISTRY: dict[str, type["Task"]] = {}
+_REGISTRY: dict[str, type] = {}  # tasks and pipelines, by name
 
 
 def register(cls: type["Task"]) -> type["Task"]:
-  """Class decorator: makes a task loadable by name from a workdir's config.json."""
+  """Class decorator: makes a task (or a Pipeline) loadable by name from a workdir's config.json."""
   if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
     raise ValueError(f"task name {cls.name!r} is registered twice ({_REGISTRY[cls.name]} and {cls})")
   _REGISTRY[cls.name] = cls
@@ -289,6 +289,45 @@ class Task:
     return {"task": self.name, "config": config_lib.to_dict(self.config)}
 
 
+class Pipeline:
+  """A run made of runs: the multi-run pipelines (two-stage, self-learning, the LIN = DR + DM
+  FCRNs, ...). Registered by name like a task (`@base.register`), so `runner.load(workdir)` opens
+  its config.json too; each stage is an ordinary task run in a subfolder of the pipeline's
+  workdir, so evaluate, predict and resume work on a stage as on any run.
+
+      @base.register
+      class MyPipeline(base.Pipeline):
+        name = "my_pipeline"
+        config_cls = MyPipelineConfig
+        def run(self, workdir): ...        # trains every stage (resumable), writes metrics.json
+        def stages(self, workdir): ...     # {stage name: its run's workdir}
+        def predictor(self, workdir): ...  # (task, state) that predicts on a user's photos
+  """
+  name: ClassVar[str]
+  config_cls: ClassVar[type]
+
+  def __init__(self, config: Any):
+    if not isinstance(config, self.config_cls):
+      raise TypeError(f"{type(self).__name__} needs a {self.config_cls.__name__}, got {type(config).__name__}")
+    self.config = config
+
+  def run(self, workdir: str) -> dict[str, Any]:
+    """Trains (or resumes) every stage into `workdir`; returns (and writes) the pipeline's metrics."""
+    raise NotImplementedError
+
+  def stages(self, workdir: str) -> dict[str, str]:
+    """{stage name: workdir of its run}, in the order they run."""
+    raise NotImplementedError
+
+  def predictor(self, workdir: str) -> tuple[Task, Any]:
+    """(task, state) whose `predict_images` is the pipeline's prediction on a user's photos (a
+    stage's run, or a task combining several stages' states); PredictionUnsupported otherwise."""
+    raise PredictionUnsupported(f"a {self.name!r} pipeline does not predict on photos")
+
+  def describe(self) -> dict[str, Any]:
+    return {"task": self.name, "config": config_lib.to_dict(self.config)}
+
+
 def averaged_over_states(predict_step: Callable) -> Callable:
   """`predict_step(state, batch)` averaged over a tuple of states, leaf by leaf, in one program."""
   def predict(states: tuple[Any, ...], batch: Batch) -> Any:
@@ -297,7 +336,7 @@ def averaged_over_states(predict_step: Callable) -> Callable:
   return predict
 
 
-def from_record(record: dict[str, Any], where: str = "config.json") -> Task:
+def from_record(record: dict[str, Any], where: str = "config.json") -> Task | Pipeline:
   """The task a config.json record describes; unknown keys are errors naming the key."""
   if "task" not in record or "config" not in record:
     raise ValueError(f"{where} has no 'task'/'config' entries: it was not written by a lesion_jax "
