@@ -6,7 +6,7 @@ colours, diameter) of a segmenter's masks.
       [--model=auto|logistic|gradient_boosting] [--folds=5] [--masks=kmeans (instead of --segmenter_workdir)]
 
 The segmenter's best checkpoint segments every image of both splits once (the lesion crop stage,
-resumable; train_classifier --input=segmented reuses it). The model is chosen by stratified k-fold
+resumable; train_classifier --source=crops reuses it). The model is chosen by stratified k-fold
 ROC AUC on --train_split alone, refitted on all of it and scored once on --test_split. Writes
 config.json, metrics.json (test/* as train_classifier's, cv/* out-of-fold, every candidate's
 k-fold AUC), predictions.json (the format experiments.ensemble and balancing_table read) and

@@ -32,7 +32,7 @@ flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
 common.define_tta_flags()
 flags.DEFINE_enum("refine", None, ["none", "superpixel"],
                   "Segmentation: post-processing before scoring (default: the run's own --refine).")
-flags.DEFINE_list("ensemble_with", [], "Segmentation: workdirs of other runs of this run's configuration (only "
+flags.DEFINE_list("ensemble_with", [], "Segmentation or classification: workdirs of other runs of this run's configuration (only "
                   "--seed differs); their probability maps are averaged with this run's, each at --checkpoint.")
 
 
@@ -47,7 +47,7 @@ def ensemble_states(recorded, state, workdirs: list[str], which) -> tuple:
   task as its config.json gives it, before this command's overrides) but for the seed."""
   if not recorded.averages_outputs:
     raise config_lib.ConfigError(f"--ensemble_with: a {recorded.name!r} run's predictions cannot be averaged "
-                                 "(segmentation maps can; classifiers: experiments.ensemble)")
+                                 "(probabilities can: segmenters', classifiers'; saved predictions of any runs: experiments.ensemble)")
   ours = _without_seed(recorded)
   states = [state]
   for workdir in workdirs:

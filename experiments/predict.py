@@ -1,20 +1,25 @@
-r"""Segments (and/or classifies) image files with trained models.
+r"""Predicts with a trained run on image files: whatever the run's task predicts on a photo.
 
   python -m experiments.predict --workdir=runs/unet --images='photos/*.jpg' --out=predictions \
-      [--tta] [--tta_scales=128,160] [--fallback]
+      [--tta] [--tta_scales=128,160] [--fallback] [--classifier_workdir=runs/lenet]
 
-For each image: DIR/<stem>.png (binary mask at the image's own resolution, 0/255),
-DIR/<stem>_overlay.png, and a row in DIR/predictions.csv with the ABCD measurements of the lesion
-(and, with --classifier_workdir, the class probabilities). A file that cannot be used (corrupt,
-grayscale, RGBA, too small) gets its reason in the CSV and the log; the others are still done.
+--workdir is any run (or pipeline) whose task predicts on photos (`Task.predict_images`):
+a segmenter or Mask R-CNN writes DIR/<stem>.png (binary mask at the image's own resolution,
+0/255), DIR/<stem>_overlay.png and the ABCD measurements of the lesion; a classifier writes the
+class probabilities, replaying what it read in training (its segmenter's crop, with the mask too,
+or the purified photo; a cross-validated run averages its fold models); an inpainter writes
+DIR/<stem>_purified.png; the LIN and its FCRNs a mask and lesion indices; the LFN per-feature
+scores. A GAN run is refused with the reason. Every input gets a row in DIR/predictions.csv; a file
+that cannot be used (corrupt, grayscale, RGBA, too small) gets its reason there and in the log; the
+others are still done.
 
 Inputs that share a stem (dup.jpg and dup.png) are named by stem and extension instead:
 DIR/dup_jpg.png, DIR/dup_jpg_overlay.png, DIR/dup_png.png, ... The names depend on the paths
 only, so a file that turns out unreadable never takes another's name.
 
-Predict replaces only files it wrote itself: those listed (mask, overlay) in an earlier run's
-DIR/predictions.csv, or in the DIR/predictions.csv.partial of a run that was killed (that table
-lists a chunk's files before they are written). A run whose outputs would replace any other
+Predict replaces only files it wrote itself: those listed (mask, overlay, purified) in an earlier
+run's DIR/predictions.csv, or in the DIR/predictions.csv.partial of a run that was killed (that
+table lists a chunk's files before they are written). A run whose outputs would replace any other
 existing file is refused before anything is written, --overwrite or not. With --overwrite the
 earlier run's outputs and tables are removed first, so DIR ends up holding what the new table
 lists.
@@ -30,13 +35,13 @@ import numpy as np
 
 from experiments import common
 from lesion_jax import io
-from lesion_jax.eval import figures, measure, postprocess
-from lesion_jax.tasks import classification, runner, segmentation
+from lesion_jax.eval import figures, measure
+from lesion_jax.tasks import base, classification, runner
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "The --workdir of a train_segmenter run (masks, measurements) or "
-                    "of a train_classifier run (class probabilities; with masks too if it was "
-                    "trained on segmented input).")
+flags.DEFINE_string("workdir", None, "The --workdir of a training run or pipeline: a segmenter (masks, "
+                    "measurements), a classifier (class probabilities; with masks too if it reads lesion "
+                    "crops), an inpainter (purified photos), the LIN or an FCRN, the LFN.")
 flags.DEFINE_string("images", None, "Glob of image files (quote it), or a comma-separated list of globs.")
 flags.DEFINE_string("out", None, "Output directory.")
 flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
@@ -45,9 +50,9 @@ flags.DEFINE_integer("chunk", 64, "At most this many images are read and segment
 flags.DEFINE_float("chunk_megapixels", 50.0, "...and at most this many megapixels (memory is at most ~30 "
                    "bytes per pixel of a chunk on top of the program's ~0.9 GB: one 48-megapixel photo "
                    "measured 1.4 GB more; a single larger image is still done, alone).")
-flags.DEFINE_string("classifier_workdir", None, "A train_classifier run: adds class probabilities "
-                    "(on the lesion crop if it was trained on segmented input; averaged over the "
-                    "fold models of a cross-validated run).")
+flags.DEFINE_string("classifier_workdir", None, "With a segmenter --workdir, a train_classifier run: adds "
+                    "its class probabilities (it replays its own input: crops by its own segmenter, "
+                    "purified photos; averaged over the fold models of a cross-validated run).")
 flags.DEFINE_float("mm_per_pixel", None, "Pixel size, for measurements in millimetres.")
 common.define_tta_flags()
 flags.DEFINE_bool("overwrite", False, "Replace an earlier run's outputs in --out (refused otherwise): the "
@@ -60,8 +65,8 @@ flags.register_validator("chunk_megapixels", lambda v: v > 0, "--chunk_megapixel
 flags.register_validator("mm_per_pixel", lambda v: v is None or v > 0, "--mm_per_pixel must be > 0")
 
 TABLES = ("predictions.csv", "predictions.csv.partial")
-COLUMNS = ("file", "status", "error", "notes", "mask", "overlay", "height", "width", "lesion_pixels",
-           "lesion_fraction")
+OUTPUT_# Files each record key writes: (CSV column, file name suffix).
+FILES = {"mask": (("mask", ""), ("overlay", "_overlay")), "purified": (("purified", "_purified"),)}
 MEASUREMENTS = ("unit", "area", "perimeter", "diameter", "major_axis", "minor_axis", "asymmetry_major",
                 "asymmetry_minor", "compactness", "solidity", "num_colours", "colours", "colour_spread")
 
@@ -87,19 +92,21 @@ def output_stems(files: list[str]) -> dict[str, str]:
   return {f: f"{stem}_{ext[1:]}" if counts[stem] > 1 and ext else stem for f, (stem, ext) in stems.items()}
 
 
-def plan_outputs(files: list[str], out: str, with_masks: bool) -> dict[str, list[str] | str]:
-  """The files each input will write, or why it must not: no output may be an input (with --out
-  equal to the input folder, photo.png would become its own mask) or another input's output
-  (X_overlay.jpg's mask is X.jpg's overlay). Earlier inputs keep their names."""
+def plan_outputs(files: list[str], out: str, predicts: frozenset[str]) -> dict[str, dict[str, str] | str]:
+  """The files each input will write ({CSV column: path}, by the keys the task predicts), or why
+  it must not: no output may be an input (with --out equal to the input folder, photo.png would
+  become its own mask) or another input's output (X_overlay.jpg's mask is X.jpg's overlay).
+  Earlier inputs keep their names."""
   inputs = {os.path.realpath(f): f for f in files}
   taken = {os.path.realpath(os.path.join(out, name)): "the predictions table" for name in TABLES}
   names = output_stems(files)
-  plans: dict[str, list[str] | str] = {}
+  plans: dict[str, dict[str, str] | str] = {}
   for path in files:
     stem = names[path]
-    outputs = [os.path.join(out, f"{stem}.png"), os.path.join(out, f"{stem}_overlay.png")] if with_masks else []
+    outputs = {column: os.path.join(out, f"{stem}{suffix}.png")
+               for key in sorted(predicts & set(FILES)) for column, suffix in FILES[key]}
     problem = None
-    for o in outputs:
+    for o in outputs.values():
       real = os.path.realpath(o)
       if real in inputs:
         problem = f"{path}: its output {o} would overwrite the input {inputs[real]}; use another --out"
@@ -110,7 +117,7 @@ def plan_outputs(files: list[str], out: str, with_masks: bool) -> dict[str, list
     if problem:
       plans[path] = problem
       continue
-    taken.update((os.path.realpath(o), path) for o in outputs)
+    taken.update((os.path.realpath(o), path) for o in outputs.values())
     plans[path] = outputs
   return plans
 
@@ -130,7 +137,7 @@ def own_outputs(out: str) -> tuple[list[str], set[str]]:
         if not {"file", "status"} <= set(reader.fieldnames or ()):
           raise ValueError("no file/status columns")
         for row in reader:
-          names.update(os.path.basename(row[k]) for k in ("mask", "overlay") if row.get(k))
+          names.update(os.path.basename(row[k]) for k in OUTPUT_COLUMNS if row.get(k))
     except (OSError, ValueError, csv.Error) as e:
       raise app.UsageError(f"--out={out}: {path} is not a predictions table of this program ({e}); "
                            "move it, or choose another --out") from None
@@ -142,7 +149,7 @@ def refuse_foreign_files(plans: dict, own: set[str]) -> None:
   """No planned output may replace an existing file that predict did not write (one not in the
   earlier tables): the whole run is refused, naming the file, before anything is written."""
   for path, outputs in plans.items():
-    for o in outputs if isinstance(outputs, list) else ():
+    for o in outputs.values() if isinstance(outputs, dict) else ():
       if os.path.lexists(o) and os.path.basename(o) not in own:
         raise app.UsageError(f"{o} exists and was not written by predict; it would be replaced by the "
                              f"output of {path}. Move it, or choose another --out")
@@ -194,35 +201,42 @@ def read_in_chunks(files: list[str], plans: dict, min_size: int, max_count: int,
     yield chunk
 
 
-def load_models(workdir: str, classifier_workdir: str | None, which):
-  """(segmenter (task, state) or None, classifier (task, fold states) or None) for a workdir of
-  either kind: a segmentation run (plus an optional classifier run), or a classification run
-  (whose segmenter, for segmented input, is the one it was trained with)."""
-  task = runner.load(workdir)
-  segmenter = classifier = None
-  if isinstance(task, classification.ClassificationTask):
-    if classifier_workdir:
-      raise app.UsageError("--classifier_workdir goes with a segmenter --workdir; --workdir is a classifier run")
-    classifier_workdir, cls_task = workdir, task
-    if task.config.image_artifacts:
-      seg_dir = task.config.crop.segmenter_workdir
-      # The crops it trained on went through the fallback iff its --crop.fallback; --fallback overrides.
-      fallback = task.config.crop.fallback if FLAGS.fallback is None else FLAGS.fallback
-      seg_task = common.with_segmentation_overrides(runner.load(seg_dir), FLAGS.tta_scales, fallback)
-      segmenter = (seg_task, runner.restore(seg_task, seg_dir, "best"))
-  elif isinstance(task, segmentation.SegmentationTask):
+def load_predictors(workdir: str, classifier_workdir: str | None, which) -> list[tuple[base.Task, object]]:
+  """[(task, state)] whose records each photo's row merges: the --workdir run's predictor (a
+  segmenter's with --tta_scales / --fallback applied), then the --classifier_workdir run's."""
+  try:
+    task, state = runner.predictor(workdir, which)
+  except base.PredictionUnsupported as e:
+    raise app.UsageError(f"--workdir={workdir}: {e}") from None
+  if task.makes_masks:
     task = common.with_segmentation_overrides(task, FLAGS.tta_scales, FLAGS.fallback)
-    cls_task = (runner.load(classifier_workdir, classification.ClassificationTask, "classifier_workdir")
-                if classifier_workdir else None)
-    segmenter = (task, runner.restore(task, workdir, which))
-  else:
-    raise app.UsageError(f"{workdir} holds a {task.name!r} run: predict knows segmentation and classification runs")
+  elif FLAGS.tta_scales is not None or FLAGS.fallback is not None:
+    raise app.UsageError(f"--tta_scales / --fallback: a {task.name!r} run is not a segmenter")
+  if not task.predicts:  # refused before anything is written, with the task's own reason
+    try:
+      task.predict_images(state, [])
+    except base.PredictionUnsupported as e:
+      raise app.UsageError(f"--workdir={workdir}: {e}") from None
+    raise app.UsageError(f"--workdir={workdir}: a {task.name!r} run does not predict on photos")
+  predictors = [(task, state)]
   if classifier_workdir:
-    # A cross-validated run (--folds) has one model per fold: their probabilities are averaged.
-    run_dirs = sorted(glob.glob(os.path.join(classifier_workdir, "fold_*"))) or [classifier_workdir]
-    cls_which = which if classifier_workdir == workdir else "best"
-    classifier = (cls_task, [runner.restore(cls_task, d, cls_which) for d in run_dirs])
-  return segmenter, classifier
+    if not task.makes_masks:
+      raise app.UsageError("--classifier_workdir goes with a segmenter --workdir")
+    runner.load(classifier_workdir, classification.ClassificationTask, "classifier_workdir")
+    predictors.append(runner.predictor(classifier_workdir, "best"))
+  return predictors
+
+
+def predict_records(predictors, images: list[np.ndarray]) -> list[dict]:
+  """Each photo's merged record; the first predictor's keys win (the --workdir segmenter's mask
+  over a crop classifier's own)."""
+  records = [{} for _ in images]
+  for i, (task, state) in enumerate(predictors):
+    predict = "tta" if FLAGS.tta and i == 0 else "predict"
+    for record, found in zip(records, task.predict_images(state, images, predict=predict)):
+      for k, v in found.items():
+        record.setdefault(k, v)
+  return records
 
 
 def main(argv):
@@ -245,19 +259,25 @@ def main(argv):
       pass
   except OSError as e:
     raise app.UsageError(f"--out={FLAGS.out}: cannot write there ({e.strerror or e})") from None
-  segmenter, classifier = load_models(FLAGS.workdir, FLAGS.classifier_workdir,
-                                      common.checkpoint_flag_value(FLAGS.checkpoint))
-  if FLAGS.tta and segmenter is not None and "tta" not in segmenter[0].predict_fns():
-    raise app.UsageError(f"--tta: a {segmenter[0].name!r} segmenter has no test-time augmentation")
-  plans = plan_outputs(files, FLAGS.out, with_masks=segmenter is not None)
+  predictors = load_predictors(FLAGS.workdir, FLAGS.classifier_workdir,
+                               common.checkpoint_flag_value(FLAGS.checkpoint))
+  if FLAGS.tta and "tta" not in predictors[0][0].predict_fns():
+    raise app.UsageError(f"--tta: a {predictors[0][0].name!r} run has no test-time augmentation")
+  predicts = frozenset().union(*(t.predicts for t, _ in predictors))
+  plans = plan_outputs(files, FLAGS.out, predicts)
   refuse_foreign_files(plans, own)
   if FLAGS.overwrite:
     remove_earlier_run(FLAGS.out, tables, own, files)
   # The table of this run is written whole at the end; until then, progress goes to a partial
-  # table, written ahead of each chunk's masks: whatever a killed run wrote, it lists.
-  columns = list(COLUMNS + MEASUREMENTS) if segmenter else ["file", "status", "error", "notes", "height", "width"]
-  if classifier is not None:
-    columns += ["predicted"] + [f"p_{n}" for n in classifier[0].class_names]
+  # table, written ahead of each chunk's files: whatever a killed run wrote, it lists.
+  columns = ["file", "status", "error", "notes"]
+  columns += [c for key in ("mask", "purified") if key in predicts for c, _ in FILES[key]]
+  columns += ["height", "width"]
+  if "mask" in predicts:
+    columns += ["lesion_pixels", "lesion_fraction", *MEASUREMENTS]
+  if "probabilities" in predicts:
+    names = next(t.class_names for t, _ in predictors if "probabilities" in t.predicts)
+    columns += ["predicted"] + [f"p_{n}" for n in names]
 
   rows: list[dict] = []
   failed = done = 0
@@ -276,39 +296,36 @@ def main(argv):
       good.append(row)
       images.append(image)
     done += len(chunk)
-    masks = []
-    if segmenter is not None and images:
-      seg_task, seg_state = segmenter
-      masks = seg_task.masks_for(seg_task.segment_images(seg_state, images, predict="tta" if FLAGS.tta else "predict"))
+    records = predict_records(predictors, images) if images else []
+    if any(plans[row["file"]] for row in good):
       for row in good:  # write-ahead: listed (so predict's own next time) before they exist
-        row.update(status="writing", mask=plans[row["file"]][0], overlay=plans[row["file"]][1])
+        row.update(status="writing", **plans[row["file"]])
       write_csv(partial_path, rows, columns)
-    for row, image, mask in zip(good, images, masks):
-      io.write_png(row["mask"], mask.astype(np.uint8) * 255)
-      io.write_png(row["overlay"], figures.overlay(image, mask))
-      row.update(status="ok", lesion_pixels=int(mask.sum()), lesion_fraction=round(float(mask.mean()), 6))
-      found = measure.measure_lesion(mask, image, FLAGS.mm_per_pixel)
-      row.update({k: (" ".join(found[k]) if k == "colours" else
-                      round(found[k], 4) if isinstance(found[k], float) else found[k]) for k in MEASUREMENTS})
-    if classifier is not None and good:
-      cls_task, cls_states = classifier
-      crop = cls_task.config.crop
-      size = cls_task.config.input.image_size
-      # The same crop as the stored training crops (artifacts/crops.py): postprocess.crop_to_mask
-      # with the classifier run's own crop settings.
-      inputs = ([postprocess.crop_to_mask(im, m, size, crop.margin, crop.black_out) for im, m in zip(images, masks)]
-                if cls_task.config.image_artifacts else images)
-      probs = np.mean([cls_task.classify_images(st, inputs) for st in cls_states], axis=0)
-      names = cls_task.class_names
-      for row, p in zip(good, probs):
+    for row, image, record in zip(good, images, records):
+      row["status"] = "ok"
+      if "mask" in record:
+        mask = record["mask"]
+        io.write_png(row["mask"], mask.astype(np.uint8) * 255)
+        io.write_png(row["overlay"], figures.overlay(image, mask))
+        row.update(lesion_pixels=int(mask.sum()), lesion_fraction=round(float(mask.mean()), 6))
+        found = measure.measure_lesion(mask, image, FLAGS.mm_per_pixel)
+        row.update({k: (" ".join(found[k]) if k == "colours" else
+                        round(found[k], 4) if isinstance(found[k], float) else found[k]) for k in MEASUREMENTS})
+      if "purified" in record:
+        io.write_png(row["purified"], record["purified"])
+      if "probabilities" in record:
+        p = np.asarray(record["probabilities"])
         row.update({f"p_{n}": round(float(v), 6) for n, v in zip(names, p)}, predicted=names[int(np.argmax(p))])
+      for k, v in record.get("scores", {}).items():
+        if k not in columns:
+          columns.append(k)
+        row[k] = round(float(v), 6)
     write_csv(partial_path, rows, columns)
     logging.info("%d/%d files done (%d refused).", done, len(files), failed)
   write_csv(csv_path, rows, columns)
   if os.path.exists(partial_path):
     os.remove(partial_path)
-  verb = "Segmented" if segmenter else "Classified"
-  print(f"{verb} {len(files) - failed} of {len(files)} images into {FLAGS.out} "
+  print(f"Predicted {len(files) - failed} of {len(files)} images into {FLAGS.out} "
         f"({failed} refused; see {csv_path}).")
 
 

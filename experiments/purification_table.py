@@ -7,7 +7,7 @@ tested with and without purification (accuracy, sensitivity, specificity, ROC AU
 
 Each classifier is a train_classifier run (its best checkpoint); "purified" test images are the
 images of the split with their detected occlusions filled by the inpainter (artifact stages, the
-same stores train_classifier --input=purified uses). Writes <workdir>/purification_table.json, a
+same stores train_classifier --source=purified uses). Writes <workdir>/purification_table.json, a
 Markdown table purification_table.md, and figures/purification_examples.png (original /
 detected occlusions / purified) for the first images of the last split.
 """

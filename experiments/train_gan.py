@@ -15,20 +15,13 @@ with as many images per class as balancing the train split needs (x1.25), or --n
 
 Every field of the task config (lesion_jax/tasks/gan.py: GANConfig) is a flag.
 """
-import os
-
-from absl import app, flags
+from absl import flags
 
 from experiments import common
-from lesion_jax import io
 from lesion_jax.tasks import gan, runner
-from lesion_jax.train import sharding
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
-flags.DEFINE_integer("num_generated", None, "Images to generate per class (default: what balancing needs, x1.25).")
-flags.DEFINE_float("duplicate_threshold", None, "Near-copy MSE threshold (images in [0, 1]); default: per class, "
-                   "the smallest MSE between two of its training images.")
 common.define_config_flags(gan.GANConfig(), aliases={"optimizer": "optimizer.name", "coupled": "model.coupled"},
                            skip={"image_artifacts"})
 
@@ -37,17 +30,8 @@ def main(argv):
   del argv
   common.init_distributed()
   config = common.config_from_flags(gan.GANConfig())
-  task = gan.GANTask(config)
-  mesh = sharding.make_mesh()
   common.run_directory(FLAGS.workdir)
-  scores = runner.run(task, FLAGS.workdir, mesh=mesh)
-  state = runner.restore(task, FLAGS.workdir, "best", mesh)
-  num = {n: FLAGS.num_generated for n in task.class_names} if FLAGS.num_generated else None
-  directory, summary = task.write_generated_images(state, FLAGS.workdir, num, FLAGS.duplicate_threshold, mesh)
-  scores["generated/directory"] = directory
-  scores["generated/summary"] = summary
-  io.write_json(os.path.join(FLAGS.workdir, "metrics.json"), scores)
-  common.print_scores(scores)
+  common.print_scores(runner.run(gan.GANTask(config), FLAGS.workdir))
 
 
 if __name__ == "__main__":

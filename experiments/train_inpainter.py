@@ -15,28 +15,18 @@ phases resume where they stopped. With --detected_holes the classical occlusion 
 
 Every field of the task config (lesion_jax/tasks/inpainting.py: InpainterConfig) is a flag.
 """
-import dataclasses
-import os
-
-from absl import app, flags
+from absl import flags
 
 from experiments import common
-from lesion_jax.artifacts import occlusion, store
-from lesion_jax.data import pipeline
-from lesion_jax.tasks import inpainting, runner
-from lesion_jax.train import sharding
+from lesion_jax.tasks import inpainting
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
 flags.DEFINE_string("test_split", "test", "Split scored at the end.")
-flags.DEFINE_integer("finetune_steps", 500, "Steps of the SGD fine-tuning phase (0: none).")
-flags.DEFINE_bool("detected_holes", False, "Add the detected occlusion masks of each image to its random holes.")
-flags.DEFINE_enum("occlusion_method", occlusion.OcclusionConfig().method, ["luv", "dullrazor"],
-                  "Classical occlusion detector for --detected_holes / --eval_holes=detected.")
-flags.DEFINE_string("artifact_dir", None, "Where occlusion masks are stored (default: <data_dir>/lesion_jax_artifacts).")
 common.define_augment_flag()
 common.define_config_flags(inpainting.InpainterConfig(),
-                           aliases={"optimizer": "optimizer.name", "color_jitter": "input.augment.color"},
+                           aliases={"optimizer": "optimizer.name", "color_jitter": "input.augment.color",
+                                    "occlusion_method": "occlusion.method"},
                            skip={"occlusion_artifacts", "finetune_from"})
 
 
@@ -44,25 +34,8 @@ def main(argv):
   del argv
   common.init_distributed()
   config = common.without_augmentation(common.config_from_flags(inpainting.InpainterConfig()))
-  mesh = sharding.make_mesh()
-  inpainting.InpaintingTask(config).check(mesh, [("test_split", FLAGS.test_split)])
-  if FLAGS.detected_holes or config.eval_holes == "detected":
-    data = config.input
-    builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
-    detector = occlusion.OcclusionConfig(method=FLAGS.occlusion_method)
-    masks = occlusion.occlusion_store(FLAGS.artifact_dir or store.default_root(data.data_dir),
-                                      builder.info.full_name, detector)
-    for split in dict.fromkeys(s for s in (config.train_split, config.val_split, FLAGS.test_split) if s):
-      occlusion.occlusion_masks_for_split(builder, split, masks, detector)
-    config = dataclasses.replace(config, occlusion_artifacts=masks.directory)
   common.run_directory(FLAGS.workdir)
-  if FLAGS.finetune_steps > 0:
-    initial = os.path.join(FLAGS.workdir, "initial")
-    runner.run(inpainting.InpaintingTask(config), initial, FLAGS.test_split)
-    config = dataclasses.replace(config, finetune_from=initial, num_steps=FLAGS.finetune_steps,
-                                 eval_every=min(config.eval_every, FLAGS.finetune_steps))
-  scores = runner.run(inpainting.InpaintingTask(config), FLAGS.workdir, FLAGS.test_split)
-  common.print_scores(scores)
+  common.print_scores(inpainting.train_two_phase(config, FLAGS.workdir, FLAGS.test_split))
 
 
 if __name__ == "__main__":

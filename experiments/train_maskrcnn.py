@@ -7,7 +7,7 @@ Every field of MaskRCNNConfig (lesion_jax/tasks/maskrcnn.py) is a flag (`--model
 `--rois_per_image=512`). Scores each image at its native resolution as the segmentation task
 does (JA, thresholded JA, Dice, ...), plus box AP at IoU 0.5 / 0.75, the images where no lesion
 was found, and the paper's Table I (lesion / background pixel confusion). Then
-`train_classifier --model=alexnet --input=segmented --segmenter_workdir=<this workdir> --folds=5`
+`train_classifier --model=alexnet --source=crops --segmenter_workdir=<this workdir> --folds=5`
 classifies the blacked-out lesions.
 """
 from absl import app, flags

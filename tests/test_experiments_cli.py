@@ -164,7 +164,7 @@ def test_predict_segments_good_files_and_reports_bad_ones(trained, tmp_path):
     assert rows[name]["status"] == "error" and reason in rows[name]["error"], rows[name]
     assert name in rows[name]["error"]  # the message names the file
     assert name in proc.stderr  # and the log says so too
-  assert "Segmented 2 of 6 images" in proc.stdout
+  assert "Predicted 2 of 6 images" in proc.stdout
 
 
 def test_predict_tta_is_flip_equivariant_and_the_fallback_finds_a_lesion(trained, tmp_path):
@@ -191,7 +191,7 @@ def classifier(trained, tiny_data_dir, tiny_dataset, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("cls"))
   run("experiments.train_classifier", f"--workdir={workdir}", f"--dataset={tiny_dataset}",
       f"--data_dir={tiny_data_dir}", "--image_size=32", "--batch_size=8", "--num_steps=2",
-      "--eval_every=2", "--log_every=1", "--model=lenet5", "--input=segmented",
+      "--eval_every=2", "--log_every=1", "--model=lenet5", "--source=crops",
       f"--segmenter_workdir={segmenter_dir}", "--folds=2", "--balanced")
   return workdir
 
@@ -235,17 +235,19 @@ def test_a_classifier_workdir_evaluates_and_predicts(classifier, tmp_path):
   assert scores["test/accuracy"] == fold_metrics["test/accuracy"]
   assert scores["test/roc_auc"] == fold_metrics["test/roc_auc"]
   assert os.path.exists(os.path.join(fold, "figures", "eval_test_confusion.png"))
-  bad = run("experiments.evaluate", f"--workdir={fold}", f"--ensemble_with={fold}", check=False)
-  assert bad.returncode != 0 and "cannot be averaged" in bad.stderr and "experiments.ensemble" in bad.stderr
+  # Class probabilities average over states as segmentation maps do: a run with itself scores as itself.
+  run("experiments.evaluate", f"--workdir={fold}", "--split=test", f"--ensemble_with={fold}")
+  ensemble = json.load(open(os.path.join(fold, "eval_test_ens2.json")))
+  assert ensemble["test/roc_auc"] == pytest.approx(fold_metrics["test/roc_auc"], abs=1e-6)
   image = np.full((48, 48, 3), (200, 160, 150), np.uint8)
   cv2.circle(image, (24, 24), 10, (60, 40, 30), -1)
   cv2.imwrite(str(tmp_path / "lesion.png"), image)
   proc = run("experiments.predict", f"--workdir={classifier}", f"--images={tmp_path}/*.png",
              f"--out={tmp_path / 'out'}")
   row = next(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
-  # Trained on segmented input: its own segmenter (from its config) made the crop and the mask.
+  # Trained on lesion crops: its own segmenter (from its config) made the crop and the mask.
   assert row["predicted"] in ("benign", "malignant") and int(row["lesion_pixels"]) > 0
-  assert "Segmented 1 of 1 images" in proc.stdout
+  assert "Predicted 1 of 1 images" in proc.stdout
 
 
 def test_bad_flags_are_refused_by_name_before_anything_is_written(trained, tiny_data_dir, tmp_path):
@@ -302,7 +304,7 @@ def test_predict_never_overwrites_inputs_or_another_files_outputs(trained, tmp_p
   assert "corrupt JPEG data" in rows["damaged.jpg"]["error"]
   assert rows["phone.jpg"]["notes"] == "EXIF orientation 6 applied"
   assert cv2.imread(str(folder / "phone.png"), cv2.IMREAD_UNCHANGED).shape == (64, 40)  # as displayed
-  assert "Segmented 2 of 7 images" in proc.stdout
+  assert "Predicted 2 of 7 images" in proc.stdout
   again = run("experiments.predict", f"--workdir={workdir}", f"--images={folder}/x.jpg", f"--out={folder}",
               check=False)
   assert again.returncode != 0 and "--overwrite" in again.stderr

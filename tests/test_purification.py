@@ -185,12 +185,26 @@ def test_bad_inpainter_configs_are_refused(tiny_data_dir, tiny_dataset):
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=4),
       model=inpainting.InpainterModelConfig(features=8, levels=3))
   mesh = sharding.make_mesh()
-  for change, message in (({"eval_holes": "detected"}, "needs --occlusion_artifacts"),
-                          ({"eval_holes": "nowhere"}, "choose one of"),
+  for change, message in (({"eval_holes": "nowhere"}, "choose one of"),
                           ({"target_key": "clean_photo"}, "no 'clean_photo' feature"),
                           ({"model": inpainting.InpainterModelConfig(levels=6)}, "multiple of 64")):
     with pytest.raises(config_lib.ConfigError, match=message):
       inpainting.InpaintingTask(dataclasses.replace(base, **change)).check(mesh)
+
+
+
+def test_detected_holes_are_prepared_before_training(tiny_data_dir, tiny_dataset, tmp_path):
+  # eval_holes=detected needs the detected masks of the splits read: prepare stores them (once).
+  config = inpainting.InpainterConfig(
+      input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=4,
+                                 artifact_dir=str(tmp_path)),
+      model=inpainting.InpainterModelConfig(features=8, levels=3), eval_holes="detected")
+  task = inpainting.InpaintingTask(config)
+  assert task.prepare(["test"]) is not task
+  prepared = task.prepare(["test"]).config.occlusion_artifacts
+  assert prepared and prepared.startswith(str(tmp_path)) and os.listdir(prepared)
+  plain = inpainting.InpaintingTask(dataclasses.replace(config, eval_holes="random"))
+  assert plain.prepare(["test"]) is plain  # nothing detected, nothing stored
 
 
 def test_real_data_mode_scores_random_holes_in_the_image_itself(tiny_data_dir, tiny_dataset):

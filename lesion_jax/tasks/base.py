@@ -85,9 +85,13 @@ class Task:
   # Input geometries (InputConfig.geometry) the task maps back; colour constancy where True.
   geometries: ClassVar[tuple[str, ...]] = ("stretch",)
   color_constancy: ClassVar[bool] = False
-  # Whether the "predict" outputs are per-pixel probabilities that an ensemble of runs may average
-  # (`jit_predict(..., ensemble=True)`); not where they are instance lists or detections.
+  # Whether the "predict" outputs are probabilities (per pixel or per image) that an ensemble of
+  # runs may average (`jit_predict(..., ensemble=True)`); not where they are instance lists or detections.
   averages_outputs: ClassVar[bool] = False
+  # The keys of `predict_images`' records ("mask", "probabilities", "purified", "scores").
+  predicts: ClassVar[frozenset[str]] = frozenset()
+  # A segmenter: its `predict_images` gives the lesion "mask", so other runs may crop with it.
+  makes_masks: ClassVar[bool] = False
   # Config fields a restored run may change for evaluation or prediction (`with_overrides`):
   # how its outputs are post-processed or what it reads at test time, never what it learnt.
   evaluation_overrides: ClassVar[frozenset[str]] = frozenset()
@@ -247,7 +251,8 @@ class Task:
     """One record per uint8 RGB image (any size): what "predict on a user's photo" means for this
     task, replaying what the run read (its crops, its purification). Record keys by kind:
     "mask" (bool, the image's own height x width), "probabilities" (one per `class_names`),
-    "image" (uint8 RGB, e.g. the purified photo), "scores" ({name: float}). A task that cannot
+    "purified" (uint8 RGB: the photo with its occlusions filled), "scores" ({name: float}); the
+    keys a task gives are its `predicts`. A task that cannot
     predict on photos raises PredictionUnsupported with the one-line reason."""
     del state, images, predict
     raise PredictionUnsupported(f"a {self.name!r} run does not predict on photos")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -13,12 +13,13 @@ import numpy as np
 from absl import logging
 
 from lesion_jax import config as config_lib
+from lesion_jax.artifacts import occlusion as occlusion_lib
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
-from lesion_jax.eval import figures, metrics
+from lesion_jax.eval import figures, metrics, postprocess
 from lesion_jax import models
-from lesion_jax.tasks import base, runner
-from lesion_jax.train import steps
+from lesion_jax.tasks import base, runner, segmentation
+from lesion_jax.train import sharding, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
 
@@ -51,6 +52,18 @@ class LesionCropConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PurifyConfig:
+  """Purified input (pipeline 3): hairs and ruler marks detected classically (artifacts/occlusion.py)
+  and filled by an inpainter run; stored once as artifacts, and replayed by predict on each photo."""
+  inpainter_workdir: str | None = field(None, "train_inpainter run whose best checkpoint fills the detected "
+                                        "occlusions.", location=True)
+  occlusion: occlusion_lib.OcclusionConfig = occlusion_lib.OcclusionConfig()
+
+
+SOURCES = ("raw", "crops", "purified")
+
+
+@dataclasses.dataclass(frozen=True)
 class ClassifierConfig:
   input: pipeline.InputConfig = pipeline.InputConfig(batch_size=32)
   model: ClassifierModelConfig = ClassifierModelConfig()
@@ -71,8 +84,13 @@ class ClassifierConfig:
   train_split: str = field("train", "Split trained on (and cross-validated over).")
   val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
   best_metric: str = field("roc_auc", "Validation score that picks the checkpoint (accuracy where undefined).")
-  image_artifacts: str | None = field(None, "Artifact store of lesion crops used instead of the images.")
+  source: str = field("raw", "What the classifier reads, in training and in predict: raw (the images), crops "
+                      "(lesion crops made with crop.segmenter_workdir's masks) or purified (occlusions filled by "
+                      "purify.inpainter_workdir).")
+  image_artifacts: str | None = field(None, "Artifact store of the crops or purified images read instead of the "
+                                      "images (made by the task's prepare; set for evaluation only).")
   crop: LesionCropConfig = LesionCropConfig()
+  purify: PurifyConfig = PurifyConfig()
 
 
 # Defaults that depend on the optimiser: ClassifierConfig's own (learning rate 1e-3) are sized for
@@ -101,6 +119,7 @@ class ClassificationTask(base.Task):
   config_cls = ClassifierConfig
   geometries = ("stretch", "letterbox")
   color_constancy = True
+  averages_outputs = True  # class probabilities: fold models and seed ensembles average them
   # Scored on other images than those trained on (e.g. purified ones: purification_table).
   evaluation_overrides = frozenset({"image_artifacts"})
   summary_keys = ("accuracy", "balanced_accuracy", "misclassification_rate", "f1", "precision", "recall", "sensitivity",
@@ -137,7 +156,49 @@ class ClassificationTask(base.Task):
       raise config_lib.ConfigError(f"--class_weighting={c.class_weighting!r}: choose none or inverse_frequency")
     if c.generated and not os.path.exists(os.path.join(c.generated, "config.json")):
       raise config_lib.ConfigError(f"--generated={c.generated}: not a train_gan workdir (no config.json)")
+    self._check_source()
     super().check(mesh, extra_splits)
+
+  def _check_source(self) -> None:
+    """The run a crops / purified source reads exists and is of the right kind (before any cropping)."""
+    c = self.config
+    if c.source not in SOURCES:
+      raise config_lib.ConfigError(f"--source={c.source!r}: choose one of {list(SOURCES)}")
+    if c.source == "crops":
+      if not c.crop.segmenter_workdir:
+        raise config_lib.ConfigError("--source=crops needs --crop.segmenter_workdir (a segmenter run: "
+                                     "train_segmenter or train_maskrcnn)")
+      mask_source(c.crop.segmenter_workdir, "crop.segmenter_workdir")
+    if c.source == "purified":
+      if not c.purify.inpainter_workdir:
+        raise config_lib.ConfigError("--source=purified needs --purify.inpainter_workdir (a train_inpainter run)")
+      from lesion_jax.tasks import inpainting  # pylint: disable=g-import-not-at-top  (inpainting reads classifiers)
+      runner.load(c.purify.inpainter_workdir, inpainting.InpaintingTask, "purify.inpainter_workdir")
+
+  @property
+  def source(self) -> str:
+    """What the classifier reads. Records written before `source` existed name only the crop
+    store (`image_artifacts` with the crop's segmenter run): their source is "crops"."""
+    c = self.config
+    if c.source == "raw" and c.image_artifacts and c.crop.segmenter_workdir:
+      return "crops"
+    return c.source
+
+  def prepare(self, splits) -> "ClassificationTask":
+    """Crops or purified images of every split the run reads, stored once (resumable artifact
+    stages, under `input.artifact_root()`); the task then reads them instead of the images."""
+    c = self.config
+    if c.source == "raw" or c.image_artifacts:
+      return self
+    builder, root = self.builder, c.input.artifact_root()
+    if c.source == "crops":
+      store = segmentation.lesion_crops(c.crop.segmenter_workdir, builder, list(splits), c.input.image_size, root,
+                           c.crop.margin, c.crop.black_out, fallback=c.crop.fallback)
+    else:
+      from lesion_jax.tasks import inpainting  # pylint: disable=g-import-not-at-top
+      store = inpainting.purified_images(c.purify.inpainter_workdir, builder, list(splits), root,
+                                         c.purify.occlusion)
+    return ClassificationTask(dataclasses.replace(c, image_artifacts=store))
 
   def _check_init_from(self) -> None:
     c = self.config
@@ -285,9 +346,73 @@ class ClassificationTask(base.Task):
                              {f"{name} vs rest": ((labels == k).astype(int), probs[:, k]) for k, name in enumerate(names)})
 
   def classify_images(self, state, images: list[np.ndarray], mesh=None) -> list[np.ndarray]:
-    """Class probabilities for uint8 RGB model inputs (raw images, or lesion crops for a classifier
-    trained on segmented input), preprocessed exactly as in training."""
-    return runner.predict_examples(self, state, [self.example_input(im) for im in images], mesh)
+    """Class probabilities for uint8 RGB model inputs (what the classifier reads: raw images, lesion
+    crops or purified images), preprocessed exactly as in training. `state` may be a tuple of
+    states (the folds of a cross-validated run, an ensemble): their probabilities are averaged."""
+    ensemble = isinstance(state, tuple)
+    predict = self.jit_predict(state, mesh or sharding.make_mesh(), ensemble=ensemble)
+    return runner.predict_examples(self, state, [self.example_input(im) for im in images], mesh, predict)
+
+  @functools.cached_property
+  def _source_run(self) -> tuple[base.Task, Any] | None:
+    """(task, best state) of the run the source replays on a photo (the crop's segmenter, the
+    purifying inpainter); None for raw input."""
+    c = self.config
+    if self.source == "crops":
+      task = mask_source(c.crop.segmenter_workdir, "crop.segmenter_workdir")
+      if c.crop.fallback != task.config.fallback:  # the crops it trained on went through the fallback iff crop.fallback
+        task = task.with_overrides(fallback=c.crop.fallback)
+      return task, runner.restore(task, c.crop.segmenter_workdir, "best")
+    if self.source == "purified":
+      from lesion_jax.tasks import inpainting  # pylint: disable=g-import-not-at-top
+      return inpainting.inpainter_from_workdir(c.purify.inpainter_workdir)
+    if c.image_artifacts:
+      raise base.PredictionUnsupported(
+          f"this classifier read images from {c.image_artifacts} and its record does not say how they were "
+          "made (a run from before `source`): retrain it with --source=crops or --source=purified")
+    return None
+
+  @property
+  def predicts(self) -> frozenset[str]:
+    return frozenset({"probabilities"} | ({"mask"} if self.source == "crops" else set())
+                     | ({"purified"} if self.source == "purified" else set()))
+
+  def predict_images(self, state, images, predict="predict") -> list[dict[str, Any]]:
+    """Per photo: "probabilities" over `class_names`, after replaying the run's source: with
+    crops, the segmenter's "mask" (the photo's size) and the crop it makes; purified, the
+    "purified" photo (occlusions detected and filled). `state` may be a tuple (fold models)."""
+    if predict != "predict":
+      raise base.PredictionUnsupported(f"a classifier has no {predict!r} prediction")
+    records: list[dict[str, Any]] = [{} for _ in images]
+    inputs = list(images)
+    if self.source == "crops":
+      seg_task, seg_state = self._source_run
+      c = self.config.crop
+      for record, found in zip(records, seg_task.predict_images(seg_state, images)):
+        record["mask"] = found["mask"]
+      # The same crop as the stored training crops (artifacts/crops.py).
+      inputs = [postprocess.crop_to_mask(im, r["mask"], self.config.input.image_size, c.margin, c.black_out)
+                for im, r in zip(images, records)]
+    elif self.source == "purified":
+      inpainter, inpainter_state = self._source_run
+      for record, found in zip(records, inpainter.predict_images(inpainter_state, images,
+                                                                 occlusion=self.config.purify.occlusion)):
+        record["purified"] = found["purified"]
+      inputs = [r["purified"] for r in records]
+    else:
+      self._source_run  # pylint: disable=pointless-statement  (refuses records it cannot replay)
+    for record, p in zip(records, self.classify_images(state, inputs)):
+      record["probabilities"] = np.asarray(p)
+    return records
+
+
+def mask_source(workdir: str, flag: str) -> base.Task:
+  """The run in `workdir` as a source of lesion masks (a segmenter, Mask R-CNN: any task whose
+  predict_images gives "mask"), refused by `flag` otherwise."""
+  task = runner.load(workdir, flag=flag)
+  if not (isinstance(task, base.Task) and task.makes_masks):
+    raise config_lib.ConfigError(f"--{flag}={workdir}: holds a {task.name!r} run, not a segmenter")
+  return task
 
 
 def restored_classifier(workdir: str, flag: str) -> tuple["ClassificationTask", dict, Callable]:

@@ -69,6 +69,11 @@ class GANConfig:
                                       "the last).", location=True)
   fd_samples: int = field(256, "Generated images per class for FD-derm (at least as many as the real ones).")
   image_artifacts: str | None = field(None, "Artifact store of images used instead of the dataset's (e.g. purified).")
+  num_generated: int = field(0, "Images generated per class once trained (0: what balancing the train split "
+                             "needs, x1.25).")
+  duplicate_threshold: float | None = field(None, "Near-copy MSE threshold of the generated images (images in "
+                                            "[0, 1]); default: per class, the smallest MSE between two of its "
+                                            "training images.")
 
 
 @functools.lru_cache(maxsize=4)
@@ -284,6 +289,19 @@ class GANTask(base.Task):
           record[k] = values.pop()
       out[name] = record
     return out
+
+  def after_training(self, state, workdir, mesh) -> dict[str, Any]:
+    """Generated images of every class into <workdir>/generated (ready for a classifier's
+    `generated`), with the duplicate check against the train split."""
+    c = self.config
+    num = {n: c.num_generated for n in self.class_names} if c.num_generated else None
+    directory, summary = self.write_generated_images(state, workdir, num, c.duplicate_threshold, mesh)
+    return {"generated/directory": directory, "generated/summary": summary}
+
+  def predict_images(self, state, images, predict="predict"):
+    raise base.PredictionUnsupported(
+        "a GAN run generates images of its classes from noise and takes no photos: its images are in "
+        "<workdir>/generated (train_classifier --generated=<workdir> reads them)")
 
   def write_generated_images(self, state, workdir: str, num_per_class: dict[str, int] | None = None,
                              threshold: float | None = None, mesh=None) -> tuple[str, dict[str, Any]]:

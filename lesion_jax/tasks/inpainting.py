@@ -35,6 +35,7 @@ import numpy as np
 import tensorflow as tf
 
 from lesion_jax import config as config_lib
+from lesion_jax.artifacts import occlusion as occlusion_lib
 from lesion_jax.config import field
 from lesion_jax.data import holes as holes_lib
 from lesion_jax.data import ops, pipeline
@@ -84,6 +85,11 @@ class InpainterConfig:
   finetune_from: str | None = field(None, "Workdir of the initial (Adam) run: start from its best state, "
                                     "train with the `finetune` optimiser and the encoder BatchNorm frozen.",
                                     location=True)
+  finetune_steps: int = field(500, "train_two_phase: steps of the SGD fine-tuning phase (0: none, one Adam run).")
+  detected_holes: bool = field(False, "Add each image's detected occlusion mask (`occlusion`) to its random holes.")
+  occlusion: occlusion_lib.OcclusionConfig = field(
+      occlusion_lib.OcclusionConfig(), "The classical occlusion detector: detected holes, eval_holes=detected, "
+      "and the holes predict fills on a photo.")
   num_steps: int = field(2000, "Training steps.")
   eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
   checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
@@ -149,8 +155,6 @@ class InpaintingTask(base.Task):
                                    f"{c.model.levels} needs a multiple of {factor}")
     if c.eval_holes not in EVAL_HOLES:
       raise config_lib.ConfigError(f"--eval_holes={c.eval_holes!r}: choose one of {list(EVAL_HOLES)}")
-    if c.eval_holes == "detected" and not c.occlusion_artifacts:
-      raise config_lib.ConfigError("--eval_holes=detected needs --occlusion_artifacts (a store of detected masks)")
     features = self.builder.info.features
     for key in (c.target_key, *(["occlusion_mask"] if c.eval_holes == "occlusion_mask" else [])):
       if key not in features:
@@ -160,6 +164,29 @@ class InpaintingTask(base.Task):
     if c.finetune_from and not os.path.isdir(c.finetune_from):
       raise config_lib.ConfigError(f"--finetune_from={c.finetune_from}: no such workdir")
     super().check(mesh, extra_splits)
+
+  def prepare(self, splits) -> "InpaintingTask":
+    """The detected occlusion masks of every split read (an artifact stage, stored once), where
+    the holes (`detected_holes`) or the evaluation (`eval_holes=detected`) use them."""
+    c = self.config
+    if c.occlusion_artifacts or not (c.detected_holes or c.eval_holes == "detected"):
+      return self
+    masks = occlusion_lib.occlusion_store(c.input.artifact_root(), self.builder.info.full_name, c.occlusion)
+    for split in splits:
+      occlusion_lib.occlusion_masks_for_split(self.builder, split, masks, c.occlusion)
+    return InpaintingTask(dataclasses.replace(c, occlusion_artifacts=masks.directory))
+
+  predicts = frozenset({"purified", "scores"})
+
+  def predict_images(self, state, images, predict="predict", occlusion=None) -> list[dict[str, Any]]:
+    """Per photo: the "purified" photo (occlusions detected by `occlusion`, default the run's own
+    detector, filled by the network; every other pixel kept) and "scores" {"occluded_fraction"}."""
+    if predict != "predict":
+      raise base.PredictionUnsupported(f"an inpainter has no {predict!r} prediction")
+    detector = occlusion or self.config.occlusion
+    holes = [occlusion_lib.detect_occlusions(im, detector) for im in images]
+    filled = self.inpaint_images(state, list(images), holes)
+    return [{"purified": f, "scores": {"occluded_fraction": float(np.mean(h))}} for f, h in zip(filled, holes)]
 
   def init_state(self, rng: jax.Array) -> TrainState:
     c = self.config
@@ -298,6 +325,19 @@ class InpaintingTask(base.Task):
       result[hole] = out[hole]
       filled.append(result)
     return filled
+
+
+def train_two_phase(config: InpainterConfig, workdir: str, test_split: str = "test", mesh=None) -> dict[str, Any]:
+  """Pipeline 3's inpainter as the purification paper trains it: Adam (`num_steps`) in
+  <workdir>/initial, then `finetune_steps` of SGD with momentum and the encoder BatchNorm frozen
+  from its best state, in <workdir> itself (which holds the final model). finetune_steps=0 trains
+  the Adam phase straight into <workdir>. Both phases resume. Returns the final run's metrics."""
+  if config.finetune_steps > 0:
+    initial = os.path.join(workdir, "initial")
+    runner.run(InpaintingTask(config), initial, test_split, mesh)
+    config = dataclasses.replace(config, finetune_from=initial, num_steps=config.finetune_steps,
+                                 eval_every=min(config.eval_every, config.finetune_steps))
+  return runner.run(InpaintingTask(config), workdir, test_split, mesh)
 
 
 def inpainter_from_workdir(workdir: str, mesh=None) -> tuple[InpaintingTask, Any]:

@@ -2,8 +2,10 @@
 
     task = segmentation.SegmentationTask(config)
     metrics = runner.run(task, workdir)                 # train (or resume), score, metrics.json
-    task = runner.load(workdir)                         # from config.json, any task
+    task = runner.load(workdir)                         # from config.json, any task or pipeline
     state = runner.restore(task, workdir, "best")
+    task, state = runner.predictor(workdir)             # what predicts on photos (folds, pipelines too)
+    records = task.predict_images(state, images)        # per photo: mask, probabilities, ...
     scores = runner.evaluate(task, state, "test", workdir=workdir)
 """
 from __future__ import annotations
@@ -92,7 +94,8 @@ class RunNotFoundError(FileNotFoundError):
   """A workdir with no run record in it."""
 
 
-def load(workdir: str, kind: type[base.Task] | None = None, flag: str = "workdir") -> base.Task:
+def load(workdir: str, kind: type[base.Task] | type[base.Pipeline] | None = None, flag: str = "workdir"
+         ) -> base.Task | base.Pipeline:
   """The task (and config) of the run in `workdir`. With `kind`, the one way to ask for a run of
   one kind: another kind is refused with a ConfigError naming `flag` (the option that gave
   `workdir`) and both kinds, before anything is restored."""
@@ -121,6 +124,20 @@ def restore(task: base.Task, workdir: str, which: checkpoint.Which = "best",
     state = ckpts.restore(template, which)
   logging.info("Restored %s from %s (step %s).", task.name, workdir, step)
   return state
+
+
+def predictor(workdir: str, which: checkpoint.Which = "best", mesh: jax.sharding.Mesh | None = None
+              ) -> tuple[base.Task, Any]:
+  """(task, state) that predicts for the run in `workdir` on a user's photos
+  (`task.predict_images(state, images)`): a task run's checkpoint `which`; a cross-validated run's
+  fold models (a tuple of states, whose outputs are averaged); a pipeline's own predictor."""
+  loaded = load(workdir)
+  if isinstance(loaded, base.Pipeline):
+    return loaded.predictor(workdir)
+  folds = sorted(d for d in os.listdir(workdir) if d.startswith("fold_") and os.path.isdir(os.path.join(workdir, d)))
+  if folds and not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    return loaded, tuple(restore(loaded, os.path.join(workdir, d), which, mesh) for d in folds)
+  return loaded, restore(loaded, workdir, which, mesh)
 
 
 def train(task: base.Task, workdir: str, mesh: jax.sharding.Mesh | None = None) -> Any:
