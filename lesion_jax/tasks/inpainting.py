@@ -43,7 +43,7 @@ from lesion_jax.eval import figures, inference
 from lesion_jax.eval import inpainting as inpainting_eval
 from lesion_jax.models.inpainting import PConvUNet
 from lesion_jax.tasks import base, runner
-from lesion_jax.train import losses, sharding, steps
+from lesion_jax.train import losses, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
 EVAL_HOLES = ("occlusion_mask", "detected", "random")
@@ -352,16 +352,11 @@ def purified_images(inpainter_workdir: str, builder, splits: list[str], root: st
   an inpainter run (artifact stages: resumable); returns the purified-image store directory, to
   join as a classifier's images."""
   from lesion_jax.artifacts import occlusion, purify  # pylint: disable=g-import-not-at-top
-  mesh = mesh or sharding.make_mesh()
-  task, state = inpainter_from_workdir(inpainter_workdir, mesh)
-  step = int(jax.device_get(state.step))
+  task = runner.load(inpainter_workdir, InpaintingTask, "inpainter_workdir")
+  state, local, predict, step = runner.process_local_predictor(task, inpainter_workdir, mesh)
   dataset = builder.info.full_name
   occlusions = occlusion.occlusion_store(root, dataset, occlusion_config)
   store = purify.purified_store(root, dataset, inpainter_workdir, step, occlusions)
-  # Each host inpaints only its share of the images not yet stored, so hosts run different
-  # numbers of batches: on a process-local mesh, none waits for the others (sharding.process_local).
-  local, state = sharding.process_local(state, mesh)
-  predict = task.jit_predict(state, local)
   inpaint = lambda images, masks: task.inpaint_images(state, images, masks, local, predict)
   for split in splits:
     purify.purify_split(builder, split, store, occlusions, occlusion_config, inpaint)

@@ -140,6 +140,19 @@ def predictor(workdir: str, which: checkpoint.Which = "best", mesh: jax.sharding
   return loaded, restore(loaded, workdir, which, mesh)
 
 
+def process_local_predictor(task: base.Task, workdir: str, mesh: jax.sharding.Mesh | None = None
+                            ) -> tuple[Any, jax.sharding.Mesh, Callable, int]:
+  """(state, process-local mesh, jitted predict, step) of the best checkpoint of `workdir`, for an
+  artifact stage: each host predicts only its share of the images not yet stored, so hosts run
+  different numbers of batches; on a process-local mesh none waits for the others
+  (sharding.process_local)."""
+  mesh = mesh or sharding.make_mesh()
+  state = restore(task, workdir, "best", mesh)
+  step = int(jax.device_get(state.step))
+  local, state = sharding.process_local(state, mesh)
+  return state, local, task.jit_predict(state, local), step
+
+
 def train(task: base.Task, workdir: str, mesh: jax.sharding.Mesh | None = None) -> Any:
   """Trains (or resumes) `task` in `workdir`, keeping the latest and the best checkpoint by the
   task's validation metric; returns the best state."""
