@@ -257,6 +257,23 @@ class Task:
     del state, images, predict
     raise PredictionUnsupported(f"a {self.name!r} run does not predict on photos")
 
+  # --- cross-validation (runner.cross_validate), for a task whose `folds` > 1 -------------------
+  # Scores averaged over folds (mean and std) beside the pooled held-out scores.
+  summary_keys: ClassVar[tuple[str, ...]] = ()
+
+  @property
+  def folds(self) -> int:
+    """k of k-fold cross-validation over the train split; 1: an ordinary run."""
+    return 1
+
+  def with_splits(self, train_split: str, val_split: str) -> "Task":
+    """The run of one fold: trained on `train_split`, validated on the held-out `val_split`."""
+    raise NotImplementedError(f"task {self.name!r} does not cross-validate")
+
+  def pooled(self, evaluations: list[Evaluation]) -> Evaluation:
+    """One Evaluation of every fold's held-out predictions."""
+    raise NotImplementedError(f"task {self.name!r} does not cross-validate")
+
   def hooks(self, workdir: str, mesh: jax.sharding.Mesh) -> Sequence[loop.PeriodicHook]:
     return ()
 

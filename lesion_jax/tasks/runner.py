@@ -214,7 +214,7 @@ def run(task: base.Task, workdir: str, test_split: str = "test",
   predictions.json where the task keeps per-example predictions). Returns the metrics. A task
   with `folds` > 1 is cross-validated instead (`cross_validate`)."""
   mesh = mesh or sharding.make_mesh()
-  if getattr(task, "folds", 1) > 1:
+  if task.folds > 1:
     return cross_validate(task, workdir, test_split, mesh)
   # Every split the run reads is checked before the first step, not after training.
   task.check(mesh, [("test_split", split) for prefix, split in task.final_splits(test_split) if prefix == "test"])
@@ -270,7 +270,7 @@ def cross_validate(task: base.Task, workdir: str, test_split: str = "test",
   """k-fold cross-validation over the task's train split (`task.folds` folds; fold models in
   `workdir`/fold_i, each validated on its held-out part). Reports the pooled held-out predictions
   (`cv/*`, via `task.pooled`) and the mean/std over folds of `task.summary_keys`; writes
-  metrics.json and figures. The task provides `folds`, `with_splits`, `pooled`, `summary_keys`."""
+  metrics.json and figures (the cross-validation members of base.Task)."""
   mesh = mesh or sharding.make_mesh()
   task.check(mesh, [("test_split", test_split)])
   if task.folds > task.builder.info.splits[task.config.train_split].num_examples:
