@@ -28,6 +28,8 @@ flags.DEFINE_string("test_split", "test", "Split scored at the end.")
 # The task reads neither input.image_size (patches have side patch.size) nor input.augment.
 _UNREAD = {leaf.path for leaf in config_lib.leaves(feature_network.FeatureNetworkConfig())
            if leaf.path == "input.image_size" or leaf.path.startswith("input.augment.")}
+# Its step decay is --decay_every / --decay_factor: they set the optimizer's step_decay fields.
+_UNREAD |= {"optimizer.decay_every", "optimizer.decay_factor"}
 common.define_config_flags(feature_network.FeatureNetworkConfig(),
                            aliases={"optimizer": "optimizer.name", "patch_size": "patch.size"}, skip=_UNREAD)
 

@@ -171,6 +171,14 @@ def test_lfn_variants_give_class_logits_with_and_without_batchnorm(variant):
 def test_step_decay_schedule():
   schedule = fn.step_decay_schedule(0.01, 10, 0.1)
   np.testing.assert_allclose([schedule(s) for s in (0, 9, 10, 19, 20)], [0.01, 0.01, 1e-3, 1e-3, 1e-4], rtol=1e-5)
+  # The same schedule is OptimizerConfig's step_decay (what the LFN builds from its own fields).
+  from lesion_jax.train.state import OptimizerConfig, learning_rate_schedule  # pylint: disable=g-import-not-at-top
+  step = learning_rate_schedule("step_decay", 0.01, 100, decay_every=10, decay_factor=0.1)
+  np.testing.assert_allclose([step(s) for s in range(30)], [schedule(s) for s in range(30)])
+  with pytest.raises(config_lib.ConfigError, match="decay_every"):
+    OptimizerConfig(lr_schedule="step_decay")
+  lfn_optimizer = fn.FeatureNetworkConfig().optimizer
+  assert (lfn_optimizer.decay_every, lfn_optimizer.decay_factor) == (None, None)  # the LFN's own fields decide
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,3 +257,4 @@ def test_tiny_run_scores_every_feature_and_restores_to_the_same_scores(task, tra
   scores, result = runner.evaluate(loaded, runner.restore(loaded, workdir, "best"), "test")
   assert scores == {k: v for k, v in metrics.items()}
   assert len(result.ids) == metrics["test/num_patches"]
+

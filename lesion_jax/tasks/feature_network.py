@@ -22,7 +22,8 @@ times, rotated by 0/90/180/270 degrees), shuffled in a buffer of `balance.expand
 patches; a class-weighted softmax cross-entropy (`class_weights`, the paper's 1, 1, 5, 3, 8 for
 background, pigment network, negative network, milia-like cysts, streaks; `weighted_loss=False`
 for the ablation); SGD with momentum 0.9 from 0.01, the rate multiplied by `decay_factor` every
-`decay_every` steps (a step schedule built here; `decay_every=0` uses optimizer.lr_schedule).
+`decay_every` steps (the optimizer's `step_decay` schedule, OptimizerConfig.build, with these two
+fields; `decay_every=0` uses optimizer.lr_schedule).
 
 Evaluation scores every patch of the split (no balancing, no rotations): per feature the
 one-vs-rest ROC AUC, average precision, sensitivity and specificity (`metrics.classification_scores`;
@@ -57,7 +58,8 @@ from lesion_jax.eval import figures, metrics
 from lesion_jax import models
 from lesion_jax.tasks import base
 from lesion_jax.train import losses, steps
-from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state, make_optimizer
+from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
+from lesion_jax.train.state import step_decay_schedule  # noqa: F401  (the LFN's schedule, built by OptimizerConfig)
 
 ISIC2017_FEATURES = ("pigment_network", "negative_network", "milia_like_cyst", "streaks")
 SUPERPIXEL_SOURCES = ("auto", "dataset", "slic")
@@ -135,12 +137,6 @@ def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, class_weights: 
 
 def _train_metrics(logits, labels, weights):
   return {"accuracy": losses.weighted_mean((jnp.argmax(logits, -1) == labels).astype(jnp.float32), weights)}
-
-
-def step_decay_schedule(learning_rate: float, decay_every: int, decay_factor: float) -> optax.Schedule:
-  """learning_rate * decay_factor ** floor(step / decay_every)."""
-  return optax.exponential_decay(learning_rate, transition_steps=decay_every, decay_rate=decay_factor,
-                                 staircase=True)
 
 
 def _mean_defined(values) -> float | None:
@@ -258,10 +254,9 @@ class FeatureNetworkTask(base.Task):
 
   def init_state(self, rng: jax.Array) -> TrainState:
     c = self.config
-    if c.decay_every > 0:
-      o = c.optimizer
-      tx = make_optimizer(o.name, step_decay_schedule(o.learning_rate, c.decay_every, c.decay_factor),
-                          o.momentum, o.weight_decay)
+    if c.decay_every > 0:  # the paper's step decay: the optimizer's step_decay schedule, with the LFN's fields
+      tx = dataclasses.replace(c.optimizer, lr_schedule="step_decay", decay_every=c.decay_every,
+                               decay_factor=c.decay_factor).build(c.num_steps)
     else:
       tx = c.optimizer.build(c.num_steps)
     size = c.patch.size

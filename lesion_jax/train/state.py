@@ -47,14 +47,28 @@ class OptimizerConfig:
   name: str = config_lib.field("adam", "Optimiser: adam (the segmentation papers), adamw, sgd (the AlexNet paper).")
   learning_rate: float = config_lib.field(1e-3, "Peak learning rate.")
   lr_schedule: str = config_lib.field("cosine", "Learning-rate schedule: cosine (linear warm-up, cosine "
-                                      "decay to 1 %) or constant (as in the papers).")
+                                      "decay to 1 %), constant (as in the papers) or step_decay (the rate "
+                                      "times decay_factor every decay_every steps; the LFN paper's).")
   warmup_steps: int = config_lib.field(100, "Linear warm-up steps of the cosine schedule (at most half the run).")
   weight_decay: float = config_lib.field(0.0, "Weight decay (adamw, sgd).")
   momentum: float = config_lib.field(0.9, "SGD momentum.")
   beta1: float = config_lib.field(0.9, "Adam's first-moment decay b1 (DCGAN: 0.5).")
+  # Read by step_decay only. None by default, so a record written before these fields existed
+  # (which lacks them) compares equal to a new one even where it is compared as written (a
+  # pipeline's record: runner.write_config).
+  decay_every: int | None = config_lib.field(None, "step_decay: multiply the rate by decay_factor every "
+                                             "this many steps.")
+  decay_factor: float | None = config_lib.field(None, "step_decay: the factor, in (0, 1].")
+
+  def __post_init__(self):
+    if self.lr_schedule == "step_decay" and (not self.decay_every or self.decay_factor is None):
+      raise config_lib.ConfigError(
+          f"--optimizer.lr_schedule=step_decay needs --optimizer.decay_every >= 1 and --optimizer.decay_factor "
+          f"(got {self.decay_every}, {self.decay_factor})")
 
   def build(self, num_steps: int) -> optax.GradientTransformation:
-    schedule = learning_rate_schedule(self.lr_schedule, self.learning_rate, num_steps, self.warmup_steps)
+    schedule = learning_rate_schedule(self.lr_schedule, self.learning_rate, num_steps, self.warmup_steps,
+                                      self.decay_every, self.decay_factor)
     return make_optimizer(self.name, schedule, self.momentum, self.weight_decay, self.beta1)
 
 
@@ -71,15 +85,27 @@ def make_optimizer(name: str, learning_rate: float | optax.Schedule, momentum: f
   raise ValueError(f"unknown optimizer {name!r}; choose adam, adamw or sgd")
 
 
-def learning_rate_schedule(name: str, learning_rate: float, num_steps: int,
-                           warmup_steps: int = 0) -> optax.Schedule:
-  """'constant', or 'cosine': linear warm-up (at most half the run) then cosine decay to 1 %."""
+def learning_rate_schedule(name: str, learning_rate: float, num_steps: int, warmup_steps: int = 0,
+                           decay_every: int | None = None, decay_factor: float | None = None) -> optax.Schedule:
+  """'constant'; 'cosine': linear warm-up (at most half the run) then cosine decay to 1 %;
+  'step_decay': `step_decay_schedule(learning_rate, decay_every, decay_factor)`."""
   if name == "constant":
     return optax.constant_schedule(learning_rate)
   if name == "cosine":
     return optax.warmup_cosine_decay_schedule(0.0, learning_rate, min(warmup_steps, num_steps // 2),
                                               max(num_steps, 1), end_value=0.01 * learning_rate)
-  raise ValueError(f"unknown lr_schedule {name!r}; choose constant or cosine")
+  if name == "step_decay":
+    if not decay_every or decay_factor is None:
+      raise ValueError(f"lr_schedule 'step_decay' needs decay_every >= 1 and a decay_factor, got "
+                       f"{decay_every}, {decay_factor}")
+    return step_decay_schedule(learning_rate, decay_every, decay_factor)
+  raise ValueError(f"unknown lr_schedule {name!r}; choose constant, cosine or step_decay")
+
+
+def step_decay_schedule(learning_rate: float, decay_every: int, decay_factor: float) -> optax.Schedule:
+  """learning_rate * decay_factor ** floor(step / decay_every)."""
+  return optax.exponential_decay(learning_rate, transition_steps=decay_every, decay_rate=decay_factor,
+                                 staircase=True)
 
 
 
