@@ -159,3 +159,43 @@ def test_tiny_lin_run_scores_segmentation_and_indices(lin_run):
   pair = lesion_index.evaluate_members([(task, state, predict), (task, state, predict)], "test", mesh)
   assert pair.scores["jaccard"] == pytest.approx(scores["test/jaccard"])
   assert pair.scores["licu_melanoma_auc"] == pytest.approx(scores["test/licu_melanoma_auc"])
+
+
+def _photos():
+  """uint8 RGB photos of other sizes than the dataset's: a dark disc on skin tones."""
+  rng = np.random.default_rng(5)
+  photos = []
+  for h, w in ((40, 56), (33, 33), (70, 45)):
+    yy, xx = np.mgrid[:h, :w]
+    image = np.full((h, w, 3), (205, 165, 150), np.uint8)
+    image[(yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (min(h, w) / 3) ** 2] = (80, 50, 40)
+    photos.append(np.clip(image + rng.integers(0, 8, image.shape), 0, 255).astype(np.uint8))
+  return photos
+
+
+def test_one_fcrn_predicts_a_mask_and_lesion_index_per_photo_as_evaluation_scores_it(lin_run):
+  from lesion_jax.artifacts import stage  # pylint: disable=g-import-not-at-top
+  _, workdir, _ = lin_run
+  task = runner.load(workdir)
+  mesh = sharding.make_mesh()
+  state = runner.restore(task, workdir, "latest", mesh)
+  assert task.predicts == {"mask", "probabilities"}
+  photos = _photos()
+  records = task.predict_images(state, photos)
+  assert len(records) == len(photos)
+  for photo, record in zip(photos, records):
+    assert record["mask"].dtype == bool and record["mask"].shape == photo.shape[:2]
+    assert record["probabilities"].shape == (len(task.class_names),)
+    assert record["probabilities"].sum() == pytest.approx(1.0) and (record["probabilities"] >= 0).all()
+  # On the test split's own images: the index and the mask the evaluation scores, image by image.
+  evaluation = task.evaluate(state, "test", mesh)
+  row = {image_id: j for j, image_id in enumerate(evaluation.ids)}
+  examples = list(stage.read_examples(task.builder, "test", features=("image", "mask")))[:4]
+  found = task.predict_images(state, [ex["image"] for ex in examples])
+  for ex, record in zip(examples, found):
+    j = row[ex["id"]]
+    np.testing.assert_allclose(record["probabilities"], evaluation.per_example["licu"][j], atol=1e-5)
+    truth = ex["mask"][..., 0] > 0
+    union = (record["mask"] | truth).sum()
+    ja = (record["mask"] & truth).sum() / union if union else 1.0
+    assert ja == pytest.approx(evaluation.per_example["jaccard"][j], abs=1e-6)

@@ -30,7 +30,7 @@ from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, inference, licu, metrics, postprocess
 from lesion_jax import models
-from lesion_jax.tasks import base
+from lesion_jax.tasks import base, runner
 from lesion_jax.train import losses, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
@@ -112,11 +112,22 @@ def lesion_mask(maps: np.ndarray) -> np.ndarray:
   return postprocess.clean_mask(maps[..., 0] < 0.5 * maps.sum(-1))
 
 
+def index_records(maps: Sequence[np.ndarray]) -> list[dict[str, Any]]:
+  """`predict_images`' records of summed (H, W, 1 + classes) maps: "mask" and the LICU index as
+  "probabilities", as evaluation scores them (`LesionIndexTask.per_example`)."""
+  records = []
+  for m in maps:
+    mask = lesion_mask(m)
+    records.append({"mask": mask, "probabilities": licu.lesion_index(m, mask)})
+  return records
+
+
 @base.register
 class LesionIndexTask(base.Task):
   name = "lesion_index"
   config_cls = LesionIndexConfig
   evaluation_overrides = frozenset({"test_scales"})  # the multi-scale test of the paper
+  predicts = frozenset({"mask", "probabilities"})
 
   @property
   def class_names(self) -> list[str]:
@@ -197,6 +208,23 @@ class LesionIndexTask(base.Task):
       example = ops.chain([ops.letterbox("image", size, out=scale_key(size)), ops.normalize(scale_key(size))])(
           example, tf.zeros([2], tf.int64))
     return {scale_key(s): example[scale_key(s)].numpy() for s in self.config.test_scales}
+
+  def image_maps(self, state, images: Sequence[np.ndarray], mesh=None, predict: str = "predict"
+                 ) -> list[np.ndarray]:
+    """(H, W, 1 + classes) maps of uint8 RGB photos of any size, each at the photo's own
+    resolution: the sum over `test_scales` of the FCRN's softmax maps, letterboxed and mapped back
+    exactly as in evaluation (`native_maps`)."""
+    scales = self.config.test_scales
+    outputs = runner.predict_examples(self, state, [self.example_input(im) for im in images], mesh, predict)
+    return [native_maps({s: out[scale_key(s)] for s in scales}, *im.shape[:2]) for out, im in zip(outputs, images)]
+
+  def predict_images(self, state, images, predict="predict") -> list[dict[str, Any]]:
+    """Per photo, from this FCRN's maps summed over its test scales at the photo's resolution:
+    "mask" (`lesion_mask`: the photo's own height x width) and "probabilities": the LICU lesion
+    index of each of `class_names` (the diagnoses), which sums to 1 by construction
+    (`licu.lesion_index`: per-pixel class shares weighted by distance to the lesion border); the
+    index the licu_* AUCs rank."""
+    return index_records(self.image_maps(state, images, predict=predict))
 
   def best_metric(self) -> tuple[str, str]:
     return "val/jaccard", "max"
@@ -339,3 +367,4 @@ def write_lesion_index_figures(evaluation, fig_dir, prefix, names, melanoma) -> 
     c = names.index(melanoma)
     figures.save_roc_curve(os.path.join(fig_dir, f"{prefix}_melanoma_roc.png"),
                            {"with LICU": (y, per["licu"][:, c]), "without LICU": (y, per["mean"][:, c])})
+
