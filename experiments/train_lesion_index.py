@@ -9,7 +9,8 @@ centre-cropped and resized proportionally, balanced by class-specific rotations 
 random flips), and scored at each image's own resolution from the sum of the maps at every test
 scale: segmentation (JA, Dice, AC, SE, SP, HD95, boundary F) and the melanoma / seborrheic
 keratosis AUC and AP of the lesion index with and without the LICU. Combine a DR and a DM run
-into the LIN with experiments.lesion_index_report.
+into the LIN with experiments.lesion_index_report (the `lesion_index_network` pipeline: its --out
+is the LIN's own run, which evaluate and predict take).
 """
 from absl import app, flags
 
