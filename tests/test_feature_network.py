@@ -258,3 +258,29 @@ def test_tiny_run_scores_every_feature_and_restores_to_the_same_scores(task, tra
   assert scores == {k: v for k, v in metrics.items()}
   assert len(result.ids) == metrics["test/num_patches"]
 
+
+def test_predict_images_scores_each_feature_on_a_photos_slic_superpixels_as_evaluation_does(task, trained):
+  from lesion_jax.artifacts import stage  # pylint: disable=g-import-not-at-top
+  workdir, _ = trained
+  mesh = sharding.make_mesh()
+  state = runner.restore(task, workdir, "best", mesh)
+  assert task.predicts == {"scores"}
+  rng = np.random.default_rng(0)
+  photos = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((40, 56), (33, 33))]
+  records = task.predict_images(state, photos)
+  features = task.class_names[1:]
+  for photo, record in zip(photos, records):
+    assert sorted(record["scores"]) == sorted(features)
+    assert all(0.0 <= v <= 1.0 for v in record["scores"].values())
+    labels, patches, index = task.photo_patches(photo)
+    assert labels.shape == photo.shape[:2] and len(patches) == len(index) == len(np.unique(labels))
+  # On the test split's images: the largest per-superpixel probability of each feature among the
+  # patches the evaluation scored for that image (the same SLIC superpixels, the same patches).
+  evaluation = task.evaluate(state, "test", mesh)
+  ids = np.asarray(evaluation.ids)
+  examples = list(stage.read_examples(task.builder, "test", features=("image",)))[:3]
+  for ex, record in zip(examples, task.predict_images(state, [ex["image"] for ex in examples])):
+    probs = evaluation.per_example["probs"][ids == ex["id"]]
+    assert len(probs) == len(task.photo_patches(ex["image"])[1])
+    for k, name in enumerate(features, start=1):
+      assert record["scores"][name] == pytest.approx(probs[:, k].max(), abs=1e-5), name

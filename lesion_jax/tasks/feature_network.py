@@ -35,13 +35,18 @@ multi-host run up front.
 
 `input.image_size` and `input.augment` are not read: images are used at their stored resolution
 (the superpixel maps join them pixel for pixel) and patches have side `patch.size`.
+
+On a user's photo (`predict_images`): SLIC superpixels at the run's `superpixels` settings (a run
+on the dataset's own superpixels too: a photo has none), every superpixel's patch as evaluation
+makes it, and per feature the photo's score: the largest probability of the feature over its
+superpixels (evaluation ranks the same per-superpixel probabilities in its AUCs).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
 import os
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -56,7 +61,7 @@ from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, metrics
 from lesion_jax import models
-from lesion_jax.tasks import base
+from lesion_jax.tasks import base, runner
 from lesion_jax.train import losses, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 from lesion_jax.train.state import step_decay_schedule  # noqa: F401  (the LFN's schedule, built by OptimizerConfig)
@@ -148,6 +153,7 @@ def _mean_defined(values) -> float | None:
 class FeatureNetworkTask(base.Task):
   name = "feature_network"
   config_cls = FeatureNetworkConfig
+  predicts = frozenset({"scores"})
 
   # --- labels and superpixels -----------------------------------------------------------------
   @property
@@ -298,6 +304,34 @@ class FeatureNetworkTask(base.Task):
   def example_input(self, image: np.ndarray) -> base.Batch:
     """A uint8 RGB patch image (e.g. one superpixel's crop) resized to the patch size."""
     return {"image": pipeline.preprocess_image(image, self.config.patch.size)}
+
+  def photo_patches(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(superpixel label map (H, W), patches (M, size, size, 3), superpixel of each patch (M,))
+    of one uint8 RGB photo: SLIC superpixels at the run's `superpixels` settings (as its artifacts
+    are made) and one patch per superpixel, made by the evaluation's own op (`patch_op(False)`;
+    the photo has no feature masks, so its labels are background and are not returned)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    image = np.asarray(image)
+    labels = superpixels_lib.slic_labels(image, self.config.superpixels)
+    example = {"id": tf.constant(""), "image": tf.constant(image), "superpixels": tf.constant(labels),
+               "feature_masks": tf.zeros(labels.shape + (len(self.mask_channel_names),), tf.uint8)}
+    out = self.patch_op(train=False)(example, tf.zeros([2], tf.int64))
+    return labels, out["image"].numpy(), out["patch_index"].numpy()
+
+  def predict_images(self, state, images, predict="predict") -> list[dict[str, Any]]:
+    """Per photo, "scores": {feature: the largest probability of the feature over the photo's
+    superpixels} (`photo_patches`; evaluation's test/<feature>_auc ranks the same per-superpixel
+    probabilities over every superpixel of the split, so this is their photo-level summary: does
+    any part of the photo show the feature)."""
+    patches = [self.photo_patches(im)[1] for im in images]
+    flat = [{"image": p} for ps in patches for p in ps]
+    probs = np.asarray(runner.predict_examples(self, state, flat, predict=predict), np.float64) if flat else None
+    records, start = [], 0
+    for ps in patches:
+      p = probs[start:start + len(ps)]
+      start += len(ps)
+      records.append({"scores": {name: float(p[:, k].max()) for k, name in enumerate(self.class_names) if k}})
+    return records
 
   def best_metric(self) -> tuple[str, str]:
     return "val/best_metric", "max"
