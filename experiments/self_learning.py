@@ -44,7 +44,7 @@ def main(argv):
       rounds=FLAGS.rounds, transductive=FLAGS.transductive, start=FLAGS.start, test_split=FLAGS.test_split,
       artifact_dir=FLAGS.artifact_dir)
   common.run_directory(FLAGS.workdir)
-  result = self_learning.run(config, FLAGS.workdir)
+  result = self_learning.SelfLearningPipeline(config).run(FLAGS.workdir)
   for row in result["rounds"]:
     trained = row["pseudo_masks"].get(seg.train_split, {}).get("pseudo_mask_jaccard")
     print(f"round {row['round']} (on {row['trained_on']} masks): pseudo-mask JA "

@@ -43,7 +43,7 @@ def main(argv):
     config = dataclasses.replace(config, classifiers=tuple(
         dataclasses.replace(c, num_steps=FLAGS.classifier_steps) for c in config.classifiers))
   common.run_directory(FLAGS.workdir)
-  two_stage.run(config, FLAGS.workdir)
+  two_stage.TwoStagePipeline(config).run(FLAGS.workdir)
   print(open(f"{FLAGS.workdir}/report.md").read())
 
 

@@ -1,5 +1,7 @@
 """Multi-run pipelines as registered records (base.Pipeline): the LIN (DR + DM FCRNs, their maps
-summed) run, loaded back from its workdir and predicting on photos as its evaluation scores."""
+summed) run, loaded back from its workdir and predicting on photos as its evaluation scores; the
+two-stage and self-learning records (including ones written before OptimizerConfig's step_decay
+fields) loading and resuming; predictors refused with the reason while no stage has finished."""
 import dataclasses
 import json
 import os
@@ -10,7 +12,7 @@ import pytest
 from lesion_jax import config as config_lib
 from lesion_jax.artifacts import stage
 from lesion_jax.data import pipeline
-from lesion_jax.tasks import lesion_index, runner
+from lesion_jax.tasks import base, feature_network, lesion_index, runner, segmentation, self_learning, two_stage
 from lesion_jax.train import sharding
 from lesion_jax.train.state import OptimizerConfig
 
@@ -111,6 +113,58 @@ def test_a_lin_without_both_members_is_refused_before_anything_is_written(member
     lesion_index.LesionIndexNetwork(lesion_index.LesionIndexNetworkConfig(
         dr_workdir=members["dr"], dm_workdir=members["dm"], split="nope")).run(workdir)
   assert not os.path.exists(os.path.join(workdir, "config.json"))
+
+
+def _without_step_decay_fields(record):
+  """A record as written before OptimizerConfig had decay_every / decay_factor."""
+  if isinstance(record, dict):
+    return {k: _without_step_decay_fields(v) for k, v in record.items()
+            if not (k in ("decay_every", "decay_factor") and v is None)}
+  if isinstance(record, list):
+    return [_without_step_decay_fields(v) for v in record]
+  return record
+
+
+@pytest.mark.parametrize("name", ["two_stage", "self_learning", "feature_network"])
+def test_older_records_load_and_resume(name, tmp_path):
+  if name == "two_stage":
+    config = two_stage.TwoStageConfig(data_dir="/data/a")
+    record = two_stage.describe(config)
+  elif name == "self_learning":
+    config = self_learning.SelfLearningConfig(segmenter=segmentation.SegmenterConfig())
+    record = self_learning.SelfLearningPipeline(config).describe()
+  else:  # the LFN's own decay_every / decay_factor stay where its records have them
+    config = feature_network.FeatureNetworkConfig()
+    record = feature_network.FeatureNetworkTask(config).describe()
+    assert record["config"]["decay_every"] == 1000
+  old = _without_step_decay_fields(record)
+  assert old != record and old["task"] == name
+  workdir = str(tmp_path)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump(old, f)
+  with open(os.path.join(workdir, "metrics.json"), "w") as f:  # a run that did something
+    json.dump({}, f)
+  loaded = runner.load(workdir)
+  assert type(loaded) is base.get(name) and loaded.config == config
+  # Resuming with the same config is accepted (fields added since take their defaults).
+  runner.write_config(workdir, loaded if isinstance(loaded, base.Task) else loaded.describe(), config)
+
+
+def test_predictors_say_why_while_no_stage_has_finished(tmp_path):
+  seg = segmentation.SegmenterConfig()
+  for pipeline_ in (two_stage.TwoStagePipeline(two_stage.TwoStageConfig()),
+                    two_stage.TwoStagePipeline(two_stage.TwoStageConfig(classifiers=two_stage.DEFAULT_CLASSIFIERS[:1])),
+                    self_learning.SelfLearningPipeline(self_learning.SelfLearningConfig(segmenter=seg))):
+    workdir = str(tmp_path / pipeline_.name / str(len(getattr(pipeline_.config, "classifiers", ()))))
+    os.makedirs(workdir)
+    runner.write_config(workdir, pipeline_.describe(), pipeline_.config)
+    loaded = runner.load(workdir)
+    assert type(loaded) is type(pipeline_)
+    with pytest.raises(base.PredictionUnsupported, match="finished|checkpoint"):
+      loaded.predictor(workdir)
+  # A two-stage config without crop classifiers predicts with its U-Net.
+  assert "U-Net" in str(pytest.raises(base.PredictionUnsupported, two_stage.TwoStagePipeline(
+      two_stage.TwoStageConfig(classifiers=two_stage.DEFAULT_CLASSIFIERS[:1])).predictor, str(tmp_path)).value)
 
 
 def test_the_lin_predictor_refuses_an_ensemble_of_states(lin):

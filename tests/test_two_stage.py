@@ -52,6 +52,40 @@ def test_each_stage_is_a_run_the_other_commands_can_open(report, tiny_dataset):
   assert json.load(open(os.path.join(workdir, "config.json")))["task"] == "two_stage"
 
 
+def _photos():
+  """uint8 RGB photos of other sizes than the dataset's."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(2)
+  return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in ((40, 56), (35, 35))]
+
+
+def _needs_segmenter_predictions():
+  from lesion_jax.tasks import base  # pylint: disable=g-import-not-at-top
+  if segmentation.SegmentationTask.predict_images is base.Task.predict_images:
+    pytest.skip("SegmentationTask.predict_images is not implemented yet (the U-Net's masks on photos)")
+
+
+def test_the_two_stage_workdir_loads_as_its_pipeline_and_predicts_with_the_crop_classifier(report):
+  workdir, _ = report
+  loaded = runner.load(workdir)
+  assert isinstance(loaded, two_stage.TwoStagePipeline) and loaded.config.classifier_image_size == 32
+  stages = loaded.stages(workdir)
+  assert list(stages) == ["segmenter", "classifiers/lenet-5_raw_images", "classifiers/proposed_u-net_crop___lenet-5"]
+  for stage_dir in stages.values():
+    assert os.path.exists(os.path.join(stage_dir, "config.json")), stage_dir
+  assert isinstance(runner.load(stages["segmenter"]), segmentation.SegmentationTask)
+  task, state = loaded.predictor(workdir)  # the classifier on U-Net lesion crops, its best state
+  assert isinstance(task, classification.ClassificationTask)
+  assert task.config == runner.load(stages["classifiers/proposed_u-net_crop___lenet-5"]).config
+  assert task.config.crop.segmenter_workdir == stages["segmenter"] and 1 <= int(state.step) <= 4  # best
+  _needs_segmenter_predictions()
+  photos = _photos()
+  for photo, record in zip(photos, task.predict_images(state, photos)):
+    assert record["mask"].shape == photo.shape[:2] and record["mask"].dtype == bool
+    assert len(record["probabilities"]) == len(task.class_names)
+    assert float(sum(record["probabilities"])) == pytest.approx(1.0, abs=1e-5)
+
+
 @pytest.fixture(scope="module")
 def rounds(tiny_data_dir, tiny_dataset, tmp_path_factory):
   from lesion_jax.tasks import self_learning  # pylint: disable=g-import-not-at-top
@@ -92,9 +126,36 @@ def test_self_learning_rounds_relabel_with_the_previous_unet(rounds, tiny_datase
   records = [json.load(open(os.path.join(second.config.mask_artifacts, f))) for f in
              os.listdir(second.config.mask_artifacts) if f.endswith(".json")]
   assert records and all(0.0 <= r["confidence"] <= 1.0 and "jaccard" in r for r in records)
-  # Re-running resumes: nothing is trained or relabelled again, the same scores come back.
-  again = self_learning.run(config, workdir)
+  # Re-running resumes: nothing is trained or relabelled again, the same scores come back (the
+  # pipeline loaded from the workdir runs it).
+  again = runner.load(workdir).run(workdir)
   assert [r["test/jaccard"] for r in again["rounds"]] == [r["test/jaccard"] for r in rows]
+
+
+def test_the_self_learning_workdir_loads_as_its_pipeline_and_predicts_with_the_last_round(rounds, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import self_learning  # pylint: disable=g-import-not-at-top
+  workdir, config, _ = rounds
+  loaded = runner.load(workdir)
+  assert isinstance(loaded, self_learning.SelfLearningPipeline) and loaded.config == config
+  stages = loaded.stages(workdir)
+  assert stages == {f"round_{r}": os.path.join(workdir, f"round_{r}") for r in (0, 1)}
+  assert all(os.path.exists(os.path.join(d, "metrics.json")) for d in stages.values())
+  task, state = loaded.predictor(workdir)
+  assert isinstance(task, segmentation.SegmentationTask)
+  assert task.config == runner.load(stages["round_1"]).config and int(state.step) == 4
+  # A pipeline stopped before round 1 finished predicts with round 0.
+  partial = str(tmp_path / "partial")
+  shutil.copytree(stages["round_0"], os.path.join(partial, "round_0"))
+  os.makedirs(os.path.join(partial, "round_1"))
+  shutil.copy(os.path.join(workdir, "config.json"), partial)
+  shutil.copy(os.path.join(stages["round_1"], "config.json"), os.path.join(partial, "round_1"))
+  first, _ = runner.load(partial).predictor(partial)
+  assert first.config == runner.load(stages["round_0"]).config
+  _needs_segmenter_predictions()
+  photos = _photos()
+  for photo, record in zip(photos, task.predict_images(state, photos)):
+    assert record["mask"].shape == photo.shape[:2] and record["mask"].dtype == bool
 
 
 def test_self_learning_from_ground_truth_adds_pseudo_masks_of_the_test_images(tiny_data_dir, tiny_dataset,

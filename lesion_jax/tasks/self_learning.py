@@ -10,6 +10,9 @@ its scores are then not those of a model that never saw the test images.
 With `start="ground_truth"` (semi-supervised self-training, transductive only) round 0 is the
 supervised U-Net on the training split's manual masks; each later round trains on those manual
 masks plus the previous U-Net's confident masks of the reported split's images.
+
+Registered as the `self_learning` pipeline (`SelfLearningPipeline`), so `runner.load(workdir)`
+opens its config.json: its stages are the rounds' runs, its predictor the last finished round.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from lesion_jax import io
 from lesion_jax.artifacts import annotate, kmeans, relabel, store
 from lesion_jax.data import pipeline
 from lesion_jax.eval import figures
-from lesion_jax.tasks import runner, segmentation
+from lesion_jax.tasks import base, runner, segmentation
 from lesion_jax.train import sharding
 
 ROUND_KEYS = ("jaccard", "jaccard_thresholded", "dice")
@@ -130,3 +133,27 @@ def _curves(rows, train_split: str) -> dict[str, list[tuple[int, float]]]:
   if all(v is not None for _, v in trained):
     curves["pseudo-mask JA (training images)"] = trained
   return curves
+
+
+@base.register
+class SelfLearningPipeline(base.Pipeline):
+  """Iterative self-learning as a pipeline: `runner.load(workdir)` opens its config.json. Stages:
+  one segmentation run per round ("round_<r>"); its prediction on a photo is the U-Net of the
+  last round that finished."""
+  name = "self_learning"
+  config_cls = SelfLearningConfig
+
+  def run(self, workdir: str) -> dict[str, Any]:
+    """Every round (each resumable; `run`); returns what metrics.json holds."""
+    return run(self.config, workdir)
+
+  def stages(self, workdir: str) -> dict[str, str]:
+    return {f"round_{r}": os.path.join(workdir, f"round_{r}") for r in range(self.config.rounds + 1)}
+
+  def predictor(self, workdir: str) -> tuple[base.Task, Any]:
+    """(segmentation task, best state) of the last round whose run finished (scored: metrics.json)."""
+    done = [d for d in self.stages(workdir).values() if os.path.exists(os.path.join(d, "metrics.json"))]
+    if not done:
+      raise base.PredictionUnsupported(f"no self-learning round has finished in {workdir}: run the pipeline first")
+    task = runner.load(done[-1], segmentation.SegmentationTask)
+    return task, runner.restore(task, done[-1], "best")

@@ -1,6 +1,9 @@
 """The self-learning two-stage framework in one call: K-means pseudo-masks → U-Net trained on
 them (no manual labels) → lesion crops (mask AND image) → classifiers on raw images and on crops,
-with a report shaped like the paper's Table 2 plus K-means vs U-Net segmentation scores."""
+with a report shaped like the paper's Table 2 plus K-means vs U-Net segmentation scores.
+
+Registered as the `two_stage` pipeline (`TwoStagePipeline`), so `runner.load(workdir)` opens its
+config.json: its stages are the U-Net and classifier runs, its predictor the crop classifier."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +19,7 @@ from lesion_jax import io
 from lesion_jax.artifacts import annotate, kmeans, store
 from lesion_jax.data import pipeline
 from lesion_jax.eval import figures, metrics, postprocess
-from lesion_jax.tasks import classification, runner, segmentation
+from lesion_jax.tasks import base, classification, runner, segmentation
 from lesion_jax.train import sharding
 from lesion_jax.train.state import OptimizerConfig
 
@@ -242,4 +245,48 @@ def _stage_tasks(config: TwoStageConfig) -> list:
 
 def describe(config: TwoStageConfig) -> dict[str, Any]:
   """What the framework's top-level config.json records (each stage records its own run)."""
-  return {"task": "two_stage", "config": config_lib.to_dict(config)}
+  return TwoStagePipeline(config).describe()
+
+
+@base.register
+class TwoStagePipeline(base.Pipeline):
+  """The two-stage framework as a pipeline: `runner.load(workdir)` opens its config.json. Stages:
+  the U-Net ("segmenter", trained on the K-means pseudo-masks) and one classifier per spec
+  ("classifiers/<slug>"). Its prediction on a photo is the first classifier on U-Net lesion crops
+  (the framework's proposed method: the U-Net's mask, then the class of the crop it makes), or the
+  U-Net's mask where the config has no crop classifier."""
+  name = "two_stage"
+  config_cls = TwoStageConfig
+
+  def run(self, workdir: str) -> dict[str, Any]:
+    """Every stage (each resumable; `run`); returns what metrics.json holds."""
+    return _headline_metrics(run(self.config, workdir))
+
+  def stages(self, workdir: str) -> dict[str, str]:
+    return {"segmenter": os.path.join(workdir, "segmenter"),
+            **{f"classifiers/{_slug(spec.name)}": os.path.join(workdir, "classifiers", _slug(spec.name))
+               for spec in self.config.classifiers}}
+
+  def predictor(self, workdir: str) -> tuple[base.Task, Any]:
+    """(task, best state) of the first crop classifier (its predict_images crops each photo with
+    the U-Net, as its training crops were made), else of the U-Net; PredictionUnsupported while
+    that stage has not finished."""
+    crops = [spec for spec in self.config.classifiers if spec.input == "segmented"]
+    if crops:
+      stage_dir = self.stages(workdir)[f"classifiers/{_slug(crops[0].name)}"]
+      if not os.path.exists(os.path.join(stage_dir, "metrics.json")):
+        raise base.PredictionUnsupported(f"the crop classifier {crops[0].name!r} has not finished ({stage_dir}): "
+                                         "run the two-stage pipeline to the end first")
+      task = runner.load(stage_dir, classification.ClassificationTask)
+    else:
+      stage_dir = self.stages(workdir)["segmenter"]
+      if not _has_checkpoint(stage_dir):
+        raise base.PredictionUnsupported(f"the U-Net stage has no checkpoint yet ({stage_dir}): run the "
+                                         "two-stage pipeline first")
+      task = runner.load(stage_dir, segmentation.SegmentationTask)
+    return task, runner.restore(task, stage_dir, "best")
+
+
+def _has_checkpoint(workdir: str) -> bool:
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(ckpt_dir) and any(d.isdigit() for d in os.listdir(ckpt_dir))
