@@ -43,7 +43,6 @@ flags.DEFINE_enum("input", "raw", ["raw", "segmented", "purified"],
 flags.DEFINE_string("inpainter_workdir", None, "With --input=purified: the train_inpainter run that fills occlusions.")
 flags.DEFINE_enum("occlusion_method", None, ["luv", "dullrazor"],
                   "With --input=purified: the classical occlusion detector (default: OcclusionConfig's).")
-flags.DEFINE_string("test_split", "test", "Split scored at the end.")
 flags.DEFINE_string("artifact_dir", None, "Where crops / purified images are stored (default: <data_dir>/lesion_jax_artifacts).")
 common.define_augment_flag()
 common.define_holdout_flags()
@@ -74,13 +73,13 @@ def main(argv):
   common.init_distributed()
   config = common.with_holdout(config_from_command_line())
   # Refuse bad flags before minutes of cropping (and before config.json is written).
-  classification.ClassificationTask(config).check(sharding.make_mesh(), [("test_split", FLAGS.test_split)])
+  classification.ClassificationTask(config).check(sharding.make_mesh(), [("test_split", config.run.test_split)])
   if FLAGS.input == "segmented":
     if not config.crop.segmenter_workdir:
       raise app.UsageError("--input=segmented needs --segmenter_workdir (a train_segmenter run)")
     data = config.input
     builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
-    splits = [s for s in dict.fromkeys([config.train_split, config.val_split, FLAGS.test_split]) if s]
+    splits = [s for s in dict.fromkeys([config.run.train_split, config.run.val_split, config.run.test_split]) if s]
     crops = segmentation.lesion_crops(config.crop.segmenter_workdir, builder, splits, data.image_size,
                                       FLAGS.artifact_dir or store.default_root(data.data_dir),
                                       config.crop.margin, config.crop.black_out, fallback=config.crop.fallback)
@@ -90,13 +89,13 @@ def main(argv):
       raise app.UsageError("--input=purified needs --inpainter_workdir (a train_inpainter run)")
     data = config.input
     builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
-    splits = [s for s in dict.fromkeys([config.train_split, config.val_split, FLAGS.test_split]) if s]
+    splits = [s for s in dict.fromkeys([config.run.train_split, config.run.val_split, config.run.test_split]) if s]
     detector = occlusion.OcclusionConfig(**({"method": FLAGS.occlusion_method} if FLAGS.occlusion_method else {}))
     purified = inpainting.purified_images(FLAGS.inpainter_workdir, builder, splits,
                                           FLAGS.artifact_dir or store.default_root(data.data_dir), detector)
     config = dataclasses.replace(config, image_artifacts=purified)
   common.run_directory(FLAGS.workdir)
-  result = runner.run(classification.ClassificationTask(config), FLAGS.workdir, FLAGS.test_split)
+  result = runner.run(classification.ClassificationTask(config), FLAGS.workdir)
   common.print_scores({k: v for k, v in result.items() if isinstance(v, float) and "fold" not in k})
 
 

@@ -30,7 +30,7 @@ flags.DEFINE_integer("num_generated", None, "Images to generate per class (defau
 flags.DEFINE_float("duplicate_threshold", None, "Near-copy MSE threshold (images in [0, 1]); default: per class, "
                    "the smallest MSE between two of its training images.")
 common.define_config_flags(gan.GANConfig(), aliases={"optimizer": "optimizer.name", "coupled": "model.coupled"},
-                           skip={"image_artifacts"})
+                           skip={"image_artifacts", "run.test_split"})  # a GAN run scores its train split
 
 
 def main(argv):

@@ -28,7 +28,6 @@ from lesion_jax.train import sharding
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
-flags.DEFINE_string("test_split", "test", "Split scored at the end.")
 flags.DEFINE_integer("finetune_steps", 500, "Steps of the SGD fine-tuning phase (0: none).")
 flags.DEFINE_bool("detected_holes", False, "Add the detected occlusion masks of each image to its random holes.")
 flags.DEFINE_enum("occlusion_method", occlusion.OcclusionConfig().method, ["luv", "dullrazor"],
@@ -45,23 +44,23 @@ def main(argv):
   common.init_distributed()
   config = common.without_augmentation(common.config_from_flags(inpainting.InpainterConfig()))
   mesh = sharding.make_mesh()
-  inpainting.InpaintingTask(config).check(mesh, [("test_split", FLAGS.test_split)])
+  inpainting.InpaintingTask(config).check(mesh, [("test_split", config.run.test_split)])
   if FLAGS.detected_holes or config.eval_holes == "detected":
     data = config.input
     builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
     detector = occlusion.OcclusionConfig(method=FLAGS.occlusion_method)
     masks = occlusion.occlusion_store(FLAGS.artifact_dir or store.default_root(data.data_dir),
                                       builder.info.full_name, detector)
-    for split in dict.fromkeys(s for s in (config.train_split, config.val_split, FLAGS.test_split) if s):
+    for split in dict.fromkeys(s for s in (config.run.train_split, config.run.val_split, config.run.test_split) if s):
       occlusion.occlusion_masks_for_split(builder, split, masks, detector)
     config = dataclasses.replace(config, occlusion_artifacts=masks.directory)
   common.run_directory(FLAGS.workdir)
   if FLAGS.finetune_steps > 0:
     initial = os.path.join(FLAGS.workdir, "initial")
-    runner.run(inpainting.InpaintingTask(config), initial, FLAGS.test_split)
-    config = dataclasses.replace(config, finetune_from=initial, num_steps=FLAGS.finetune_steps,
-                                 eval_every=min(config.eval_every, FLAGS.finetune_steps))
-  scores = runner.run(inpainting.InpaintingTask(config), FLAGS.workdir, FLAGS.test_split)
+    runner.run(inpainting.InpaintingTask(config), initial)
+    config = dataclasses.replace(config, finetune_from=initial, run=dataclasses.replace(
+        config.run, num_steps=FLAGS.finetune_steps, eval_every=min(config.run.eval_every, FLAGS.finetune_steps)))
+  scores = runner.run(inpainting.InpaintingTask(config), FLAGS.workdir)
   common.print_scores(scores)
 
 

@@ -84,12 +84,7 @@ class InpainterConfig:
   finetune_from: str | None = field(None, "Workdir of the initial (Adam) run: start from its best state, "
                                     "train with the `finetune` optimiser and the encoder BatchNorm frozen.",
                                     location=True)
-  num_steps: int = field(2000, "Training steps.")
-  eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
-  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
-  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
-  train_split: str = field("train", "Split trained on.")
-  val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
+  run: config_lib.RunConfig = config_lib.RunConfig(num_steps=2000, eval_every=500)
 
 
 def classifier_features(workdir: str, num_layers: int) -> Callable[[jax.Array], list[jax.Array]]:
@@ -165,7 +160,7 @@ class InpaintingTask(base.Task):
     c = self.config
     size = c.input.image_size
     optimizer = c.finetune if self.finetuning else c.optimizer
-    return create_train_state(self.model(), optimizer.build(c.num_steps), rng,
+    return create_train_state(self.model(), optimizer.build(c.run.num_steps), rng,
                               jnp.zeros((1, size, size, 3), jnp.float32), jnp.ones((1, size, size, 1), jnp.float32))
 
   def warm_start(self, state: TrainState) -> TrainState:
@@ -225,7 +220,7 @@ class InpaintingTask(base.Task):
     return dataclasses.replace(self.config.input, joins=self._joins())
 
   def train_batches(self, start_step: int) -> Iterator[base.Batch]:
-    return pipeline.train_iterator(self._input(), self._train_ops(), self.config.train_split, start_step,
+    return pipeline.train_iterator(self._input(), self._train_ops(), self.config.run.train_split, start_step,
                                    self.builder)
 
   def eval_batches(self, split: str) -> Iterator[base.Batch]:
@@ -238,7 +233,7 @@ class InpaintingTask(base.Task):
     return f"val/{NETWORK}_psnr", "max"
 
   def validate(self, state, mesh, predict) -> dict[str, float]:
-    return self.validation_metrics(self.evaluate_batches(state, self.eval_batches(self.config.val_split),
+    return self.validation_metrics(self.evaluate_batches(state, self.eval_batches(self.config.run.val_split),
                                                          mesh, predict, baselines=False))
 
   def evaluate_batches(self, state, batches, mesh, predict, keep_examples=0, baselines=True) -> base.Evaluation:
