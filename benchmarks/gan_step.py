@@ -66,7 +66,7 @@ class JaxStep(common.JaxTrainStep):
     image = jnp.asarray(np.random.default_rng(0).random((batch_size, classes, size, size, 3), np.float32) * 2 - 1)
     generator = dcgan.Generator(size, features, classes)
     discriminator = dcgan.Discriminator(size, features, classes)
-    tx = TASK.optimizer.build(TASK.num_steps)
+    tx = TASK.optimizer.build(TASK.run.num_steps)
     state = create_gan_state(generator, discriminator, tx, tx, jax.random.key(0),
                              jnp.zeros((1, classes, latent_dim)), image[:1])
     step = steps.make_gan_train_step(latent_dim, TASK.real_label, extra_generator_steps, TASK.feature_matching)

@@ -125,24 +125,24 @@ def define_holdout_flags() -> None:
 
 
 def with_holdout(config: Any) -> Any:
-  """`config` with train_split / val_split set to the --holdout split of its train_split."""
+  """`config` with run.train_split / run.val_split set to the --holdout split of its train_split."""
   if not FLAGS.holdout:
     return config
   from absl import app  # pylint: disable=g-import-not-at-top
   import dataclasses  # pylint: disable=g-import-not-at-top
   from lesion_jax.data import pipeline, selection  # pylint: disable=g-import-not-at-top
-  for name in ("val_split", "folds"):
+  for name in ("run.val_split", "folds"):  # given by its dotted path or its alias
     if name in FLAGS and FLAGS[name].present:
-      raise app.UsageError(f"--holdout sets the validation split itself; drop --{name}")
+      raise app.UsageError(f"--holdout sets the validation split itself; drop --{name.rsplit('.', 1)[-1]}")
   data = config.input
   builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
   try:
-    fit, holdout = selection.holdout_splits(builder, config.train_split, FLAGS.holdout, FLAGS.holdout_seed,
+    fit, holdout = selection.holdout_splits(builder, config.run.train_split, FLAGS.holdout, FLAGS.holdout_seed,
                                             getattr(config, "label_key", None))
   except ValueError as e:
     raise app.UsageError(f"--holdout={FLAGS.holdout}: {e}") from None
-  logging.info("Selection split: %s of %s held out (%s)", FLAGS.holdout, config.train_split, holdout)
-  return dataclasses.replace(config, train_split=fit, val_split=holdout)
+  logging.info("Selection split: %s of %s held out (%s)", FLAGS.holdout, config.run.train_split, holdout)
+  return dataclasses.replace(config, run=dataclasses.replace(config.run, train_split=fit, val_split=holdout))
 
 
 def define_segmenter_flags() -> None:

@@ -19,8 +19,6 @@ from lesion_jax.tasks import self_learning
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
-flags.DEFINE_string("test_split", "test", "Split scored at the end of every round (never trained on, "
-                    "unless --transductive).")
 flags.DEFINE_integer("rounds", 2, "Relabelling rounds after the K-means one (0: the paper's single U-Net).")
 flags.DEFINE_bool("transductive", False, "Relabel and train on the --test_split images too (their pixels, "
                   "never their masks): the semi-supervised use of unlabelled target images; scores are "
@@ -41,12 +39,11 @@ def main(argv):
   config = self_learning.SelfLearningConfig(
       segmenter=seg, kmeans=common.kmeans_config_from_flags(),
       relabel=relabel.RelabelConfig(min_confidence=FLAGS.relabel_min_confidence),
-      rounds=FLAGS.rounds, transductive=FLAGS.transductive, start=FLAGS.start, test_split=FLAGS.test_split,
-      artifact_dir=FLAGS.artifact_dir)
+      rounds=FLAGS.rounds, transductive=FLAGS.transductive, start=FLAGS.start, artifact_dir=FLAGS.artifact_dir)
   common.run_directory(FLAGS.workdir)
   result = self_learning.SelfLearningPipeline(config).run(FLAGS.workdir)
   for row in result["rounds"]:
-    trained = row["pseudo_masks"].get(seg.train_split, {}).get("pseudo_mask_jaccard")
+    trained = row["pseudo_masks"].get(seg.run.train_split, {}).get("pseudo_mask_jaccard")
     print(f"round {row['round']} (on {row['trained_on']} masks): pseudo-mask JA "
           f"{trained if trained is None else round(trained, 4)}, test JA {row['test/jaccard']:.4f}")
 

@@ -37,7 +37,6 @@ FLAGS = flags.FLAGS
 common.define_workdir_flag()
 flags.DEFINE_enum("input", None, ["raw", "segmented", "purified"],
                   "Deprecated spelling of --source (segmented = crops); kept for one release.")
-flags.DEFINE_string("test_split", "test", "Split scored at the end.")
 common.define_augment_flag()
 common.define_holdout_flags()
 common.define_config_flags(classification.ClassifierConfig(),
@@ -73,7 +72,7 @@ def main(argv):
       raise app.UsageError(f"--input={FLAGS.input} and --source={config.source}: give --source only")
     config = dataclasses.replace(config, source=source)
   common.run_directory(FLAGS.workdir)
-  result = runner.run(classification.ClassificationTask(config), FLAGS.workdir, FLAGS.test_split)
+  result = runner.run(classification.ClassificationTask(config), FLAGS.workdir)
   common.print_scores({k: v for k, v in result.items() if isinstance(v, float) and "fold" not in k})
 
 

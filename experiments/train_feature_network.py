@@ -24,7 +24,6 @@ from lesion_jax.train import sharding
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
-flags.DEFINE_string("test_split", "test", "Split scored at the end.")
 # The task reads neither input.image_size (patches have side patch.size) nor input.augment.
 _UNREAD = {leaf.path for leaf in config_lib.leaves(feature_network.FeatureNetworkConfig())
            if leaf.path == "input.image_size" or leaf.path.startswith("input.augment.")}
@@ -39,9 +38,9 @@ def main(argv):
   common.init_distributed()
   config = common.config_from_flags(feature_network.FeatureNetworkConfig())
   # Refuse bad flags before minutes of superpixels (and before config.json is written).
-  feature_network.FeatureNetworkTask(config).check(sharding.make_mesh(), [("test_split", FLAGS.test_split)])
+  feature_network.FeatureNetworkTask(config).check(sharding.make_mesh(), [("test_split", config.run.test_split)])
   common.run_directory(FLAGS.workdir)
-  common.print_scores(runner.run(feature_network.FeatureNetworkTask(config), FLAGS.workdir, FLAGS.test_split))
+  common.print_scores(runner.run(feature_network.FeatureNetworkTask(config), FLAGS.workdir))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from lesion_jax.tasks import gan, runner
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
 common.define_config_flags(gan.GANConfig(), aliases={"optimizer": "optimizer.name", "coupled": "model.coupled"},
-                           skip={"image_artifacts"})
+                           skip={"image_artifacts", "run.test_split"})  # a GAN run scores its train split
 
 
 def main(argv):

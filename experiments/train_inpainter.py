@@ -22,7 +22,6 @@ from lesion_jax.tasks import inpainting
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
-flags.DEFINE_string("test_split", "test", "Split scored at the end.")
 common.define_augment_flag()
 common.define_config_flags(inpainting.InpainterConfig(),
                            aliases={"optimizer": "optimizer.name", "color_jitter": "input.augment.color",
@@ -35,7 +34,7 @@ def main(argv):
   common.init_distributed()
   config = common.without_augmentation(common.config_from_flags(inpainting.InpainterConfig()))
   common.run_directory(FLAGS.workdir)
-  common.print_scores(inpainting.train_two_phase(config, FLAGS.workdir, FLAGS.test_split))
+  common.print_scores(inpainting.train_two_phase(config, FLAGS.workdir))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from lesion_jax.train import sharding
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
-flags.DEFINE_string("test_split", "test", "Split scored at the end.")
 common.define_config_flags(lesion_index.LesionIndexConfig(), aliases={"optimizer": "optimizer.name"})
 
 
@@ -29,9 +28,9 @@ def main(argv):
   common.init_distributed()
   config = common.config_from_flags(lesion_index.LesionIndexConfig())
   task = lesion_index.LesionIndexTask(config)
-  task.check(sharding.make_mesh(), [("test_split", FLAGS.test_split)])
+  task.check(sharding.make_mesh(), [("test_split", config.run.test_split)])
   common.run_directory(FLAGS.workdir)
-  common.print_scores(runner.run(task, FLAGS.workdir, FLAGS.test_split))
+  common.print_scores(runner.run(task, FLAGS.workdir))
 
 
 if __name__ == "__main__":

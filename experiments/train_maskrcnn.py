@@ -18,7 +18,6 @@ from lesion_jax.train import sharding
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
-flags.DEFINE_string("test_split", "test", "Split scored at the end.")
 common.define_augment_flag()
 common.define_config_flags(maskrcnn.MaskRCNNConfig(), aliases={"optimizer": "optimizer.name"},
                            skip={"mask_artifacts"})
@@ -29,9 +28,9 @@ def main(argv):
   common.init_distributed()
   config = common.without_augmentation(common.config_from_flags(maskrcnn.MaskRCNNConfig()))
   task = maskrcnn.MaskRCNNTask(config)
-  task.check(sharding.make_mesh(), [("test_split", FLAGS.test_split)])
+  task.check(sharding.make_mesh(), [("test_split", config.run.test_split)])
   common.run_directory(FLAGS.workdir)
-  common.print_scores(runner.run(task, FLAGS.workdir, FLAGS.test_split))
+  common.print_scores(runner.run(task, FLAGS.workdir))
 
 
 if __name__ == "__main__":

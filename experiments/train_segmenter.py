@@ -20,7 +20,6 @@ from lesion_jax.train import sharding
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()
-flags.DEFINE_string("test_split", "test", "Split scored at the end.")
 flags.DEFINE_enum("labels", "ground_truth", ["ground_truth", "kmeans"],
                   "Train on the dataset's masks, or on K-means pseudo-masks (self-learning: no "
                   "manual labels; computed and stored first if missing). Test scores use ground truth.")
@@ -35,15 +34,15 @@ def main(argv):
   common.init_distributed()
   config = common.segmenter_config_from_flags()
   # Refuse bad flags before minutes of annotation (and before config.json is written).
-  segmentation.SegmentationTask(config).check(sharding.make_mesh(), [("test_split", FLAGS.test_split)])
+  segmentation.SegmentationTask(config).check(sharding.make_mesh(), [("test_split", config.run.test_split)])
   if FLAGS.input_norm == "dataset" and config.model.channel_mean is None:
-    mean, std = pipeline.channel_statistics(config.input, config.train_split)
+    mean, std = pipeline.channel_statistics(config.input, config.run.train_split)
     config = dataclasses.replace(config, model=dataclasses.replace(config.model, channel_mean=mean, channel_std=std))
   if FLAGS.labels == "kmeans":
-    store = common.ensure_kmeans_masks(config.input, [config.train_split, config.val_split])
+    store = common.ensure_kmeans_masks(config.input, [config.run.train_split, config.run.val_split])
     config = dataclasses.replace(config, mask_artifacts=store)
   common.run_directory(FLAGS.workdir)
-  scores = runner.run(segmentation.SegmentationTask(config), FLAGS.workdir, FLAGS.test_split)
+  scores = runner.run(segmentation.SegmentationTask(config), FLAGS.workdir)
   common.print_scores(scores)
 
 

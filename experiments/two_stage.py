@@ -13,6 +13,7 @@ import dataclasses
 from absl import app, flags
 
 from experiments import common
+from lesion_jax import config as config_lib
 from lesion_jax.tasks import two_stage
 
 FLAGS = flags.FLAGS
@@ -23,11 +24,11 @@ flags.DEFINE_integer("classifier_steps", None, "Training steps of every classifi
 common.define_config_flags(
     two_stage.TwoStageConfig(),
     aliases={"image_size": "segmenter.input.image_size", "batch_size": "segmenter.input.batch_size",
-             "color_jitter": "segmenter.input.augment.color", "segmenter_steps": "segmenter.num_steps",
+             "color_jitter": "segmenter.input.augment.color", "segmenter_steps": "segmenter.run.num_steps",
              **{name: f"kmeans.{field}" for name, (field, _) in common.KMEANS_FLAGS.items()}},
     # The top-level dataset, seed and splits apply to every stage.
     skip={f"segmenter.{k}" for k in ("input.dataset", "input.data_dir", "input.manual_dir", "input.seed",
-                                     "train_split", "val_split", "mask_artifacts")},
+                                     "run.train_split", "run.val_split", "run.test_split", "mask_artifacts")},
     auto_aliases=False)
 
 
@@ -36,9 +37,9 @@ def main(argv):
   common.init_distributed()
   config = common.config_from_flags(two_stage.TwoStageConfig())
   config = common.without_augmentation(config, "segmenter.input.augment")
-  if FLAGS["segmenter.num_steps"].present and not FLAGS["segmenter.eval_every"].present:
-    config = dataclasses.replace(config, segmenter=dataclasses.replace(
-        config.segmenter, eval_every=max(1, config.segmenter.num_steps // 2)))  # validate twice
+  if FLAGS["segmenter.run.num_steps"].present and not FLAGS["segmenter.run.eval_every"].present:
+    config = config_lib.replace(config, {  # validate twice
+        "segmenter.run.eval_every": max(1, config.segmenter.run.num_steps // 2)})
   if FLAGS.classifier_steps:
     config = dataclasses.replace(config, classifiers=tuple(
         dataclasses.replace(c, num_steps=FLAGS.classifier_steps) for c in config.classifiers))

@@ -81,9 +81,11 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 
 def from_dict(cls: type[ConfigT], values: dict[str, Any], path: str = "") -> ConfigT:
   """`cls` from a (partial) nested dict: missing keys keep their defaults, unknown keys and
-  numbers out of range (`check_ranges`) raise."""
+  numbers out of range (`check_ranges`) raise. Keys of older records that have since moved
+  (`MOVED`) are read at their new place."""
   if not isinstance(values, dict):
     raise ConfigError(f"config {path or cls.__name__!r} must be a mapping, got {values!r}")
+  values = _moved(cls, values, path)
   hints = _hints(cls)
   names = {f.name for f in dataclasses.fields(cls)}
   for key in values:
@@ -93,6 +95,46 @@ def from_dict(cls: type[ConfigT], values: dict[str, Any], path: str = "") -> Con
   if not path:  # the nested parts are checked with their parent, by their full path
     check_ranges(config)
   return config
+
+
+# Fields that moved since runs were recorded: {old key: new dotted path, relative to the same
+# config}. `from_dict` moves an old record's key there where the class no longer has the key but has
+# the path's first part, so the config.json of an older run still loads (runner.load) and resumes
+# (runner.write_config compares the records once both are read through from_dict).
+MOVED: dict[str, str] = {
+    # A task config's run fields, now its RunConfig (`config.run`).
+    **{name: f"run.{name}" for name in ("num_steps", "eval_every", "checkpoint_every", "log_every",
+                                        "train_split", "val_split")},
+    # SelfLearningConfig's own test split, now its segmenter's.
+    "test_split": "segmenter.run.test_split",
+}
+
+
+def _moved(cls: type, values: dict[str, Any], path: str) -> dict[str, Any]:
+  """`values` with the keys `MOVED` names (and `cls` no longer has) at their new place (a copy);
+  a config the record lacks (`run`) starts from the field's own default, as the old keys had."""
+  fields = {f.name: f for f in dataclasses.fields(cls)}
+  moved = {k: v for k, v in values.items() if k not in fields and k in MOVED and MOVED[k].split(".")[0] in fields}
+  if not moved:
+    return values
+  original, values = values, {k: v for k, v in values.items() if k not in moved}
+  for key, value in moved.items():
+    *parents, leaf = MOVED[key].split(".")
+    given = original
+    for p in MOVED[key].split("."):
+      given = given.get(p) if isinstance(given, dict) else None
+    if given is not None:
+      raise ConfigError(f"config keys {path + key!r} and {path + MOVED[key]!r} are the same field, given twice")
+    node, default = values, None
+    for i, p in enumerate(parents):
+      default = fields[p].default if i == 0 else getattr(default, p, None)
+      if p not in node:
+        node[p] = to_dict(default) if dataclasses.is_dataclass(default) else {}
+      if not isinstance(node[p], dict):
+        raise ConfigError(f"config key {path + key!r} (now {path + MOVED[key]!r}) cannot join {path + p!r}")
+      node[p] = node = dict(node[p])
+    node[leaf] = value
+  return values
 
 
 def replace(config: ConfigT, overrides: dict[str, Any]) -> ConfigT:
@@ -159,6 +201,19 @@ def field(default: Any, doc: str = "", location: bool = False, **kwargs) -> Any:
   the field says where something is (a data folder, another run's workdir, a weights file), not
   what the run computes, so a moved or copied one still resumes (`location_paths`)."""
   return dataclasses.field(default=default, metadata={"doc": doc, "location": location}, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """How long and how often a task's run trains, and the splits it reads: every task config's
+  `run` (each with its own defaults). Flags by their last part (`--num_steps`) where unique."""
+  num_steps: int = field(2000, "Training steps.")
+  eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
+  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
+  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
+  train_split: str = field("train", "Split trained on.")
+  val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
+  test_split: str = field("test", "Split scored at the end (as \"test\" in metrics.json).")
 
 
 def location_paths(config: Any) -> frozenset[str]:

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import tensorflow as tf
 
+from lesion_jax.config import RunConfig
 from lesion_jax.data import ops, pipeline
 from lesion_jax.tasks import base
 from lesion_jax.train import loop, losses, steps
@@ -30,12 +31,7 @@ class HoleConfig:
   input: pipeline.InputConfig = pipeline.InputConfig()
   optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-2, lr_schedule="constant")
   hole_size: int = 8
-  num_steps: int = 4
-  eval_every: int = 2
-  checkpoint_every: int | None = None
-  log_every: int = 2
-  train_split: str = "train"
-  val_split: str = "validation"
+  run: RunConfig = RunConfig(num_steps=4, eval_every=2, log_every=2)
 
 
 def cut_hole(size: int):
@@ -62,7 +58,7 @@ class HoleTask(base.Task):
 
   def init_state(self, rng):
     size = self.config.input.image_size
-    tx = self.config.optimizer.build(self.config.num_steps)
+    tx = self.config.optimizer.build(self.config.run.num_steps)
     return create_train_state(HoleAwareNet(), tx, rng, jnp.zeros((1, size, size, 3)), jnp.zeros((1, size, size, 1)))
 
   def train_step(self):
@@ -82,7 +78,7 @@ class HoleTask(base.Task):
 
   def train_batches(self, start_step):
     c = self.config
-    return pipeline.train_iterator(c.input, self._ops(True), c.train_split, start_step, self.builder)
+    return pipeline.train_iterator(c.input, self._ops(True), c.run.train_split, start_step, self.builder)
 
   def eval_batches(self, split):
     return pipeline.eval_iterator(self.config.input, self._ops(False), split, self.builder)

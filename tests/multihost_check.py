@@ -19,6 +19,7 @@ import numpy as np
 import jax.numpy as jnp
 
 from lesion_jax.artifacts import crops, stage
+from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
 from lesion_jax.tasks import classification, gan, runner, segmentation
 from lesion_jax.train import sharding, steps
@@ -35,8 +36,8 @@ def make_task(data_dir: str) -> segmentation.SegmentationTask:
   return segmentation.SegmentationTask(segmentation.SegmenterConfig(
       input=pipeline.InputConfig(dataset="synthetic_lesions/tiny", data_dir=data_dir, image_size=32,
                                  batch_size=8),
-      model=segmentation.SegmenterModelConfig(features=4, levels=2), num_steps=3, eval_every=3,
-      log_every=1, optimizer=OptimizerConfig(name="sgd", learning_rate=0.05, lr_schedule="constant"),
+      model=segmentation.SegmenterModelConfig(features=4, levels=2), run=RunConfig(num_steps=3, eval_every=3,
+      log_every=1), optimizer=OptimizerConfig(name="sgd", learning_rate=0.05, lr_schedule="constant"),
       summary_images=0))  # no process-0-only work between the collectives
 
 
@@ -45,7 +46,7 @@ def make_gan_task(data_dir: str, classifier_workdir: str) -> gan.GANTask:
       input=pipeline.InputConfig(dataset="synthetic_lesions/tiny", data_dir=data_dir, image_size=16,
                                  batch_size=4, augment=gan.GAN_AUGMENT),
       model=gan.DCGANModelConfig(generator_features=4, discriminator_features=4),
-      feature_workdir=classifier_workdir, fd_samples=8, val_split=GAN_SPLIT))
+      feature_workdir=classifier_workdir, fd_samples=8, run=RunConfig(val_split=GAN_SPLIT)))
 
 
 def gan_latents(task: gan.GANTask) -> np.ndarray:
@@ -95,7 +96,7 @@ def main(data_dir: str, workdir: str, process_id: int, num_processes: int, port:
   classifier = classification.ClassificationTask(classification.ClassifierConfig(
       input=pipeline.InputConfig(dataset="synthetic_lesions/tiny", data_dir=data_dir, image_size=32,
                                  batch_size=8),
-      num_steps=3, eval_every=3, log_every=1, optimizer=OptimizerConfig(lr_schedule="constant")))
+      run=RunConfig(num_steps=3, eval_every=3, log_every=1), optimizer=OptimizerConfig(lr_schedule="constant")))
   cls_state = runner.train(classifier, os.path.join(workdir, "classifier"), mesh=mesh)
   predicted = classifier.evaluate(cls_state, "validation", mesh)
   labels, probs, cls_ids = predicted.per_example["labels"], predicted.per_example["probs"], predicted.ids

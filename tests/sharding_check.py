@@ -8,6 +8,7 @@ import sys
 import jax
 import numpy as np
 
+from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
 from lesion_jax.tasks import classification, runner, segmentation
 from lesion_jax.train import sharding
@@ -30,8 +31,8 @@ def main(data_dir: str, workdir: str) -> None:
   seg = segmentation.SegmentationTask(segmentation.SegmenterConfig(
       input=pipeline.InputConfig(dataset="synthetic_lesions/tiny", data_dir=data_dir, image_size=32,
                                  batch_size=8),
-      model=segmentation.SegmenterModelConfig(features=4, levels=2), num_steps=3, eval_every=3,
-      log_every=1, optimizer=optimizer))
+      model=segmentation.SegmenterModelConfig(features=4, levels=2), run=RunConfig(num_steps=3, eval_every=3,
+      log_every=1), optimizer=optimizer))
   s1 = runner.train(seg, f"{workdir}/seg1", mesh=one)
   s8 = runner.train(seg, f"{workdir}/seg8", mesh=eight)
   out["seg_param_diff"] = max_diff(s1.params, s8.params)
@@ -53,8 +54,8 @@ def main(data_dir: str, workdir: str) -> None:
   cls = classification.ClassificationTask(classification.ClassifierConfig(
       input=pipeline.InputConfig(dataset="synthetic_lesions/tiny", data_dir=data_dir, image_size=32,
                                  batch_size=8),
-      model=classification.ClassifierModelConfig("resnet18", width=0.125), num_steps=3, eval_every=3,
-      log_every=1, optimizer=optimizer, val_split=""))  # no validation: its compiles add nothing here
+      model=classification.ClassifierModelConfig("resnet18", width=0.125),
+      run=RunConfig(num_steps=3, eval_every=3, log_every=1, val_split=""), optimizer=optimizer))  # no validation: its compiles add nothing here
   c1 = runner.train(cls, f"{workdir}/cls1", mesh=one)
   c8 = runner.train(cls, f"{workdir}/cls8", mesh=eight)
   out["cls_param_diff"] = max_diff(c1.params, c8.params)

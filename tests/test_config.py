@@ -1,5 +1,6 @@
 """One source of configuration: nested dataclasses, exact round trips, typos refused; and the
 learning-rate schedules the optimizer config names."""
+import dataclasses
 import json
 
 import numpy as np
@@ -14,7 +15,7 @@ from lesion_jax.train.state import learning_rate_schedule
 def test_config_json_round_trips_exactly():
   seg = config_lib.replace(segmentation.SegmenterConfig(), {
       "model.name": "dilated_unet", "input.image_size": 32, "input.augment.color": 0.25,
-      "checkpoint_every": 7, "mask_artifacts": "/tmp/masks"})
+      "run.checkpoint_every": 7, "mask_artifacts": "/tmp/masks"})
   for config in (seg, classification.ClassifierConfig(folds=5), two_stage.TwoStageConfig()):
     record = json.loads(json.dumps(config_lib.to_dict(config)))  # what config.json holds
     assert config_lib.from_dict(type(config), record) == config
@@ -28,8 +29,8 @@ def test_a_mistyped_key_is_refused_with_its_name():
     config_lib.from_dict(segmentation.SegmenterConfig, {"input": {"image_sise": 32}})
   with pytest.raises(config_lib.ConfigError, match="'model.featurs'"):
     config_lib.replace(segmentation.SegmenterConfig(), {"model.featurs": 8})
-  with pytest.raises(config_lib.ConfigError, match="'num_steps' must be int"):
-    config_lib.from_dict(segmentation.SegmenterConfig, {"num_steps": "many"})
+  with pytest.raises(config_lib.ConfigError, match="'run.num_steps' must be int"):
+    config_lib.from_dict(segmentation.SegmenterConfig, {"run": {"num_steps": "many"}})
   record = {"task": "segmentation", "config": {"learning_rate": 1e-3}}  # a flat, pre-runner key
   with pytest.raises(config_lib.ConfigError, match=r"config.json: unknown config key 'learning_rate'"):
     base.from_record(record)
@@ -41,18 +42,52 @@ def test_defaults_live_in_the_dataclasses():
   # The command-line defaults of train_segmenter / train_classifier are these (flags are
   # generated from the fields), and two_stage's U-Net keeps its own, smaller learning rate.
   seg, cls = segmentation.SegmenterConfig(), classification.ClassifierConfig()
-  assert (seg.num_steps, seg.eval_every, seg.optimizer.learning_rate, seg.optimizer.warmup_steps) == (2000, 500, 2e-3, 100)
-  assert (cls.num_steps, cls.eval_every, cls.optimizer.learning_rate, cls.input.batch_size) == (800, 200, 1e-3, 32)
+  assert (seg.run.num_steps, seg.run.eval_every, seg.optimizer.learning_rate, seg.optimizer.warmup_steps) == (2000, 500, 2e-3, 100)
+  assert (cls.run.num_steps, cls.run.eval_every, cls.optimizer.learning_rate, cls.input.batch_size) == (800, 200, 1e-3, 32)
   assert two_stage.TwoStageConfig().segmenter.optimizer.learning_rate == 1e-3
   paths = [leaf.path for leaf in config_lib.leaves(seg)]
   assert "optimizer.warmup_steps" in paths and "input.augment.color" in paths
   assert "input.joins" not in paths  # set in code (artifact joins), not from the command line
 
 
+def _old_shape(record: dict) -> dict:
+  """A config dict as written before RunConfig: the run fields at the top of the task's config."""
+  run = dict(record.pop("run"))
+  del run["test_split"]  # new with RunConfig
+  return {**record, **run}
+
+
+def test_records_written_before_run_config_load_with_each_tasks_defaults():
+  from lesion_jax.tasks import feature_network, gan, inpainting, lesion_index, maskrcnn, self_learning  # pylint: disable=g-import-not-at-top
+  configs = [segmentation.SegmenterConfig(), classification.ClassifierConfig(), maskrcnn.MaskRCNNConfig(),
+             lesion_index.LesionIndexConfig(), feature_network.FeatureNetworkConfig(), inpainting.InpainterConfig(),
+             gan.GANConfig(), config_lib.replace(classification.ClassifierConfig(), {"run.val_split": "", "run.num_steps": 4})]
+  for config in configs:
+    old = _old_shape(config_lib.to_dict(config))
+    assert "num_steps" in old and "run" not in old
+    assert config_lib.from_dict(type(config), old) == config, type(config).__name__
+    # a partial old record: the fields it lacks keep the task's own defaults, not RunConfig's
+    assert config_lib.from_dict(type(config), {"log_every": 3}).run == dataclasses.replace(type(config)().run, log_every=3)
+  assert gan.GANConfig().run.val_split == "train" and feature_network.FeatureNetworkConfig().run.num_steps == 3000
+  # Pipelines: two-stage's segmenter, and self-learning's own test split (now its segmenter's).
+  two = two_stage.TwoStageConfig()
+  old = config_lib.to_dict(two)
+  old["segmenter"] = _old_shape(old["segmenter"])
+  assert config_lib.from_dict(two_stage.TwoStageConfig, old) == two
+  seg = config_lib.replace(segmentation.SegmenterConfig(), {"run.test_split": "validation", "run.num_steps": 4})
+  sl = self_learning.SelfLearningConfig(segmenter=seg)
+  old = config_lib.to_dict(sl)
+  old["segmenter"] = _old_shape(old["segmenter"])
+  old["test_split"] = "validation"
+  assert config_lib.from_dict(self_learning.SelfLearningConfig, old) == sl
+  with pytest.raises(config_lib.ConfigError, match="'num_steps' and 'run.num_steps' are the same field"):
+    config_lib.from_dict(segmentation.SegmenterConfig, {"num_steps": 4, "run": {"num_steps": 5}})
+
+
 def test_config_diff_names_dotted_paths():
   a = config_lib.to_dict(segmentation.SegmenterConfig())
-  b = config_lib.to_dict(config_lib.replace(segmentation.SegmenterConfig(), {"model.norm": "group", "num_steps": 9}))
-  assert config_lib.diff(a, b) == {"model.norm": ("batch", "group"), "num_steps": (2000, 9)}
+  b = config_lib.to_dict(config_lib.replace(segmentation.SegmenterConfig(), {"model.norm": "group", "run.num_steps": 9}))
+  assert config_lib.diff(a, b) == {"model.norm": ("batch", "group"), "run.num_steps": (2000, 9)}
 
 
 def test_cosine_schedule_warms_up_then_decays_to_one_percent():

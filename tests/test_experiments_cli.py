@@ -89,7 +89,7 @@ def test_train_writes_the_run_record(trained):
   record = json.load(open(os.path.join(workdir, "config.json")))
   assert record["task"] == "segmentation"
   config = record["config"]
-  assert config["num_steps"] == 4 and config["input"]["dataset"] == "synthetic_lesions/tiny"
+  assert config["run"]["num_steps"] == 4 and config["input"]["dataset"] == "synthetic_lesions/tiny"
   assert config["model"]["features"] == 4 and config["model"]["levels"] == 2
   assert "img/s" in proc.stderr and "ETA" in proc.stderr  # the progress line
 

@@ -196,7 +196,7 @@ def task(features_data_dir):
   config = fn.FeatureNetworkConfig(
       input=pipeline.InputConfig(dataset=FEATURES_TINY, data_dir=features_data_dir, batch_size=16),
       patch=fn.PatchConfig(size=16), balance=fn.BalanceConfig(expanded_shuffle=256),
-      superpixels=SuperpixelConfig(num_superpixels=50), num_steps=20, eval_every=20, log_every=10,
+      superpixels=SuperpixelConfig(num_superpixels=50), run=config_lib.RunConfig(num_steps=20, eval_every=20, log_every=10),
       decay_every=10)
   return fn.FeatureNetworkTask(config)
 

@@ -225,17 +225,18 @@ def test_inverse_frequency_class_weights_equalise_class_contributions():
 
 @pytest.fixture(scope="module")
 def gan_run(tmp_path_factory, tiny_dataset, tiny_data_dir):
+  from lesion_jax.config import RunConfig  # pylint: disable=g-import-not-at-top
   from lesion_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from lesion_jax.tasks import gan, runner  # pylint: disable=g-import-not-at-top
   config = gan.GANConfig(
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=16, batch_size=4,
                                  augment=gan.GAN_AUGMENT),
       model=gan.DCGANModelConfig(generator_features=4, discriminator_features=4, minibatch_kernels=2),
-      num_steps=4, eval_every=2, log_every=2, sample_every=2)
+      run=RunConfig(num_steps=4, eval_every=2, log_every=2, val_split="train"), sample_every=2)
   task = gan.GANTask(config)
   workdir = str(tmp_path_factory.mktemp("gan"))
   # Stop after 2 of 4 steps, then resume: the result must equal an uninterrupted run.
-  runner.run(gan.GANTask(dataclasses.replace(config, num_steps=2)), workdir)
+  runner.run(gan.GANTask(dataclasses.replace(config, run=dataclasses.replace(config.run, num_steps=2))), workdir)
   runner.run(task, workdir)
   straight = str(tmp_path_factory.mktemp("gan_straight"))
   runner.run(task, straight)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from lesion_jax.config import RunConfig
 from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import licu
 from lesion_jax.models.fcrn import fcrn
@@ -137,7 +138,7 @@ def test_fcrn_variants_give_per_pixel_class_scores_at_any_size():
 def lin_run(tiny_data_dir, tiny_dataset, tmp_path_factory):
   config = lesion_index.LesionIndexConfig(
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8),
-      test_scales=(32, 48), num_steps=20, eval_every=20, log_every=20, val_split="",
+      test_scales=(32, 48), run=RunConfig(num_steps=20, eval_every=20, log_every=20, val_split=""),
       optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=2))
   workdir = str(tmp_path_factory.mktemp("lin"))
   scores = runner.run(lesion_index.LesionIndexTask(config), workdir, "test")

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 
+from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
 from lesion_jax.tasks import base, classification, gan, inpainting, runner, segmentation
 
@@ -37,14 +38,14 @@ def pipeline_one(data, tmp_path_factory):
   """Pipeline 1 from library calls: workdirs of the self-learned U-Net, LeNet-5 on raw images and
   LeNet-5 on its lesion crops, with their metrics."""
   root = tmp_path_factory.mktemp("pipeline1")
-  unet = segmentation.SegmenterConfig(input=data, labels="kmeans", num_steps=4, eval_every=2, log_every=2,
+  unet = segmentation.SegmenterConfig(input=data, labels="kmeans", run=RunConfig(num_steps=4, eval_every=2, log_every=2),
                                       model=segmentation.SegmenterModelConfig(features=4, levels=2))
   seg_dir = str(root / "unet")
   seg_metrics = runner.run(segmentation.SegmentationTask(unet), seg_dir)
-  lenet = classification.ClassifierConfig(input=data, num_steps=4, eval_every=2, log_every=2)
+  lenet = classification.ClassifierConfig(input=data, run=RunConfig(num_steps=4, eval_every=2, log_every=2))
   raw_dir, crops_dir = str(root / "lenet_raw"), str(root / "lenet_crops")
   raw_metrics = runner.run(classification.ClassificationTask(lenet), raw_dir)
-  crops = classification.ClassifierConfig(input=data, num_steps=4, eval_every=2, log_every=2, source="crops",
+  crops = classification.ClassifierConfig(input=data, run=RunConfig(num_steps=4, eval_every=2, log_every=2), source="crops",
                                           crop=classification.LesionCropConfig(segmenter_workdir=seg_dir))
   crop_metrics = runner.run(classification.ClassificationTask(crops), crops_dir)
   return {"unet": (seg_dir, seg_metrics), "raw": (raw_dir, raw_metrics), "crops": (crops_dir, crop_metrics)}
@@ -55,10 +56,10 @@ def purified_classifier(data, tmp_path_factory):
   """Pipeline 3's classifier on purified input, from library calls."""
   root = tmp_path_factory.mktemp("pipeline3")
   inpainter = inpainting.InpainterConfig(input=data, model=inpainting.InpainterModelConfig(features=4, levels=2),
-                                         num_steps=2, eval_every=2, log_every=2, finetune_steps=2)
+                                         run=RunConfig(num_steps=2, eval_every=2, log_every=2), finetune_steps=2)
   inpainter_dir = str(root / "inpainter")
   inpainting.train_two_phase(inpainter, inpainter_dir)
-  config = classification.ClassifierConfig(input=data, num_steps=4, eval_every=2, log_every=2, source="purified",
+  config = classification.ClassifierConfig(input=data, run=RunConfig(num_steps=4, eval_every=2, log_every=2), source="purified",
                                            purify=classification.PurifyConfig(inpainter_workdir=inpainter_dir))
   cls_dir = str(root / "lenet_purified")
   return inpainter_dir, cls_dir, runner.run(classification.ClassificationTask(config), cls_dir)
@@ -136,7 +137,7 @@ def test_the_inpainter_purifies_photos_and_keeps_the_unoccluded_pixels(purified_
 
 
 def test_cross_validated_folds_predict_as_one_averaged_model(data, tmp_path):
-  config = classification.ClassifierConfig(input=data, num_steps=2, eval_every=2, log_every=2, folds=2, val_split="")
+  config = classification.ClassifierConfig(input=data, run=RunConfig(num_steps=2, eval_every=2, log_every=2, val_split=""), folds=2)
   runner.run(classification.ClassificationTask(config), str(tmp_path))
   task, states = runner.predictor(str(tmp_path))
   assert isinstance(states, tuple) and len(states) == 2

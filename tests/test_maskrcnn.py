@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from lesion_jax.config import RunConfig
 from lesion_jax.data import ops, pipeline
 from lesion_jax.detection import targets
 from lesion_jax.eval import metrics, postprocess
@@ -138,7 +139,8 @@ def tiny_config(tiny_data_dir, tiny_dataset):
   return maskrcnn.MaskRCNNConfig(
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=4),
       model=TINY_MODEL, optimizer=OptimizerConfig(name="adamw", learning_rate=1e-3, warmup_steps=2),
-      num_steps=6, eval_every=3, log_every=3, val_split="validation", score_threshold=0.05, summary_images=0)
+      run=RunConfig(num_steps=6, eval_every=3, log_every=3, val_split="validation"), score_threshold=0.05,
+      summary_images=0)
 
 
 def test_one_compile_for_batches_with_different_numbers_of_lesions(tiny_config):
@@ -190,8 +192,8 @@ def test_one_compile_for_batches_with_different_numbers_of_lesions(tiny_config):
 @pytest.fixture(scope="module")
 def tiny_run(tiny_config, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("maskrcnn"))
-  runner.train(maskrcnn.MaskRCNNTask(dataclasses.replace(tiny_config, num_steps=3)), workdir,
-               sharding.make_mesh())
+  first_three = dataclasses.replace(tiny_config, run=dataclasses.replace(tiny_config.run, num_steps=3))
+  runner.train(maskrcnn.MaskRCNNTask(first_three), workdir, sharding.make_mesh())
   scores = runner.run(maskrcnn.MaskRCNNTask(tiny_config), workdir, "test")  # resumes at step 3
   return workdir, scores
 

@@ -11,6 +11,7 @@ import pytest
 
 from lesion_jax import config as config_lib
 from lesion_jax.artifacts import stage
+from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
 from lesion_jax.tasks import base, feature_network, lesion_index, runner, segmentation, self_learning, two_stage
 from lesion_jax.train import sharding
@@ -35,7 +36,7 @@ def members(tiny_data_dir, tiny_dataset, tmp_path_factory):
   for name, augmentation, scales, batch in (("dr", "dr", (32, 48), 8), ("dm", "dm", (40,), 4)):
     config = lesion_index.LesionIndexConfig(
         input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=batch),
-        augmentation=augmentation, test_scales=scales, num_steps=6, eval_every=6, log_every=6, val_split="",
+        augmentation=augmentation, test_scales=scales, run=RunConfig(num_steps=6, eval_every=6, log_every=6, val_split=""),
         optimizer=OptimizerConfig(learning_rate=3e-3, warmup_steps=2))
     dirs[name] = str(tmp_path_factory.mktemp(f"fcrn_{name}"))
     runner.run(lesion_index.LesionIndexTask(config), dirs[name], "test")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from lesion_jax.artifacts import occlusion, stage
+from lesion_jax.config import RunConfig
 from lesion_jax.data import holes, ops, pipeline
 from lesion_jax.eval import inpainting as inpainting_eval
 from lesion_jax.models.unet import UNet
@@ -71,11 +72,11 @@ def inpainter(tiny_data_dir, tiny_dataset, tmp_path_factory):
   root = str(tmp_path_factory.mktemp("inpainter"))
   config = inpainting.InpainterConfig(
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=4),
-      model=inpainting.InpainterModelConfig(features=8, levels=3), num_steps=4, eval_every=4, log_every=2)
+      model=inpainting.InpainterModelConfig(features=8, levels=3), run=RunConfig(num_steps=4, eval_every=4, log_every=2))
   initial = os.path.join(root, "initial")
   runner.run(inpainting.InpaintingTask(config), initial, "test")
   final = os.path.join(root, "final")
-  tuned = dataclasses.replace(config, finetune_from=initial, num_steps=2, eval_every=2)
+  tuned = dataclasses.replace(config, finetune_from=initial, run=dataclasses.replace(config.run, num_steps=2, eval_every=2))
   runner.run(inpainting.InpaintingTask(tuned), final, "test")
   return {"root": root, "initial": initial, "final": final, "config": config}
 
@@ -161,7 +162,7 @@ def test_purify_stage_resumes_and_feeds_the_classifier(inpainter, tiny_data_dir,
 def test_perceptual_and_style_features_come_from_a_trained_classifier(tiny_data_dir, tiny_dataset, tmp_path):
   config = classification.ClassifierConfig(
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8),
-      num_steps=2, eval_every=2, log_every=1, val_split="")
+      run=RunConfig(num_steps=2, eval_every=2, log_every=1, val_split=""))
   workdir = str(tmp_path / "lenet")
   runner.train(classification.ClassificationTask(config), workdir)
   features = inpainting.classifier_features(workdir, 2)

@@ -21,6 +21,7 @@ import pytest
 
 from lesion_jax import checkpoint, run_lock
 from lesion_jax import config as config_lib
+from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
 from lesion_jax.tasks import base, runner
 from lesion_jax.train import loop
@@ -33,7 +34,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def task(tiny_data_dir, tiny_dataset):
   return HoleTask(HoleConfig(input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir,
                                                         image_size=32, batch_size=8),
-                             num_steps=6, eval_every=4, log_every=2))
+                             run=RunConfig(num_steps=6, eval_every=4, log_every=2)))
 
 
 @pytest.fixture(scope="module")

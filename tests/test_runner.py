@@ -64,7 +64,7 @@ def test_scores_of_the_selection_split_are_labelled(task, straight, tmp_path):
   assert "test/used_for_selection" not in metrics  # test != validation
   copy = str(tmp_path / "copy")
   shutil.copytree(workdir, copy)
-  again = runner.run(task, copy, test_split=task.config.val_split)  # resumes at the last step
+  again = runner.run(task, copy, test_split=task.config.run.val_split)  # resumes at the last step
   assert again["test/used_for_selection"] is True
 
 
@@ -83,9 +83,32 @@ def test_a_run_written_before_a_config_field_existed_still_resumes(task, straigh
     runner.write_config(copy, task)
 
 
+def test_a_run_recorded_before_run_config_loads_and_resumes(task, straight, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir, metrics = straight
+  copy = str(tmp_path / "old")
+  shutil.copytree(workdir, copy)
+  path = os.path.join(copy, "config.json")
+  record = json.load(open(path))
+  config = dict(record["config"])
+  run = dict(config.pop("run"))
+  del run["test_split"]  # as written before RunConfig: its fields at the top of the task's config
+  old = {**record, "config": {**config, **run}}
+  json.dump(old, open(path, "w"))
+  assert runner.load(copy).config == task.config
+  again = runner.run(task, copy)  # the same flags resume (at the last step): nothing is refused
+  assert again["test/accuracy"] == metrics["test/accuracy"]
+  assert json.load(open(path)) == record  # rewritten in the new shape
+  json.dump(old, open(path, "w"))
+  runner.write_config(copy, HoleTask(config_lib.replace(task.config, {"run.test_split": "validation"})))
+  json.dump(old, open(path, "w"))
+  with pytest.raises(ValueError, match=r"other flags \{'config.run.train_split': \('train', 'train\[:8\]'\)\}"):
+    runner.write_config(copy, HoleTask(config_lib.replace(task.config, {"run.train_split": "train[:8]"})))
+
+
 def test_resume_equals_uninterrupted(task, straight, tmp_path):
   workdir = str(tmp_path)
-  runner.train(HoleTask(dataclasses.replace(task.config, num_steps=2)), workdir)
+  runner.train(HoleTask(config_lib.replace(task.config, {"run.num_steps": 2})), workdir)
   runner.train(task, workdir)  # resumes at 2, runs to 4
   a = runner.restore(task, straight[0], "latest")
   b = runner.restore(task, workdir, "latest")
@@ -132,7 +155,7 @@ class _TwoBatchesOnly(HoleTask):
 
 
 def test_checkpoints_have_their_own_cadence(task, tmp_path):
-  config = dataclasses.replace(task.config, num_steps=4, eval_every=4, checkpoint_every=2)
+  config = config_lib.replace(task.config, {"run.num_steps": 4, "run.eval_every": 4, "run.checkpoint_every": 2})
   with pytest.raises(RuntimeError, match="ran out at step 3"):
     runner.train(_TwoBatchesOnly(config), str(tmp_path))
   from lesion_jax import checkpoint  # pylint: disable=g-import-not-at-top
@@ -144,7 +167,7 @@ def test_checkpoints_have_their_own_cadence(task, tmp_path):
 def test_a_moved_workdir_and_data_dir_still_resume(task, tmp_path, tiny_data_dir):
   import shutil  # pylint: disable=g-import-not-at-top
   first = str(tmp_path / "a")
-  runner.train(HoleTask(dataclasses.replace(task.config, num_steps=2)), first)
+  runner.train(HoleTask(config_lib.replace(task.config, {"run.num_steps": 2})), first)
   moved_data = str(tmp_path / "moved_tfds")
   shutil.copytree(tiny_data_dir, moved_data)
   shutil.copytree(first, str(tmp_path / "b"))
@@ -162,8 +185,8 @@ def test_bad_config_is_refused_before_anything_is_written(task, tmp_path):
     if field_name == "batch_size":
       config = dataclasses.replace(task.config, input=dataclasses.replace(task.config.input, batch_size=0))
     else:
-      config = dataclasses.replace(task.config, **{field_name: value})
-    flag = "input.batch_size" if field_name == "batch_size" else field_name
+      config = dataclasses.replace(task.config, run=dataclasses.replace(task.config.run, **{field_name: value}))
+    flag = {"batch_size": "input.batch_size", "val_split": "val_split"}.get(field_name, f"run.{field_name}")
     with pytest.raises(config_lib.ConfigError, match=f"--{flag}="):
       runner.run(HoleTask(config), str(tmp_path))
     assert not os.path.exists(tmp_path / "config.json")

@@ -11,6 +11,7 @@ import pytest
 from lesion_jax import io
 from lesion_jax.artifacts import superpixels as sp_lib
 from lesion_jax.artifacts import stage
+from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
 from lesion_jax.data.augment import AugmentConfig
 from lesion_jax.eval import metrics, postprocess, superpixel_refine
@@ -239,7 +240,7 @@ def fcn_run(tiny_data_dir, tiny_dataset, tmp_path_factory):
                                  augment=AugmentConfig(rotate=True, flip=True, crop=False, color=0.0)),
       model=segmentation.SegmenterModelConfig(name="fcn", features=4, levels=2, head_features=8),
       optimizer=OptimizerConfig(learning_rate=1e-2, warmup_steps=5), loss="bce_dice",
-      num_steps=100, eval_every=100, log_every=100, summary_images=0,
+      run=RunConfig(num_steps=100, eval_every=100, log_every=100), summary_images=0,
       superpixels=sp_lib.SuperpixelConfig(num_superpixels=30),
       # a 100-step model's lesion probabilities barely pass 0.5: seed thresholds that refine some images
       superpixel_refine=superpixel_refine.RefineConfig(high=0.52, low=0.3))

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lesion_jax import checkpoint, io
+from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
 from lesion_jax.data.augment import AugmentConfig
 from lesion_jax.tasks import runner, segmentation
@@ -22,7 +23,8 @@ def train(config, workdir):
 def config(tiny_data_dir, tiny_dataset):
   return segmentation.SegmenterConfig(
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8),
-      model=segmentation.SegmenterModelConfig(features=4, levels=2), num_steps=6, eval_every=3, log_every=3,
+      model=segmentation.SegmenterModelConfig(features=4, levels=2),
+      run=RunConfig(num_steps=6, eval_every=3, log_every=3),
       # the cosine schedule depends on num_steps, which the resume test varies
       optimizer=OptimizerConfig(learning_rate=1e-3, lr_schedule="constant"))
 
@@ -40,7 +42,7 @@ def _params(workdir, config, which):
 
 def test_resumed_run_equals_uninterrupted_run(config, straight_run, tmp_path):
   workdir = str(tmp_path)
-  train(dataclasses.replace(config, num_steps=3), workdir)  # "interrupted" at step 3
+  train(dataclasses.replace(config, run=dataclasses.replace(config.run, num_steps=3)), workdir)  # "interrupted" at step 3
   with checkpoint.Checkpoints(os.path.join(workdir, "checkpoints"), "val/jaccard", read_only=True) as c:
     assert c.latest_step() == 3
   train(config, workdir)  # resumes from step 3 up to 6
@@ -58,7 +60,8 @@ def test_same_seed_same_metrics_other_seed_differs(config, straight_run, tmp_pat
   again = io.read_json(str(tmp_path / "again" / "history.json"))
   assert first["train/loss"] == again["train/loss"]
   assert first["val/jaccard"] == again["val/jaccard"]
-  other = dataclasses.replace(config, input=dataclasses.replace(config.input, seed=1), num_steps=3)
+  other = dataclasses.replace(config, input=dataclasses.replace(config.input, seed=1),
+                              run=dataclasses.replace(config.run, num_steps=3))
   train(other, str(tmp_path / "other"))
   other_hist = io.read_json(str(tmp_path / "other" / "history.json"))
   assert other_hist["train/loss"][0] != first["train/loss"][0]
@@ -74,7 +77,7 @@ def test_checkpoints_keep_latest_and_best(config, straight_run):
 
 
 def test_training_reduces_loss(config, tmp_path):
-  longer = dataclasses.replace(config, num_steps=30, eval_every=30, log_every=5,
+  longer = dataclasses.replace(config, run=dataclasses.replace(config.run, num_steps=30, eval_every=30, log_every=5),
                                optimizer=dataclasses.replace(config.optimizer, learning_rate=3e-3))
   train(longer, str(tmp_path))
   losses = [v for _, v in io.read_json(str(tmp_path / "history.json"))["train/loss"]]
@@ -115,8 +118,8 @@ def test_batch_size_must_divide_devices(config, tmp_path):
 
 
 def test_bfloat16_compute_keeps_float32_parameters(config, tmp_path):
-  bf16 = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="bfloat16"), num_steps=2,
-                             eval_every=2, log_every=1)
+  bf16 = dataclasses.replace(config, model=dataclasses.replace(config.model, dtype="bfloat16"),
+                             run=dataclasses.replace(config.run, num_steps=2, eval_every=2, log_every=1))
   state = train(bf16, str(tmp_path))
   assert all(x.dtype == np.float32 for x in jax.tree.leaves(state.params))
   logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},

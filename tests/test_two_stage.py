@@ -4,6 +4,7 @@ import os
 
 import pytest
 
+from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
 from lesion_jax.tasks import classification, runner, segmentation, two_stage
 
@@ -13,7 +14,7 @@ def report(tiny_data_dir, tiny_dataset, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("two_stage"))
   seg = segmentation.SegmenterConfig(input=pipeline.InputConfig(image_size=32, batch_size=8),
                                      model=segmentation.SegmenterModelConfig(features=4, levels=2),
-                                     num_steps=4, eval_every=4)
+                                     run=RunConfig(num_steps=4, eval_every=4))
   specs = (two_stage.ClassifierSpec("LeNet-5, raw images", "lenet5", "raw", num_steps=4),
            two_stage.ClassifierSpec("Proposed: U-Net crop + LeNet-5", "lenet5", "segmented", num_steps=4))
   config = two_stage.TwoStageConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, segmenter=seg,
@@ -92,7 +93,7 @@ def rounds(tiny_data_dir, tiny_dataset, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("self_learning"))
   seg = segmentation.SegmenterConfig(
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8),
-      model=segmentation.SegmenterModelConfig(features=4, levels=2), num_steps=4, eval_every=4)
+      model=segmentation.SegmenterModelConfig(features=4, levels=2), run=RunConfig(num_steps=4, eval_every=4))
   from lesion_jax.artifacts import relabel  # pylint: disable=g-import-not-at-top
   # A 4-step U-Net is never confident: keep every relabelled mask (the flags are tested on their own).
   config = self_learning.SelfLearningConfig(segmenter=seg, rounds=1, relabel=relabel.RelabelConfig(
@@ -114,7 +115,7 @@ def test_self_learning_rounds_relabel_with_the_previous_unet(rounds, tiny_datase
   first = runner.load(os.path.join(workdir, "round_0"))
   second = runner.load(os.path.join(workdir, "round_1"))
   assert "kmeans_mask" in first.config.mask_artifacts and relabel.RELABEL_KIND in second.config.mask_artifacts
-  assert second.config.train_split == "train"  # not transductive by default
+  assert second.config.run.train_split == "train"  # not transductive by default
   # Round 1's masks are round 0's U-Net's own binarised maps, image by image.
   builder = pipeline.get_builder(tiny_dataset, config.segmenter.input.data_dir)
   state = runner.restore(first, os.path.join(workdir, "round_0"), "best")
@@ -165,7 +166,7 @@ def test_self_learning_from_ground_truth_adds_pseudo_masks_of_the_test_images(ti
   workdir = str(tmp_path_factory.mktemp("self_learning_gt"))
   seg = segmentation.SegmenterConfig(
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8),
-      model=segmentation.SegmenterModelConfig(features=4, levels=2), num_steps=4, eval_every=4, val_split="")
+      model=segmentation.SegmenterModelConfig(features=4, levels=2), run=RunConfig(num_steps=4, eval_every=4, val_split=""))
   keep_all = relabel.RelabelConfig(min_confidence=0.0, min_fraction=0.0, max_fraction=1.0)
   with pytest.raises(ValueError, match="transductive"):
     self_learning.SelfLearningConfig(segmenter=seg, rounds=1, relabel=keep_all, start="ground_truth")
@@ -176,8 +177,8 @@ def test_self_learning_from_ground_truth_adds_pseudo_masks_of_the_test_images(ti
   assert set(rows[1]["pseudo_masks"]) == {"test"}  # only the test images are relabelled
   first = runner.load(os.path.join(workdir, "round_0"))
   second = runner.load(os.path.join(workdir, "round_1"))
-  assert first.config.mask_artifacts is None and first.config.train_split == "train"
-  assert second.config.train_split == "train+test" and second.config.keep_unmatched_masks
+  assert first.config.mask_artifacts is None and first.config.run.train_split == "train"
+  assert second.config.run.train_split == "train+test" and second.config.keep_unmatched_masks
   # Round 1 reads the manual masks of the training images and round 0's masks of the test images.
   builder = pipeline.get_builder(tiny_dataset, tiny_data_dir)
   stored = {f[:-4] for f in os.listdir(second.config.mask_artifacts) if f.endswith(".png")}

@@ -171,7 +171,7 @@ class Task:
   @property
   def val_split(self) -> str:
     """Split that picks the best checkpoint; "" trains without validation (latest = best)."""
-    return self.config.val_split
+    return self.config.run.val_split
 
   def best_metric(self) -> tuple[str, str] | None:
     """(validation metric, "max" | "min") ranking checkpoints; None keeps the latest."""
@@ -180,8 +180,8 @@ class Task:
   def loop_config(self) -> loop.LoopConfig:
     best = self.best_metric() if self.val_split else None
     c = self.config
-    return loop.LoopConfig(num_steps=c.num_steps, batch_size=self.batch_size, eval_every=c.eval_every,
-                           log_every=c.log_every, checkpoint_every=c.checkpoint_every,
+    return loop.LoopConfig(num_steps=c.run.num_steps, batch_size=self.batch_size, eval_every=c.run.eval_every,
+                           log_every=c.run.log_every, checkpoint_every=c.run.checkpoint_every,
                            best_metric=best[0] if best else None, best_mode=best[1] if best else "max")
 
   def validate(self, state: Any, mesh: jax.sharding.Mesh, predict: Callable) -> dict[str, float]:
@@ -209,7 +209,7 @@ class Task:
                                    f"{' or '.join(self.geometries)}")
     if data is not None and getattr(data, "color_constancy", "none") != "none" and not self.color_constancy:
       raise config_lib.ConfigError(f"--color_constancy={data.color_constancy!r}: not supported by a {self.name!r} run")
-    splits = [("train_split", c.train_split)] + ([("val_split", c.val_split)] if c.val_split else [])
+    splits = [("train_split", c.run.train_split)] + ([("val_split", c.run.val_split)] if c.run.val_split else [])
     for flag, split in [*splits, *extra_splits]:
       check_split(self.builder, split, flag)
 

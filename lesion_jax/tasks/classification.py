@@ -70,10 +70,7 @@ class ClassifierConfig:
   optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-3, warmup_steps=50)  # Adam's; SGD's: OPTIMIZER_DEFAULTS
   label_key: str = field("malignant", "Target feature: malignant (benign/malignant) or label (diagnosis).")
   label_smoothing: float = field(0.0, "Label smoothing.")
-  num_steps: int = field(800, "Training steps.")
-  eval_every: int = field(200, "Validate (and checkpoint) every this many steps.")
-  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
-  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
+  run: config_lib.RunConfig = config_lib.RunConfig(num_steps=800, eval_every=200)
   balanced: bool = field(True, "Class-balanced sampling (online: every class equally often per minibatch); "
                          "on by default, as dermoscopy archives are skewed (--nobalanced: the split's own ratio).")
   class_weighting: str = field("none", "Loss weights per class: none, or inverse_frequency (n / (C n_c) "
@@ -81,8 +78,6 @@ class ClassifierConfig:
   generated: str | None = field(None, "train_gan run whose generated images fill the scarce classes of the "
                                 "train split up to the largest (near-copies left out).", location=True)
   folds: int = field(1, "k-fold cross-validation over the train split (the AlexNet paper used 5).")
-  train_split: str = field("train", "Split trained on (and cross-validated over).")
-  val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
   best_metric: str = field("roc_auc", "Validation score that picks the checkpoint (accuracy where undefined).")
   source: str = field("raw", "What the classifier reads, in training and in predict: raw (the images), crops "
                       "(lesion crops made with crop.segmenter_workdir's masks) or purified (occlusions filled by "
@@ -215,7 +210,7 @@ class ClassificationTask(base.Task):
     size = c.input.image_size
     model = models.get(c.model.name, num_classes=len(self.class_names), width=c.model.width,
                        dtype=jnp.dtype(c.model.dtype), torchvision_padding=bool(c.model.init_weights))
-    return create_train_state(model, c.optimizer.build(c.num_steps), rng, jnp.zeros((1, size, size, 3), jnp.float32))
+    return create_train_state(model, c.optimizer.build(c.run.num_steps), rng, jnp.zeros((1, size, size, 3), jnp.float32))
 
   def warm_start(self, state: TrainState) -> TrainState:
     c = self.config
@@ -240,7 +235,7 @@ class ClassificationTask(base.Task):
   @functools.cached_property
   def class_counts(self) -> np.ndarray:
     c = self.config
-    return pipeline.class_counts(self.builder, c.train_split, c.label_key, self._joins())
+    return pipeline.class_counts(self.builder, c.run.train_split, c.label_key, self._joins())
 
   def class_weights(self) -> tuple[float, ...] | None:
     """inverse_frequency: n / (C n_c) over the classes present (absent ones get 0): each class
@@ -287,9 +282,9 @@ class ClassificationTask(base.Task):
     extra = None
     if c.generated:
       chosen, plan = self.generated_examples
-      logging.info("Balancing %s with generated images: %s", c.train_split, plan)
+      logging.info("Balancing %s with generated images: %s", c.run.train_split, plan)
       extra = pipeline.extra_examples(chosen, (c.label_key,)) if chosen else None
-    return pipeline.train_iterator(self._input(), self._ops(train=True), c.train_split, start_step, self.builder,
+    return pipeline.train_iterator(self._input(), self._ops(train=True), c.run.train_split, start_step, self.builder,
                                    balance_key=c.label_key if c.balanced else None, extra=extra)
 
   def eval_batches(self, split: str) -> Iterator[base.Batch]:
@@ -327,10 +322,11 @@ class ClassificationTask(base.Task):
     return out
 
   def final_splits(self, test_split: str) -> list[tuple[str, str]]:
-    return [("train", self.config.train_split), ("test", test_split)]
+    return [("train", self.config.run.train_split), ("test", test_split)]
 
   def with_splits(self, train_split: str, val_split: str) -> "ClassificationTask":
-    return ClassificationTask(dataclasses.replace(self.config, train_split=train_split, val_split=val_split, folds=1))
+    run = dataclasses.replace(self.config.run, train_split=train_split, val_split=val_split)
+    return ClassificationTask(dataclasses.replace(self.config, run=run, folds=1))
 
   def write_figures(self, evaluation, fig_dir, prefix) -> None:
     names = self.class_names

@@ -122,12 +122,7 @@ class FeatureNetworkConfig:
   superpixels: SuperpixelConfig = SuperpixelConfig()
   artifact_dir: str | None = field(None, "Where SLIC superpixels are stored (default: "
                                    "<data_dir>/lesion_jax_artifacts).", location=True)
-  num_steps: int = field(3000, "Training steps.")
-  eval_every: int = field(1000, "Validate (and checkpoint) every this many steps.")
-  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
-  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
-  train_split: str = field("train", "Split trained on.")
-  val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
+  run: config_lib.RunConfig = config_lib.RunConfig(num_steps=3000, eval_every=1000)
 
 
 def weighted_cross_entropy(logits: jax.Array, labels: jax.Array, class_weights: jax.Array | None) -> jax.Array:
@@ -262,9 +257,9 @@ class FeatureNetworkTask(base.Task):
     c = self.config
     if c.decay_every > 0:  # the paper's step decay: the optimizer's step_decay schedule, with the LFN's fields
       tx = dataclasses.replace(c.optimizer, lr_schedule="step_decay", decay_every=c.decay_every,
-                               decay_factor=c.decay_factor).build(c.num_steps)
+                               decay_factor=c.decay_factor).build(c.run.num_steps)
     else:
-      tx = c.optimizer.build(c.num_steps)
+      tx = c.optimizer.build(c.run.num_steps)
     size = c.patch.size
     return create_train_state(self.model(), tx, rng, jnp.zeros((1, size, size, 3), jnp.float32))
 
@@ -290,8 +285,8 @@ class FeatureNetworkTask(base.Task):
 
   def train_batches(self, start_step: int) -> Iterator[base.Batch]:
     c = self.config
-    self.ensure_superpixels(c.train_split)
-    return pipeline.train_iterator(self._input(), self._ops(train=True), c.train_split, start_step, self.builder,
+    self.ensure_superpixels(c.run.train_split)
+    return pipeline.train_iterator(self._input(), self._ops(train=True), c.run.train_split, start_step, self.builder,
                                    expanded_shuffle=c.balance.expanded_shuffle)
 
   def eval_batches(self, split: str) -> Iterator[base.Batch]:

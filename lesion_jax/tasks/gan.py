@@ -58,13 +58,10 @@ class GANConfig:
   real_label: float = field(0.9, "Discriminator target for real images (0.9: one-sided label smoothing).")
   extra_generator_steps: int = field(2, "Extra generator updates after each joint round (the paper: 2).")
   feature_matching: bool = field(False, "Generator matches mean discriminator features (Salimans et al.).")
-  num_steps: int = field(2000, "Joint rounds (the loop's steps).")
-  eval_every: int = field(500, "FD-derm (and checkpoint) every this many steps.")
-  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
-  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
+  # Steps are joint rounds; FD-derm every eval_every, between generated images and the real ones of
+  # val_split (train: scarce classes have few validation images); train_split gives the real images.
+  run: config_lib.RunConfig = config_lib.RunConfig(num_steps=2000, eval_every=500, val_split="train")
   sample_every: int = field(500, "Sample grid per class (figures/ and TensorBoard) every this many steps.")
-  train_split: str = field("train", "Split of real images.")
-  val_split: str = field("train", "Real images FD-derm compares with (scarce classes have few validation images).")
   feature_workdir: str | None = field(None, "train_classifier run whose features give FD-derm (none: no FD, keep "
                                       "the last).", location=True)
   fd_samples: int = field(256, "Generated images per class for FD-derm (at least as many as the real ones).")
@@ -128,7 +125,7 @@ class GANTask(base.Task):
 
   @functools.cached_property
   def class_counts(self) -> np.ndarray:
-    return pipeline.class_counts(self.builder, self.config.train_split, self.config.label_key, self._joins())
+    return pipeline.class_counts(self.builder, self.config.run.train_split, self.config.label_key, self._joins())
 
   @functools.cached_property
   def class_names(self) -> list[str]:
@@ -147,7 +144,7 @@ class GANTask(base.Task):
 
   @property
   def val_split(self) -> str:
-    return self.config.val_split if self.config.feature_workdir else ""
+    return self.config.run.val_split if self.config.feature_workdir else ""
 
   def best_metric(self):
     return "val/fd_mean", "min"
@@ -188,14 +185,14 @@ class GANTask(base.Task):
         raise config_lib.ConfigError(f"--{name}={value}: the players have {n} layers at {c.input.image_size} px")
     empty = [k for k, i in zip(self.class_names, self.class_indices) if self.class_counts[i] == 0]
     if empty:
-      raise config_lib.ConfigError(f"--classes: {empty} have no image in {c.train_split!r}")
+      raise config_lib.ConfigError(f"--classes: {empty} have no image in {c.run.train_split!r}")
     super().check(mesh, extra_splits)
 
   def init_state(self, rng):
     c = self.config
     generator, discriminator = self.models()
     k, size = len(self.class_names), c.input.image_size
-    tx = c.optimizer.build(c.num_steps)
+    tx = c.optimizer.build(c.run.num_steps)
     return create_gan_state(generator, discriminator, tx, tx, rng, jnp.zeros((1, k, c.model.latent_dim)),
                             jnp.zeros((1, k, size, size, 3)))
 
@@ -216,7 +213,7 @@ class GANTask(base.Task):
 
   def train_batches(self, start_step: int) -> Iterator[base.Batch]:
     c = self.config
-    return pipeline.class_grouped_iterator(self._input(), self._ops(train=True), c.train_split, c.label_key,
+    return pipeline.class_grouped_iterator(self._input(), self._ops(train=True), c.run.train_split, c.label_key,
                                            self.class_indices, start_step, self.builder)
 
   def eval_batches(self, split: str) -> Iterator[base.Batch]:
@@ -278,7 +275,7 @@ class GANTask(base.Task):
     'malignant' of a diagnosis)."""
     features = self.builder.info.features
     other = [k for k, f in features.items() if hasattr(f, "names") and k != self.config.label_key]
-    ds = pipeline.read_split(self.builder, self.config.train_split, per_process=False)
+    ds = pipeline.read_split(self.builder, self.config.run.train_split, per_process=False)
     rows = [tuple(int(ex[k]) for k in (self.config.label_key, *other)) for ex in ds.as_numpy_iterator()]
     out = {}
     for name, i in zip(self.class_names, self.class_indices):
@@ -312,7 +309,7 @@ class GANTask(base.Task):
     z = self.latents(2, max(num.values()))
     images = self.sample(state, z, mesh)
     samples = {n: images[:num[n], k] for k, n in enumerate(self.class_names)}
-    real = self.real_examples(self.config.train_split)
+    real = self.real_examples(self.config.run.train_split)
     store = generated.generated_store(workdir, int(jax.device_get(state.step)))
     summary = generated.write_generated(store, samples, {n: x for n, (x, _) in real.items()},
                                         {n: ids for n, (_, ids) in real.items()}, self.class_records(), threshold)
@@ -359,7 +356,7 @@ class GANTask(base.Task):
     return out
 
   def final_splits(self, test_split: str) -> list[tuple[str, str]]:
-    return [("train", self.config.train_split)]
+    return [("train", self.config.run.train_split)]
 
   def hooks(self, workdir: str, mesh):
     """A grid of samples per class (fixed latents, so grids over training compare) every

@@ -90,12 +90,7 @@ class InpainterConfig:
   occlusion: occlusion_lib.OcclusionConfig = field(
       occlusion_lib.OcclusionConfig(), "The classical occlusion detector: detected holes, eval_holes=detected, "
       "and the holes predict fills on a photo.")
-  num_steps: int = field(2000, "Training steps.")
-  eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
-  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
-  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
-  train_split: str = field("train", "Split trained on.")
-  val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
+  run: config_lib.RunConfig = config_lib.RunConfig(num_steps=2000, eval_every=500)
 
 
 def classifier_features(workdir: str, num_layers: int) -> Callable[[jax.Array], list[jax.Array]]:
@@ -192,7 +187,7 @@ class InpaintingTask(base.Task):
     c = self.config
     size = c.input.image_size
     optimizer = c.finetune if self.finetuning else c.optimizer
-    return create_train_state(self.model(), optimizer.build(c.num_steps), rng,
+    return create_train_state(self.model(), optimizer.build(c.run.num_steps), rng,
                               jnp.zeros((1, size, size, 3), jnp.float32), jnp.ones((1, size, size, 1), jnp.float32))
 
   def warm_start(self, state: TrainState) -> TrainState:
@@ -252,7 +247,7 @@ class InpaintingTask(base.Task):
     return dataclasses.replace(self.config.input, joins=self._joins())
 
   def train_batches(self, start_step: int) -> Iterator[base.Batch]:
-    return pipeline.train_iterator(self._input(), self._train_ops(), self.config.train_split, start_step,
+    return pipeline.train_iterator(self._input(), self._train_ops(), self.config.run.train_split, start_step,
                                    self.builder)
 
   def eval_batches(self, split: str) -> Iterator[base.Batch]:
@@ -265,7 +260,7 @@ class InpaintingTask(base.Task):
     return f"val/{NETWORK}_psnr", "max"
 
   def validate(self, state, mesh, predict) -> dict[str, float]:
-    return self.validation_metrics(self.evaluate_batches(state, self.eval_batches(self.config.val_split),
+    return self.validation_metrics(self.evaluate_batches(state, self.eval_batches(self.config.run.val_split),
                                                          mesh, predict, baselines=False))
 
   def evaluate_batches(self, state, batches, mesh, predict, keep_examples=0, baselines=True) -> base.Evaluation:
@@ -327,17 +322,18 @@ class InpaintingTask(base.Task):
     return filled
 
 
-def train_two_phase(config: InpainterConfig, workdir: str, test_split: str = "test", mesh=None) -> dict[str, Any]:
-  """Pipeline 3's inpainter as the purification paper trains it: Adam (`num_steps`) in
+def train_two_phase(config: InpainterConfig, workdir: str, mesh=None) -> dict[str, Any]:
+  """Pipeline 3's inpainter as the purification paper trains it: Adam (`run.num_steps`) in
   <workdir>/initial, then `finetune_steps` of SGD with momentum and the encoder BatchNorm frozen
   from its best state, in <workdir> itself (which holds the final model). finetune_steps=0 trains
   the Adam phase straight into <workdir>. Both phases resume. Returns the final run's metrics."""
   if config.finetune_steps > 0:
     initial = os.path.join(workdir, "initial")
-    runner.run(InpaintingTask(config), initial, test_split, mesh)
-    config = dataclasses.replace(config, finetune_from=initial, num_steps=config.finetune_steps,
-                                 eval_every=min(config.eval_every, config.finetune_steps))
-  return runner.run(InpaintingTask(config), workdir, test_split, mesh)
+    runner.run(InpaintingTask(config), initial, mesh=mesh)
+    run = dataclasses.replace(config.run, num_steps=config.finetune_steps,
+                              eval_every=min(config.run.eval_every, config.finetune_steps))
+    config = dataclasses.replace(config, finetune_from=initial, run=run)
+  return runner.run(InpaintingTask(config), workdir, mesh=mesh)
 
 
 def inpainter_from_workdir(workdir: str, mesh=None) -> tuple[InpaintingTask, Any]:

@@ -64,12 +64,7 @@ class LesionIndexConfig:
   test_scales: tuple[int, ...] = field((64,), "Test sides in pixels (letterboxed); maps summed at native size.")
   melanoma_class: str = field("melanoma", "Label name scored as melanoma (AUC, AP).")
   keratosis_class: str = field("seborrheic_keratosis", "Label name scored as seborrheic keratosis.")
-  num_steps: int = field(2000, "Training steps.")
-  eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
-  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
-  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
-  train_split: str = field("train", "Split trained on.")
-  val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
+  run: config_lib.RunConfig = config_lib.RunConfig(num_steps=2000, eval_every=500)
 
 
 # --augmentation -> class_rotations' flip mode.
@@ -161,7 +156,7 @@ class LesionIndexTask(base.Task):
 
   def init_state(self, rng: jax.Array) -> TrainState:
     size = self.config.input.image_size
-    tx = self.config.optimizer.build(self.config.num_steps)
+    tx = self.config.optimizer.build(self.config.run.num_steps)
     return create_train_state(self.model(), tx, rng, jnp.zeros((1, size, size, 3), jnp.float32))
 
   def train_step(self) -> Callable:
@@ -186,7 +181,7 @@ class LesionIndexTask(base.Task):
 
   def train_batches(self, start_step: int) -> Iterator[base.Batch]:
     c = self.config
-    return pipeline.train_iterator(c.input, self._train_ops(), c.train_split, start_step, self.builder,
+    return pipeline.train_iterator(c.input, self._train_ops(), c.run.train_split, start_step, self.builder,
                                    expanded_shuffle=c.expanded_shuffle if c.rotation_degrees else 0)
 
   def eval_batches(self, split: str) -> Iterator[base.Batch]:
@@ -276,7 +271,7 @@ class LesionIndexTask(base.Task):
     return figures.to_uint8_rgb(np.clip(shown, 0, 1))
 
   def validate(self, state, mesh, predict) -> dict[str, float]:
-    return self.validation_metrics(self.evaluate(state, self.config.val_split, mesh, predict))
+    return self.validation_metrics(self.evaluate(state, self.config.run.val_split, mesh, predict))
 
   def write_figures(self, evaluation, fig_dir, prefix) -> None:
     write_lesion_index_figures(evaluation, fig_dir, prefix, self.class_names, self.config.melanoma_class)

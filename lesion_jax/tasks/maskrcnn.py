@@ -74,12 +74,7 @@ class MaskRCNNConfig:
   max_instances: int = field(4, "Ground-truth instances per image, padded (static shapes).")
   instances: str = field("whole", "Instances from the lesion mask: whole (the mask is one lesion, the ISIC "
                          "convention) or components (each connected component).")
-  num_steps: int = field(2000, "Training steps.")
-  eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
-  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
-  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
-  train_split: str = field("train", "Split trained on.")
-  val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
+  run: config_lib.RunConfig = config_lib.RunConfig(num_steps=2000, eval_every=500)
   mask_key: str = field("mask", "Feature holding the lesion mask.")
   score_threshold: float = field(0.5, "An instance scoring below this is no lesion; an image without "
                                  "one is reported as 'no lesion found' (empty mask).")
@@ -140,7 +135,7 @@ class MaskRCNNTask(segmentation.SegmentationTask):
 
   def init_state(self, rng: jax.Array) -> TrainState:
     size = self.config.input.image_size
-    tx = self.config.optimizer.build(self.config.num_steps)
+    tx = self.config.optimizer.build(self.config.run.num_steps)
     return create_train_state(self.model(), tx, rng, jnp.zeros((1, size, size, 3), jnp.float32),
                               compiled_init=True)
 

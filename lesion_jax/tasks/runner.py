@@ -23,8 +23,9 @@ from lesion_jax.eval import figures, inference
 from lesion_jax.tasks import base
 from lesion_jax.train import loop, sharding
 
-# Config fields that only say how long or how often: a resumed run may change them.
-RESUMABLE_CHANGES = frozenset({"num_steps", "eval_every", "log_every", "checkpoint_every"})
+# Config fields (by leaf name, e.g. run.num_steps) that only say how long or how often, or which
+# split is scored at the end (not what was trained): a resumed run may change them.
+RESUMABLE_CHANGES = frozenset({"num_steps", "eval_every", "log_every", "checkpoint_every", "test_split"})
 # Fields that say where things are, not what the run computes, are marked on the config field
 # (config.field(..., location=True)): a moved or copied workdir, data directory, archive or run
 # it reads still resumes. Artifact stores are compared by what names their content
@@ -57,10 +58,12 @@ def write_config(workdir: str, task: base.Task | dict[str, Any], config: Any = N
   locations = config_lib.location_paths(config) if config is not None else frozenset()
   if os.path.exists(path) and not _nothing_trained(workdir):
     old = _read_record(path)
-    if isinstance(task, base.Task) and old.get("task") == new["task"]:
-      try:  # fields added to the config since that run was written take their defaults
-        old = base.from_record(old, path).describe()
-      except (config_lib.ConfigError, ValueError, KeyError):
+    if old.get("task") == new["task"] and (isinstance(task, base.Task) or config is not None):
+      try:  # fields added to the config since that run was written take their defaults, moved ones
+        # (config.MOVED) their new place
+        old = (base.from_record(old, path).describe() if isinstance(task, base.Task) else
+               {**old, "config": config_lib.to_dict(config_lib.from_dict(type(config), old["config"]))})
+      except (config_lib.ConfigError, ValueError, KeyError, TypeError):
         pass  # an unreadable record is compared as it is (and refused)
     changed = {k: v for k, v in config_lib.diff(old, new).items() if _defines_the_run(k, *v, locations)}
     if changed:
@@ -208,12 +211,14 @@ def write_results(workdir: str, metrics: dict[str, Any], predictions: dict[str, 
   io.write_json(os.path.join(workdir, "metrics.json"), metrics)
 
 
-def run(task: base.Task, workdir: str, test_split: str = "test",
+def run(task: base.Task, workdir: str, test_split: str | None = None,
         mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
-  """Trains (or resumes) and scores the task's final splits; writes metrics.json (and
-  predictions.json where the task keeps per-example predictions). Returns the metrics. A task
-  with `folds` > 1 is cross-validated instead (`cross_validate`)."""
+  """Trains (or resumes) and scores the task's final splits (`test_split`: the config's
+  `run.test_split` unless given); writes metrics.json (and predictions.json where the task keeps
+  per-example predictions). Returns the metrics. A task with `folds` > 1 is cross-validated
+  instead (`cross_validate`)."""
   mesh = mesh or sharding.make_mesh()
+  test_split = task.config.run.test_split if test_split is None else test_split
   if task.folds > 1:
     return cross_validate(task, workdir, test_split, mesh)
   # Every split the run reads is checked before the first step, not after training.
@@ -225,7 +230,7 @@ def run(task: base.Task, workdir: str, test_split: str = "test",
 
 def run_splits(task: base.Task, test_split: str) -> list[str]:
   """Every split a run reads (train, validation, the final ones), once each: what `prepare` builds for."""
-  c = task.config
+  c = task.config.run
   return [s for s in dict.fromkeys([c.train_split, c.val_split, *(s for _, s in task.final_splits(test_split))]) if s]
 
 
@@ -265,16 +270,17 @@ def fold_splits(split: str, num_examples: int, folds: int, fold: int) -> tuple[s
   return train_split, f"{split}[{a}:{b}]"
 
 
-def cross_validate(task: base.Task, workdir: str, test_split: str = "test",
+def cross_validate(task: base.Task, workdir: str, test_split: str | None = None,
                    mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
   """k-fold cross-validation over the task's train split (`task.folds` folds; fold models in
   `workdir`/fold_i, each validated on its held-out part). Reports the pooled held-out predictions
   (`cv/*`, via `task.pooled`) and the mean/std over folds of `task.summary_keys`; writes
   metrics.json and figures (the cross-validation members of base.Task)."""
   mesh = mesh or sharding.make_mesh()
+  test_split = task.config.run.test_split if test_split is None else test_split
   task.check(mesh, [("test_split", test_split)])
-  if task.folds > task.builder.info.splits[task.config.train_split].num_examples:
-    raise config_lib.ConfigError(f"--folds={task.folds}: more folds than examples in {task.config.train_split!r}")
+  if task.folds > task.builder.info.splits[task.config.run.train_split].num_examples:
+    raise config_lib.ConfigError(f"--folds={task.folds}: more folds than examples in {task.config.run.train_split!r}")
   with run_lock.hold(workdir):
     task = task.prepare(run_splits(task, test_split))
     return _cross_validate(task, workdir, test_split, mesh)
@@ -282,7 +288,7 @@ def cross_validate(task: base.Task, workdir: str, test_split: str = "test",
 
 def _cross_validate(task: base.Task, workdir: str, test_split: str, mesh) -> dict[str, Any]:
   write_config(workdir, task)
-  split = task.config.train_split
+  split = task.config.run.train_split
   n = task.builder.info.splits[split].num_examples
   per_fold, held_out_results = [], []
   for fold in range(task.folds):

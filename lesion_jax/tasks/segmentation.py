@@ -65,12 +65,7 @@ class SegmenterConfig:
   optimizer: OptimizerConfig = OptimizerConfig(learning_rate=2e-3, warmup_steps=100)
   loss: str = field("bce", "Segmentation loss: bce, dice, bce_dice, jaccard (soft Jaccard), bce_jaccard, lovasz "
                    "(Lovasz hinge), bce_lovasz.")
-  num_steps: int = field(2000, "Training steps.")
-  eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
-  checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
-  log_every: int = field(50, "Progress line and TensorBoard scalars every this many steps.")
-  train_split: str = field("train", "Split trained on.")
-  val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
+  run: config_lib.RunConfig = config_lib.RunConfig(num_steps=2000, eval_every=500)
   mask_key: str = field("mask", "Feature holding the lesion mask.")
   threshold: float = field(0.5, "Probability threshold for the lesion mask.")
   postprocess: bool = field(True, "Fill holes and keep the largest component before scoring.")
@@ -138,7 +133,7 @@ class SegmentationTask(base.Task):
 
   def init_state(self, rng: jax.Array) -> TrainState:
     size = self.config.input.image_size
-    tx = self.config.optimizer.build(self.config.num_steps)
+    tx = self.config.optimizer.build(self.config.run.num_steps)
     return create_train_state(self.model(), tx, rng, jnp.zeros((1, size, size, 3), jnp.float32))
 
   def train_step(self) -> Callable:
@@ -172,7 +167,7 @@ class SegmentationTask(base.Task):
 
   def train_batches(self, start_step: int) -> Iterator[base.Batch]:
     joins = self._joins()
-    return pipeline.train_iterator(self._input(joins), self._ops(True, joins), self.config.train_split,
+    return pipeline.train_iterator(self._input(joins), self._ops(True, joins), self.config.run.train_split,
                                    start_step, self.builder)
 
   def eval_batches(self, split: str, joins=None) -> Iterator[base.Batch]:
@@ -202,7 +197,7 @@ class SegmentationTask(base.Task):
   def validate(self, state, mesh, predict) -> dict[str, float]:
     """Validation scores against the masks trained on (pseudo-masks, with mask_artifacts): a
     self-learning run never selects its checkpoint on manual labels."""
-    batches = self.eval_batches(self.config.val_split)
+    batches = self.eval_batches(self.config.run.val_split)
     return self.validation_metrics(self.evaluate_batches(state, batches, mesh, predict))
 
   def prob_at(self, output, height: int, width: int) -> np.ndarray:
@@ -276,7 +271,7 @@ class SegmentationTask(base.Task):
   def hooks(self, workdir, mesh):
     """Validation overlays in TensorBoard at each evaluation."""
     c = self.config
-    if not c.summary_images or not c.val_split:
+    if not c.summary_images or not c.run.val_split:
       return ()
 
     jitted = []  # compiled once, at the first call (the state's shardings are needed)
@@ -286,7 +281,7 @@ class SegmentationTask(base.Task):
       if not jitted:
         jitted.append(self.jit_predict(state, mesh))
       predict = jitted[0]
-      batch = next(iter(self.eval_batches(c.val_split)))
+      batch = next(iter(self.eval_batches(c.run.val_split)))
       probs = inference.predict_over(predict, state, [batch], mesh)
       _, p = next(probs)
       n = min(c.summary_images, int((batch["weight"] > 0).sum()))
@@ -296,7 +291,7 @@ class SegmentationTask(base.Task):
                                 batch["mask"][i, ..., 0] > 0.5) for i in range(n)]
       writer.images(step, "val/overlays", np.stack(images))
 
-    return (base.loop.PeriodicHook(c.eval_every, write_overlays, "val_overlays"),)
+    return (base.loop.PeriodicHook(c.run.eval_every, write_overlays, "val_overlays"),)
 
   def write_figures(self, evaluation, fig_dir, prefix) -> None:
     import os  # pylint: disable=g-import-not-at-top

@@ -37,13 +37,12 @@ STARTS = ("kmeans", "ground_truth")
 
 @dataclasses.dataclass(frozen=True)
 class SelfLearningConfig:
-  segmenter: segmentation.SegmenterConfig  # its train / val splits are the unlabelled images
+  segmenter: segmentation.SegmenterConfig  # train / val splits: the unlabelled images; test split: scored each round
   kmeans: kmeans.KMeansConfig = kmeans.KMeansConfig()
   relabel: relabel.RelabelConfig = relabel.RelabelConfig()
   rounds: int = 2  # relabelling rounds after the K-means one (0: the paper's single U-Net)
   transductive: bool = False
   start: str = "kmeans"  # round 0's masks: kmeans (no manual mask anywhere) or ground_truth
-  test_split: str = "test"
   artifact_dir: str | None = config_lib.field(None, "Where artifacts live.", location=True)
 
   def __post_init__(self):  # ConfigError: the experiment reports it as a usage error, before any write
@@ -60,17 +59,17 @@ def _round_config(config: SelfLearningConfig, masks: str | None) -> segmentation
   seg = config.segmenter
   if masks is None:  # ground_truth, round 0: the supervised run itself
     return seg
-  train = f"{seg.train_split}+{config.test_split}" if config.transductive else seg.train_split
+  train = f"{seg.run.train_split}+{seg.run.test_split}" if config.transductive else seg.run.train_split
   # From ground truth only the test split's images are relabelled; the training images keep theirs.
-  return dataclasses.replace(seg, mask_artifacts=masks, train_split=train,
+  return dataclasses.replace(seg, mask_artifacts=masks, run=dataclasses.replace(seg.run, train_split=train),
                              keep_unmatched_masks=config.start == "ground_truth")
 
 
 def _unlabelled_splits(config: SelfLearningConfig) -> list[str]:
   seg = config.segmenter
   if config.start == "ground_truth":
-    return [config.test_split]
-  return [s for s in (seg.train_split, seg.val_split) if s] + ([config.test_split] if config.transductive else [])
+    return [seg.run.test_split]
+  return [s for s in (seg.run.train_split, seg.run.val_split) if s] + ([seg.run.test_split] if config.transductive else [])
 
 
 def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
@@ -81,7 +80,7 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
   seg = config.segmenter
   data = seg.input
   builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
-  segmentation.SegmentationTask(seg).check(mesh, [("test_split", config.test_split)])
+  segmentation.SegmentationTask(seg).check(mesh, [("test_split", seg.run.test_split)])
   runner.write_config(workdir, {"task": "self_learning", "config": config_lib.to_dict(config)}, config)
   root = config.artifact_dir or store.default_root(data.data_dir)
   unlabelled = _unlabelled_splits(config)
@@ -99,7 +98,7 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
   for r in range(config.rounds + 1):
     round_dir = os.path.join(workdir, f"round_{r}")
     task = segmentation.SegmentationTask(_round_config(config, masks))
-    scores = runner.run(task, round_dir, config.test_split, mesh)
+    scores = runner.run(task, round_dir, mesh=mesh)
     source = initial if r == 0 else later.format(r - 1)
     rows.append({"round": r, "trained_on": source, "masks": masks,
                  "pseudo_masks": pseudo,  # per split; Jaccard against ground truth, reporting only
@@ -122,7 +121,7 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
       summary = relabel.relabel_split(builder, split, rstore, segment, binarize, config.relabel)
       pseudo[split] = {k: summary[k] for k in ("uncertain", "pseudo_mask_jaccard", "pseudo_mask_jaccard_confident")}
     masks = rstore.directory
-  figures.save_curves(os.path.join(workdir, "figures", "rounds.png"), _curves(rows, seg.train_split),
+  figures.save_curves(os.path.join(workdir, "figures", "rounds.png"), _curves(rows, seg.run.train_split),
                       xlabel="round")
   return {"rounds": rows}
 

@@ -50,7 +50,8 @@ class TwoStageConfig:
   artifact_dir: str | None = config_lib.field(None, "Where artifacts live.", location=True)
   seed: int = 0
   segmenter: segmentation.SegmenterConfig = segmentation.SegmenterConfig(
-      num_steps=800, eval_every=400, optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=100))
+      run=config_lib.RunConfig(num_steps=800, eval_every=400),
+      optimizer=OptimizerConfig(learning_rate=1e-3, warmup_steps=100))
   kmeans: kmeans.KMeansConfig = kmeans.KMeansConfig()
   classifiers: tuple[ClassifierSpec, ...] = DEFAULT_CLASSIFIERS
   classifier_image_size: int = 64
@@ -130,7 +131,7 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
     t = time.perf_counter()
     cls_config = _classifier_config(config, spec, crops_dir, crop)
     cls_dir = os.path.join(workdir, "classifiers", _slug(spec.name))
-    result = runner.run(classification.ClassificationTask(cls_config), cls_dir, config.test_split, mesh)
+    result = runner.run(classification.ClassificationTask(cls_config), cls_dir, mesh=mesh)
     predictions = io.read_json(os.path.join(cls_dir, "predictions.json"))["test/_predictions"]
     if len(predictions["probs"][0]) == 2:
       roc_curves[spec.name] = (np.asarray(predictions["labels"]), np.asarray(predictions["probs"])[:, 1])
@@ -217,8 +218,9 @@ def render_report(report: dict[str, Any], config: TwoStageConfig) -> str:
 def _segmenter_config(config: TwoStageConfig, mask_artifacts: str | None) -> segmentation.SegmenterConfig:
   seg_input = dataclasses.replace(config.segmenter.input, dataset=config.dataset, data_dir=config.data_dir,
                                   manual_dir=config.manual_dir, seed=config.seed)
-  return dataclasses.replace(config.segmenter, input=seg_input, mask_artifacts=mask_artifacts,
-                             train_split=config.train_split, val_split=config.val_split)
+  run = dataclasses.replace(config.segmenter.run, train_split=config.train_split, val_split=config.val_split,
+                            test_split=config.test_split)
+  return dataclasses.replace(config.segmenter, input=seg_input, mask_artifacts=mask_artifacts, run=run)
 
 
 def _classifier_config(config: TwoStageConfig, spec: ClassifierSpec, crops_dir: str | None,
@@ -231,8 +233,10 @@ def _classifier_config(config: TwoStageConfig, spec: ClassifierSpec, crops_dir: 
       input=cls_input, label_key=config.target,
       model=classification.ClassifierModelConfig(spec.model, width=spec.width),
       optimizer=dataclasses.replace(classification.ClassifierConfig().optimizer, learning_rate=spec.learning_rate),
-      num_steps=spec.num_steps, eval_every=max(1, spec.num_steps // 4), balanced=config.balanced,
-      train_split=config.train_split, val_split=config.val_split,
+      run=config_lib.RunConfig(num_steps=spec.num_steps, eval_every=max(1, spec.num_steps // 4),
+                               train_split=config.train_split, val_split=config.val_split,
+                               test_split=config.test_split),
+      balanced=config.balanced,
       image_artifacts=crops_dir if segmented else None,
       crop=crop if segmented else classification.LesionCropConfig())
 
