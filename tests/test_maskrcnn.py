@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from lesion_jax.data import ops, pipeline
+from lesion_jax.data import pipeline
 from lesion_jax.detection import targets
 from lesion_jax.eval import metrics, postprocess
-from lesion_jax.tasks import maskrcnn, runner
+from lesion_jax.pipelines.maskrcnn import metrics as detection_metrics
+from lesion_jax.pipelines.maskrcnn import ops
+from lesion_jax.pipelines.maskrcnn import task as maskrcnn
+from lesion_jax.tasks import runner
 from lesion_jax.train import sharding
 from lesion_jax.train.state import OptimizerConfig
 
@@ -111,7 +114,7 @@ def test_paste_fills_the_box_at_native_resolution():
 def test_box_ap_and_lesion_found_counts_on_a_hand_case():
   truth = np.zeros((20, 20), bool)
   truth[0:10, 0:10] = True
-  acc = metrics.DetectionAccumulator(3, score_threshold=0.5)
+  acc = detection_metrics.DetectionAccumulator(3, score_threshold=0.5)
   # Image 1: best detection exact (TP at 0.5 and 0.75), a duplicate (FP), padding.
   acc.update([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 0, 0]], [0.9, 0.8, 0.0], [True, True, False], truth)
   # Image 2: one detection at IoU 0.6 with score 0.4: no lesion found, TP at 0.5 only.

@@ -1,8 +1,8 @@
 """Segmentation task: a U-Net (or the dilated U-Net, or the multi-scale FCN) giving a per-pixel lesion probability,
 scored per image at each image's own resolution as the ISIC challenges do.
 
-`LesionMasks` is what every lesion-mask task is composed of (this one, and Mask R-CNN's,
-tasks/maskrcnn.py): its data (images with their masks, or stored masks trained on),
+`LesionMasks` is what every lesion-mask task is composed of (this one, and Mask R-CNN's in
+lesion_jax/pipelines/maskrcnn): its data (images with their masks, or stored masks trained on),
 a mask source (one example's predict output as a probability map at the image's own
 resolution: here `map_at`, the model-size map cut back and resized; Mask R-CNN pastes its
 instances), the binarisation (`postprocess.MaskPostprocess`), ISIC scoring (`SegmentationRows`),

@@ -1,8 +1,8 @@
 """Mask R-CNN lesion segmentation (pipeline 4's segmenter, the mask-then-AlexNet paper).
 
 A lesion-mask task whose network is models.maskrcnn.MaskRCNN (`models.get("mask_rcnn")`): it
-trains on instances derived from the lesion masks (data/ops/detection.py lesion_instances) and
-predicts detections. Its mask source (`InstancePaste`) is the top-scoring instance's mask pasted
+trains on instances derived from the lesion masks (ops.lesion_instances) and predicts
+detections. Its mask source (`InstancePaste`) is the top-scoring instance's mask pasted
 at the image's native resolution (one lesion per dermoscopy image, so the best instance is the
 lesion; `paste="union"` takes the pixel-wise maximum over every instance scoring at least
 `score_threshold` instead). An image whose best instance scores below `score_threshold` gets an
@@ -24,11 +24,11 @@ import numpy as np
 from lesion_jax import config as config_lib
 from lesion_jax import models
 from lesion_jax.config import field
-from lesion_jax.data import ops, pipeline
-from lesion_jax.eval import metrics, postprocess
+from lesion_jax.data import pipeline
+from lesion_jax.eval import postprocess
 from lesion_jax.models.maskrcnn import RESNET_STAGES
+from lesion_jax.pipelines.maskrcnn import metrics, ops, steps
 from lesion_jax.tasks import base, segmentation
-from lesion_jax.train import steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
 PASTE_MODES = ("top", "union")
@@ -178,7 +178,7 @@ class MaskRCNNTask(base.Task):
                               compiled_init=True)
 
   def train_step(self) -> Callable:
-    return steps.make_maskrcnn_train_step(self.config.smooth_l1_beta)
+    return steps.make_train_step(self.config.smooth_l1_beta)
 
   def train_batches(self, start_step: int) -> Iterator[base.Batch]:
     return self.masks.train_batches(start_step)
@@ -187,7 +187,7 @@ class MaskRCNNTask(base.Task):
     return self.masks.eval_batches(split)
 
   def predict_fns(self) -> dict[str, Callable]:
-    return {"predict": steps.maskrcnn_predict_step}
+    return {"predict": steps.predict_step}
 
   def best_metric(self) -> tuple[str, str]:
     return "val/jaccard", "max"
