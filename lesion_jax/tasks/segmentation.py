@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import cv2
 import jax
@@ -25,6 +25,7 @@ from lesion_jax import models
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.artifacts import superpixels as superpixels_lib
+from lesion_jax.artifacts.kmeans import KMeansConfig
 from lesion_jax.artifacts.store import default_root
 from lesion_jax.artifacts.superpixels import SuperpixelConfig
 from lesion_jax.eval import figures, inference, metrics, postprocess, superpixel_refine
@@ -54,7 +55,7 @@ class SegmenterModelConfig:
   dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
   channel_mean: tuple[float, float, float] | None = field(
       None, "U-Nets: per-channel mean of the training images in [0, 1]; set, the input is standardised "
-      "with it (train_segmenter --input_norm=dataset measures it; the purification paper's normalisation).")
+      "with it (--input_norm=dataset measures it; the purification paper's normalisation).")
   channel_std: tuple[float, float, float] | None = field(None, "U-Nets: per-channel standard deviation, with channel_mean.")
 
   def build(self):
@@ -104,6 +105,16 @@ class SegmenterConfig:
                       "eval/superpixel_refine.py). Applies to evaluation, not to validation.")
   superpixels: SuperpixelConfig = SuperpixelConfig()
   superpixel_refine: RefineConfig = RefineConfig()
+  # What `prepare` builds before training (stored once under input.artifact_root(); config.json
+  # records the result: mask_artifacts, model.channel_mean / channel_std).
+  labels: Literal["ground_truth", "kmeans"] = field(
+      "ground_truth", "Train on the dataset's masks, or on K-means pseudo-masks (self-learning: no manual "
+      "labels; computed and stored first if missing, with the kmeans settings). Test scores use ground truth.")
+  kmeans: KMeansConfig = KMeansConfig()
+  input_norm: Literal["none", "dataset"] = field(
+      "none", "U-Nets: standardise the input per channel with the training split's mean and std (measured "
+      "before training unless --channel_mean is given, and stored in config.json; the purification paper's "
+      "dilated U-Net does).")
 
 
 def joins_features(joins) -> set[str]:
@@ -345,6 +356,24 @@ class SegmentationTask(base.Task):
 
   def train_step(self) -> Callable:
     return steps.make_segmentation_train_step(self.config.loss)
+
+  def prepare(self, splits: Sequence[str]) -> "SegmentationTask":
+    """This run with its input statistics measured (input_norm=dataset, unless channel_mean is
+    given) and its K-means pseudo-masks annotated (labels=kmeans: the train and validation
+    splits', stored under input.artifact_root(); resumable), so config.json records them."""
+    from lesion_jax.artifacts import annotate  # pylint: disable=g-import-not-at-top
+    del splits  # pseudo-masks are trained and validated on; every split's scores use the ground truth
+    c = self.config
+    if c.input_norm == "dataset" and c.model.channel_mean is None:
+      mean, std = pipeline.channel_statistics(c.input, c.train_split, self.builder)
+      c = dataclasses.replace(c, model=dataclasses.replace(c.model, channel_mean=mean, channel_std=std))
+    if c.labels == "kmeans":
+      store = annotate.ensure_kmeans_masks(self.builder, [c.train_split, c.val_split], c.input.artifact_root(),
+                                           c.kmeans)
+      if c.mask_artifacts and c.mask_artifacts != store:
+        raise config_lib.ConfigError(f"--labels=kmeans trains on {store}, not on the masks of {c.mask_artifacts}")
+      c = dataclasses.replace(c, mask_artifacts=store)
+    return self if c == self.config else type(self)(c)
 
   def train_batches(self, start_step: int) -> Iterator[base.Batch]:
     return self.masks.train_batches(start_step)
