@@ -1,9 +1,11 @@
 """The lesion-mask parts the segmentation task shares with Mask R-CNN's (LesionMasks,
-MaskPostprocess: composed, not inherited) and what the segmentation task builds before training
-(`prepare`: input statistics and K-means pseudo-masks)."""
+MaskPostprocess: composed, not inherited), what the segmentation task builds before training
+(`prepare`: input statistics and K-means pseudo-masks), and `predict_images` on photos of any
+size. Mask R-CNN's own run predicting on photos is in test_maskrcnn.py."""
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from lesion_jax import config as config_lib
@@ -15,12 +17,39 @@ from lesion_jax.eval import postprocess
 from lesion_jax.pipelines.maskrcnn import task as maskrcnn
 from lesion_jax.tasks import base, runner, segmentation
 
+SIZES = ((40, 56), (32, 32), (71, 23))
+
+
 @pytest.fixture(scope="module")
 def config(tiny_data_dir, tiny_dataset):
   return segmentation.SegmenterConfig(
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8),
       model=segmentation.SegmenterModelConfig(features=4, levels=2), num_steps=2, eval_every=2, log_every=2,
       summary_images=0)
+
+
+@pytest.fixture(scope="module")
+def trained(config, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("segmenter"))
+  runner.run(segmentation.SegmentationTask(config), workdir, "test")
+  task = runner.load(workdir)
+  return task, runner.restore(task, workdir, "best")
+
+
+def test_predict_images_gives_each_image_its_own_size_mask(trained):
+  task, state = trained
+  rng = np.random.default_rng(0)
+  images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in SIZES]
+  records = task.predict_images(state, images)
+  assert [r["mask"].shape for r in records] == list(SIZES)
+  assert all(r["mask"].dtype == bool for r in records)
+  # The run's maps, binarised as it scores them.
+  for record, mask in zip(records, task.masks_for(task.segment_images(state, images))):
+    np.testing.assert_array_equal(record["mask"], mask)
+  tta = task.predict_images(state, images, predict="tta")
+  assert [r["mask"].shape for r in tta] == list(SIZES)
+  with pytest.raises(base.PredictionUnsupported, match="no 'flips' prediction"):
+    task.predict_images(state, images, predict="flips")
 
 
 def test_prepare_measures_input_statistics_and_annotates_kmeans_masks(config, tmp_path):

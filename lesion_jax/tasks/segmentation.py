@@ -6,7 +6,7 @@ lesion_jax/pipelines/maskrcnn): its data (images with their masks, or stored mas
 a mask source (one example's predict output as a probability map at the image's own
 resolution: here `map_at`, the model-size map cut back and resized; Mask R-CNN pastes its
 instances), the binarisation (`postprocess.MaskPostprocess`), ISIC scoring (`SegmentationRows`),
-overlays, figures and segmenting a user's photos (`segment_images`).
+overlays, figures and segmenting a user's photos (`segment_images`, `predict_images`).
 """
 from __future__ import annotations
 
@@ -308,6 +308,16 @@ class LesionMasks:
     """The run's own binarisation (`binarize`) of each map."""
     return [self.binarize(p)[0] for p in probs]
 
+  def predict_images(self, state, images: Sequence[np.ndarray], predict: str = "predict") -> list[dict[str, Any]]:
+    """{"mask": bool (H, W)} per uint8 RGB image, at the image's own size: the run's maps
+    (`predict`: one of the task's predict functions, e.g. "tta") binarised as it scores them."""
+    names = self.task.predict_fns()
+    if predict not in names:
+      raise base.PredictionUnsupported(f"a {self.task.name!r} run has no {predict!r} prediction "
+                                       f"(it has: {', '.join(sorted(names))})")
+    images = list(images)
+    return [{"mask": m} for m in self.masks_for(self.segment_images(state, images, predict=predict))]
+
 
 @base.register
 class SegmentationTask(base.Task):
@@ -430,6 +440,8 @@ class SegmentationTask(base.Task):
   def masks_for(self, probs: list[np.ndarray]) -> list[np.ndarray]:
     return self.masks.masks_for(probs)
 
+  def predict_images(self, state, images, predict: str = "predict") -> list[dict[str, Any]]:
+    return self.masks.predict_images(state, images, predict)
 
 
 class SegmentationRows:

@@ -7,9 +7,9 @@ at the image's native resolution (one lesion per dermoscopy image, so the best i
 lesion; `paste="union"` takes the pixel-wise maximum over every instance scoring at least
 `score_threshold` instead). An image whose best instance scores below `score_threshold` gets an
 empty mask: "no lesion found", counted in the scores. The rest (data, binarisation, ISIC scoring
-at native resolution, overlays, predicting on photos) is the segmentation task's `LesionMasks`
-component, composed here, so `train_classifier --segmenter_workdir=<this run>` black-outs and
-crops with Mask R-CNN masks.
+at native resolution, overlays, predicting on photos: `predict_images`) is the segmentation
+task's `LesionMasks` component, composed here, so `train_classifier --segmenter_workdir=<this
+run>` black-outs and crops with Mask R-CNN masks.
 """
 from __future__ import annotations
 
@@ -224,6 +224,8 @@ class MaskRCNNTask(base.Task):
   def masks_for(self, probs: list[np.ndarray]) -> list[np.ndarray]:
     return self.masks.masks_for(probs)
 
+  def predict_images(self, state, images, predict: str = "predict") -> list[dict[str, Any]]:
+    return self.masks.predict_images(state, images, predict)
 
 
 class _NativeDetections(metrics.DetectionAccumulator):
