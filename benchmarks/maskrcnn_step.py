@@ -3,7 +3,7 @@ r"""Train-step throughput of the Mask R-CNN (pipeline 4's segmenter), against to
   python benchmarks/maskrcnn_step.py [--torch_python=PATH] [--size=128] [--batch=4] [--depth=50]
                                      [--rounds=2] [--repeats=2] [--torch_threads=0]
 
-The JAX step is the library's own (MaskRCNNTask.train_step: steps.make_maskrcnn_train_step on
+The JAX step is the library's own (MaskRCNNTask.train_step: pipelines/maskrcnn/steps.py make_train_step on
 models.maskrcnn.MaskRCNN), jitted with the state donated, set to torchvision's
 `maskrcnn_resnet50_fpn` shape: ResNet-50 (or --depth=101) at width 64 with BatchNorm (torchvision
 without pretrained weights uses plain BatchNorm), FPN 256, RPN 256 anchors per image with the
@@ -33,7 +33,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from lesion_jax.data import pipeline  # noqa: E402
-from lesion_jax.tasks import maskrcnn  # noqa: E402
+from lesion_jax.pipelines.maskrcnn import task as maskrcnn  # noqa: E402
 from lesion_jax.train.state import OptimizerConfig  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_maskrcnn_step.py")

@@ -146,15 +146,17 @@ def with_holdout(config: Any) -> Any:
 
 
 def define_segmenter_flags() -> None:
-  """Every SegmenterConfig field as a flag, plus --augment, --holdout and the K-means flags
-  (train_segmenter and self_learning)."""
+  """Every SegmenterConfig field as a flag (the K-means settings also by their KMEANS_FLAGS names,
+  --artifact_dir for input.artifact_dir), plus --augment and --holdout (train_segmenter and
+  self_learning)."""
   from lesion_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
   define_augment_flag()
   define_holdout_flags()
-  define_kmeans_flags()
   define_config_flags(segmentation.SegmenterConfig(),
                       aliases={"model": "model.name", "optimizer": "optimizer.name",
-                               "color_jitter": "input.augment.color"},
+                               "color_jitter": "input.augment.color",
+                               "iterations": "superpixels.iterations",  # kmeans.iterations has it too
+                               **{name: f"kmeans.{field}" for name, (field, _) in KMEANS_FLAGS.items()}},
                       skip={"mask_artifacts", "keep_unmatched_masks"})
 
 
@@ -289,21 +291,3 @@ def define_kmeans_flags(artifact_dir: bool = True) -> None:
 def kmeans_config_from_flags():
   from lesion_jax.artifacts import kmeans  # pylint: disable=g-import-not-at-top
   return kmeans.KMeansConfig(**{field_name: FLAGS[name].value for name, (field_name, _) in KMEANS_FLAGS.items()})
-
-
-def ensure_kmeans_masks(data: Any, splits: list[str]) -> str:
-  """The K-means pseudo-mask store for the dataset of `data` (an InputConfig) and the K-means
-  flags, annotating any of `splits` not yet done (resumable); returns the store directory."""
-  from lesion_jax.artifacts import annotate, store  # pylint: disable=g-import-not-at-top
-  from lesion_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
-  config = kmeans_config_from_flags()
-  root = FLAGS.artifact_dir or store.default_root(data.data_dir)
-  kstore = annotate.kmeans_store(root, builder.info.full_name, config)
-  for split in dict.fromkeys(s for s in splits if s):
-    summary = annotate.annotate_split(builder, split, kstore, config,
-                                      figure_dir=os.path.join(kstore.directory, "figures"))
-    ja = f", JA vs ground truth {summary.scores['jaccard']:.4f}" if summary.scores else ""
-    logging.info("K-means pseudo-masks for %s: %d images, %d uncertain%s", split, summary.total,
-                 summary.uncertain, ja)
-  return kstore.directory

@@ -3,7 +3,7 @@ r"""Trains the Mask R-CNN lesion segmenter (pipeline 4, the mask-then-AlexNet pa
   python -m experiments.train_maskrcnn --workdir=runs/maskrcnn [--dataset=synthetic_lesions/s128] \
       [--image_size=128] [--depth=50] [--num_steps=2000] [--batch_size=4] [--paste=top]
 
-Every field of MaskRCNNConfig (lesion_jax/tasks/maskrcnn.py) is a flag (`--model.depth=101`,
+Every field of MaskRCNNConfig (lesion_jax/pipelines/maskrcnn/task.py) is a flag (`--model.depth=101`,
 `--rois_per_image=512`). Scores each image at its native resolution as the segmentation task
 does (JA, thresholded JA, Dice, ...), plus box AP at IoU 0.5 / 0.75, the images where no lesion
 was found, and the paper's Table I (lesion / background pixel confusion). Then
@@ -13,7 +13,8 @@ classifies the blacked-out lesions.
 from absl import app, flags
 
 from experiments import common
-from lesion_jax.tasks import maskrcnn, runner
+from lesion_jax.pipelines.maskrcnn import task as maskrcnn
+from lesion_jax.tasks import runner
 from lesion_jax.train import sharding
 
 FLAGS = flags.FLAGS

@@ -17,7 +17,7 @@ import traceback
 
 
 PRELOADED = ("cv2", "flax", "jax", "matplotlib", "optax", "orbax.checkpoint", "sklearn", "tensorflow",
-             "lesion_jax.tasks.classification", "lesion_jax.tasks.maskrcnn", "lesion_jax.tasks.runner",
+             "lesion_jax.tasks.classification", "lesion_jax.pipelines.maskrcnn.task", "lesion_jax.tasks.runner",
              "lesion_jax.tasks.segmentation")
 
 

@@ -1,7 +1,7 @@
 """Pipeline 4's Mask R-CNN: target assignment on hand cases, instances from masks, pasting and box
 AP, one compile of the train step whatever the number of lesions, and a tiny run (train, resume,
-evaluate, predict a mask at native resolution). The box/NMS/RoIAlign ops have their own
-reference tests (test_detection_ops.py)."""
+evaluate, predict masks at native resolution, predict_images on photos). The box/NMS/RoIAlign ops
+have their own reference tests (test_detection_ops.py)."""
 import dataclasses
 import functools
 import json
@@ -14,10 +14,13 @@ import pytest
 import tensorflow as tf
 
 from lesion_jax.config import RunConfig
-from lesion_jax.data import ops, pipeline
+from lesion_jax.data import pipeline
 from lesion_jax.detection import targets
 from lesion_jax.eval import metrics, postprocess
-from lesion_jax.tasks import maskrcnn, runner
+from lesion_jax.pipelines.maskrcnn import metrics as detection_metrics
+from lesion_jax.pipelines.maskrcnn import ops
+from lesion_jax.pipelines.maskrcnn import task as maskrcnn
+from lesion_jax.tasks import base, runner, segmentation
 from lesion_jax.train import sharding
 from lesion_jax.train.state import OptimizerConfig
 
@@ -112,7 +115,7 @@ def test_paste_fills_the_box_at_native_resolution():
 def test_box_ap_and_lesion_found_counts_on_a_hand_case():
   truth = np.zeros((20, 20), bool)
   truth[0:10, 0:10] = True
-  acc = metrics.DetectionAccumulator(3, score_threshold=0.5)
+  acc = detection_metrics.DetectionAccumulator(3, score_threshold=0.5)
   # Image 1: best detection exact (TP at 0.5 and 0.75), a duplicate (FP), padding.
   acc.update([[0, 0, 10, 10], [0, 0, 10, 10], [0, 0, 0, 0]], [0.9, 0.8, 0.0], [True, True, False], truth)
   # Image 2: one detection at IoU 0.6 with score 0.4: no lesion found, TP at 0.5 only.
@@ -215,3 +218,19 @@ def test_tiny_run_resumes_scores_and_predicts_at_native_resolution(tiny_run):
   image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
   prob, = task.segment_images(state, [image], mesh)
   assert prob.shape == (40, 56) and 0.0 <= prob.min() and prob.max() <= 1.0
+
+
+def test_tiny_run_is_a_lesion_segmenter_that_predicts_masks_on_photos(tiny_run):
+  workdir, _ = tiny_run
+  task = segmentation.load_segmenter(workdir)  # what lesion crops for a classifier accept
+  assert isinstance(task, maskrcnn.MaskRCNNTask)
+  state = runner.restore(task, workdir, "best", sharding.make_mesh())
+  rng = np.random.default_rng(1)
+  images = [rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for h, w in ((40, 56), (64, 48), (32, 32))]
+  records = task.predict_images(state, images)
+  assert [r["mask"].shape for r in records] == [(40, 56), (64, 48), (32, 32)]
+  assert all(r["mask"].dtype == bool for r in records)
+  for record, mask in zip(records, task.masks_for(task.segment_images(state, images))):
+    np.testing.assert_array_equal(record["mask"], mask)
+  with pytest.raises(base.PredictionUnsupported, match="no 'tta' prediction"):
+    task.predict_images(state, images, predict="tta")

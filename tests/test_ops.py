@@ -317,6 +317,6 @@ def test_ops_package_reexports_every_op_and_its_modules_import_downwards():
     assert getattr(ops, name) is ops.get(name), name
   assert ops.expand is ops.core.expand and callable(ops.expand)  # the factory, not a module
   layers = {"core": set(), "features": {"core"}, "image": {"core", "features"}, "one_to_many": {"core"},
-            "detection": {"core"}, "inpainting": {"core"}, "lesion_index": {"core"},
+            "inpainting": {"core"}, "lesion_index": {"core"},
             "feature_network": {"core", "image"}}
   assert {m: _sibling_imports("lesion_jax.data.ops", m) for m in layers} == layers

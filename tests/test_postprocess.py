@@ -136,3 +136,27 @@ def test_crop_to_mask_empty_mask_uses_whole_image():
   image = np.full((10, 10, 3), 200, np.uint8)
   crop = pp.crop_to_mask(image, np.zeros((10, 10)), size=5)
   assert crop.shape == (5, 5, 3) and (crop == 200).all()
+
+
+def test_mask_postprocess_is_threshold_then_cleaning_then_fallback():
+  prob = np.zeros((12, 12), np.float32)
+  prob[2:6, 2:6] = 0.9
+  prob[3, 3] = 0.2  # a hole
+  prob[8:10, 8:10] = 0.8  # a smaller second component
+  mask, replaced = pp.MaskPostprocess()(prob)
+  np.testing.assert_array_equal(mask, pp.clean_mask(prob > 0.5))
+  assert mask[3, 3] and not mask[8:10, 8:10].any() and not replaced
+  raw, _ = pp.MaskPostprocess(threshold=0.85, clean=False)(prob)
+  np.testing.assert_array_equal(raw, prob > 0.85)
+  # An empty mask (threshold above the map) is replaced by the map cut at half its maximum.
+  faint = prob * 0.5
+  empty, replaced = pp.MaskPostprocess(fallback=False)(faint)
+  assert not empty.any() and not replaced
+  fallback, replaced = pp.MaskPostprocess(fallback=True)(faint)
+  assert replaced and fallback[2:6, 2:6].all() and not fallback[8:10, 8:10].any()
+
+
+def test_mask_postprocess_reads_a_run_configs_flat_fields():
+  from lesion_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
+  config = segmentation.SegmenterConfig(threshold=0.4, postprocess=False, fallback=True, fallback_max_fraction=0.8)
+  assert pp.MaskPostprocess.of(config) == pp.MaskPostprocess(0.4, clean=False, fallback=True, fallback_max_fraction=0.8)

@@ -198,7 +198,8 @@ def test_multiscale_flip_tta_is_equivariant_and_averages_scales(unet_state):
 def test_seed_ensemble_averages_the_members_maps_in_one_program(unet_state):
   import optax  # pylint: disable=g-import-not-at-top
   from lesion_jax.models.unet import UNet  # pylint: disable=g-import-not-at-top
-  from lesion_jax.tasks import maskrcnn, segmentation  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.maskrcnn import task as maskrcnn  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
   from lesion_jax.train import sharding, steps  # pylint: disable=g-import-not-at-top
   from lesion_jax.train.state import create_train_state  # pylint: disable=g-import-not-at-top
   state, images = unet_state

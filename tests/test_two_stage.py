@@ -186,7 +186,7 @@ def test_self_learning_from_ground_truth_adds_pseudo_masks_of_the_test_images(ti
   assert stored == {store.safe_name(i) for i in test_ids}
   # Byte for byte: the dataset's own encoded mask, or the stored artifact file.
   own = {ex["id"]: ex["mask"] for ex in pipeline.read_split(builder, "train+test").as_numpy_iterator()}
-  joined = pipeline.read_split(builder, "train+test", joins=second._joins())
+  joined = pipeline.read_split(builder, "train+test", joins=second.masks.joins())
   seen = set()
   for ex in joined.as_numpy_iterator():
     image_id = ex["id"].decode()

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 from lesion_jax import io
 from lesion_jax.artifacts import kmeans, stage
@@ -91,3 +92,16 @@ def annotate_split(builder: tfds.core.DatasetBuilder, split: str, store: Artifac
                               [_truth(ex) for ex in shown] if has_truth else None,
                               titles=[ex["id"] for ex in shown])
   return summary
+
+
+def ensure_kmeans_masks(builder: tfds.core.DatasetBuilder, splits: list[str], root: str,
+                        config: kmeans.KMeansConfig) -> str:
+  """The K-means pseudo-mask store of the builder's dataset and `config` under `root`, with
+  every image of `splits` annotated (those not yet done; resumable); returns its directory."""
+  store = kmeans_store(root, builder.info.full_name, config)
+  for split in dict.fromkeys(s for s in splits if s):
+    summary = annotate_split(builder, split, store, config, figure_dir=os.path.join(store.directory, "figures"))
+    ja = f", JA vs ground truth {summary.scores['jaccard']:.4f}" if summary.scores else ""
+    logging.info("K-means pseudo-masks for %s: %d images, %d uncertain%s", split, summary.total,
+                 summary.uncertain, ja)
+  return store.directory

@@ -1,11 +1,16 @@
 """Host-side mask post-processing: thresholding, cleaning, resizing and lesion crops.
 
+`MaskPostprocess` is how a lesion-mask run (segmentation, Mask R-CNN) turns a probability map at
+an image's own resolution into its mask: the threshold, hole filling with the largest component
+kept, and the catastrophic-mask fallback, in that order.
+
 Masks are accepted as (H, W) or (H, W, 1) arrays of any dtype (non-zero = lesion) and returned
 as bool (H, W). Connectivity: lesion pixels are 8-connected, so background is 4-connected (a
 diagonal gap in a ring does not let a hole "leak" to the border).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import cv2
@@ -120,6 +125,30 @@ def catastrophic_fallback(prob: Any, mask: Any, max_fraction: float = 0.9,
   new = clean_mask(new) if clean else new
   ok = 0.0 < float(new.mean()) <= max_fraction
   return (new, True) if ok else (m, False)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaskPostprocess:
+  """A run's binarisation of a lesion probability map (any resolution): `threshold`, then hole
+  filling + largest component if `clean`, then `catastrophic_fallback` if `fallback`. Built from
+  the flat fields a run config records (`of`: threshold, postprocess, fallback,
+  fallback_max_fraction), so evaluation-time overrides of those fields change it."""
+  threshold: float = 0.5
+  clean: bool = True
+  fallback: bool = False
+  fallback_max_fraction: float = 0.9
+
+  @classmethod
+  def of(cls, config: Any) -> "MaskPostprocess":
+    return cls(config.threshold, config.postprocess, config.fallback, config.fallback_max_fraction)
+
+  def __call__(self, prob: Any) -> tuple[np.ndarray, bool]:
+    """(mask, fallback used) of one map."""
+    mask = binarize(prob, self.threshold)
+    mask = clean_mask(mask) if self.clean else mask
+    if self.fallback:
+      return catastrophic_fallback(prob, mask, self.fallback_max_fraction, self.clean)
+    return mask, False
 
 
 def resize_mask(mask: Any, height: int, width: int) -> np.ndarray:

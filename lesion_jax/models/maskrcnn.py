@@ -22,7 +22,7 @@ number of sampled anchors and RoIs, the mask head on the first `mask_rois` sampl
 foreground ones come first). So the train step compiles once for any number of real lesions.
 Boxes are pixel [y1, x1, y2, x2] of the model's input (lesion_jax.detection.boxes).
 
-The model only computes; the losses (train/losses.py maskrcnn_losses) read the dict it returns in
+The model only computes; the losses (pipelines/maskrcnn/losses.py loss_terms) read the dict it returns in
 training. Normalisation: GroupNorm by default (trained from scratch with a few images per batch;
 Detectron2's from-scratch recipe), `norm="batch"` for BatchNorm.
 """
@@ -150,7 +150,7 @@ class MaskRCNN(nn.Module):
   images (N, S, S, 3) in [-1, 1]. targets (training): {"boxes" (N, K, 4), "classes" (N, K) int32
   (1..num_classes), "masks" (N, S, S, K) {0, 1}, "valid" (N, K) bool}. Needs the "sampling" rng in
   training. Returns in training a dict of head outputs with their targets (for
-  losses.maskrcnn_losses); otherwise the detections: "boxes" (N, D, 4), "scores" (N, D), "classes"
+  pipelines/maskrcnn/losses.py loss_terms); otherwise the detections: "boxes" (N, D, 4), "scores" (N, D), "classes"
   (N, D) int32, "valid" (N, D) bool, "masks" (N, D, 28, 28) probabilities, best first.
   """
   num_classes: int = 1

@@ -163,7 +163,7 @@ class ClassificationTask(base.Task):
       if not c.crop.segmenter_workdir:
         raise config_lib.ConfigError("--source=crops needs --crop.segmenter_workdir (a segmenter run: "
                                      "train_segmenter or train_maskrcnn)")
-      mask_source(c.crop.segmenter_workdir, "crop.segmenter_workdir")
+      segmentation.load_segmenter(c.crop.segmenter_workdir, "crop.segmenter_workdir")
     if c.source == "purified":
       if not c.purify.inpainter_workdir:
         raise config_lib.ConfigError("--source=purified needs --purify.inpainter_workdir (a train_inpainter run)")
@@ -355,7 +355,7 @@ class ClassificationTask(base.Task):
     purifying inpainter); None for raw input."""
     c = self.config
     if self.source == "crops":
-      task = mask_source(c.crop.segmenter_workdir, "crop.segmenter_workdir")
+      task = segmentation.load_segmenter(c.crop.segmenter_workdir, "crop.segmenter_workdir")
       if c.crop.fallback != task.config.fallback:  # the crops it trained on went through the fallback iff crop.fallback
         task = task.with_overrides(fallback=c.crop.fallback)
       return task, runner.restore(task, c.crop.segmenter_workdir, "best")
@@ -400,26 +400,3 @@ class ClassificationTask(base.Task):
     for record, p in zip(records, self.classify_images(state, inputs)):
       record["probabilities"] = np.asarray(p)
     return records
-
-
-def mask_source(workdir: str, flag: str) -> base.Task:
-  """The run in `workdir` as a source of lesion masks (a segmenter, Mask R-CNN: any task whose
-  predict_images gives "mask"), refused by `flag` otherwise."""
-  task = runner.load(workdir, flag=flag)
-  if not (isinstance(task, base.Task) and task.makes_masks):
-    raise config_lib.ConfigError(f"--{flag}={workdir}: holds a {task.name!r} run, not a segmenter")
-  return task
-
-
-def restored_classifier(workdir: str, flag: str) -> tuple["ClassificationTask", dict, Callable]:
-  """(task, variables, apply_fn) of the best checkpoint of a train_classifier run, on the host: a
-  fixed network other tasks read features from (perceptual losses, FD-derm). `flag` names the
-  option that gave `workdir`, for the error when it holds another kind of run."""
-  task = runner.load(workdir, ClassificationTask, flag)
-  state = jax.device_get(runner.restore(task, workdir, "best"))
-  return task, model_variables(state), state.apply_fn
-
-
-def model_variables(state: TrainState) -> dict:
-  """The Flax variables dict of a train state: params, and batch_stats where the model has them."""
-  return {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}

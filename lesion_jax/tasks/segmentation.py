@@ -1,9 +1,19 @@
 """Segmentation task: a U-Net (or the dilated U-Net, or the multi-scale FCN) giving a per-pixel lesion probability,
-scored per image at each image's own resolution as the ISIC challenges do."""
+scored per image at each image's own resolution as the ISIC challenges do.
+
+`LesionMasks` is what every lesion-mask task is composed of (this one, and Mask R-CNN's in
+lesion_jax/pipelines/maskrcnn): its data (images with their masks, or stored masks trained on),
+a mask source (one example's predict output as a probability map at the image's own
+resolution: here `map_at`, the model-size map cut back and resized; Mask R-CNN pastes its
+instances), the binarisation (`postprocess.MaskPostprocess`), ISIC scoring (`SegmentationRows`),
+overlays, figures and segmenting a user's photos (`segment_images`, `predict_images`).
+"""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterator
+import functools
+import os
+from typing import Any, Callable, Iterator, Literal, Sequence
 
 import cv2
 import jax
@@ -15,6 +25,7 @@ from lesion_jax import models
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.artifacts import superpixels as superpixels_lib
+from lesion_jax.artifacts.kmeans import KMeansConfig
 from lesion_jax.artifacts.store import default_root
 from lesion_jax.artifacts.superpixels import SuperpixelConfig
 from lesion_jax.eval import figures, inference, metrics, postprocess, superpixel_refine
@@ -27,6 +38,8 @@ REFINEMENTS = ("none", "superpixel")
 REFINEMENT_FIGURE_ROWS = 8
 # Networks whose input side must be a multiple of 2^levels (the FCN pads itself).
 FIXED_GRID = ("unet", "dilated_unet")
+# One example's predict output -> its lesion probability map at (height, width), the image's own size.
+MaskSource = Callable[[Any, int, int], np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +55,7 @@ class SegmenterModelConfig:
   dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
   channel_mean: tuple[float, float, float] | None = field(
       None, "U-Nets: per-channel mean of the training images in [0, 1]; set, the input is standardised "
-      "with it (train_segmenter --input_norm=dataset measures it; the purification paper's normalisation).")
+      "with it (--input_norm=dataset measures it; the purification paper's normalisation).")
   channel_std: tuple[float, float, float] | None = field(None, "U-Nets: per-channel standard deviation, with channel_mean.")
 
   def build(self):
@@ -87,12 +100,218 @@ class SegmenterConfig:
                       "eval/superpixel_refine.py). Applies to evaluation, not to validation.")
   superpixels: SuperpixelConfig = SuperpixelConfig()
   superpixel_refine: RefineConfig = RefineConfig()
+  # What `prepare` builds before training (stored once under input.artifact_root(); config.json
+  # records the result: mask_artifacts, model.channel_mean / channel_std).
+  labels: Literal["ground_truth", "kmeans"] = field(
+      "ground_truth", "Train on the dataset's masks, or on K-means pseudo-masks (self-learning: no manual "
+      "labels; computed and stored first if missing, with the kmeans settings). Test scores use ground truth.")
+  kmeans: KMeansConfig = KMeansConfig()
+  input_norm: Literal["none", "dataset"] = field(
+      "none", "U-Nets: standardise the input per channel with the training split's mean and std (measured "
+      "before training unless --channel_mean is given, and stored in config.json; the purification paper's "
+      "dilated U-Net does).")
 
 
 def joins_features(joins) -> set[str]:
   return {j.feature for j in joins}
 
 
+def map_at(output: Any, height: int, width: int, geometry: str = "stretch") -> np.ndarray:
+  """A segmenter's mask source: its model-size map at an image's (height, width), the image's
+  window cut out first where the input was letterboxed."""
+  output = np.asarray(output)
+  if geometry == "letterbox":  # the image's window of the padded square
+    top, left, nh, nw = ops.letterbox_window(height, width, output.shape[0])
+    output = output[top:top + nh, left:left + nw]
+  return output if output.shape == (height, width) else postprocess.resize_prob(output, height, width)
+
+
+class LesionMasks:
+  """The parts every lesion-mask task is made of (SegmentationTask; Mask R-CNN's task composes
+  them too): a task delegates its data, scoring, overlays, figures and prediction on photos here,
+  and gives only its mask `source` (MaskSource), the op adding its training targets
+  (`instances_op`, e.g. Mask R-CNN's instances), what scores its outputs beyond the mask
+  (`instances`: a factory of objects with update(output, truth), rows(), summarize(rows)), and
+  whether images without a stored mask keep their own (`keep_unmatched`).
+
+  It reads the fields both task configs name alike: input, train_split, val_split, eval_every,
+  mask_key, mask_artifacts, drop_uncertain, summary_images, and the binarisation's threshold,
+  postprocess, fallback and fallback_max_fraction (`postprocess.MaskPostprocess.of`)."""
+
+  def __init__(self, task: base.Task, source: MaskSource, instances_op: ops.Op | None = None,
+               instances: Callable[[], Any] | None = None, keep_unmatched: bool = False):
+    self.task = task
+    self.config = task.config
+    self.source = source
+    self.instances_op = instances_op
+    self.instances = instances or (lambda: None)
+    self.keep_unmatched = keep_unmatched
+    self.postprocess = postprocess.MaskPostprocess.of(task.config)
+
+  # --- data -----------------------------------------------------------------------------------
+  def joins(self) -> tuple[pipeline.ArtifactJoin, ...]:
+    """The stored masks trained on instead of the ground truth (mask_artifacts), if any."""
+    c = self.config
+    if not c.mask_artifacts:
+      return ()
+    return (pipeline.ArtifactJoin(c.mask_key, c.mask_artifacts, drop_flagged=c.drop_uncertain,
+                                  keep_unmatched=self.keep_unmatched),)
+
+  def ops(self, train: bool, joins) -> list:
+    c, builder = self.config, self.task.builder
+    features = builder.info.features
+    if c.mask_key not in features and c.mask_key not in joins_features(joins):
+      raise ValueError(f"{builder.info.full_name} has no {c.mask_key!r} feature (features: "
+                       f"{sorted(features)}); pick a config with masks, or train on pseudo-masks (--labels=kmeans)")
+    encoded = c.mask_key in joins_features(joins) or (
+        c.mask_key in features and isinstance(features[c.mask_key], pipeline.tfds.features.Image))
+    return ops.segmentation_ops(c.input.image_size, c.input.augment if train else None, mask_key=c.mask_key,
+                                mask_is_encoded=encoded, keep_encoded_mask=encoded and not train,
+                                instances=self.instances_op if train else None, **pipeline.image_prep(c.input))
+
+  def input(self, joins) -> pipeline.InputConfig:
+    return dataclasses.replace(self.config.input, joins=joins)
+
+  def train_batches(self, start_step: int) -> Iterator[base.Batch]:
+    joins = self.joins()
+    return pipeline.train_iterator(self.input(joins), self.ops(True, joins), self.config.run.train_split,
+                                   start_step, self.task.builder)
+
+  def eval_batches(self, split: str, joins=None) -> Iterator[base.Batch]:
+    joins = self.joins() if joins is None else joins
+    return pipeline.eval_iterator(self.input(joins), self.ops(False, joins), split, self.task.builder)
+
+  # --- scoring ---------------------------------------------------------------------------------
+  def outputs_over(self, state, split, mesh, predict):
+    """Evaluation scores against the dataset's ground-truth masks (not the joined pseudo-masks)."""
+    return inference.predict_over(predict, state, self.eval_batches(split, joins=()), mesh)
+
+  def rows(self, boundary: bool = False, superpixels=None, refine: RefineConfig | None = None) -> "SegmentationRows":
+    return SegmentationRows(self, boundary, superpixels, refine)
+
+  def validate(self, state, mesh, predict) -> dict[str, float]:
+    """Validation scores against the masks trained on (pseudo-masks, with mask_artifacts): a
+    self-learning run never selects its checkpoint on manual labels."""
+    batches = self.eval_batches(self.config.run.val_split)
+    return self.task.validation_metrics(self.evaluate_batches(state, batches, mesh, predict))
+
+  def evaluate_batches(self, state, batches, mesh, predict, keep_examples=0, boundary=False,
+                       superpixels=None) -> base.Evaluation:
+    """Scores each image at its own resolution (the encoded truth's, else the model's) as the
+    ISIC challenges do; with `superpixels` (a store) the map is refined on them first."""
+    rows, ids, examples = base.gather_examples(inference.predict_over(predict, state, batches, mesh),
+                                               self.rows(boundary, superpixels), keep_examples)
+    return self.summarize(rows, ids, examples)
+
+  def summarize(self, rows, ids, examples) -> base.Evaluation:
+    per_image = metrics.scores_from_counts(rows)
+    scores = metrics.summarize_segmentation(per_image)
+    scores["pixel_confusion"] = metrics.pixel_confusion(rows)  # the mask-then-AlexNet paper's Table I
+    instances = self.instances()
+    if instances is not None:
+      scores.update(instances.summarize(rows))
+    if "refined" in rows:
+      per_image["refined"] = rows["refined"]
+      scores["refined_images"] = int(rows["refined"].sum())  # the others kept the network's map
+    if "fallback" in rows:
+      per_image["fallback"] = rows["fallback"]
+      scores["fallback_images"] = int(rows["fallback"].sum())
+    return base.Evaluation(scores, per_image, ids, examples)
+
+  # --- figures ---------------------------------------------------------------------------------
+  def model_view(self, native: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A native-resolution mask (bool) or map (float) placed as the model input shows its image
+    (stretched, or letterboxed), for figures."""
+    resize = postprocess.resize_mask if native.dtype == bool else postprocess.resize_prob
+    if self.config.input.geometry != "letterbox":
+      return resize(native, *size)
+    top, left, nh, nw = ops.letterbox_window(*native.shape, size[0])
+    out = np.zeros(size, native.dtype)
+    out[top:top + nh, left:left + nw] = resize(native, nh, nw)
+    return out
+
+  def keep(self, kept, image, prob, pred, truth, refinement, sp) -> None:
+    size = image.shape[:2]
+    add = lambda k, v: kept.add(**{k: v})
+    add("image", figures.to_uint8_rgb((image + 1) / 2))
+    add("mask", self.model_view(np.asarray(truth, bool), size))
+    add("pred", self.model_view(np.asarray(pred, bool), size))
+    if refinement is not None:
+      add("fcn_prob", self.model_view(np.asarray(prob, np.float32), size))
+      add("refined_prob", self.model_view(np.asarray(refinement.fused, np.float32), size))
+      add("superpixel_borders", superpixels_lib.label_borders(
+          cv2.resize(sp.labels, size[::-1], interpolation=cv2.INTER_NEAREST_EXACT)))
+
+  def hooks(self, mesh) -> tuple[base.loop.PeriodicHook, ...]:
+    """Validation overlays in TensorBoard at each evaluation."""
+    c, task = self.config, self.task
+    if not c.summary_images or not c.run.val_split:
+      return ()
+
+    jitted = []  # compiled once, at the first call (the state's shardings are needed)
+
+    def write_overlays(step, state, writer):
+      # Computed on every process (the prediction is one sharded computation), written by one.
+      if not jitted:
+        jitted.append(task.jit_predict(state, mesh))
+      predict = jitted[0]
+      batch = next(iter(self.eval_batches(c.run.val_split)))
+      probs = inference.predict_over(predict, state, [batch], mesh)
+      _, p = next(probs)
+      n = min(c.summary_images, int((batch["weight"] > 0).sum()))
+      size = batch["image"].shape[1:3]
+      images = [figures.overlay(figures.to_uint8_rgb((batch["image"][i] + 1) / 2),
+                                self.binarize(self.source(jax.tree.map(lambda x, i=i: x[i], p), *size))[0],
+                                batch["mask"][i, ..., 0] > 0.5) for i in range(n)]
+      writer.images(step, "val/overlays", np.stack(images))
+
+    return (base.loop.PeriodicHook(c.run.eval_every, write_overlays, "val_overlays"),)
+
+  def write_figures(self, evaluation, fig_dir, prefix) -> None:
+    examples = evaluation.examples
+    if len(examples.get("image", ())):
+      ja = evaluation.per_example["jaccard"][: len(examples["image"])]
+      figures.save_overlay_grid(os.path.join(fig_dir, f"{prefix}_overlays.png"), examples["image"],
+                                examples["pred"], examples["mask"],
+                                titles=[f"{i}  JA {j:.2f}" for i, j in zip(evaluation.ids, ja)])
+    if "refined_prob" in examples:
+      n = min(REFINEMENT_FIGURE_ROWS, len(examples["image"]))
+      ja = evaluation.per_example["jaccard"][:n]
+      figures.save_refinement_grid(os.path.join(fig_dir, f"{prefix}_superpixel_refinement.png"),
+                                   *(examples[k][:n] for k in ("image", "fcn_prob", "superpixel_borders",
+                                                               "refined_prob", "pred", "mask")),
+                                   titles=[f"{i}  JA {j:.2f}" for i, j in zip(evaluation.ids, ja)])
+    if len(evaluation.per_example["jaccard"]):
+      figures.save_histogram(os.path.join(fig_dir, f"{prefix}_jaccard_hist.png"),
+                             {prefix: evaluation.per_example["jaccard"]}, xlabel="per-image Jaccard")
+
+  # --- a user's photos -------------------------------------------------------------------------
+  def segment_images(self, state, images: list[np.ndarray], mesh=None, predict=None) -> list[np.ndarray]:
+    """Lesion probability maps for uint8 RGB images of any size, each at its image's resolution
+    (preprocessed exactly as in training, run in padded batches of the run's batch size)."""
+    task = self.task
+    probs = runner.predict_examples(task, state, [task.example_input(im) for im in images], mesh,
+                                    predict or "predict")
+    return [self.source(p, im.shape[0], im.shape[1]) for p, im in zip(probs, images)]
+
+  def binarize(self, prob: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(mask, fallback used): the run's own binarisation of one map (threshold, then hole
+    filling + largest component if set, then the catastrophic-failure fallback if set)."""
+    return self.postprocess(prob)
+
+  def masks_for(self, probs: list[np.ndarray]) -> list[np.ndarray]:
+    """The run's own binarisation (`binarize`) of each map."""
+    return [self.binarize(p)[0] for p in probs]
+
+  def predict_images(self, state, images: Sequence[np.ndarray], predict: str = "predict") -> list[dict[str, Any]]:
+    """{"mask": bool (H, W)} per uint8 RGB image, at the image's own size: the run's maps
+    (`predict`: one of the task's predict functions, e.g. "tta") binarised as it scores them."""
+    names = self.task.predict_fns()
+    if predict not in names:
+      raise base.PredictionUnsupported(f"a {self.task.name!r} run has no {predict!r} prediction "
+                                       f"(it has: {', '.join(sorted(names))})")
+    images = list(images)
+    return [{"mask": m} for m in self.masks_for(self.segment_images(state, images, predict=predict))]
 
 
 @base.register
@@ -102,7 +321,13 @@ class SegmentationTask(base.Task):
   geometries = ("stretch", "letterbox")
   color_constancy = True
   averages_outputs = True  # lesion probability maps
+  makes_masks = True
+  predicts = frozenset({"mask"})
   evaluation_overrides = frozenset({"tta_scales", "fallback", "refine"})
+
+  @functools.cached_property
+  def masks(self) -> LesionMasks:
+    return LesionMasks(self, self.prob_at, keep_unmatched=self.config.keep_unmatched_masks)
 
   def model(self):
     return self.config.model.build()
@@ -139,40 +364,29 @@ class SegmentationTask(base.Task):
   def train_step(self) -> Callable:
     return steps.make_segmentation_train_step(self.config.loss)
 
-  def _joins(self) -> tuple[pipeline.ArtifactJoin, ...]:
+  def prepare(self, splits: Sequence[str]) -> "SegmentationTask":
+    """This run with its input statistics measured (input_norm=dataset, unless channel_mean is
+    given) and its K-means pseudo-masks annotated (labels=kmeans: the train and validation
+    splits', stored under input.artifact_root(); resumable), so config.json records them."""
+    from lesion_jax.artifacts import annotate  # pylint: disable=g-import-not-at-top
+    del splits  # pseudo-masks are trained and validated on; every split's scores use the ground truth
     c = self.config
-    if not c.mask_artifacts:
-      return ()
-    keep = getattr(c, "keep_unmatched_masks", False)  # MaskRCNNConfig has no such field
-    return (pipeline.ArtifactJoin(c.mask_key, c.mask_artifacts, drop_flagged=c.drop_uncertain, keep_unmatched=keep),)
-
-  def _ops(self, train: bool, joins) -> list:
-    c = self.config
-    features = self.builder.info.features
-    if c.mask_key not in features and c.mask_key not in joins_features(joins):
-      raise ValueError(f"{self.builder.info.full_name} has no {c.mask_key!r} feature (features: "
-                       f"{sorted(features)}); pick a config with masks, or train on pseudo-masks (--labels=kmeans)")
-    encoded = c.mask_key in joins_features(joins) or (
-        c.mask_key in features and isinstance(features[c.mask_key], pipeline.tfds.features.Image))
-    return ops.segmentation_ops(c.input.image_size, c.input.augment if train else None, mask_key=c.mask_key,
-                                mask_is_encoded=encoded, keep_encoded_mask=encoded and not train,
-                                instances=self.instances_op() if train else None, **pipeline.image_prep(c.input))
-
-  def instances_op(self):
-    """An op adding instance ground truth to training examples (Mask R-CNN); None here."""
-    return None
-
-  def _input(self, joins) -> pipeline.InputConfig:
-    return dataclasses.replace(self.config.input, joins=joins)
+    if c.input_norm == "dataset" and c.model.channel_mean is None:
+      mean, std = pipeline.channel_statistics(c.input, c.run.train_split, self.builder)
+      c = dataclasses.replace(c, model=dataclasses.replace(c.model, channel_mean=mean, channel_std=std))
+    if c.labels == "kmeans":
+      store = annotate.ensure_kmeans_masks(self.builder, [c.run.train_split, c.run.val_split], c.input.artifact_root(),
+                                           c.kmeans)
+      if c.mask_artifacts and c.mask_artifacts != store:
+        raise config_lib.ConfigError(f"--labels=kmeans trains on {store}, not on the masks of {c.mask_artifacts}")
+      c = dataclasses.replace(c, mask_artifacts=store)
+    return self if c == self.config else type(self)(c)
 
   def train_batches(self, start_step: int) -> Iterator[base.Batch]:
-    joins = self._joins()
-    return pipeline.train_iterator(self._input(joins), self._ops(True, joins), self.config.run.train_split,
-                                   start_step, self.builder)
+    return self.masks.train_batches(start_step)
 
   def eval_batches(self, split: str, joins=None) -> Iterator[base.Batch]:
-    joins = self._joins() if joins is None else joins
-    return pipeline.eval_iterator(self._input(joins), self._ops(False, joins), split, self.builder)
+    return self.masks.eval_batches(split, joins)
 
   def predict_fns(self) -> dict[str, Callable]:
     return {"predict": steps.segmentation_predict_step, "flip_tta": steps.segmentation_predict_step_flip_tta,
@@ -181,49 +395,21 @@ class SegmentationTask(base.Task):
   def best_metric(self) -> tuple[str, str]:
     return "val/jaccard", "max"
 
-  def refinement(self) -> str:
-    """The post-processing applied to each map before scoring (config.refine)."""
-    return self.config.refine
-
   def outputs_over(self, state, split, mesh, predict):
-    """Evaluation scores against the dataset's ground-truth masks (not the joined pseudo-masks)."""
-    return inference.predict_over(predict, state, self.eval_batches(split, joins=()), mesh)
+    return self.masks.outputs_over(state, split, mesh, predict)
 
   def example_accumulator(self, split):
     """ISIC segmentation and boundary scores over `split`, after the configured refinement."""
-    store = self.superpixel_store(split) if self.refinement() == "superpixel" else None
-    return SegmentationRows(self, boundary=True, superpixels=store)
+    store = self.superpixel_store(split) if self.config.refine == "superpixel" else None
+    return self.masks.rows(boundary=True, superpixels=store, refine=self.config.superpixel_refine)
 
   def validate(self, state, mesh, predict) -> dict[str, float]:
-    """Validation scores against the masks trained on (pseudo-masks, with mask_artifacts): a
-    self-learning run never selects its checkpoint on manual labels."""
-    batches = self.eval_batches(self.config.run.val_split)
-    return self.validation_metrics(self.evaluate_batches(state, batches, mesh, predict))
+    return self.masks.validate(state, mesh, predict)
 
   def prob_at(self, output, height: int, width: int) -> np.ndarray:
-    """One example's lesion probability map at (height, width) from its predict output (here
-    the model-size map, resized; Mask R-CNN pastes its instance masks)."""
-    output = np.asarray(output)
-    if self.config.input.geometry == "letterbox":  # the image's window of the padded square
-      top, left, nh, nw = ops.letterbox_window(height, width, output.shape[0])
-      output = output[top:top + nh, left:left + nw]
-    return output if output.shape == (height, width) else postprocess.resize_prob(output, height, width)
-
-  def model_view(self, native: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A native-resolution mask (bool) or map (float) placed as the model input shows its image
-    (stretched, or letterboxed), for figures."""
-    resize = postprocess.resize_mask if native.dtype == bool else postprocess.resize_prob
-    if self.config.input.geometry != "letterbox":
-      return resize(native, *size)
-    top, left, nh, nw = ops.letterbox_window(*native.shape, size[0])
-    out = np.zeros(size, native.dtype)
-    out[top:top + nh, left:left + nw] = resize(native, nh, nw)
-    return out
-
-  def instance_accumulator(self):
-    """Scores beyond the mask's (an object with update(output, truth), rows(), summarize(rows));
-    None here, box AP and lesion-found counts for Mask R-CNN."""
-    return None
+    """The mask source: one example's lesion probability map at (height, width) from its predict
+    output (the model-size map, resized: `map_at`)."""
+    return map_at(output, height, width, self.config.input.geometry)
 
   def superpixel_store(self, split: str):
     """The split's SLIC superpixel artifacts (computed now where missing: resumable)."""
@@ -233,122 +419,46 @@ class SegmentationTask(base.Task):
     superpixels_lib.superpixels_for_split(self.builder, split, store, c.superpixels)
     return store
 
-  def evaluate_batches(self, state, batches, mesh, predict, keep_examples=0, boundary=False,
-                       superpixels=None) -> base.Evaluation:
-    """Scores each image at its own resolution (the encoded truth's, else the model's) as the
-    ISIC challenges do; with `superpixels` (a store) the map is refined on them first."""
-    rows, ids, examples = base.gather_examples(inference.predict_over(predict, state, batches, mesh),
-                                               SegmentationRows(self, boundary, superpixels), keep_examples)
-    return self.summarize(rows, ids, examples)
-
   def summarize(self, rows, ids, examples) -> base.Evaluation:
-    per_image = metrics.scores_from_counts(rows)
-    scores = metrics.summarize_segmentation(per_image)
-    scores["pixel_confusion"] = metrics.pixel_confusion(rows)  # the mask-then-AlexNet paper's Table I
-    instances = self.instance_accumulator()
-    if instances is not None:
-      scores.update(instances.summarize(rows))
-    if "refined" in rows:
-      per_image["refined"] = rows["refined"]
-      scores["refined_images"] = int(rows["refined"].sum())  # the others kept the network's map
-    if "fallback" in rows:
-      per_image["fallback"] = rows["fallback"]
-      scores["fallback_images"] = int(rows["fallback"].sum())
-    return base.Evaluation(scores, per_image, ids, examples)
-
-  def _keep(self, kept, image, prob, pred, truth, refinement, sp) -> None:
-    size = image.shape[:2]
-    add = lambda k, v: kept.add(**{k: v})
-    add("image", figures.to_uint8_rgb((image + 1) / 2))
-    add("mask", self.model_view(np.asarray(truth, bool), size))
-    add("pred", self.model_view(np.asarray(pred, bool), size))
-    if refinement is not None:
-      add("fcn_prob", self.model_view(np.asarray(prob, np.float32), size))
-      add("refined_prob", self.model_view(np.asarray(refinement.fused, np.float32), size))
-      add("superpixel_borders", superpixels_lib.label_borders(
-          cv2.resize(sp.labels, size[::-1], interpolation=cv2.INTER_NEAREST_EXACT)))
+    return self.masks.summarize(rows, ids, examples)
 
   def hooks(self, workdir, mesh):
-    """Validation overlays in TensorBoard at each evaluation."""
-    c = self.config
-    if not c.summary_images or not c.run.val_split:
-      return ()
-
-    jitted = []  # compiled once, at the first call (the state's shardings are needed)
-
-    def write_overlays(step, state, writer):
-      # Computed on every process (the prediction is one sharded computation), written by one.
-      if not jitted:
-        jitted.append(self.jit_predict(state, mesh))
-      predict = jitted[0]
-      batch = next(iter(self.eval_batches(c.run.val_split)))
-      probs = inference.predict_over(predict, state, [batch], mesh)
-      _, p = next(probs)
-      n = min(c.summary_images, int((batch["weight"] > 0).sum()))
-      size = batch["image"].shape[1:3]
-      images = [figures.overlay(figures.to_uint8_rgb((batch["image"][i] + 1) / 2),
-                                self.binarize(self.prob_at(jax.tree.map(lambda x, i=i: x[i], p), *size))[0],
-                                batch["mask"][i, ..., 0] > 0.5) for i in range(n)]
-      writer.images(step, "val/overlays", np.stack(images))
-
-    return (base.loop.PeriodicHook(c.run.eval_every, write_overlays, "val_overlays"),)
+    return self.masks.hooks(mesh)
 
   def write_figures(self, evaluation, fig_dir, prefix) -> None:
-    import os  # pylint: disable=g-import-not-at-top
-    examples = evaluation.examples
-    if len(examples.get("image", ())):
-      ja = evaluation.per_example["jaccard"][: len(examples["image"])]
-      figures.save_overlay_grid(os.path.join(fig_dir, f"{prefix}_overlays.png"), examples["image"],
-                                examples["pred"], examples["mask"],
-                                titles=[f"{i}  JA {j:.2f}" for i, j in zip(evaluation.ids, ja)])
-    if "refined_prob" in examples:
-      n = min(REFINEMENT_FIGURE_ROWS, len(examples["image"]))
-      ja = evaluation.per_example["jaccard"][:n]
-      figures.save_refinement_grid(os.path.join(fig_dir, f"{prefix}_superpixel_refinement.png"),
-                                   *(examples[k][:n] for k in ("image", "fcn_prob", "superpixel_borders",
-                                                               "refined_prob", "pred", "mask")),
-                                   titles=[f"{i}  JA {j:.2f}" for i, j in zip(evaluation.ids, ja)])
-    if len(evaluation.per_example["jaccard"]):
-      figures.save_histogram(os.path.join(fig_dir, f"{prefix}_jaccard_hist.png"),
-                             {prefix: evaluation.per_example["jaccard"]}, xlabel="per-image Jaccard")
+    self.masks.write_figures(evaluation, fig_dir, prefix)
 
   def segment_images(self, state, images: list[np.ndarray], mesh=None, predict=None) -> list[np.ndarray]:
-    """Lesion probability maps for uint8 RGB images of any size, each at its image's resolution
-    (preprocessed exactly as in training, run in padded batches of the run's batch size)."""
-    probs = runner.predict_examples(self, state, [self.example_input(im) for im in images], mesh,
-                                    predict or "predict")
-    return [self.prob_at(p, im.shape[0], im.shape[1]) for p, im in zip(probs, images)]
+    return self.masks.segment_images(state, images, mesh, predict)
 
   def binarize(self, prob: np.ndarray) -> tuple[np.ndarray, bool]:
-    """(mask, fallback used): the run's own binarisation of one map (threshold, then hole
-    filling + largest component if set, then the catastrophic-failure fallback if set)."""
-    c = self.config
-    mask = postprocess.binarize(prob, c.threshold)
-    mask = postprocess.clean_mask(mask) if c.postprocess else mask
-    if c.fallback:
-      return postprocess.catastrophic_fallback(prob, mask, c.fallback_max_fraction, c.postprocess)
-    return mask, False
+    return self.masks.binarize(prob)
 
   def masks_for(self, probs: list[np.ndarray]) -> list[np.ndarray]:
-    """The run's own binarisation (`binarize`) of each map."""
-    return [self.binarize(p)[0] for p in probs]
+    return self.masks.masks_for(probs)
+
+  def predict_images(self, state, images, predict: str = "predict") -> list[dict[str, Any]]:
+    return self.masks.predict_images(state, images, predict)
 
 
 class SegmentationRows:
-  """A segmentation evaluation's accumulator (base.Accumulator): each image's pixel counts (and
-  boundary scores) at its own resolution, whether superpixel refinement or the fallback changed
-  it, and the task's instance scores (Mask R-CNN's detections, a scorer that keeps state)."""
+  """A lesion-mask evaluation's accumulator (base.Accumulator): each image's pixel counts (and
+  boundary scores) at its own resolution, whether superpixel refinement (with `superpixels`, a
+  store, and `refine`) or the fallback changed it, and the task's instance scores (Mask R-CNN's
+  detections, a scorer that keeps state)."""
 
-  def __init__(self, task: SegmentationTask, boundary: bool = False, superpixels=None):
-    self.task = task
+  def __init__(self, masks: LesionMasks, boundary: bool = False, superpixels=None,
+               refine: RefineConfig | None = None):
+    self.masks = masks
     self.superpixels = superpixels
+    self.refine = refine or RefineConfig()
     self.acc = metrics.SegmentationAccumulator(boundary=boundary)
-    self.instances = task.instance_accumulator()
+    self.instances = masks.instances()
     self.refined: list[bool] = []  # per image: superpixel refinement applied (else the map was kept)
     self.fell_back: list[bool] = []  # per image: the catastrophic-failure fallback replaced the mask
 
   def add(self, batch, outputs, real, kept) -> None:
-    task = self.task
+    masks = self.masks
     for j, (i, image_id) in enumerate(zip(real, base.decode_ids(batch["id"][real]))):
       output = jax.tree.map(lambda x, i=i: x[i], outputs)
       if "mask_encoded" in batch:
@@ -358,42 +468,52 @@ class SegmentationRows:
       refinement = sp = None
       if self.superpixels is not None:
         sp = superpixels_lib.read_superpixels(self.superpixels, image_id)
-        prob = task.prob_at(output, *sp.labels.shape)
-        refinement = superpixel_refine.refine(prob, sp, task.config.superpixel_refine)
+        prob = masks.source(output, *sp.labels.shape)
+        refinement = superpixel_refine.refine(prob, sp, self.refine)
         self.refined.append(refinement.refined)
         pred = refinement.mask
         if pred.shape != truth.shape:
           pred = postprocess.resize_mask(pred, *truth.shape)
       else:
-        prob = task.prob_at(output, *truth.shape)
-        pred, replaced = task.binarize(prob)
+        prob = masks.source(output, *truth.shape)
+        pred, replaced = masks.binarize(prob)
         self.fell_back.append(replaced)
       self.acc.update(pred[None], truth[None])
       if self.instances is not None:
         self.instances.update(output, truth)
       if kept.wants(j):  # examples for figures, at the model's input size
-        task._keep(kept, batch["image"][i], prob, pred, truth, refinement, sp)  # pylint: disable=protected-access
+        masks.keep(kept, batch["image"][i], prob, pred, truth, refinement, sp)
 
   def rows(self) -> dict[str, np.ndarray]:
     rows = self.acc.counts()
     if self.superpixels is not None:
       rows["refined"] = np.asarray(self.refined, np.int64).reshape(-1)
-    elif self.task.config.fallback:
+    elif self.masks.postprocess.fallback:
       rows["fallback"] = np.asarray(self.fell_back, np.int64).reshape(-1)
     if self.instances is not None:
       rows.update(self.instances.rows())
     return rows
 
 
+def load_segmenter(workdir: str, flag: str = "segmenter_workdir") -> base.Task:
+  """The run in `workdir` if it segments lesions (its task is composed with LesionMasks: a
+  segmentation or a Mask R-CNN run); another kind is refused with a ConfigError naming `flag`."""
+  task = runner.load(workdir, flag=flag)
+  if not (isinstance(task, base.Task) and task.makes_masks):
+    raise config_lib.ConfigError(f"--{flag}={workdir}: holds a {task.name!r} run, not a lesion segmenter "
+                                 "(a segmentation or Mask R-CNN run)")
+  return task
+
+
 def lesion_crops(segmenter_workdir: str, builder, splits: list[str], size: int, root: str,
                  margin: float = 0.1, black_out: bool = True, mesh=None, fallback: bool | None = None) -> str:
   """Segments and crops every image of `splits` with the best checkpoint of a segmenter run
-  (an artifact stage: resumable); returns the crop store directory, to join as a classifier's
-  images. Masks are the run's own binarisation (`binarize`), with the catastrophic-mask fallback
-  if `fallback` (None: the run's own --fallback)."""
+  (segmentation or Mask R-CNN; an artifact stage: resumable); returns the crop store directory,
+  to join as a classifier's images. Masks are the run's own binarisation (`binarize`), with the
+  catastrophic-mask fallback if `fallback` (None: the run's own --fallback)."""
   from lesion_jax.artifacts import crops  # pylint: disable=g-import-not-at-top
   mesh = mesh or sharding.make_mesh()
-  task = runner.load(segmenter_workdir, SegmentationTask, "segmenter_workdir")
+  task = load_segmenter(segmenter_workdir)
   if fallback is not None:
     task = task.with_overrides(fallback=fallback)
   state = runner.restore(task, segmenter_workdir, "best", mesh)

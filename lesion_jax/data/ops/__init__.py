@@ -10,7 +10,7 @@ deterministic ops ignore. Ops are made by registered factories:
 
 and composed with `ops.chain([...])`; the pipelines accept the list itself. Registered ops
 (`ops.names()`): decode_image, decode_mask, resize_image, resize_mask, center_crop, letterbox,
-shades_of_gray, augment, normalize, label, copy, keep, lesion_instances, random_holes,
+shades_of_gray, augment, normalize, label, copy, keep, random_holes,
 decode_superpixels and the one-to-many `patches`, `class_rotations` and `superpixel_patches`.
 `segmentation_ops` and `classification_ops` are the op lists of the segmentation and
 classification tasks.
@@ -33,9 +33,10 @@ Layout (every name is re-exported here, so `from lesion_jax.data import ops; ops
 to use them): `core` (Op, registry, chains, seeds, apply, MissingFeatureError), `features`
 (label, copy, keep), `image` (decoding, resizing, geometry, colour constancy, augment,
 normalize, the tasks' op lists), `one_to_many` (patches), and one module per pipeline's own
-ops: `detection` (Mask R-CNN: lesion_instances), `inpainting` (random_holes), `lesion_index`
-(class_rotations) and `feature_network` (decode_superpixels, superpixel_patches). Importing the
-package registers every op.
+ops: `inpainting` (random_holes), `lesion_index` (class_rotations) and `feature_network`
+(decode_superpixels, superpixel_patches). Importing the package registers every op. An op only
+one pipeline package uses lives there (Mask R-CNN's lesion_instances:
+lesion_jax/pipelines/maskrcnn/ops.py).
 """
 # pylint: disable=g-importing-member,unused-import
 from lesion_jax.data.ops.core import (Chain, Example, MissingFeatureError, Op, OpLike, apply, chain, expand,
@@ -47,7 +48,6 @@ from lesion_jax.data.ops.image import (COLOR_CONSTANCY, GEOMETRIES, augment, cen
                                        resize_image, resize_image_tensor, resize_mask, resize_mask_tensor,
                                        segmentation_ops, shades_of_gray)
 from lesion_jax.data.ops.one_to_many import patches
-from lesion_jax.data.ops.detection import INSTANCE_MODES, lesion_instances
 from lesion_jax.data.ops.inpainting import random_holes
 from lesion_jax.data.ops.lesion_index import FLIP_MODES, class_rotations
 from lesion_jax.data.ops.feature_network import decode_index_rgb_tensor, decode_superpixels, superpixel_patches

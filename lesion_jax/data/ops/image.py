@@ -204,7 +204,7 @@ def segmentation_ops(image_size: int, augment_config: augment_lib.AugmentConfig 
   read from `mask_key`), augmented unless `augment_config` is None (evaluation); sized and
   colour-corrected by `image_ops`. With `keep_encoded_mask`, also 'mask_encoded': the stored PNG
   at the image's own resolution, for scoring as the challenges do. `instances` (a
-  lesion_instances op) adds the Mask R-CNN ground truth after the augmentation."""
+  pipelines/maskrcnn/ops.py lesion_instances op) adds the Mask R-CNN ground truth after the augmentation."""
   if keep_encoded_mask and not mask_is_encoded:
     raise ValueError("keep_encoded_mask needs an encoded mask feature")
   out = [copy(mask_key, "mask_encoded")] if keep_encoded_mask else []

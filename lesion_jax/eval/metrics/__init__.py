@@ -42,9 +42,9 @@ Layout (every name is re-exported here, so `from lesion_jax.eval import metrics;
 the way to use them), by family: `segmentation` (counts, per-image scores, summaries,
 SegmentationAccumulator, pixel_confusion), `boundary` (HD95, boundary F, boundary recall,
 under-segmentation error), `classification` (ROC, specificity at sensitivity,
-classification_scores, isic2017_scores), `generative` (frechet_distance, kernel_distance) and
-`detection` (box IoU, mask_box, average_precision, DetectionAccumulator); `masks` holds the mask
-input checks the first two share.
+classification_scores, isic2017_scores) and `generative` (frechet_distance, kernel_distance);
+`masks` holds the mask input checks the first two share. Mask R-CNN's detection metrics (box AP)
+are its pipeline's own: lesion_jax/pipelines/maskrcnn/metrics.py.
 """
 # pylint: disable=g-importing-member,unused-import
 from lesion_jax.eval.metrics.boundary import (BOUNDARY_KEYS, boundary_recall, boundary_scores, boundary_scores_one,
@@ -52,7 +52,6 @@ from lesion_jax.eval.metrics.boundary import (BOUNDARY_KEYS, boundary_recall, bo
 from lesion_jax.eval.metrics.classification import (DEFAULT_SENSITIVITIES, ISIC2017_KERATOSIS, ISIC2017_MELANOMA,
                                                     classification_scores, isic2017_scores, roc_curve_points,
                                                     specificity_at_sensitivity)
-from lesion_jax.eval.metrics.detection import DetectionAccumulator, _box_iou_np, average_precision, mask_box
 from lesion_jax.eval.metrics.generative import frechet_distance, kernel_distance
 from lesion_jax.eval.metrics.segmentation import (SEGMENTATION_KEYS, SegmentationAccumulator,
                                                   per_image_segmentation_scores, pixel_confusion,

@@ -1,34 +1,40 @@
 """Mask R-CNN lesion segmentation (pipeline 4's segmenter, the mask-then-AlexNet paper).
 
-A segmentation task whose network is models.maskrcnn.MaskRCNN: it trains on instances derived
-from the lesion masks (data/ops/detection.py lesion_instances) and predicts detections; the lesion mask of
-an image is its top-scoring instance's mask pasted at the image's native resolution (one lesion
-per dermoscopy image, so the best instance is the lesion; `paste="union"` takes the pixel-wise
-maximum over every instance scoring at least `score_threshold` instead). An image whose best
-instance scores below `score_threshold` gets an empty mask: "no lesion found", counted in the
-scores. Everything else (ISIC scoring at native resolution, overlays, crops for the classifier)
-is the segmentation task's, so `train_classifier --segmenter_workdir=<this run>` black-outs and
-crops with Mask R-CNN masks.
+A lesion-mask task whose network is models.maskrcnn.MaskRCNN (`models.get("mask_rcnn")`): it
+trains on instances derived from the lesion masks (ops.lesion_instances) and predicts
+detections. Its mask source (`InstancePaste`) is the top-scoring instance's mask pasted
+at the image's native resolution (one lesion per dermoscopy image, so the best instance is the
+lesion; `paste="union"` takes the pixel-wise maximum over every instance scoring at least
+`score_threshold` instead). An image whose best instance scores below `score_threshold` gets an
+empty mask: "no lesion found", counted in the scores. The rest (data, binarisation, ISIC scoring
+at native resolution, overlays, predicting on photos: `predict_images`) is the segmentation
+task's `LesionMasks` component, composed here, so `train_classifier --segmenter_workdir=<this
+run>` black-outs and crops with Mask R-CNN masks.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+import functools
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lesion_jax import config as config_lib
+from lesion_jax import models
 from lesion_jax.config import field
-from lesion_jax.data import ops, pipeline
-from lesion_jax.eval import metrics, postprocess
-from lesion_jax.models.maskrcnn import RESNET_STAGES, MaskRCNN
+from lesion_jax.data import pipeline
+from lesion_jax.eval import postprocess
+from lesion_jax.models.maskrcnn import RESNET_STAGES
+from lesion_jax.pipelines.maskrcnn import metrics, ops, steps
 from lesion_jax.tasks import base, segmentation
-from lesion_jax.train import steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
 PASTE_MODES = ("top", "union")
+MODEL = "mask_rcnn"  # its name in the model registry
+# (train, test) pairs of MaskRCNN's arguments, two config fields each (<name>_train, <name>_test).
+TRAIN_TEST_PAIRS = ("rpn_pre_nms_topk", "rpn_post_nms_topk")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +68,15 @@ class MaskRCNNModelConfig:
   detection_nms_iou: float = field(0.5, "Per-class NMS IoU threshold of the detections.")
   dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
 
+  def build(self):
+    """The network (`models.get("mask_rcnn")`, one lesion class) with every field of this config,
+    the (train, test) pairs joined and the dtype parsed."""
+    kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    for name in TRAIN_TEST_PAIRS:
+      kwargs[name] = (kwargs.pop(f"{name}_train"), kwargs.pop(f"{name}_test"))
+    kwargs["dtype"] = jnp.dtype(self.dtype)
+    return models.get(MODEL, num_classes=1, **kwargs)
+
 
 @dataclasses.dataclass(frozen=True)
 class MaskRCNNConfig:
@@ -91,26 +106,49 @@ class MaskRCNNConfig:
   summary_images: int = field(4, "Validation overlays written to TensorBoard at each evaluation (0: none).")
 
 
+@dataclasses.dataclass(frozen=True)
+class InstancePaste:
+  """Mask R-CNN's mask source (segmentation.MaskSource): one example's detections as the lesion
+  probability map at (height, width), the best instance's mask pasted in its box (or, `paste` =
+  "union", the pixel-wise maximum of every instance at or above `score_threshold`), zero where no
+  instance reaches `score_threshold`. Boxes are in the model's `input_size` square input pixels
+  (the model saw the image stretched)."""
+  input_size: int
+  score_threshold: float
+  paste: str = "top"
+
+  def __call__(self, output: Any, height: int, width: int) -> np.ndarray:
+    scale = (height / self.input_size, width / self.input_size)
+    prob = np.zeros((height, width), np.float32)
+    scores, valid = np.asarray(output["scores"]), np.asarray(output["valid"], bool)
+    confident = np.flatnonzero(valid & (scores >= self.score_threshold))
+    for k in confident[:1] if self.paste == "top" else confident:
+      prob = np.maximum(prob, postprocess.paste_mask(output["masks"][k], output["boxes"][k], height, width, scale))
+    return prob
+
+
 @base.register
-class MaskRCNNTask(segmentation.SegmentationTask):
+class MaskRCNNTask(base.Task):
   name = "maskrcnn"
   config_cls = MaskRCNNConfig
   geometries = ("stretch",)  # its instance masks are pasted into boxes of the stretched image
   averages_outputs = False  # detections, not maps
+  makes_masks = True
+  predicts = frozenset({"mask"})
   evaluation_overrides = frozenset({"fallback"})
 
-  def model(self) -> MaskRCNN:
-    m = self.config.model
-    return MaskRCNN(
-        num_classes=1, depth=m.depth, width=m.width, fpn_features=m.fpn_features, norm=m.norm,
-        anchor_sizes=tuple(m.anchor_sizes), aspect_ratios=tuple(m.aspect_ratios),
-        rpn_pre_nms_topk=(m.rpn_pre_nms_topk_train, m.rpn_pre_nms_topk_test),
-        rpn_post_nms_topk=(m.rpn_post_nms_topk_train, m.rpn_post_nms_topk_test), rpn_nms_iou=m.rpn_nms_iou,
-        rpn_batch_per_image=m.rpn_batch_per_image, rois_per_image=m.rois_per_image,
-        roi_fg_fraction=m.roi_fg_fraction, mask_rois_per_image=m.mask_rois_per_image, roi_fg_iou=m.roi_fg_iou,
-        box_fc_features=m.box_fc_features,
-        mask_features=m.mask_features, detections=m.detections, detection_nms_iou=m.detection_nms_iou,
-        dtype=jnp.dtype(m.dtype))
+  @functools.cached_property
+  def masks(self) -> segmentation.LesionMasks:
+    """Data, binarisation, scoring, overlays and prediction on photos: the segmentation task's,
+    with this task's mask source, its instance targets and its detection scores."""
+    c = self.config
+    return segmentation.LesionMasks(
+        self, InstancePaste(c.input.image_size, c.score_threshold, c.paste),
+        instances_op=ops.lesion_instances("mask", c.max_instances, c.instances),
+        instances=lambda: _NativeDetections(c.input.image_size, c.model.detections, c.score_threshold))
+
+  def model(self):
+    return self.config.model.build()
 
   def check(self, mesh, extra_splits=()) -> None:
     c, m = self.config, self.config.model
@@ -128,10 +166,7 @@ class MaskRCNNTask(segmentation.SegmentationTask):
       raise config_lib.ConfigError(f"--instances={c.instances!r}: choose one of {list(ops.INSTANCE_MODES)}")
     if c.paste not in PASTE_MODES:
       raise config_lib.ConfigError(f"--paste={c.paste!r}: choose one of {list(PASTE_MODES)}")
-    base.Task.check(self, mesh, extra_splits)  # numbers (thresholds, fallback_max_fraction): config.RANGES
-
-  def check_overrides(self) -> None:
-    """Its overrides are numbers only, checked with the config (config.RANGES)."""
+    super().check(mesh, extra_splits)  # numbers (thresholds, fallback_max_fraction): config.RANGES
 
   def init_state(self, rng: jax.Array) -> TrainState:
     size = self.config.input.image_size
@@ -139,34 +174,55 @@ class MaskRCNNTask(segmentation.SegmentationTask):
     return create_train_state(self.model(), tx, rng, jnp.zeros((1, size, size, 3), jnp.float32),
                               compiled_init=True)
 
-  def refinement(self) -> str:
-    return "none"  # the segmentation task's superpixel refinement is not offered here
-
   def train_step(self) -> Callable:
-    return steps.make_maskrcnn_train_step(self.config.smooth_l1_beta)
+    return steps.make_train_step(self.config.smooth_l1_beta)
 
-  def instances_op(self):
-    c = self.config
-    return ops.lesion_instances("mask", c.max_instances, c.instances)
+  def train_batches(self, start_step: int) -> Iterator[base.Batch]:
+    return self.masks.train_batches(start_step)
+
+  def eval_batches(self, split: str) -> Iterator[base.Batch]:
+    return self.masks.eval_batches(split)
 
   def predict_fns(self) -> dict[str, Callable]:
-    return {"predict": steps.maskrcnn_predict_step}
+    return {"predict": steps.predict_step}
+
+  def best_metric(self) -> tuple[str, str]:
+    return "val/jaccard", "max"
+
+  def outputs_over(self, state, split, mesh, predict):
+    return self.masks.outputs_over(state, split, mesh, predict)
+
+  def example_accumulator(self, split):
+    """ISIC segmentation and boundary scores, box AP and lesion-found counts over `split`."""
+    return self.masks.rows(boundary=True)
+
+  def validate(self, state, mesh, predict) -> dict[str, float]:
+    return self.masks.validate(state, mesh, predict)
+
+  def summarize(self, rows, ids, examples) -> base.Evaluation:
+    return self.masks.summarize(rows, ids, examples)
+
+  def hooks(self, workdir, mesh):
+    return self.masks.hooks(mesh)
+
+  def write_figures(self, evaluation, fig_dir, prefix) -> None:
+    self.masks.write_figures(evaluation, fig_dir, prefix)
 
   def prob_at(self, output, height: int, width: int) -> np.ndarray:
-    """The lesion probability map at (height, width): the best instance's mask pasted in its box
-    (or the union of the confident ones), zero when no instance reaches score_threshold."""
-    c, size = self.config, self.config.input.image_size
-    scale = (height / size, width / size)  # the model saw the image stretched to size x size
-    prob = np.zeros((height, width), np.float32)
-    scores, valid = np.asarray(output["scores"]), np.asarray(output["valid"], bool)
-    confident = np.flatnonzero(valid & (scores >= c.score_threshold))
-    for k in confident[:1] if c.paste == "top" else confident:
-      prob = np.maximum(prob, postprocess.paste_mask(output["masks"][k], output["boxes"][k], height, width, scale))
-    return prob
+    """The mask source (`InstancePaste`): one example's lesion probability map at (height, width)."""
+    return self.masks.source(output, height, width)
 
-  def instance_accumulator(self):
-    return _NativeDetections(self.config.input.image_size, self.config.model.detections,
-                             self.config.score_threshold)
+  def segment_images(self, state, images: list[np.ndarray], mesh=None, predict=None) -> list[np.ndarray]:
+    return self.masks.segment_images(state, images, mesh, predict)
+
+  def binarize(self, prob: np.ndarray) -> tuple[np.ndarray, bool]:
+    return self.masks.binarize(prob)
+
+  def masks_for(self, probs: list[np.ndarray]) -> list[np.ndarray]:
+    return self.masks.masks_for(probs)
+
+  def predict_images(self, state, images, predict: str = "predict") -> list[dict[str, Any]]:
+    return self.masks.predict_images(state, images, predict)
 
 
 class _NativeDetections(metrics.DetectionAccumulator):

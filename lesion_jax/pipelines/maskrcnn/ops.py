@@ -1,14 +1,14 @@
 """Mask R-CNN's ground-truth op: `lesion_instances` turns a (possibly augmented) lesion mask into
 padded instance masks, pixel boxes, validity flags and classes, the whole mask as one lesion
-or each connected component as its own. Separate because only the detection pipeline needs it
-(and its 'components' mode OpenCV).
+or each connected component as its own (an op of lesion_jax.data.ops's kind, `op(example, seed)`,
+appended to the segmentation ops; not in the shared op registry, as only this pipeline uses it).
 """
 from __future__ import annotations
 
 import numpy as np
 import tensorflow as tf
 
-from lesion_jax.data.ops.core import Op, register
+from lesion_jax.data.ops import Op
 
 
 INSTANCE_MODES = ("whole", "components")
@@ -28,7 +28,6 @@ def _component_masks(mask: np.ndarray, max_instances: int, min_area: int) -> np.
   return out
 
 
-@register("lesion_instances")
 def lesion_instances(mask_key: str = "mask", max_instances: int = 4, mode: str = "whole", min_area: int = 4,
                      class_key: str | None = None) -> Op:
   """Mask R-CNN ground truth from a lesion mask (float (H, W, 1) {0, 1}; after the augmentation,
@@ -76,4 +75,5 @@ def lesion_instances(mask_key: str = "mask", max_instances: int = 4, mode: str =
     return {**ex, "gt_masks": masks, "gt_boxes": boxes, "gt_valid": valid,
             "gt_classes": tf.where(valid, classes, 0)}
 
-  return Op(fn, needs=(mask_key,) + ((class_key,) if class_key else ()))
+  name = f"lesion_instances({mask_key!r}, {max_instances!r}, {mode!r}, min_area={min_area!r}, class_key={class_key!r})"
+  return Op(fn, name, needs=(mask_key,) + ((class_key,) if class_key else ()))

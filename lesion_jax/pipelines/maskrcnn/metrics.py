@@ -1,7 +1,7 @@
-"""Detection metrics (Mask R-CNN): box IoU on the host, the tight box of a lesion mask
+"""Mask R-CNN's detection metrics: box IoU on the host, the tight box of a lesion mask
 (`mask_box`), COCO-style average precision, and the `DetectionAccumulator` that gives box AP
-against each image's lesion box and the paper's image-level Table I. Separate because it scores
-scored boxes, not masks or class probabilities.
+against each image's lesion box and the paper's image-level Table I (host-side NumPy, as
+lesion_jax.eval.metrics; here because only this pipeline scores boxes).
 """
 from __future__ import annotations
 
