@@ -12,6 +12,7 @@ from lesion_jax import config as config_lib
 from lesion_jax import models
 from lesion_jax.artifacts import annotate, stage
 from lesion_jax.artifacts.kmeans import KMeansConfig
+from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
 from lesion_jax.eval import postprocess
 from lesion_jax.pipelines.maskrcnn import task as maskrcnn
@@ -24,7 +25,7 @@ SIZES = ((40, 56), (32, 32), (71, 23))
 def config(tiny_data_dir, tiny_dataset):
   return segmentation.SegmenterConfig(
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8),
-      model=segmentation.SegmenterModelConfig(features=4, levels=2), num_steps=2, eval_every=2, log_every=2,
+      model=segmentation.SegmenterModelConfig(features=4, levels=2), run=RunConfig(num_steps=2, eval_every=2, log_every=2),
       summary_images=0)
 
 

@@ -16,7 +16,7 @@ def report(tiny_data_dir, tiny_dataset, tmp_path_factory):
                                      model=segmentation.SegmenterModelConfig(features=4, levels=2),
                                      run=RunConfig(num_steps=4, eval_every=4))
   specs = (two_stage.ClassifierSpec("LeNet-5, raw images", "lenet5", "raw", num_steps=4),
-           two_stage.ClassifierSpec("Proposed: U-Net crop + LeNet-5", "lenet5", "segmented", num_steps=4))
+           two_stage.ClassifierSpec("Proposed: U-Net crop + LeNet-5", "lenet5", "crops", num_steps=4))
   config = two_stage.TwoStageConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, segmenter=seg,
                                     classifiers=specs, classifier_image_size=32, classifier_batch_size=8)
   return workdir, two_stage.run(config, workdir)

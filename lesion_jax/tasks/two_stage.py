@@ -28,7 +28,7 @@ from lesion_jax.train.state import OptimizerConfig
 class ClassifierSpec:
   name: str  # row label in the report
   model: str
-  input: str  # "raw" or "segmented"
+  input: str  # the classifier's source: "raw" or "crops" (of the U-Net's masks; "segmented" in older records)
   num_steps: int = 800
   learning_rate: float = 1e-3
   width: float = 1.0
@@ -38,7 +38,7 @@ DEFAULT_CLASSIFIERS = (
     ClassifierSpec("LeNet-5, raw images", "lenet5", "raw", num_steps=1500),
     # A quarter-width ResNet-18 (base 16 channels): what a 2-core CPU trains in a few minutes.
     ClassifierSpec("ResNet-18, raw images", "resnet18", "raw", num_steps=600, width=0.25),
-    ClassifierSpec("Proposed: U-Net crop + LeNet-5", "lenet5", "segmented", num_steps=1500),
+    ClassifierSpec("Proposed: U-Net crop + LeNet-5", "lenet5", "crops", num_steps=1500),
 )
 
 
@@ -228,7 +228,7 @@ def _classifier_config(config: TwoStageConfig, spec: ClassifierSpec, crops_dir: 
   cls_input = pipeline.InputConfig(
       dataset=config.dataset, data_dir=config.data_dir, manual_dir=config.manual_dir,
       image_size=config.classifier_image_size, batch_size=config.classifier_batch_size, seed=config.seed)
-  segmented = spec.input == "segmented"
+  segmented = spec.input in ("crops", "segmented")
   return classification.ClassifierConfig(
       input=cls_input, label_key=config.target,
       model=classification.ClassifierModelConfig(spec.model, width=spec.width),
@@ -236,15 +236,18 @@ def _classifier_config(config: TwoStageConfig, spec: ClassifierSpec, crops_dir: 
       run=config_lib.RunConfig(num_steps=spec.num_steps, eval_every=max(1, spec.num_steps // 4),
                                train_split=config.train_split, val_split=config.val_split,
                                test_split=config.test_split),
-      balanced=config.balanced,
+      balanced=config.balanced, source="crops" if segmented else "raw",
       image_artifacts=crops_dir if segmented else None,
       crop=crop if segmented else classification.LesionCropConfig())
 
 
 def _stage_tasks(config: TwoStageConfig) -> list:
   crop = classification.LesionCropConfig()
+  # The crops' segmenter is this pipeline's own U-Net, trained first: a classifier stage is checked
+  # here as if on raw images, its crops when the stage runs.
   return [segmentation.SegmentationTask(_segmenter_config(config, None))] + [
-      classification.ClassificationTask(_classifier_config(config, spec, None, crop)) for spec in config.classifiers]
+      classification.ClassificationTask(dataclasses.replace(_classifier_config(config, spec, None, crop), source="raw"))
+      for spec in config.classifiers]
 
 
 def describe(config: TwoStageConfig) -> dict[str, Any]:
@@ -275,7 +278,7 @@ class TwoStagePipeline(base.Pipeline):
     """(task, best state) of the first crop classifier (its predict_images crops each photo with
     the U-Net, as its training crops were made), else of the U-Net; PredictionUnsupported while
     that stage has not finished."""
-    crops = [spec for spec in self.config.classifiers if spec.input == "segmented"]
+    crops = [spec for spec in self.config.classifiers if spec.input in ("crops", "segmented")]
     if crops:
       stage_dir = self.stages(workdir)[f"classifiers/{_slug(crops[0].name)}"]
       if not os.path.exists(os.path.join(stage_dir, "metrics.json")):
