@@ -191,8 +191,8 @@ def with_segmentation_overrides(task: Any, tta_scales: list[str] | None, fallbac
 
 
 def run_directory(workdir: str) -> None:
-  """Creates `workdir` and quiets library logs; the task runner records config.json there."""
-  os.makedirs(workdir, exist_ok=True)
+  """Quiets library logs; the task runner creates `workdir` once the config has passed its
+  checks (a refused run leaves nothing behind) and records config.json there."""
   quiet_library_logs()
   logging.info("Run directory %s", workdir)
 

@@ -400,3 +400,17 @@ class ClassificationTask(base.Task):
     for record, p in zip(records, self.classify_images(state, inputs)):
       record["probabilities"] = np.asarray(p)
     return records
+
+
+def restored_classifier(workdir: str, flag: str) -> tuple["ClassificationTask", dict, Callable]:
+  """(task, variables, apply_fn) of the best checkpoint of a train_classifier run, on the host: a
+  fixed network other tasks read features from (perceptual losses, FD-derm). `flag` names the
+  option that gave `workdir`, for the error when it holds another kind of run."""
+  task = runner.load(workdir, ClassificationTask, flag)
+  state = jax.device_get(runner.restore(task, workdir, "best"))
+  return task, model_variables(state), state.apply_fn
+
+
+def model_variables(state: TrainState) -> dict:
+  """The Flax variables dict of a train state: params, and batch_stats where the model has them."""
+  return {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}

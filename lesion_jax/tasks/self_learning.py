@@ -37,7 +37,7 @@ STARTS = ("kmeans", "ground_truth")
 
 @dataclasses.dataclass(frozen=True)
 class SelfLearningConfig:
-  segmenter: segmentation.SegmenterConfig  # train / val splits: the unlabelled images; test split: scored each round
+  segmenter: segmentation.SegmenterConfig = segmentation.SegmenterConfig()  # train / val splits: the unlabelled images; test split: scored each round
   kmeans: kmeans.KMeansConfig = kmeans.KMeansConfig()
   relabel: relabel.RelabelConfig = relabel.RelabelConfig()
   rounds: int = 2  # relabelling rounds after the K-means one (0: the paper's single U-Net)
