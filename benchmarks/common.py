@@ -14,7 +14,11 @@ import sys
 import time
 from typing import Any, Callable
 
-import jax
+import lesion_jax
+
+lesion_jax.setup_runtime()  # the XLA:CPU flags and compilation cache the verbs run with
+
+import jax  # noqa: E402
 import jax.numpy as jnp
 import numpy as np
 

@@ -8,7 +8,12 @@ from typing import Any, Iterable
 
 from absl import flags, logging
 
+import lesion_jax
 from lesion_jax import config as config_lib
+
+# The verbs run with the package's runtime defaults (XLA:CPU flags, the compilation cache), set
+# before anything computes; `import lesion_jax` alone leaves the process as it was.
+lesion_jax.setup_runtime()
 
 FLAGS = flags.FLAGS
 

@@ -2,7 +2,9 @@
 test session into a temporary TFDS data_dir; nothing is downloaded."""
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import lesion_jax
+
+lesion_jax.setup_runtime()  # the compilation cache and XLA:CPU flags the verbs run with
 
 import pytest  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""`import lesion_jax` turns on JAX's persistent compilation cache: a second process reuses the
+"""`import lesion_jax` changes nothing global; `lesion_jax.setup_runtime()` (what the verbs, tests
+and benchmarks call) turns on JAX's persistent compilation cache: a second process reuses the
 first one's compiles, LESION_JAX_COMPILATION_CACHE relocates or disables the cache, and a cache
 directory configured through JAX itself is left alone. Each case runs in a fresh subprocess,
 since JAX reads its cache settings once per process."""
@@ -17,8 +18,10 @@ import json, sys
 if sys.argv[1] == "jax_first":
   import jax
   import lesion_jax
+  lesion_jax.setup_runtime()
 else:
   import lesion_jax
+  lesion_jax.setup_runtime()
   import jax
 import jax.numpy as jnp
 from jax._src import monitoring
@@ -47,6 +50,7 @@ print(json.dumps({"dir": lesion_jax.compilation_cache_dir(), "loss": float(loss)
 _WHERE = r"""
 import json, os, sys
 import lesion_jax
+lesion_jax.setup_runtime()
 assert "jax" not in sys.modules
 print(json.dumps({"dir": lesion_jax.compilation_cache_dir(),
                   "jax_env": os.environ.get("JAX_COMPILATION_CACHE_DIR")}))
@@ -121,8 +125,24 @@ import json, jax
 jax.config.update("jax_compilation_cache_dir", "/user/choice")
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 3.0)
 import lesion_jax
+lesion_jax.setup_runtime()
 print(json.dumps({"dir": lesion_jax.compilation_cache_dir(),
                   "min_time": jax.config.jax_persistent_cache_min_compile_time_secs}))
 """
   result = _run(code, tmp_path, LESION_JAX_COMPILATION_CACHE=str(tmp_path / "c"))
   assert result == {"dir": "/user/choice", "min_time": 3.0}
+
+
+def test_importing_the_package_changes_nothing_global(tmp_path):
+  code = r"""
+import json, os, sys
+before = dict(os.environ)
+import lesion_jax
+import lesion_jax.models, lesion_jax.eval.metrics
+print(json.dumps({"changed": sorted(k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)),
+                  "xla_flags": os.environ.get("XLA_FLAGS")}))
+"""
+  env = {k: v for k, v in os.environ.items() if k not in (*_CACHE_ENV_VARS, "XLA_FLAGS", "TF_CPP_MIN_LOG_LEVEL")}
+  result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300,
+                          check=True)
+  assert json.loads(result.stdout.strip().splitlines()[-1]) == {"changed": [], "xla_flags": None}
