@@ -41,7 +41,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from lesion_jax.models.fcrn import FCRN_VARIANTS, fcrn  # noqa: E402
-from lesion_jax.tasks import lesion_index  # noqa: E402
+from lesion_jax.pipelines.lesion_index import task as lesion_index  # noqa: E402
 from lesion_jax.train.state import create_train_state  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_fcrn_step.py")

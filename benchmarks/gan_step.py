@@ -4,9 +4,9 @@ r"""Train-step throughput of the DCGAN (data generation), against PyTorch.
                                 [--features=64] [--classes=1] [--steps=3] [--repeats=3] [--warmup=2]
                                 [--rounds=2] [--torch_threads=0] [--no_xla_defaults]
 
-The JAX step is the library's own, as GANTask trains it (de-coupled): steps.make_gan_train_step
-(latent_dim, real_label, extra_generator_steps: GANConfig's defaults 10, 0.9, 2) on a
-create_gan_state(dcgan.Generator, dcgan.Discriminator) state with GANConfig's optimiser
+The JAX step is the library's own, as GANTask trains it (de-coupled): pipelines/gan/steps.py
+make_train_step (latent_dim, real_label, extra_generator_steps: GANConfig's defaults 10, 0.9, 2) on
+a state.create_state(dcgan.Generator, dcgan.Discriminator) state with GANConfig's optimiser
 (Adam(2e-4, b1 0.5), constant) for both players, jitted with the state donated. One step is one
 joint round: a discriminator update on the B real images and B generated ones, then 3 generator
 updates on fresh latents. Batch: image (B, C, S, S, 3), uniform in [-1, 1].
@@ -50,16 +50,16 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from lesion_jax.models import dcgan  # noqa: E402
-from lesion_jax.tasks.gan import GANConfig  # noqa: E402
-from lesion_jax.train import steps  # noqa: E402
-from lesion_jax.train.state import create_gan_state  # noqa: E402
+from lesion_jax.pipelines.gan import steps  # noqa: E402
+from lesion_jax.pipelines.gan.state import create_state  # noqa: E402
+from lesion_jax.pipelines.gan.task import GANConfig  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_gan_step.py")
 TASK = GANConfig()  # the task's defaults: optimiser, real label, latent length, extra generator steps
 
 
 class JaxStep(common.JaxTrainStep):
-  """make_gan_train_step on one fixed batch of C class models; compiled once, timed round after round."""
+  """The GAN's make_train_step on one fixed batch of C class models; compiled once, timed round after round."""
 
   def __init__(self, size: int, batch_size: int, features: int, classes: int, latent_dim: int,
                extra_generator_steps: int, count_flops: bool = True):
@@ -67,9 +67,9 @@ class JaxStep(common.JaxTrainStep):
     generator = dcgan.Generator(size, features, classes)
     discriminator = dcgan.Discriminator(size, features, classes)
     tx = TASK.optimizer.build(TASK.run.num_steps)
-    state = create_gan_state(generator, discriminator, tx, tx, jax.random.key(0),
-                             jnp.zeros((1, classes, latent_dim)), image[:1])
-    step = steps.make_gan_train_step(latent_dim, TASK.real_label, extra_generator_steps, TASK.feature_matching)
+    state = create_state(generator, discriminator, tx, tx, jax.random.key(0),
+                         jnp.zeros((1, classes, latent_dim)), image[:1])
+    step = steps.make_train_step(latent_dim, TASK.real_label, extra_generator_steps, TASK.feature_matching)
     super().__init__(step, state, {"image": image}, count_flops,
                      params=(state.generator.params, state.discriminator.params))
 

@@ -4,12 +4,13 @@ r"""Train-step throughput of the partial-convolution inpainter (PConvUNet), agai
                                       [--torch_threads=0,1] [--torch_mask_conv=channel_sum]
                                       [--no_xla_defaults]
 
-The JAX step is the library's own: steps.make_inpainting_train_step(InpaintingLossWeights(),
-feature_fn=None) (L_valid + 6 L_hole + 0.1 L_tv, no perceptual/style terms: they need a feature
-network) on a create_train_state(PConvUNet(features, levels), optax.adam(1e-3)) state, jitted with
-the state donated. A config is FEATURES:LEVELS:SIZE:BATCH; the default, 32:5:128:8, is the model's
-default (features=32, levels=5: widths 32, 64, 128, 256, 256, a 4x4 bottleneck at 128 px) at
-batch 8. Batch: target (N, S, S, 3) in [-1, 1], mask (N, S, S, 1) with a block and a line of holes
+The JAX step is the library's own: pipelines/purification/steps.py
+make_train_step(InpaintingLossWeights(), feature_fn=None) (L_valid + 6 L_hole + 0.1 L_tv, no
+perceptual/style terms: they need a feature network) on a create_train_state(PConvUNet(features,
+levels), optax.adam(1e-3)) state, jitted with the state donated. A config is
+FEATURES:LEVELS:SIZE:BATCH; the default, 32:5:128:8, is the model's default (features=32,
+levels=5: widths 32, 64, 128, 256, 256, a 4x4 bottleneck at 128 px) at batch 8. Batch: target
+(N, S, S, 3) in [-1, 1], mask (N, S, S, 1) with a block and a line of holes
 per image (the step's cost does not depend on where the holes are).
 The PyTorch reference, benchmarks/torch_inpainter_step.py, is the same network in PyTorch (NCHW)
 with NVIDIA's PartialConv2d (multi_channel=True) semantics, the same loss, Adam; both parameter
@@ -38,7 +39,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from lesion_jax.models.inpainting import PConvUNet  # noqa: E402
-from lesion_jax.train import losses, steps  # noqa: E402
+from lesion_jax.pipelines.purification import losses, steps  # noqa: E402
 from lesion_jax.train.state import create_train_state  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_inpainter_step.py")
@@ -75,7 +76,7 @@ class JaxStep(common.JaxTrainStep):
     mask = jnp.asarray(hole_masks(batch_size, size))
     model = PConvUNet(features=features, levels=levels)
     state = create_train_state(model, optax.adam(1e-3), jax.random.key(0), target[:1], mask[:1])
-    step = steps.make_inpainting_train_step(losses.InpaintingLossWeights(), feature_fn=None)
+    step = steps.make_train_step(losses.InpaintingLossWeights(), feature_fn=None)
     super().__init__(step, state, {"target": target, "mask": mask}, count_flops)
 
 

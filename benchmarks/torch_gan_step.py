@@ -1,6 +1,6 @@
 """PyTorch side of benchmarks/gan_step.py: one joint DCGAN training round of
 lesion_jax/models/dcgan.py (de-coupled, one class model) rebuilt in PyTorch (NCHW), as
-lesion_jax.train.steps.make_gan_train_step runs it. Needs only torch.
+lesion_jax.pipelines.gan.steps.make_train_step runs it. Needs only torch.
 
   python torch_gan_step.py [--size=64] [--batch=64] [--features=64] [--classes=1] [--latent_dim=10]
                            [--extra_generator_steps=2] [--warmup=2] [--repeats=3] [--inner=5]
@@ -26,7 +26,7 @@ discriminator: Conv2d(4, stride 2, padding 1) per layer i = 0..last-1 to feature
 Weights N(0, 0.02), biases 0, BatchNorm scales N(1, 0.02) (momentum 0.1 = flax 0.9, eps 1e-5).
 Both players: Adam(2e-4, betas (0.5, 0.999)).
 
-One round (make_gan_train_step): D update on BCE(D(real), 0.9) + BCE(D(fake), 0), fake = G(z)
+One round (make_train_step): D update on BCE(D(real), 0.9) + BCE(D(fake), 0), fake = G(z)
 generated in training mode without gradient; then 1 + extra_generator_steps G updates on the
 non-saturating BCE(D(G(z)), 1), each with fresh z. During the G updates the discriminator's
 parameters have requires_grad off, so backward computes only what the generator's gradient needs,

@@ -19,13 +19,13 @@ PartialConv2d is NVIDIA's partialconv2d.py (multi_channel=True, return_mask=True
     C_out identical channels (it costs as much as the layer's own forward convolution).
 Both give the same outputs.
 
-The network, as inpainting.py (its docstring and code are the spec): encoder layer l = 1..levels,
+The network, as lesion_jax/models/inpainting.py (its docstring and code are the spec): encoder layer l = 1..levels,
 a stride-2 partial conv (7x7, then 5x5, 5x5, then 3x3; padding k//2) to
 features*min(2**(l-1), 8) channels, BatchNorm except layer 1, ReLU; decoder layer l = levels..1,
 nearest 2x up-sampling of features and mask, concatenation with encoder layer l-1's (for l = 1 the
 input image and mask), a 3x3 partial conv (padding 1) to encoder layer l-1's width (3 for l = 1),
 BatchNorm and LeakyReLU(0.2) except layer 1. Only enc1 and dec1 have conv biases.
-Loss: lesion_jax.train.losses.inpainting_loss_per_example without feature network: L_valid +
+Loss: lesion_jax.pipelines.purification.losses.loss_per_example without feature network: L_valid +
 6 L_hole + 0.1 L_tv (TV of the composite over the 1-pixel (3x3) dilation of the hole region, / C*H*W),
 on the model's input target * mask; Adam(1e-3).
 """
@@ -104,7 +104,7 @@ class PConvUNet(nn.Module):
 
 
 def inpainting_loss(output, target, mask):
-  """L_valid + 6 L_hole + 0.1 L_tv, as losses.inpainting_loss_per_example without feature_fn."""
+  """L_valid + 6 L_hole + 0.1 L_tv, as purification.losses.loss_per_example without feature_fn."""
   mask = mask.expand_as(output)
   error = (output - target).abs()
   valid, hole = (mask * error).mean(), ((1 - mask) * error).mean()

@@ -7,7 +7,7 @@ Table III: the FCRN on DR, the FCRN on DR + DM (if given) and the LIN (the DR an
 summed), each at its multi-scale test setting; Table IV: the LIN at the training scale only vs
 at every test scale; Table V: the melanoma and seborrheic keratosis AUC of the lesion index
 without and with the LICU. --out becomes the LIN's own run (the `lesion_index_network` pipeline,
-lesion_jax/tasks/lesion_index.py): config.json, report.md, report.json and metrics.json, so
+lesion_jax/pipelines/lesion_index/task.py): config.json, report.md, report.json and metrics.json, so
 evaluate and predict take --workdir=<out> as the LIN.
 """
 import os
@@ -15,7 +15,7 @@ import os
 from absl import app, flags
 
 from experiments import common
-from lesion_jax.tasks import lesion_index
+from lesion_jax.pipelines.lesion_index import task as lesion_index
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dr_workdir", None, "The FCRN trained on DR.")

@@ -20,7 +20,8 @@ from experiments import common
 from lesion_jax import io
 from lesion_jax.artifacts import occlusion, stage, store
 from lesion_jax.eval import figures
-from lesion_jax.tasks import classification, inpainting, runner
+from lesion_jax.pipelines.purification import task as inpainting
+from lesion_jax.tasks import classification, runner
 from lesion_jax.train import sharding
 
 FLAGS = flags.FLAGS

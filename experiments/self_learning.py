@@ -1,5 +1,6 @@
 r"""Iterative self-learning: K-means pseudo-masks → U-Net → the U-Net relabels every unlabelled
-image → a new U-Net on its confident masks → ... (lesion_jax/tasks/self_learning.py).
+image → a new U-Net on its confident masks → ...
+(lesion_jax/pipelines/self_learning/self_learning.py).
 
   python -m experiments.self_learning --workdir=runs/self_learning --rounds=2 [--transductive] \
       [--holdout=0.2] [--start=ground_truth --transductive] [any train_segmenter flag]
@@ -15,7 +16,7 @@ from absl import app, flags
 
 from experiments import common
 from lesion_jax.artifacts import relabel
-from lesion_jax.tasks import self_learning
+from lesion_jax.pipelines.self_learning import self_learning
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()

@@ -6,11 +6,12 @@ scores it on the test split.
   python -m experiments.train_feature_network --workdir=runs/lfn_isic --dataset=isic2017_features \
       --manual_dir=/data/isic2017 --patch.size=56
 
-Every field of the task config (lesion_jax/tasks/feature_network.py: FeatureNetworkConfig) is a
-flag, by its dotted path (`--patch.min_fraction=0.5`, `--balance.keep_probability=0.1,1,1,1,1`)
-and, where the name is unique, by its last part (`--variant=lfn_wide`, `--nobatchnorm`,
-`--noweighted_loss`). Superpixels: the dataset's own (isic2017_features) or SLIC artifacts computed
-once per split (stored under <data_dir>/lesion_jax_artifacts or --artifact_dir). Writes
+Every field of the task config (lesion_jax/pipelines/lesion_index/feature_network.py:
+FeatureNetworkConfig) is a flag, by its dotted path (`--patch.min_fraction=0.5`,
+`--balance.keep_probability=0.1,1,1,1,1`) and, where the name is unique, by its last part
+(`--variant=lfn_wide`, `--nobatchnorm`, `--noweighted_loss`). Superpixels: the dataset's own
+(isic2017_features) or SLIC artifacts computed once per split (stored under
+<data_dir>/lesion_jax_artifacts or --artifact_dir). Writes
 config.json, metrics.json (test/<feature>_auc, _ap, _sensitivity, _specificity, test/mean_auc,
 test/accuracy, test/confusion_matrix), checkpoints/ (latest and best by the validation mean AUC),
 TensorBoard events, history.json and figures/ (patches per class, confusion matrix, curves).
@@ -19,7 +20,8 @@ from absl import app, flags
 
 from experiments import common
 from lesion_jax import config as config_lib
-from lesion_jax.tasks import feature_network, runner
+from lesion_jax.pipelines.lesion_index import feature_network
+from lesion_jax.tasks import runner
 from lesion_jax.train import sharding
 
 FLAGS = flags.FLAGS

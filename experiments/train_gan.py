@@ -13,12 +13,13 @@ resumes), TensorBoard events, figures/samples_step*.png (a column per class), me
 (PNG + record per image, summary.json, duplicate_check_histogram.png, duplicate_check_closest.png)
 with as many images per class as balancing the train split needs (x1.25), or --num_generated.
 
-Every field of the task config (lesion_jax/tasks/gan.py: GANConfig) is a flag.
+Every field of the task config (lesion_jax/pipelines/gan/task.py: GANConfig) is a flag.
 """
 from absl import flags
 
 from experiments import common
-from lesion_jax.tasks import gan, runner
+from lesion_jax.pipelines.gan import task as gan
+from lesion_jax.tasks import runner
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()

@@ -13,12 +13,12 @@ figures/test_inpainting.png). --finetune_steps=0 trains phase 1 straight into <w
 phases resume where they stopped. With --detected_holes the classical occlusion masks
 (artifacts/occlusion.py, computed and stored first if missing) are added to the random holes.
 
-Every field of the task config (lesion_jax/tasks/inpainting.py: InpainterConfig) is a flag.
+Every field of the task config (lesion_jax/pipelines/purification/task.py: InpainterConfig) is a flag.
 """
 from absl import flags
 
 from experiments import common
-from lesion_jax.tasks import inpainting
+from lesion_jax.pipelines.purification import task as inpainting
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()

@@ -4,7 +4,7 @@ r"""Trains one FCRN of the Lesion Indexing Network (pipeline 5) and scores it on
       [--dataset=synthetic_lesions] [--variant=fcrn_small|fcrn50|fcrn88] [--image_size=64] \
       [--test_scales=64,96] [--rotation_degrees=45,18,18] [--num_steps=2000]
 
-Every field of LesionIndexConfig (lesion_jax/tasks/lesion_index.py) is a flag. Images are
+Every field of LesionIndexConfig (lesion_jax/pipelines/lesion_index/task.py) is a flag. Images are
 centre-cropped and resized proportionally, balanced by class-specific rotations (DR; DM adds
 random flips), and scored at each image's own resolution from the sum of the maps at every test
 scale: segmentation (JA, Dice, AC, SE, SP, HD95, boundary F) and the melanoma / seborrheic
@@ -15,7 +15,8 @@ is the LIN's own run, which evaluate and predict take).
 from absl import app, flags
 
 from experiments import common
-from lesion_jax.tasks import lesion_index, runner
+from lesion_jax.pipelines.lesion_index import task as lesion_index
+from lesion_jax.tasks import runner
 from lesion_jax.train import sharding
 
 FLAGS = flags.FLAGS

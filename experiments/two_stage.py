@@ -5,7 +5,7 @@ r"""The self-learning two-stage framework in one command (README's main job).
 K-means pseudo-masks → U-Net trained on them → lesion crops → LeNet-5 / ResNet-18 on raw images
 and LeNet-5 on crops; writes report.md (+ report.json, metrics.json, figures/). Every stage is
 resumable: re-running with the same workdir continues where it stopped. Every field of
-TwoStageConfig (lesion_jax/tasks/two_stage.py) is a flag by its dotted path
+TwoStageConfig (lesion_jax/pipelines/self_learning/two_stage.py) is a flag by its dotted path
 (`--segmenter.model.features=32`, `--kmeans.k=4`).
 """
 import dataclasses
@@ -14,7 +14,7 @@ from absl import app, flags
 
 from experiments import common
 from lesion_jax import config as config_lib
-from lesion_jax.tasks import two_stage
+from lesion_jax.pipelines.self_learning import two_stage
 
 FLAGS = flags.FLAGS
 common.define_workdir_flag()

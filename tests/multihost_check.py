@@ -21,7 +21,8 @@ import jax.numpy as jnp
 from lesion_jax.artifacts import crops, stage
 from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
-from lesion_jax.tasks import classification, gan, runner, segmentation
+from lesion_jax.pipelines.gan import task as gan
+from lesion_jax.tasks import classification, runner, segmentation
 from lesion_jax.train import sharding, steps
 from lesion_jax.train.state import OptimizerConfig
 

@@ -8,7 +8,8 @@ import pytest
 
 from lesion_jax import config as config_lib
 from lesion_jax.data.augment import AugmentConfig
-from lesion_jax.tasks import base, classification, segmentation, two_stage
+from lesion_jax.pipelines.self_learning import two_stage
+from lesion_jax.tasks import base, classification, segmentation
 from lesion_jax.train.state import learning_rate_schedule
 
 
@@ -58,7 +59,14 @@ def _old_shape(record: dict) -> dict:
 
 
 def test_records_written_before_run_config_load_with_each_tasks_defaults():
-  from lesion_jax.tasks import feature_network, gan, inpainting, lesion_index, maskrcnn, self_learning  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.gan import task as gan
+  from lesion_jax.pipelines.lesion_index import feature_network
+  from lesion_jax.pipelines.lesion_index import task as lesion_index
+  from lesion_jax.pipelines.maskrcnn import task as maskrcnn
+  from lesion_jax.pipelines.purification import task as inpainting
+  from lesion_jax.pipelines.self_learning import self_learning
+  # pylint: enable=g-import-not-at-top
   configs = [segmentation.SegmenterConfig(), classification.ClassifierConfig(), maskrcnn.MaskRCNNConfig(),
              lesion_index.LesionIndexConfig(), feature_network.FeatureNetworkConfig(), inpainting.InpainterConfig(),
              gan.GANConfig(), config_lib.replace(classification.ClassifierConfig(), {"run.val_split": "", "run.num_steps": 4})]

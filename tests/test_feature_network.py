@@ -15,10 +15,11 @@ import tensorflow as tf
 from lesion_jax import config as config_lib
 from lesion_jax.artifacts import superpixels as superpixels_lib
 from lesion_jax.artifacts.superpixels import SuperpixelConfig
-from lesion_jax.data import ops, pipeline
+from lesion_jax.data import pipeline
 from lesion_jax.models.lfn import LFN_VARIANTS, lfn
+from lesion_jax.pipelines.lesion_index import feature_network as fn
+from lesion_jax.pipelines.lesion_index import ops
 from lesion_jax.tasks import base, runner
-from lesion_jax.tasks import feature_network as fn
 from lesion_jax.train import sharding
 
 FEATURES_TINY = "synthetic_lesions/features_tiny"

@@ -11,7 +11,8 @@ import pytest
 from lesion_jax.artifacts import generated
 from lesion_jax.eval import duplicates, metrics
 from lesion_jax.models import dcgan
-from lesion_jax.train import losses
+from lesion_jax.pipelines.gan import losses
+from lesion_jax.pipelines.gan import metrics as gan_metrics
 
 SIZE = 16  # 3 layers per player: enough for shared and private parts
 
@@ -129,12 +130,12 @@ def test_minibatch_discrimination_sees_the_other_examples_of_its_group_only():
 
 def test_gan_losses_on_hand_cases():
   real, fake = jnp.array([[3.0, 0.0]]), jnp.array([[-3.0, 0.0]])
-  d = losses.gan_discriminator_loss(real, fake, real_label=1.0)
+  d = losses.discriminator_loss(real, fake, real_label=1.0)
   expected = np.log1p(np.exp(-3.0)) * 2
   np.testing.assert_allclose(d, [expected, 2 * np.log(2.0)], rtol=1e-5)
   # One-sided smoothing: a perfectly confident discriminator is no longer optimal on real images.
-  assert losses.gan_discriminator_loss(jnp.array([[20.0]]), jnp.array([[-20.0]]), 0.9)[0] > 1.0
-  np.testing.assert_allclose(losses.gan_generator_loss(jnp.zeros((3, 2))), [np.log(2.0)] * 2, rtol=1e-6)
+  assert losses.discriminator_loss(jnp.array([[20.0]]), jnp.array([[-20.0]]), 0.9)[0] > 1.0
+  np.testing.assert_allclose(losses.generator_loss(jnp.zeros((3, 2))), [np.log(2.0)] * 2, rtol=1e-6)
   f_real = jnp.ones((4, 2, 3))
   f_fake = jnp.zeros((4, 2, 3)).at[:, 1].set(1.0)
   np.testing.assert_allclose(losses.feature_matching_loss(f_real, f_fake), [3.0, 0.0])
@@ -143,15 +144,15 @@ def test_gan_losses_on_hand_cases():
 def test_frechet_and_kernel_distances():
   rng = np.random.default_rng(0)
   a, b = rng.normal(size=(2000, 4)), rng.normal(size=(2000, 4))
-  assert metrics.frechet_distance(a, b) < 0.05
+  assert gan_metrics.frechet_distance(a, b) < 0.05
   shifted = b + np.array([1.0, 0.0, 0.0, 0.0])
-  assert metrics.frechet_distance(a, shifted) == pytest.approx(1.0, abs=0.1)
+  assert gan_metrics.frechet_distance(a, shifted) == pytest.approx(1.0, abs=0.1)
   scaled = b * 2.0  # same mean, covariance 4I: Tr(I + 4I - 2 * 2I) = 4 * 1
-  assert metrics.frechet_distance(a, scaled) == pytest.approx(4.0, abs=0.3)
-  same, apart = metrics.kernel_distance(a[:300], b[:300]), metrics.kernel_distance(a[:300], shifted[:300])
+  assert gan_metrics.frechet_distance(a, scaled) == pytest.approx(4.0, abs=0.3)
+  same, apart = gan_metrics.kernel_distance(a[:300], b[:300]), gan_metrics.kernel_distance(a[:300], shifted[:300])
   assert abs(same) < 0.1 * apart
   with pytest.raises(ValueError, match="feature sets"):
-    metrics.frechet_distance(a[:, :2], b)
+    gan_metrics.frechet_distance(a[:, :2], b)
 
 
 def test_nearest_neighbours_finds_planted_copies():
@@ -227,7 +228,8 @@ def test_inverse_frequency_class_weights_equalise_class_contributions():
 def gan_run(tmp_path_factory, tiny_dataset, tiny_data_dir):
   from lesion_jax.config import RunConfig  # pylint: disable=g-import-not-at-top
   from lesion_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from lesion_jax.tasks import gan, runner  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.gan import task as gan  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
   config = gan.GANConfig(
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=16, batch_size=4,
                                  augment=gan.GAN_AUGMENT),

@@ -9,7 +9,7 @@ from jax.sharding import AxisType
 
 from lesion_jax import config as config_lib
 from lesion_jax.data import pipeline
-from lesion_jax.tasks import feature_network
+from lesion_jax.pipelines.lesion_index import feature_network
 from lesion_jax.train import sharding
 
 

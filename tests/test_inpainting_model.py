@@ -11,7 +11,7 @@ import pytest
 
 from lesion_jax.models import layers
 from lesion_jax.models.inpainting import PConvUNet
-from lesion_jax.train import losses, steps
+from lesion_jax.pipelines.purification import losses, steps
 from lesion_jax.train.state import TrainState
 
 
@@ -216,7 +216,7 @@ def test_freeze_encoder_bn_keeps_encoder_statistics(small_variables):
 
 def _loss(output, target, mask, feature_fn=None, weights=losses.InpaintingLossWeights()):
   # Jitted: one compile beats the eager dispatch of the loss's many small ops.
-  loss = jax.jit(lambda *a: losses.inpainting_loss_per_example(*a, feature_fn=feature_fn, weights=weights))
+  loss = jax.jit(lambda *a: losses.loss_per_example(*a, feature_fn=feature_fn, weights=weights))
   terms = loss(*(jnp.asarray(a, jnp.float32) for a in (output, target, mask)))
   return {k: np.asarray(v) for k, v in terms.items()}
 
@@ -323,7 +323,7 @@ def trained(small_variables):
   target, mask = _images(2, seed=3)
   state = TrainState.create(apply_fn=SMALL.apply, params=small_variables["params"], tx=optax.adam(3e-3),
                             batch_stats=small_variables["batch_stats"])
-  step = jax.jit(steps.make_inpainting_train_step(losses.InpaintingLossWeights()))
+  step = jax.jit(steps.make_train_step(losses.InpaintingLossWeights()))
   batch = {"target": target, "mask": mask, "weight": jnp.array([1.0, 0.5])}
   history = []
   for i in range(6):
@@ -345,7 +345,7 @@ def test_inpainting_train_step_lowers_the_loss(trained):
 def test_inpainting_predict_keeps_valid_pixels_exactly(trained):
   state, _ = trained
   image, mask = _images(2, seed=4)
-  predict = jax.jit(steps.inpainting_predict_step)
+  predict = jax.jit(steps.predict_step)
   out = np.asarray(predict(state, {"image": image, "mask": mask}))
   valid = np.broadcast_to(np.asarray(mask) > 0.5, out.shape)
   assert out.shape == (2, SIZE, SIZE, 3) and out.dtype == np.float32

@@ -10,9 +10,11 @@ import tensorflow as tf
 
 from lesion_jax.config import RunConfig
 from lesion_jax.data import ops, pipeline
-from lesion_jax.eval import licu
 from lesion_jax.models.fcrn import fcrn
-from lesion_jax.tasks import lesion_index, runner
+from lesion_jax.pipelines.lesion_index import licu
+from lesion_jax.pipelines.lesion_index import ops as lin_ops
+from lesion_jax.pipelines.lesion_index import task as lesion_index
+from lesion_jax.tasks import runner
 from lesion_jax.train import sharding
 from lesion_jax.train.state import OptimizerConfig
 
@@ -32,7 +34,7 @@ def _run(ds, chain, seed=0):
 
 
 def test_dr_rotates_each_class_by_its_own_step():
-  out = _run(_dataset([0, 1, 2, 0]), [ops.class_rotations("label", (45.0, 18.0, 18.0))])
+  out = _run(_dataset([0, 1, 2, 0]), [lin_ops.class_rotations("label", (45.0, 18.0, 18.0))])
   ids = [o["id"].decode() for o in out]
   assert [ids.count(f"ex{i}") for i in range(4)] == [8, 20, 20, 8]  # 360/45, 360/18
   first = [o for o in out if o["id"] == b"ex1"]
@@ -43,20 +45,20 @@ def test_dr_rotates_each_class_by_its_own_step():
   nevus = [o for o in out if o["id"] == b"ex0"]
   np.testing.assert_allclose(nevus[4]["mask"], nevus[0]["mask"][::-1, ::-1], atol=1e-6)
   # 0 or >= 360 degrees: the example once; a label beyond the table is an error.
-  assert len(_run(_dataset([0, 1]), [ops.class_rotations("label", (0.0, 360.0))])) == 2
+  assert len(_run(_dataset([0, 1]), [lin_ops.class_rotations("label", (0.0, 360.0))])) == 2
   with pytest.raises(Exception, match="beyond"):
-    _run(_dataset([3]), [ops.class_rotations("label", (45.0, 18.0))])
+    _run(_dataset([3]), [lin_ops.class_rotations("label", (45.0, 18.0))])
 
 
 def test_dm_flips_copies_deterministically_and_dr_plus_dm_has_both():
-  chain = [ops.class_rotations("label", (90.0, 90.0, 90.0), flip="random")]
+  chain = [lin_ops.class_rotations("label", (90.0, 90.0, 90.0), flip="random")]
   a, b = _run(_dataset([1, 2]), chain), _run(_dataset([1, 2]), chain)
   for x, y in zip(a, b):
     np.testing.assert_array_equal(x["image"], y["image"])
-  plain = _run(_dataset([1, 2]), [ops.class_rotations("label", (90.0, 90.0, 90.0))])
+  plain = _run(_dataset([1, 2]), [lin_ops.class_rotations("label", (90.0, 90.0, 90.0))])
   assert len(a) == len(plain) == 8
   assert any(not np.allclose(x["mask"], y["mask"]) for x, y in zip(a, plain))  # some copies flipped
-  both = _run(_dataset([1, 2]), [ops.class_rotations("label", (90.0, 90.0, 90.0), flip="both")])
+  both = _run(_dataset([1, 2]), [lin_ops.class_rotations("label", (90.0, 90.0, 90.0), flip="both")])
   assert len(both) == 16
   for x, y in zip(both[:4], plain[:4]):  # the first copies of an example are DR's
     np.testing.assert_array_equal(x["mask"], y["mask"])

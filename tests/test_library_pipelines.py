@@ -13,7 +13,9 @@ import pytest
 
 from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
-from lesion_jax.tasks import base, classification, gan, inpainting, runner, segmentation
+from lesion_jax.pipelines.gan import task as gan
+from lesion_jax.pipelines.purification import task as inpainting
+from lesion_jax.tasks import base, classification, runner, segmentation
 
 
 def _photos():

@@ -168,7 +168,8 @@ def test_sgd_gets_sgd_sized_defaults_unless_given_and_config_json_records_them()
 
 def test_every_network_is_one_lookup_by_name():
   from lesion_jax import models  # pylint: disable=g-import-not-at-top
-  from lesion_jax.tasks import classification, lesion_index, segmentation  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.lesion_index import task as lesion_index  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import classification, segmentation  # pylint: disable=g-import-not-at-top
   assert models.names("classifier") == ("lenet5", "alexnet", "resnet18", "resnet50")
   assert models.names("segmenter") == ("fcn", "unet", "dilated_unet")
   assert set(models.names("fcrn")) == {"fcrn_small", "fcrn50", "fcrn88"}

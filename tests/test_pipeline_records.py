@@ -13,7 +13,10 @@ from lesion_jax import config as config_lib
 from lesion_jax.artifacts import stage
 from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
-from lesion_jax.tasks import base, feature_network, lesion_index, runner, segmentation, self_learning, two_stage
+from lesion_jax.pipelines.lesion_index import feature_network
+from lesion_jax.pipelines.lesion_index import task as lesion_index
+from lesion_jax.pipelines.self_learning import self_learning, two_stage
+from lesion_jax.tasks import base, runner, segmentation
 from lesion_jax.train import sharding
 from lesion_jax.train.state import OptimizerConfig
 

@@ -13,10 +13,12 @@ import pytest
 
 from lesion_jax.artifacts import occlusion, stage
 from lesion_jax.config import RunConfig
-from lesion_jax.data import holes, ops, pipeline
-from lesion_jax.eval import inpainting as inpainting_eval
+from lesion_jax.data import pipeline
 from lesion_jax.models.unet import UNet
-from lesion_jax.tasks import classification, inpainting, runner, segmentation
+from lesion_jax.pipelines.purification import holes, ops
+from lesion_jax.pipelines.purification import metrics as inpainting_eval
+from lesion_jax.pipelines.purification import task as inpainting
+from lesion_jax.tasks import classification, runner, segmentation
 
 
 # --- random holes and scores ------------------------------------------------------------------
@@ -169,11 +171,11 @@ def test_perceptual_and_style_features_come_from_a_trained_classifier(tiny_data_
   images = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, (2, 32, 32, 3)), jnp.float32)
   maps = features(images)
   assert len(maps) == 2 and all(m.ndim == 4 and m.shape[0] == 2 and float(m.min()) >= 0 for m in maps)
-  from lesion_jax.train import losses  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.purification import losses  # pylint: disable=g-import-not-at-top
   target = images
   output = images * 0.5
   mask = jnp.ones((2, 32, 32, 1)).at[:, 8:16, 8:16].set(0.0)
-  terms = losses.inpainting_loss_per_example(output, target, mask, features)
+  terms = losses.loss_per_example(output, target, mask, features)
   assert float(terms["perceptual"].min()) > 0 and float(terms["style_out"].min()) > 0
   with pytest.raises(ValueError, match="fewer than"):
     inpainting.classifier_features(workdir, 50)(images)

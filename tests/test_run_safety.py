@@ -287,7 +287,9 @@ def test_help_exits_zero_and_usage_errors_are_one_line(tiny_data_dir, tmp_path):
 def test_a_moved_run_that_a_run_reads_still_resumes(tmp_path):
   """Locations are marked on the config fields: an inpainter fine-tuned from a run that has moved
   (or a classifier whose crops' segmenter has) resumes; a field that defines the run may not change."""
-  from lesion_jax.tasks import classification, inpainting, two_stage  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.purification import task as inpainting  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.self_learning import two_stage  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import classification  # pylint: disable=g-import-not-at-top
   assert {"finetune_from", "perceptual_workdir", "input.data_dir", "input.manual_dir"} <= \
       config_lib.location_paths(inpainting.InpainterConfig())
   assert {"crop.segmenter_workdir", "generated", "model.init_from", "model.init_weights"} <= \
@@ -312,7 +314,8 @@ def test_a_moved_run_that_a_run_reads_still_resumes(tmp_path):
 
 
 def test_a_restored_run_changes_only_its_declared_evaluation_settings():
-  from lesion_jax.tasks import classification, lesion_index, segmentation  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.lesion_index import task as lesion_index  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import classification, segmentation  # pylint: disable=g-import-not-at-top
   seg = segmentation.SegmentationTask(segmentation.SegmenterConfig())
   assert seg.with_overrides(fallback=True, tta_scales=(64, 80)).config.tta_scales == (64, 80)
   assert seg.with_overrides() is seg
@@ -328,7 +331,7 @@ def test_a_restored_run_changes_only_its_declared_evaluation_settings():
 
 
 def test_zero_means_off_where_a_field_says_so():
-  from lesion_jax.tasks import feature_network  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.lesion_index import feature_network  # pylint: disable=g-import-not-at-top
   # decay_every=0: the LFN uses optimizer.lr_schedule instead of its step decay.
   config = config_lib.replace(feature_network.FeatureNetworkConfig(), {"decay_every": 0})
   assert config.decay_every == 0

@@ -6,7 +6,8 @@ import pytest
 
 from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
-from lesion_jax.tasks import classification, runner, segmentation, two_stage
+from lesion_jax.pipelines.self_learning import two_stage
+from lesion_jax.tasks import classification, runner, segmentation
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +90,7 @@ def test_the_two_stage_workdir_loads_as_its_pipeline_and_predicts_with_the_crop_
 
 @pytest.fixture(scope="module")
 def rounds(tiny_data_dir, tiny_dataset, tmp_path_factory):
-  from lesion_jax.tasks import self_learning  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.self_learning import self_learning  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("self_learning"))
   seg = segmentation.SegmenterConfig(
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8),
@@ -104,7 +105,7 @@ def rounds(tiny_data_dir, tiny_dataset, tmp_path_factory):
 def test_self_learning_rounds_relabel_with_the_previous_unet(rounds, tiny_dataset):
   import numpy as np  # pylint: disable=g-import-not-at-top
   from lesion_jax.artifacts import relabel, stage  # pylint: disable=g-import-not-at-top
-  from lesion_jax.tasks import self_learning  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.self_learning import self_learning  # pylint: disable=g-import-not-at-top
   workdir, config, result = rounds
   rows = result["rounds"]
   assert [r["round"] for r in rows] == [0, 1] and rows[1]["trained_on"] == "round 0 U-Net"
@@ -135,7 +136,7 @@ def test_self_learning_rounds_relabel_with_the_previous_unet(rounds, tiny_datase
 
 def test_the_self_learning_workdir_loads_as_its_pipeline_and_predicts_with_the_last_round(rounds, tmp_path):
   import shutil  # pylint: disable=g-import-not-at-top
-  from lesion_jax.tasks import self_learning  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.self_learning import self_learning  # pylint: disable=g-import-not-at-top
   workdir, config, _ = rounds
   loaded = runner.load(workdir)
   assert isinstance(loaded, self_learning.SelfLearningPipeline) and loaded.config == config
@@ -162,7 +163,7 @@ def test_the_self_learning_workdir_loads_as_its_pipeline_and_predicts_with_the_l
 def test_self_learning_from_ground_truth_adds_pseudo_masks_of_the_test_images(tiny_data_dir, tiny_dataset,
                                                                                tmp_path_factory):
   from lesion_jax.artifacts import relabel, stage, store  # pylint: disable=g-import-not-at-top
-  from lesion_jax.tasks import self_learning  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.self_learning import self_learning  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("self_learning_gt"))
   seg = segmentation.SegmenterConfig(
       input=pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8),

@@ -1,4 +1,4 @@
-"""Generated images (pipeline 3, part 2): samples of a trained GAN (tasks/gan.py) per class, stored
+"""Generated images (pipeline 3, part 2): samples of a trained GAN (pipelines/gan/task.py) per class, stored
 by id as RGB PNGs with a record each (class, nearest training image and its MSE, near-copy flag),
 then used to fill scarce classes of a classifier's training set (`balance_with_generated`).
 

@@ -35,7 +35,7 @@ class PConvUNet(nn.Module):
   window's valid count weighs a pixel of the up-sampled path by its width and one of the skip by its.
 
   Output: (N, H, W, C) float32 from a linear last layer, with no range constraint. It is trained
-  towards the data pipeline's [-1, 1] images; `steps.inpainting_predict_step` clips it there and
+  towards the data pipeline's [-1, 1] images; `purification.steps.predict_step` clips it there and
   keeps the valid pixels of the input.
 
   Attributes:

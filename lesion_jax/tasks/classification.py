@@ -167,7 +167,7 @@ class ClassificationTask(base.Task):
     if c.source == "purified":
       if not c.purify.inpainter_workdir:
         raise config_lib.ConfigError("--source=purified needs --purify.inpainter_workdir (a train_inpainter run)")
-      from lesion_jax.tasks import inpainting  # pylint: disable=g-import-not-at-top  (inpainting reads classifiers)
+      from lesion_jax.pipelines.purification import task as inpainting  # pylint: disable=g-import-not-at-top  (inpainting reads classifiers)
       runner.load(c.purify.inpainter_workdir, inpainting.InpaintingTask, "purify.inpainter_workdir")
 
   @property
@@ -190,7 +190,7 @@ class ClassificationTask(base.Task):
       store = segmentation.lesion_crops(c.crop.segmenter_workdir, builder, list(splits), c.input.image_size, root,
                            c.crop.margin, c.crop.black_out, fallback=c.crop.fallback)
     else:
-      from lesion_jax.tasks import inpainting  # pylint: disable=g-import-not-at-top
+      from lesion_jax.pipelines.purification import task as inpainting  # pylint: disable=g-import-not-at-top
       store = inpainting.purified_images(c.purify.inpainter_workdir, builder, list(splits), root,
                                          c.purify.occlusion)
     return ClassificationTask(dataclasses.replace(c, image_artifacts=store))
@@ -360,7 +360,7 @@ class ClassificationTask(base.Task):
         task = task.with_overrides(fallback=c.crop.fallback)
       return task, runner.restore(task, c.crop.segmenter_workdir, "best")
     if self.source == "purified":
-      from lesion_jax.tasks import inpainting  # pylint: disable=g-import-not-at-top
+      from lesion_jax.pipelines.purification import task as inpainting  # pylint: disable=g-import-not-at-top
       return inpainting.inpainter_from_workdir(c.purify.inpainter_workdir)
     if c.image_artifacts:
       raise base.PredictionUnsupported(

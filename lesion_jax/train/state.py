@@ -1,4 +1,5 @@
-"""The train state, optimizer and learning-rate schedule shared by the tasks."""
+"""The train state, optimizer and learning-rate schedule shared by the tasks (the GAN's two-player
+state is its own: lesion_jax/pipelines/gan/state.py)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from flax import struct
 from flax.training import train_state
 
 from lesion_jax import config as config_lib
@@ -106,23 +106,3 @@ def step_decay_schedule(learning_rate: float, decay_every: int, decay_factor: fl
   """learning_rate * decay_factor ** floor(step / decay_every)."""
   return optax.exponential_decay(learning_rate, transition_steps=decay_every, decay_rate=decay_factor,
                                  staircase=True)
-
-
-
-class GANState(struct.PyTreeNode):
-  """The two players of a GAN, each a TrainState (its own optimiser, step count and BatchNorm
-  statistics); `step` counts joint rounds (the loop's step). The generator's own step runs ahead
-  when it gets extra updates per round."""
-  step: jax.Array
-  generator: TrainState
-  discriminator: TrainState
-
-
-def create_gan_state(generator: nn.Module, discriminator: nn.Module, generator_tx: optax.GradientTransformation,
-                     discriminator_tx: optax.GradientTransformation, rng: jax.Array, z: jax.Array,
-                     images: jax.Array) -> GANState:
-  """Initialises both players on example inputs (only shapes matter)."""
-  rng_g, rng_d = jax.random.split(rng)
-  return GANState(step=jnp.zeros((), jnp.int32),
-                  generator=create_train_state(generator, generator_tx, rng_g, z),
-                  discriminator=create_train_state(discriminator, discriminator_tx, rng_d, images))

@@ -4,7 +4,9 @@
 They are plain functions of arrays; `lesion_jax.train.loop` jits them once (with donated state and
 mesh shardings). Batches are pytrees (nested dicts) of arrays; the segmentation and
 classification steps here read 'image' (N, H, W, 3) float32 and 'mask' (N, H, W, 1) or 'label'
-(N,), plus an optional 'weight' (N,) that is 0 for padding.
+(N,), plus an optional 'weight' (N,) that is 0 for padding. The steps of a model only one
+pipeline trains (the inpainter, the GAN, Mask R-CNN) live in its package
+(lesion_jax/pipelines/<name>/steps.py), built on `apply_model` and the types here.
 """
 from __future__ import annotations
 
@@ -134,128 +136,3 @@ def classification_predict_step(state: TrainState, batch: Batch) -> jax.Array:
   """Class probabilities of batch['image'], (N, C) float32."""
   logits, _ = apply_model(state, state.params, batch["image"], train=False)
   return jax.nn.softmax(logits, axis=-1)
-
-
-def _hole_metrics(output: jax.Array, target: jax.Array, mask: jax.Array,
-                  weights: jax.Array | None) -> Metrics:
-  """Mean absolute error and PSNR (data range 2, i.e. [-1, 1] images) over the hole pixels, averaged
-  over the examples that have a hole."""
-  hole = 1 - jnp.broadcast_to(mask, output.shape)
-  count = hole.sum(axis=(1, 2, 3))
-  l1 = jnp.sum(hole * jnp.abs(output - target), axis=(1, 2, 3)) / jnp.maximum(count, 1)
-  mse = jnp.sum(hole * jnp.square(output - target), axis=(1, 2, 3)) / jnp.maximum(count, 1)
-  psnr = 10 * jnp.log10(4.0 / jnp.maximum(mse, 1e-10))
-  has_hole = (count > 0).astype(jnp.float32)
-  weights = has_hole if weights is None else weights * has_hole
-  return {"hole_l1": losses.weighted_mean(l1, weights), "hole_psnr": losses.weighted_mean(psnr, weights)}
-
-
-def make_inpainting_train_step(weights: losses.InpaintingLossWeights = losses.InpaintingLossWeights(),
-                               feature_fn: Callable[[jax.Array], Any] | None = None) -> TrainStep:
-  """A train step for an inpainting model `apply_fn(variables, image, mask, train=...)` (PConvUNet)
-  with `losses.inpainting_loss_per_example(..., feature_fn, weights)`.
-
-  Reads batch['target'] (N, H, W, 3), the clean image in [-1, 1], batch['mask'] (N, H, W, 1) or
-  (N, H, W, 3), 1 = valid, 0 = hole, and an optional batch['weight'] (N,). The model's input is
-  target * mask, formed here, so it never sees the hole contents (a partial conv would ignore them
-  anyway; zeroing them also keeps them out of any non-partial layer). Metrics: "loss" (= "total"),
-  every loss term, and the hole pixels' "hole_l1" and "hole_psnr".
-  """
-
-  def train_step(state: TrainState, batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
-    target, mask, example_weights = batch["target"], batch["mask"], batch.get("weight")
-    inputs = target * mask
-
-    def loss_fn(params):
-      output, batch_stats = apply_model(state, params, inputs, mask, train=True, rng=rng)
-      terms = losses.inpainting_loss_per_example(output, target, mask, feature_fn, weights)
-      return losses.weighted_mean(terms["total"], example_weights), (output, terms, batch_stats)
-
-    (value, (output, terms, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    metrics = {"loss": value, **{k: losses.weighted_mean(v, example_weights) for k, v in terms.items()},
-               **_hole_metrics(output, target, mask, example_weights)}
-    return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
-
-  return train_step
-
-
-def inpainting_predict_step(state: TrainState, batch: Batch) -> jax.Array:
-  """batch['image'] with its holes (batch['mask'] 0; 1 = valid) filled by the model, (N, H, W, 3)
-  float32: the input itself where the mask is 1 (exactly), the model's output clipped to [-1, 1]
-  where it is 0. The values in batch['image']'s holes do not affect the result."""
-  image, mask = batch["image"].astype(jnp.float32), batch["mask"]
-  output, _ = apply_model(state, state.params, image * mask, mask, train=False)
-  return jnp.where(mask > 0.5, image, jnp.clip(output, -1.0, 1.0))
-
-
-def _gan_generate(generator: TrainState, params: Any, z: jax.Array) -> tuple[jax.Array, Any]:
-  return apply_model(generator, params, z, train=True)
-
-
-def make_gan_train_step(latent_dim: int, real_label: float = 0.9, extra_generator_steps: int = 2,
-                        feature_matching: bool = False) -> Callable:
-  """One joint round of DCGAN training on a `GANState` (train/state.py): a discriminator update on
-  real images and a batch generated from fresh latents, then 1 + `extra_generator_steps`
-  generator updates, each on new latents (the paper's two extra generator updates per round keep
-  the discriminator from winning early).
-
-  batch['image'] (B, C, S, S, 3) in [-1, 1]: B real images of each of the C class models. Each
-  class model's loss is its own mean over B, and the losses are summed over classes, so a class's
-  gradient is exactly what its model would get trained alone (de-coupled) and shared layers get
-  the sum (coupled). The generator minimises -log D(G(z)) or, with `feature_matching`, the distance
-  between mean discriminator features of real and generated images. Metrics (mean over classes):
-  d_loss, g_loss, d_real / d_fake (mean D(x) on real / generated images), loss (= d_loss + g_loss,
-  checked for divergence by the loop).
-  """
-
-  def train_step(state, batch: Batch, rng: jax.Array):
-    real = batch["image"]
-    b, c = real.shape[:2]
-    rng_d, rng_g = jax.random.split(rng)
-    gen, disc = state.generator, state.discriminator
-
-    # Discriminator: real, then generated (BatchNorm statistics updated by each pass in turn).
-    fake, gen_stats = _gan_generate(gen, gen.params, jax.random.normal(rng_d, (b, c, latent_dim)))
-    gen = gen.replace(batch_stats=gen_stats)
-    fake = jax.lax.stop_gradient(fake)
-
-    def d_loss_fn(params):
-      (real_logits, real_features), stats = apply_model(disc, params, real, train=True)
-      (fake_logits, _), stats = apply_model(disc.replace(batch_stats=stats), params, fake, train=True)
-      per_class = losses.gan_discriminator_loss(real_logits, fake_logits, real_label)
-      return per_class.sum(), (per_class, real_logits, fake_logits, real_features, stats)
-
-    grads, (d_per_class, real_logits, fake_logits, real_features, disc_stats) = jax.grad(
-        d_loss_fn, has_aux=True)(disc.params)
-    disc = disc.apply_gradients(grads=grads, batch_stats=disc_stats)
-    real_features = jax.lax.stop_gradient(real_features)
-
-    def g_update(gen, key):
-      def g_loss_fn(params):
-        images, stats = _gan_generate(gen, params, jax.random.normal(key, (b, c, latent_dim)))
-        # The discriminator judges in training mode (batch statistics), its statistics untouched.
-        (logits, features), _ = apply_model(disc, disc.params, images, train=True)
-        per_class = (losses.feature_matching_loss(real_features, features) if feature_matching
-                     else losses.gan_generator_loss(logits))
-        return per_class.sum(), (per_class, stats)
-
-      grads, (per_class, stats) = jax.grad(g_loss_fn, has_aux=True)(gen.params)
-      return gen.apply_gradients(grads=grads, batch_stats=stats), per_class
-
-    # Unrolled: XLA:CPU ran the same updates 2.7x slower inside a scan loop.
-    gen, g_per_class = jax.lax.scan(g_update, gen, jax.random.split(rng_g, 1 + extra_generator_steps),
-                                    unroll=True)
-    metrics = {"d_loss": d_per_class.mean(), "g_loss": g_per_class[-1].mean(),
-               "d_real": jax.nn.sigmoid(real_logits).mean(), "d_fake": jax.nn.sigmoid(fake_logits).mean()}
-    metrics["loss"] = metrics["d_loss"] + metrics["g_loss"]
-    return state.replace(step=state.step + 1, generator=gen, discriminator=disc), metrics
-
-  return train_step
-
-
-def gan_sample_step(state, batch: Batch) -> jax.Array:
-  """Images (B, C, S, S, 3) in [-1, 1] from latents batch['z'] (B, C, latent_dim). BatchNorm uses
-  the batch's own statistics, as in training (and the reference DCGAN code, which never switches
-  the generator to inference mode): sample in batches of the training size."""
-  images, _ = _gan_generate(state.generator, state.generator.params, batch["z"])
-  return images

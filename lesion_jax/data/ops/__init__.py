@@ -10,8 +10,7 @@ deterministic ops ignore. Ops are made by registered factories:
 
 and composed with `ops.chain([...])`; the pipelines accept the list itself. Registered ops
 (`ops.names()`): decode_image, decode_mask, resize_image, resize_mask, center_crop, letterbox,
-shades_of_gray, augment, normalize, label, copy, keep, random_holes,
-decode_superpixels and the one-to-many `patches`, `class_rotations` and `superpixel_patches`.
+shades_of_gray, augment, normalize, label, copy, keep and the one-to-many `patches`.
 `segmentation_ops` and `classification_ops` are the op lists of the segmentation and
 classification tasks.
 
@@ -32,15 +31,16 @@ A missing input feature raises MissingFeatureError naming the op, the key and th
 Layout (every name is re-exported here, so `from lesion_jax.data import ops; ops.X` is the way
 to use them): `core` (Op, registry, chains, seeds, apply, MissingFeatureError), `features`
 (label, copy, keep), `image` (decoding, resizing, geometry, colour constancy, augment,
-normalize, the tasks' op lists), `one_to_many` (patches), and one module per pipeline's own
-ops: `inpainting` (random_holes), `lesion_index` (class_rotations) and `feature_network`
-(decode_superpixels, superpixel_patches). Importing the package registers every op. An op only
-one pipeline package uses lives there (Mask R-CNN's lesion_instances:
-lesion_jax/pipelines/maskrcnn/ops.py).
+normalize, the tasks' op lists) and `one_to_many` (patches). Importing the package registers
+every op. An op only one pipeline uses lives in that pipeline's package, built on `core` and
+made with `named` (named like a registered op, but not in the registry): random_holes in
+lesion_jax/pipelines/purification/ops.py, class_rotations, decode_superpixels and
+superpixel_patches in lesion_jax/pipelines/lesion_index/ops.py, lesion_instances in
+lesion_jax/pipelines/maskrcnn/ops.py.
 """
 # pylint: disable=g-importing-member,unused-import
 from lesion_jax.data.ops.core import (Chain, Example, MissingFeatureError, Op, OpLike, apply, chain, expand,
-                                      fold_in_range, get, names, register, slot_seed)
+                                      fold_in_range, get, named, names, register, slot_seed)
 from lesion_jax.data.ops.features import copy, keep, label
 from lesion_jax.data.ops.image import (COLOR_CONSTANCY, GEOMETRIES, augment, center_crop, classification_ops,
                                        decode_image, decode_mask, image_ops, letterbox, letterbox_window,
@@ -48,6 +48,3 @@ from lesion_jax.data.ops.image import (COLOR_CONSTANCY, GEOMETRIES, augment, cen
                                        resize_image, resize_image_tensor, resize_mask, resize_mask_tensor,
                                        segmentation_ops, shades_of_gray)
 from lesion_jax.data.ops.one_to_many import patches
-from lesion_jax.data.ops.inpainting import random_holes
-from lesion_jax.data.ops.lesion_index import FLIP_MODES, class_rotations
-from lesion_jax.data.ops.feature_network import decode_index_rgb_tensor, decode_superpixels, superpixel_patches

@@ -1,9 +1,10 @@
 """The op protocol and its machinery: `Op` (a step `fn(example, seed) -> example` with the keys it
 needs, whether it is random and whether it is one-to-many), the factory registry (`register`,
-`get`, `names`), `expand` for one-to-many ops, composition (`Chain`, `chain`), the seed rules
-(`slot_seed`, `fold_in_range`), `apply` over a tf.data.Dataset and `MissingFeatureError`. It
-knows no particular op, so every op module builds on it and it imports none of them; the
-conventions (seeds, one-to-many ops, missing features) are described in the package docstring.
+`get`, `names`; `named` for a pipeline package's unregistered factories), `expand` for
+one-to-many ops, composition (`Chain`, `chain`), the seed rules (`slot_seed`, `fold_in_range`),
+`apply` over a tf.data.Dataset and `MissingFeatureError`. It knows no particular op, so every op
+module builds on it and it imports none of them; the conventions (seeds, one-to-many ops,
+missing features) are described in the package docstring.
 """
 from __future__ import annotations
 
@@ -59,12 +60,12 @@ OpLike = Union[Op, Callable[[Example, tf.Tensor], Example], Sequence["OpLike"]]
 _REGISTRY: dict[str, Callable[..., Op]] = {}
 
 
-def register(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
-  """Registers an op factory under `name`; the ops it makes are named after their arguments."""
+def named(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
+  """An op factory whose ops are named after `name` and their arguments, unregistered: the
+  factories of a pipeline package's own ops (lesion_jax/pipelines/<name>/ops.py), which are
+  called directly, never looked up by name."""
 
   def decorator(factory: Callable[..., Op]) -> Callable[..., Op]:
-    if name in _REGISTRY:
-      raise ValueError(f"op {name!r} is already registered")
 
     @functools.wraps(factory)
     def make(*args, **kwargs) -> Op:
@@ -73,7 +74,19 @@ def register(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
       op.name = name + "(" + ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]) + ")"
       return op
 
-    _REGISTRY[name] = make
+    return make
+
+  return decorator
+
+
+def register(name: str) -> Callable[[Callable[..., Op]], Callable[..., Op]]:
+  """Registers an op factory under `name` (`named`: the ops it makes are named after their
+  arguments)."""
+
+  def decorator(factory: Callable[..., Op]) -> Callable[..., Op]:
+    if name in _REGISTRY:
+      raise ValueError(f"op {name!r} is already registered")
+    _REGISTRY[name] = make = named(name)(factory)
     return make
 
   return decorator

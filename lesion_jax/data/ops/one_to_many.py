@@ -1,7 +1,8 @@
 """Generic one-to-many ops: `patches` turns one example into one per centre (or box), pixel-exact
 crops of the chosen features with the others repeated. Separate from the per-example ops
 because `apply` unbatches after it (see the package docstring); the pipeline-specific
-one-to-many ops (`class_rotations`, `superpixel_patches`) live with their pipelines. (Not named
+one-to-many ops (`class_rotations`, `superpixel_patches`) live with their pipeline
+(lesion_jax/pipelines/lesion_index/ops.py). (Not named
 `expand`, which is the core factory every one-to-many op is made with.)
 """
 from __future__ import annotations

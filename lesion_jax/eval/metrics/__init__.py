@@ -34,17 +34,15 @@ Classification (`classification_scores`):
     `isic2017` holds the Part 3 ranking: melanoma ROC AUC, seborrheic keratosis ROC AUC, their
     mean, and melanoma specificity at 82 / 89 / 95 % sensitivity.
 
-Sample quality of generated images (`frechet_distance`, `kernel_distance`) compares two sets of
-feature vectors (FD-derm uses this project's own classifier's features, so its values are not
-comparable with published FIDs on Inception features).
-
 Layout (every name is re-exported here, so `from lesion_jax.eval import metrics; metrics.X` is
 the way to use them), by family: `segmentation` (counts, per-image scores, summaries,
 SegmentationAccumulator, pixel_confusion), `boundary` (HD95, boundary F, boundary recall,
 under-segmentation error), `classification` (ROC, specificity at sensitivity,
-classification_scores, isic2017_scores) and `generative` (frechet_distance, kernel_distance);
-`masks` holds the mask input checks the first two share. Mask R-CNN's detection metrics (box AP)
-are its pipeline's own: lesion_jax/pipelines/maskrcnn/metrics.py.
+classification_scores, isic2017_scores); `masks` holds the mask input checks the first two
+share. A pipeline's own metrics are in its package: Mask R-CNN's box AP
+(lesion_jax/pipelines/maskrcnn/metrics.py), the GAN's FD-derm and KID
+(lesion_jax/pipelines/gan/metrics.py), the inpainter's hole scores
+(lesion_jax/pipelines/purification/metrics.py).
 """
 # pylint: disable=g-importing-member,unused-import
 from lesion_jax.eval.metrics.boundary import (BOUNDARY_KEYS, boundary_recall, boundary_scores, boundary_scores_one,
@@ -52,7 +50,6 @@ from lesion_jax.eval.metrics.boundary import (BOUNDARY_KEYS, boundary_recall, bo
 from lesion_jax.eval.metrics.classification import (DEFAULT_SENSITIVITIES, ISIC2017_KERATOSIS, ISIC2017_MELANOMA,
                                                     classification_scores, isic2017_scores, roc_curve_points,
                                                     specificity_at_sensitivity)
-from lesion_jax.eval.metrics.generative import frechet_distance, kernel_distance
 from lesion_jax.eval.metrics.segmentation import (SEGMENTATION_KEYS, SegmentationAccumulator,
                                                   per_image_segmentation_scores, pixel_confusion,
                                                   scores_from_counts, segmentation_counts, segmentation_scores,

@@ -1,7 +1,8 @@
-"""Sample quality of generated images: the Fréchet distance and the (unbiased) kernel distance
-between two sets of feature vectors (FD-derm uses this project's own classifier's features, so
-its values are not comparable with published FIDs on Inception features). Separate because it
-compares feature distributions, not predictions with ground truth.
+"""The GAN's metrics, sample quality of generated images: the Fréchet distance and the (unbiased)
+kernel distance between two sets of feature vectors (FD-derm uses this project's own
+classifier's features, so its values are not comparable with published FIDs on Inception
+features). Host-side NumPy, as lesion_jax.eval.metrics; here because only this pipeline compares
+feature distributions.
 """
 from __future__ import annotations
 

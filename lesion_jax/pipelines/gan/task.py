@@ -2,7 +2,7 @@
 (one independent DCGAN per class) or coupled (CoGAN: generators share their first layers,
 discriminators their last ones), trained side by side on class-grouped batches by the one loop.
 
-Validation is FD-derm (`eval.metrics.frechet_distance` and `kernel_distance` on the penultimate
+Validation is FD-derm (`metrics.frechet_distance` and `kernel_distance` on the penultimate
 features of this project's own classifier, `feature_workdir`, trained on the same data): per
 class, between generated images and the real images of `val_split`, next to the same distance
 between two halves of those real images (what "as close as real data gets" looks like at that
@@ -24,11 +24,13 @@ from lesion_jax import config as config_lib
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.data.augment import AugmentConfig
-from lesion_jax.eval import figures, metrics
+from lesion_jax.eval import figures
 from lesion_jax.models import dcgan
+from lesion_jax.pipelines.gan import metrics, steps
+from lesion_jax.pipelines.gan.state import create_state
 from lesion_jax.tasks import base
-from lesion_jax.train import loop, sharding, steps
-from lesion_jax.train.state import OptimizerConfig, create_gan_state
+from lesion_jax.train import loop, sharding
+from lesion_jax.train.state import OptimizerConfig
 
 GAN_AUGMENT = AugmentConfig(flip=True, rotate=False, crop=False, color=0.0)  # mirror images only
 
@@ -193,12 +195,12 @@ class GANTask(base.Task):
     generator, discriminator = self.models()
     k, size = len(self.class_names), c.input.image_size
     tx = c.optimizer.build(c.run.num_steps)
-    return create_gan_state(generator, discriminator, tx, tx, rng, jnp.zeros((1, k, c.model.latent_dim)),
-                            jnp.zeros((1, k, size, size, 3)))
+    return create_state(generator, discriminator, tx, tx, rng, jnp.zeros((1, k, c.model.latent_dim)),
+                        jnp.zeros((1, k, size, size, 3)))
 
   def train_step(self):
     c = self.config
-    return steps.make_gan_train_step(c.model.latent_dim, c.real_label, c.extra_generator_steps, c.feature_matching)
+    return steps.make_train_step(c.model.latent_dim, c.real_label, c.extra_generator_steps, c.feature_matching)
 
   def _joins(self) -> tuple[pipeline.ArtifactJoin, ...]:
     c = self.config
@@ -220,7 +222,7 @@ class GANTask(base.Task):
     return pipeline.eval_iterator(self._input(), self._ops(train=False), split, self.builder)
 
   def predict_fns(self):
-    return {"predict": steps.gan_sample_step}
+    return {"predict": steps.sample_step}
 
   # --- sampling --------------------------------------------------------------------------------
   def latents(self, seed: int, num: int) -> np.ndarray:

@@ -61,6 +61,7 @@ from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, metrics
 from lesion_jax import models
+from lesion_jax.pipelines.lesion_index import ops as lin_ops
 from lesion_jax.tasks import base, runner
 from lesion_jax.train import losses, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
@@ -274,13 +275,13 @@ class FeatureNetworkTask(base.Task):
     c = self.config
     p, b = c.patch, c.balance
     channels = [self.mask_channel_names.index(f) for f in p.features]
-    return ops.superpixel_patches(
+    return lin_ops.superpixel_patches(
         channels, size=p.size, min_fraction=p.min_fraction, priority=[self._class_of(f) for f in p.priority],
         keep_probability=tuple(b.keep_probability) if train else (),
         rotate_classes=tuple(self._class_of(f) for f in b.rotate) if train else ())
 
   def _ops(self, train: bool) -> list:
-    return [ops.decode_image("image"), ops.decode_superpixels("superpixels"), self.patch_op(train),
+    return [ops.decode_image("image"), lin_ops.decode_superpixels("superpixels"), self.patch_op(train),
             ops.keep(("id", "image", "label", "patch_index"))]
 
   def train_batches(self, start_step: int) -> Iterator[base.Batch]:

@@ -31,8 +31,10 @@ from lesion_jax import config as config_lib
 from lesion_jax import io, run_lock
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
-from lesion_jax.eval import figures, inference, licu, metrics, postprocess
+from lesion_jax.eval import figures, inference, metrics, postprocess
 from lesion_jax import models
+from lesion_jax.pipelines.lesion_index import licu
+from lesion_jax.pipelines.lesion_index import ops as lin_ops
 from lesion_jax.tasks import base, runner
 from lesion_jax.train import losses, sharding, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
@@ -169,7 +171,7 @@ class LesionIndexTask(base.Task):
            ops.center_crop(("image", "mask")), ops.resize_image("image", size), ops.resize_mask("mask", size),
            ops.label(c.label_key, "label")]
     if c.rotation_degrees:
-      out.append(ops.class_rotations("label", c.rotation_degrees, flip=AUGMENTATIONS[c.augmentation]))
+      out.append(lin_ops.class_rotations("label", c.rotation_degrees, flip=AUGMENTATIONS[c.augmentation]))
     return out + [ops.normalize("image"), ops.keep(("id", "image", "mask", "label"))]
 
   def _eval_ops(self) -> list:

@@ -1,6 +1,7 @@
-"""Scores of occlusion removal inside the occluded pixels only (PSNR, SSIM, L1 against the clean
-scene), and OpenCV's classical inpainting (Telea; Navier-Stokes) as the baselines on the same
-masks. Images are uint8 RGB (H, W, 3); hole masks bool (H, W), True = occluded (to fill)."""
+"""The inpainter's metrics: scores of occlusion removal inside the occluded pixels only (PSNR,
+SSIM, L1 against the clean scene), and OpenCV's classical inpainting (Telea; Navier-Stokes) as
+the baselines on the same masks. Images are uint8 RGB (H, W, 3); hole masks bool (H, W), True =
+occluded (to fill)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence

@@ -3,7 +3,7 @@ learns to fill occluded pixels (hairs, ruler marks) from the rest of the image, 
 loss (L1 on valid and hole pixels, total variation, perceptual and style terms).
 
 Training pairs: a clean image (synthetic `image_clean`; on real data, the image itself) with
-holes = random strokes, hair-like curves and blobs (data/holes.py, the paper's random masking),
+holes = random strokes, hair-like curves and blobs (holes.py, the paper's random masking),
 united with the detected occlusion mask of the same image when an occlusion artifact store is
 given (the shapes real hairs and rulers have). The model only sees the valid pixels.
 
@@ -37,18 +37,18 @@ import tensorflow as tf
 from lesion_jax import config as config_lib
 from lesion_jax.artifacts import occlusion as occlusion_lib
 from lesion_jax.config import field
-from lesion_jax.data import holes as holes_lib
 from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, inference
-from lesion_jax.eval import inpainting as inpainting_eval
 from lesion_jax.models.inpainting import PConvUNet
+from lesion_jax.pipelines.purification import holes as holes_lib
+from lesion_jax.pipelines.purification import losses, metrics, steps
+from lesion_jax.pipelines.purification import ops as purification_ops
 from lesion_jax.tasks import base, runner
-from lesion_jax.train import losses, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
 EVAL_HOLES = ("occlusion_mask", "detected", "random")
 NETWORK = "pconv"
-METHODS = (NETWORK, *inpainting_eval.OPENCV_METHODS)
+METHODS = (NETWORK, *metrics.OPENCV_METHODS)
 FIGURE_ROWS = 8
 DETECTED_KEY = "detected_occlusion"
 
@@ -207,7 +207,7 @@ class InpaintingTask(base.Task):
     return classifier_features(c.perceptual_workdir, c.perceptual_layers) if c.perceptual_workdir else None
 
   def train_step(self) -> Callable:
-    return steps.make_inpainting_train_step(self.config.loss, self._feature_fn)
+    return steps.make_train_step(self.config.loss, self._feature_fn)
 
   def _joins(self) -> tuple[pipeline.ArtifactJoin, ...]:
     c = self.config
@@ -218,7 +218,7 @@ class InpaintingTask(base.Task):
     size = c.input.image_size
     hole_keys = ("holes", DETECTED_KEY) if c.occlusion_artifacts else ("holes",)
     out = [ops.decode_image(c.target_key, out="target"), ops.resize_image("target", size),
-           ops.random_holes(size, c.holes, out="holes")]
+           purification_ops.random_holes(size, c.holes, out="holes")]
     if c.occlusion_artifacts:
       out += [ops.decode_mask(DETECTED_KEY), ops.resize_mask(DETECTED_KEY, size)]
     out += [ops.augment(c.input.augment, image_key="target", spatial_keys=hole_keys, center_key=None),
@@ -234,7 +234,7 @@ class InpaintingTask(base.Task):
     else:
       out += [ops.decode_image(c.target_key, out="target"), ops.resize_image("target", size)]
     if c.eval_holes == "random":
-      out.append(ops.random_holes(size, c.holes, out="holes"))
+      out.append(purification_ops.random_holes(size, c.holes, out="holes"))
     else:
       key = "occlusion_mask" if c.eval_holes == "occlusion_mask" else DETECTED_KEY
       out += [ops.decode_mask(key, out="holes"), ops.resize_mask("holes", size)]
@@ -254,7 +254,7 @@ class InpaintingTask(base.Task):
     return pipeline.eval_iterator(self._input(), self._eval_ops(), split, self.builder)
 
   def predict_fns(self) -> dict[str, Callable]:
-    return {"predict": steps.inpainting_predict_step}
+    return {"predict": steps.predict_step}
 
   def best_metric(self) -> tuple[str, str]:
     return f"val/{NETWORK}_psnr", "max"
@@ -273,20 +273,20 @@ class InpaintingTask(base.Task):
   def per_example(self, batch, outputs, real, kept, methods=METHODS) -> dict[str, np.ndarray]:
     """Each image's hole scores of `methods` (the network's output and OpenCV's fills); figures
     show only images with holes."""
-    acc = inpainting_eval.InpaintingAccumulator(methods)
+    acc = metrics.InpaintingAccumulator(methods)
     for j, i in enumerate(real):
       image, target = (figures.to_uint8_rgb((batch[k][i] + 1) / 2) for k in ("image", "target"))
       holes = batch["mask"][i, ..., 0] < 0.5
       filled = {NETWORK: figures.to_uint8_rgb(np.clip((outputs[i] + 1) / 2, 0, 1))}
-      filled.update({m: inpainting_eval.opencv_inpaint(image, holes, m) for m in methods if m != NETWORK})
+      filled.update({m: metrics.opencv_inpaint(image, holes, m) for m in methods if m != NETWORK})
       acc.update(filled, target, holes)
       if kept.wants(j) and holes.any():
         kept.add(image=image, holes=holes, target=target, **filled)
     return acc.per_image()
 
   def summarize(self, rows, ids, examples, methods=METHODS) -> base.Evaluation:
-    rows = rows or inpainting_eval.InpaintingAccumulator(methods).per_image()
-    return base.Evaluation(inpainting_eval.InpaintingAccumulator.summarize(rows, methods), rows, ids, examples)
+    rows = rows or metrics.InpaintingAccumulator(methods).per_image()
+    return base.Evaluation(metrics.InpaintingAccumulator.summarize(rows, methods), rows, ids, examples)
 
   def write_figures(self, evaluation, fig_dir, prefix) -> None:
     ex = evaluation.examples
