@@ -121,42 +121,12 @@ def without_augmentation(config: Any, path: str = "input.augment") -> Any:
   return config_lib.replace(config, {path: AugmentConfig.off()})
 
 
-def define_holdout_flags() -> None:
-  flags.DEFINE_float("holdout", 0.0, "Hold out this fraction of --train_split (stratified by class, fixed by "
-                     "--holdout_seed) and select the checkpoint on it: --train_split and --val_split become "
-                     "its two parts (explicit TFDS slices, recorded in config.json), so the reported split "
-                     "picks nothing. 0: off.")
-  flags.DEFINE_integer("holdout_seed", 0, "Seed of the --holdout split (kept fixed across training seeds).")
-
-
-def with_holdout(config: Any) -> Any:
-  """`config` with run.train_split / run.val_split set to the --holdout split of its train_split."""
-  if not FLAGS.holdout:
-    return config
-  from absl import app  # pylint: disable=g-import-not-at-top
-  import dataclasses  # pylint: disable=g-import-not-at-top
-  from lesion_jax.data import pipeline, selection  # pylint: disable=g-import-not-at-top
-  for name in ("run.val_split", "folds"):  # given by its dotted path or its alias
-    if name in FLAGS and FLAGS[name].present:
-      raise app.UsageError(f"--holdout sets the validation split itself; drop --{name.rsplit('.', 1)[-1]}")
-  data = config.input
-  builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
-  try:
-    fit, holdout = selection.holdout_splits(builder, config.run.train_split, FLAGS.holdout, FLAGS.holdout_seed,
-                                            getattr(config, "label_key", None))
-  except ValueError as e:
-    raise app.UsageError(f"--holdout={FLAGS.holdout}: {e}") from None
-  logging.info("Selection split: %s of %s held out (%s)", FLAGS.holdout, config.run.train_split, holdout)
-  return dataclasses.replace(config, run=dataclasses.replace(config.run, train_split=fit, val_split=holdout))
-
-
 def define_segmenter_flags() -> None:
   """Every SegmenterConfig field as a flag (the K-means settings also by their KMEANS_FLAGS names,
-  --artifact_dir for input.artifact_dir), plus --augment and --holdout (train_segmenter and
+  --artifact_dir for input.artifact_dir), plus --augment (train_segmenter and
   self_learning)."""
   from lesion_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
   define_augment_flag()
-  define_holdout_flags()
   define_config_flags(segmentation.SegmenterConfig(),
                       aliases={"model": "model.name", "optimizer": "optimizer.name",
                                "color_jitter": "input.augment.color",
@@ -167,7 +137,7 @@ def define_segmenter_flags() -> None:
 
 def segmenter_config_from_flags() -> Any:
   from lesion_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
-  return with_holdout(without_augmentation(config_from_flags(segmentation.SegmenterConfig())))
+  return without_augmentation(config_from_flags(segmentation.SegmenterConfig()))
 
 
 def define_tta_flags() -> None:
@@ -296,3 +266,56 @@ def define_kmeans_flags(artifact_dir: bool = True) -> None:
 def kmeans_config_from_flags():
   from lesion_jax.artifacts import kmeans  # pylint: disable=g-import-not-at-top
   return kmeans.KMeansConfig(**{field_name: FLAGS[name].value for name, (field_name, _) in KMEANS_FLAGS.items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# The verbs' config files: --config=experiments/configs/<...>.py plus --config.<field>=<value>
+
+
+CONFIG_OVERRIDES: dict[str, str] = {}  # --config.<dotted field>=<text>, in command-line order
+
+
+def _parse_flags_and_overrides(argv: list[str]) -> list[str]:
+  """absl's parser (`_parse_flags`) for every argument but the --config.<field>=<value>
+  overrides, which go to CONFIG_OVERRIDES (applied to the config file's config by its types)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  rest = []
+  for arg in argv:
+    if arg.startswith("--config."):
+      key, sep, value = arg[len("--config."):].partition("=")
+      if not sep or not key:
+        raise app.UsageError(f"{arg}: give --config.<field>=<value>, e.g. --config.run.num_steps=500")
+      CONFIG_OVERRIDES[key] = value
+    else:
+      rest.append(arg)
+  return _parse_flags(rest)
+
+
+def run_verb(main) -> None:
+  """A verb's `app.run`: `run`'s, plus --config.<field>=<value> overrides of its config file."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  app.run(main_with_usage_errors(main), flags_parser=_parse_flags_and_overrides)
+
+
+def load_config_file(path: str) -> Any:
+  """The typed config a config file's `get_config()` returns (a task's or a pipeline's)."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from absl import app  # pylint: disable=g-import-not-at-top
+  if not os.path.isfile(path):
+    raise app.UsageError(f"--config={path}: no such file (the configs are in experiments/configs/)")
+  spec = importlib.util.spec_from_file_location(f"lesion_jax_config_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise app.UsageError(f"--config={path}: has no get_config()")
+  return module.get_config()
+
+
+def config_from_file(path: str, overrides: dict[str, str] | None = None) -> Any:
+  """The config of `path` with the --config.<field> overrides applied (unknown fields refused by name)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  config = load_config_file(path)
+  try:
+    return config_lib.override(config, CONFIG_OVERRIDES if overrides is None else overrides)
+  except config_lib.ConfigError as e:
+    raise app.UsageError(f"--config={path}: {e}") from None

@@ -1,7 +1,11 @@
 r"""Scores a trained model from its workdir, on any split, with the task's figures.
 
   python -m experiments.evaluate --workdir=runs/unet [--split=test] [--checkpoint=best] [--tta] \
-      [--tta_scales=128,160] [--fallback] [--refine=superpixel]
+      [--tta_scales=128,160] [--fallback] [--refine=superpixel] [--config.<field>=<value>]
+
+--config.<field>=<value> changes one of the run's evaluation-time fields (its task's
+`evaluation_overrides`: post-processing, test scales, what it reads at test time; never what it
+learnt), e.g. --config.threshold=0.4 or --config.test_scales=64,96; other fields are refused by name.
 
 Works for every task's workdir (segmenter, classifier, ...): the task and its config come from
 the run's config.json, so the scores equal those in metrics.json. Writes eval_<split>.json and
@@ -71,6 +75,12 @@ def main(argv):
   if FLAGS.refine is not None:
     task = task.with_overrides(refine=FLAGS.refine)
   task = common.with_segmentation_overrides(task, FLAGS.tta_scales, FLAGS.fallback)
+  if common.CONFIG_OVERRIDES:  # --config.<field>=<value>: the run's evaluation-time fields
+    try:
+      task = task.with_overrides(**{k: config_lib.parse_text(v, config_lib.field_type(type(task.config), k), k)
+                                    for k, v in common.CONFIG_OVERRIDES.items()})
+    except config_lib.ConfigError as e:
+      raise app.UsageError(str(e)) from None
   which = common.checkpoint_flag_value(FLAGS.checkpoint)
   state = runner.restore(task, FLAGS.workdir, which)
   if FLAGS.ensemble_with:
@@ -104,4 +114,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run_verb(main)

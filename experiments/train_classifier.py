@@ -38,7 +38,6 @@ common.define_workdir_flag()
 flags.DEFINE_enum("input", None, ["raw", "segmented", "purified"],
                   "Deprecated spelling of --source (segmented = crops); kept for one release.")
 common.define_augment_flag()
-common.define_holdout_flags()
 common.define_config_flags(classification.ClassifierConfig(),
                            aliases={"model": "model.name", "optimizer": "optimizer.name",
                                     "target": "label_key", "color_jitter": "input.augment.color",
@@ -64,7 +63,7 @@ def config_from_command_line() -> classification.ClassifierConfig:
 def main(argv):
   del argv
   common.init_distributed()
-  config = common.with_holdout(config_from_command_line())
+  config = config_from_command_line()
   if FLAGS.input:
     source = {"segmented": "crops"}.get(FLAGS.input, FLAGS.input)
     logging.warning("--input=%s is deprecated: use --source=%s", FLAGS.input, source)

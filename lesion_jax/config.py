@@ -168,6 +168,58 @@ def _replace_nested(config: Any, nested: dict[str, Any], path: str) -> Any:
   return dataclasses.replace(config, **changes)
 
 
+_TRUE, _FALSE = ("true", "t", "yes", "y", "1"), ("false", "f", "no", "n", "0")
+
+
+def parse_text(text: str, tp: Any, path: str) -> Any:
+  """The value a command-line `text` gives the field of type `tp` at `path`: none / null for an
+  optional field; true / false for a bool; comma-separated items for a tuple ("" is empty); a
+  number; the text itself for a string. ConfigError naming `path` otherwise."""
+  base, optional = _strip_optional(tp)
+  if optional and text.strip().lower() in ("none", "null"):
+    return None
+  if dataclasses.is_dataclass(base):
+    raise ConfigError(f"config key {path!r} is a group of fields: set them one by one "
+                      f"({', '.join(path + '.' + f.name for f in dataclasses.fields(base))})")
+  origin = typing.get_origin(base)
+  if origin is tuple:
+    args = typing.get_args(base)
+    item = args[0] if args else str
+    return tuple(parse_text(v.strip(), item, f"{path}[{i}]") for i, v in enumerate(text.split(","))) if text else ()
+  try:
+    if base is bool:
+      if text.strip().lower() not in _TRUE + _FALSE:
+        raise ValueError(text)
+      return text.strip().lower() in _TRUE
+    if base is int:
+      return int(text)
+    if base is float:
+      return float(text)
+  except ValueError:
+    raise ConfigError(f"config key {path!r} must be {base.__name__}, got {text!r}") from None
+  return text
+
+
+def field_type(cls: type, path: str) -> Any:
+  """The declared type of the dotted `path` in config class `cls` (unknown paths raise by name)."""
+  tp, walked = cls, ""
+  for key in path.split("."):
+    base, _ = _strip_optional(tp)
+    if not dataclasses.is_dataclass(base):
+      raise ConfigError(f"config key {walked.rstrip('.')!r} has no field {key!r}")
+    if key not in {f.name for f in dataclasses.fields(base)}:
+      raise _unknown(key, base, walked)
+    tp, walked = _hints(base)[key], walked + key + "."
+  return tp
+
+
+def override(config: ConfigT, texts: dict[str, str]) -> ConfigT:
+  """`config` with command-line overrides applied: {dotted path: text}, each text parsed by the
+  field's type (`parse_text`); unknown paths and numbers out of range raise, naming the path."""
+  return replace(config, {path: parse_text(text, field_type(type(config), path), path)
+                          for path, text in texts.items()})
+
+
 @dataclasses.dataclass(frozen=True)
 class Leaf:
   """One scalar field of a nested config: what a command-line flag is generated from."""
@@ -214,6 +266,10 @@ class RunConfig:
   train_split: str = field("train", "Split trained on.")
   val_split: str = field("validation", "Split that picks the best checkpoint (\"\": none, keep the last).")
   test_split: str = field("test", "Split scored at the end (as \"test\" in metrics.json).")
+  holdout: float = field(0.0, "Hold out this fraction of train_split (stratified by class, fixed by holdout_seed) "
+                         "and select the checkpoint on it: train_split and val_split become its two parts "
+                         "(explicit TFDS slices, recorded in config.json), so the reported split picks nothing. 0: off.")
+  holdout_seed: int = field(0, "Seed of the holdout split (kept fixed across training seeds).")
 
 
 def location_paths(config: Any) -> frozenset[str]:
@@ -289,8 +345,8 @@ RANGES: dict[str, Range] = {
     "keep_probability": Range(0, 1, low_open=True),
     "min_crop_scale": Range(0, 1, low_open=True),
     "real_label": Range(0, 1, low_open=True),
-    **dict.fromkeys(("beta1", "momentum", "label_smoothing"), Range(0, 1, high_open=True)),
-    **dict.fromkeys(("seed", "channel_mean"), ANY),
+    **dict.fromkeys(("beta1", "momentum", "label_smoothing", "holdout"), Range(0, 1, high_open=True)),
+    **dict.fromkeys(("seed", "holdout_seed", "channel_mean"), ANY),
 }
 
 

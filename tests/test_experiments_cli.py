@@ -255,7 +255,7 @@ def test_bad_flags_are_refused_by_name_before_anything_is_written(trained, tiny_
   # One refusal through the command line (a one-line error, nothing written); the checks behind the
   # others are the same code path, so they are tested in-process.
   for flags, expected in ((["--image_size=50"], "--image_size=50: a U-Net with --levels=4 needs a multiple of 16"),
-                          (["--holdout=0.2", "--val_split=validation"], "--holdout sets the validation split itself"),
+                          (["--holdout=1.5"], "--run.holdout=1.5: must be in [0, 1)"),
                           (["--geometry=crop"], "geometry"),
                           (["--loss=focal"], "--loss='focal'")):
     run_dir = tmp_path / flags[0].split("=")[0].strip("-")

@@ -257,6 +257,11 @@ class Task:
     del state, images, predict
     raise PredictionUnsupported(f"a {self.name!r} run does not predict on photos")
 
+  @property
+  def stratify_key(self) -> str | None:
+    """The class feature a holdout split is stratified by (None: the dataset's own, data/selection.py)."""
+    return None
+
   # --- cross-validation (runner.cross_validate), for a task whose `folds` > 1 -------------------
   # Scores averaged over folds (mean and std) beside the pooled held-out scores.
   summary_keys: ClassVar[tuple[str, ...]] = ()
@@ -368,6 +373,17 @@ def from_record(record: dict[str, Any], where: str = "config.json") -> Task | Pi
     return cls(config_lib.from_dict(cls.config_cls, record["config"]))
   except config_lib.ConfigError as e:
     raise config_lib.ConfigError(f"{where}: {e}") from e
+
+
+def for_config(config: Any) -> "Task | Pipeline":
+  """The registered task or pipeline whose config class `config` is, bound to it (how a config file's
+  `get_config()` becomes a run)."""
+  import lesion_jax.tasks  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import  (registers)
+  matches = [cls for cls in _REGISTRY.values() if cls.config_cls is type(config)]
+  if len(matches) != 1:
+    raise config_lib.ConfigError(f"a {type(config).__name__} is the config of "
+                                 f"{[m.name for m in matches] or 'no registered task or pipeline'}")
+  return matches[0](config)
 
 
 def check_split(builder, split: str, flag: str) -> None:

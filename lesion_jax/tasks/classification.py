@@ -128,6 +128,10 @@ class ClassificationTask(base.Task):
   def folds(self) -> int:
     return self.config.folds
 
+  @property
+  def stratify_key(self) -> str:
+    return self.config.label_key
+
   def check(self, mesh, extra_splits=()) -> None:
     c = self.config
     if models.family_of(c.model.name) != "classifier":

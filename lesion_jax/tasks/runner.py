@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any, Callable
 
@@ -221,11 +222,32 @@ def run(task: base.Task, workdir: str, test_split: str | None = None,
   test_split = task.config.run.test_split if test_split is None else test_split
   if task.folds > 1:
     return cross_validate(task, workdir, test_split, mesh)
+  task = with_holdout(task)
   # Every split the run reads is checked before the first step, not after training.
   task.check(mesh, [("test_split", split) for prefix, split in task.final_splits(test_split) if prefix == "test"])
   with run_lock.hold(workdir):
     task = task.prepare(run_splits(task, test_split))
     return _train_and_score(task, workdir, test_split, mesh)
+
+
+def with_holdout(task: base.Task) -> base.Task:
+  """`task` with `run.holdout` resolved: train_split and val_split become the two parts of the
+  train split (explicit TFDS slices, stratified by the task's `stratify_key`), holdout 0."""
+  run = task.config.run
+  if not run.holdout:
+    return task
+  from lesion_jax.data import selection  # pylint: disable=g-import-not-at-top  (TensorFlow)
+  if task.folds > 1:
+    raise config_lib.ConfigError(f"--run.holdout={run.holdout}: a cross-validated run (--folds={task.folds}) "
+                                 "selects on its folds")
+  try:
+    fit, held_out = selection.holdout_splits(task.builder, run.train_split, run.holdout, run.holdout_seed,
+                                             task.stratify_key)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"--run.holdout={run.holdout}: {e}") from None
+  logging.info("Selection split: %s of %s held out (%s)", run.holdout, run.train_split, held_out)
+  resolved = dataclasses.replace(run, train_split=fit, val_split=held_out, holdout=0.0)
+  return type(task)(dataclasses.replace(task.config, run=resolved))
 
 
 def run_splits(task: base.Task, test_split: str) -> list[str]:

@@ -1,0 +1,14 @@
+r"""Pipeline 5: the Lesion Indexing Network = the sum of the DR and DM FCRNs' maps at every test scale,
+with the LICU; its report (Tables III-V) and a run `predict` takes.
+
+  python -m experiments.train --config=experiments/configs/lesion_index/fcrn_dr.py --workdir=runs/fcrn_dr
+  python -m experiments.train --config=experiments/configs/lesion_index/fcrn_dm.py --workdir=runs/fcrn_dm
+  python -m experiments.train --config=experiments/configs/lesion_index/lin.py --workdir=runs/lin
+
+Wall time: about 1 minute after the two FCRNs. Measured: docs/results/pipeline5_lin.md.
+"""
+from lesion_jax.pipelines.lesion_index import task
+
+
+def get_config() -> task.LesionIndexNetworkConfig:
+  return task.LesionIndexNetworkConfig(dr_workdir="runs/fcrn_dr", dm_workdir="runs/fcrn_dm")

@@ -1,0 +1,44 @@
+r"""Trains (or resumes) any task or pipeline from a config file, scores it, records where its
+numbers come from.
+
+  python -m experiments.train --config=experiments/configs/segmentation/unet.py --workdir=runs/unet \
+      [--config.run.num_steps=500] [--config.input.dataset=isic2017 --config.input.manual_dir=/data/isic2017]
+
+--config is a Python file whose get_config() returns a task's or a pipeline's config
+(experiments/configs/); every field can be overridden by its dotted path (--config.<field>=<value>:
+numbers, true/false, none, comma-separated tuples), an unknown field is refused by name. Writes into
+--workdir what the task writes (config.json, metrics.json, checkpoints/, figures/, ...) and
+provenance.json (config file, overrides, command, date, commit, machine, wall time), which
+`experiments.report` puts beside every number. Re-running with the same config resumes.
+"""
+import time
+
+from absl import flags
+import jax
+
+from experiments import common
+from lesion_jax import provenance
+from lesion_jax.tasks import base, runner
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("config", None, "Config file (experiments/configs/...py) whose get_config() gives the run's config.")
+common.define_workdir_flag()
+flags.mark_flag_as_required("config")
+
+
+def main(argv):
+  del argv
+  common.init_distributed()
+  config = common.config_from_file(FLAGS.config)
+  run = base.for_config(config)
+  common.run_directory(FLAGS.workdir)
+  start = time.perf_counter()
+  scores = run.run(FLAGS.workdir) if isinstance(run, base.Pipeline) else runner.run(run, FLAGS.workdir)
+  if jax.process_index() == 0:
+    provenance.record(FLAGS.workdir, FLAGS.config, common.CONFIG_OVERRIDES, time.perf_counter() - start)
+  common.print_scores({k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
+                       and "fold" not in k})
+
+
+if __name__ == "__main__":
+  common.run_verb(main)

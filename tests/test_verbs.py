@@ -1,0 +1,123 @@
+"""The verbs over config files: every config in experiments/configs loads and takes dotted
+overrides (unknown fields refused by name); `train` on tiny data records provenance.json; `report`
+renders a docs/results page from it; every `experiments.train --config=...` command in README and
+docs names a config that exists and overrides that apply."""
+import glob
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from lesion_jax import config as config_lib
+from lesion_jax.tasks import base
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(glob.glob(os.path.join(REPO, "experiments", "configs", "*", "*.py")))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
+
+
+def _load(path):
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  return common.load_config_file(path)
+
+
+def _run_field(config) -> str | None:
+  """The dotted path of a config's num_steps (a task's run, or a pipeline's first stage's)."""
+  for path in ("run.num_steps", "segmenter.run.num_steps"):
+    try:
+      config_lib.field_type(type(config), path)
+      return path
+    except config_lib.ConfigError:
+      pass
+  return None
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, os.path.join(REPO, "experiments", "configs")))
+def test_every_config_file_loads_and_takes_overrides(path):
+  config = _load(path)
+  run = base.for_config(config)
+  assert run.config is config
+  doc = open(path).read()
+  assert "python -m experiments.train --config=experiments/configs/" in doc and "Wall time" in doc and "docs/results/" in doc
+  steps = _run_field(config)
+  if steps:
+    changed = config_lib.override(config, {steps: "3"})
+    node = changed
+    for part in steps.split("."):
+      node = getattr(node, part)
+    assert node == 3
+  with pytest.raises(config_lib.ConfigError, match="no_such_field"):
+    config_lib.override(config, {"no_such_field": "1"})
+
+
+def _commands_in_docs():
+  files = [os.path.join(REPO, "README.md"), *glob.glob(os.path.join(REPO, "docs", "**", "*.md"), recursive=True),
+           *CONFIGS]
+  found = []
+  for name in files:
+    text = open(name).read().replace("\\\n", " ")
+    for line in text.splitlines():
+      if "python -m experiments.train " in line and "--config=" in line:
+        found.append((os.path.relpath(name, REPO), line[line.index("python -m experiments.train"):].strip(" `")))
+  return found
+
+
+def test_every_documented_train_command_names_a_config_and_applies_its_overrides():
+  commands = _commands_in_docs()
+  assert len(commands) >= len(CONFIGS)  # every config documents its own command
+  for where, command in commands:
+    args = shlex.split(re.sub(r"\[|\]", " ", command.split("#")[0]))
+    config_arg = next(a for a in args if a.startswith("--config="))
+    path = os.path.join(REPO, config_arg.split("=", 1)[1])
+    assert os.path.exists(path), (where, command)
+    overrides = dict(a[len("--config."):].split("=", 1) for a in args if a.startswith("--config."))
+    config_lib.override(_load(path), overrides)  # raises on a field that does not exist
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data_dir, tiny_dataset, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("unet"))
+  args = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/segmentation/unet.py",
+          f"--workdir={workdir}", f"--config.input.dataset={tiny_dataset}", f"--config.input.data_dir={tiny_data_dir}",
+          "--config.input.image_size=32", "--config.input.batch_size=8", "--config.model.features=4",
+          "--config.model.levels=2", "--config.run.num_steps=2", "--config.run.eval_every=2", "--config.run.log_every=2",
+          "--config.summary_images=0"]
+  proc = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return workdir
+
+
+def test_train_records_where_its_numbers_come_from(trained):
+  record = json.load(open(os.path.join(trained, "config.json")))
+  assert record["task"] == "segmentation" and record["config"]["run"]["num_steps"] == 2
+  prov = json.load(open(os.path.join(trained, "provenance.json")))
+  assert prov["config_file"] == "experiments/configs/segmentation/unet.py"
+  assert prov["overrides"]["run.num_steps"] == "2" and prov["wall_time_s"] > 0
+  assert prov["commit"] and prov["machine"] and "experiments.train" in prov["command"]
+
+
+def test_a_mistyped_override_is_refused_by_name_before_anything_is_written(tmp_path):
+  proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config=experiments/configs/segmentation/unet.py",
+                         f"--workdir={tmp_path / 'run'}", "--config.model.featurs=4"], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode != 0 and "model.featurs" in proc.stderr and "did you mean 'features'" in proc.stderr
+  assert "Traceback" not in proc.stderr and not os.path.exists(tmp_path / "run")
+
+
+def test_report_renders_a_results_page_from_runs(trained, tmp_path):
+  out = tmp_path / "docs" / "results" / "tiny.md"
+  proc = subprocess.run([sys.executable, "-m", "experiments.report", f"--runs=tiny unet:{trained}", f"--out={out}",
+                         "--title=Tiny U-Net", "--metrics=test/jaccard,test/dice"], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  page = out.read_text()
+  metrics = json.load(open(os.path.join(trained, "metrics.json")))
+  row = next(line for line in page.splitlines() if line.startswith("| tiny unet"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[1] == f"{metrics['test/jaccard']:.4g}" and cells[2] == f"{metrics['test/dice']:.4g}"
+  assert "`experiments/configs/segmentation/unet.py`" in row and "do not edit by hand" in page
+  assert "python -m experiments.report" in page
