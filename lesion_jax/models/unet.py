@@ -31,7 +31,7 @@ class UNet(nn.Module):
   features: int = 16
   levels: int = 4
   num_outputs: int = 1
-  norm: str = "none"
+  norm: str = "batch"  # SegmenterModelConfig's (the trained default); "none" is the original U-Net
   upsample: str = "depth_to_space"
   bottleneck_dilations: tuple[int, ...] = ()
   input_mean: tuple[float, float, float] | None = None
