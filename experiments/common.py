@@ -240,9 +240,19 @@ def _parse_flags(argv: list[str]) -> list[str]:
     raise
 
 
-def run(main) -> None:
-  """Every entry point's `app.run`: one-line errors (main_with_usage_errors), help exits 0."""
+def run(main, successor: str | None = None) -> None:
+  """Every entry point's `app.run`: one-line errors (main_with_usage_errors), help exits 0. An
+  older per-task script names its `successor` config file: it still runs, after a notice giving
+  the verb's command (kept for one release)."""
   from absl import app  # pylint: disable=g-import-not-at-top
+  if successor:
+    inner = main
+
+    def main(argv):  # pylint: disable=function-redefined
+      program = os.path.splitext(os.path.basename(sys.argv[0]))[0]
+      logging.warning("experiments.%s is the older spelling, kept for one release, of: python -m experiments.train "
+                      "--config=%s --workdir=... [--config.<field>=<value>] (docs/cli.md)", program, successor)
+      return inner(argv)
   app.run(main_with_usage_errors(main), flags_parser=_parse_flags)
 
 

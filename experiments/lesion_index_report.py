@@ -40,4 +40,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, successor="experiments/configs/lesion_index/lin.py")

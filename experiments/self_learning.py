@@ -50,4 +50,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, successor="experiments/configs/pipelines/self_learning.py")

@@ -36,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, successor="experiments/configs/gan/dcgan.py")

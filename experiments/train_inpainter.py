@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, successor="experiments/configs/purification/pconv_inpainter.py")

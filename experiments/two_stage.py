@@ -49,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  common.run(main)
+  common.run(main, successor="experiments/configs/pipelines/two_stage.py")
