@@ -17,6 +17,7 @@ segmentation and classification tasks; lesion_jax/train/steps.py, losses.py and 
 lesion_jax/eval/ and eval/metrics/; lesion_jax/data/ops/; lesion_jax/artifacts/;
 lesion_jax/models/, the one model registry of Flax modules) keep only what two or more pipelines
 use; a package imports them, never the other way round (but for the classifier's lazy import of
-the purification task, whose inpainter runs it reads for `--source=purified`). `lesion_jax/tasks/__init__.py` imports each package's
-task modules, one line per package, so their task names are registered for config.json.
+the purification task, whose inpainter runs it reads for `--source=purified`).
+`lesion_jax/tasks/__init__.py` imports each package's task modules, one line per package, so
+their task names are registered for config.json.
 """
