@@ -114,10 +114,19 @@ def _moved(cls: type, values: dict[str, Any], path: str) -> dict[str, Any]:
   """`values` with the keys `MOVED` names (and `cls` no longer has) at their new place (a copy);
   a config the record lacks (`run`) starts from the field's own default, as the old keys had."""
   fields = {f.name: f for f in dataclasses.fields(cls)}
+  original, hints = values, _hints(cls)
+  # Nested records first (a pipeline's segmenter written before RunConfig), so a key moved into
+  # them from here joins their migrated fields.
+  nested = {}
+  for k, v in values.items():
+    tp = _strip_optional(hints[k])[0] if k in fields else None
+    if isinstance(v, dict) and dataclasses.is_dataclass(tp):
+      nested[k] = _moved(tp, v, path + k + ".")
+  values = {**values, **nested}
   moved = {k: v for k, v in values.items() if k not in fields and k in MOVED and MOVED[k].split(".")[0] in fields}
   if not moved:
     return values
-  original, values = values, {k: v for k, v in values.items() if k not in moved}
+  values = {k: v for k, v in values.items() if k not in moved}
   for key, value in moved.items():
     *parents, leaf = MOVED[key].split(".")
     given = original

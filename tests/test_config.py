@@ -54,7 +54,8 @@ def test_defaults_live_in_the_dataclasses():
 def _old_shape(record: dict) -> dict:
   """A config dict as written before RunConfig: the run fields at the top of the task's config."""
   run = dict(record.pop("run"))
-  del run["test_split"]  # new with RunConfig
+  for new in ("test_split", "holdout", "holdout_seed"):  # new with RunConfig
+    del run[new]
   return {**record, **run}
 
 
