@@ -15,7 +15,7 @@ import os
 from absl import app, flags
 
 from experiments import common
-from lesion_jax.pipelines.lesion_index import task as lesion_index
+from lesion_jax.pipelines.lesion_index import network
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("dr_workdir", None, "The FCRN trained on DR.")
@@ -31,11 +31,11 @@ def main(argv):
   del argv
   common.init_distributed()
   common.quiet_library_logs()
-  config = lesion_index.LesionIndexNetworkConfig(
+  config = network.LesionIndexNetworkConfig(
       dr_workdir=FLAGS.dr_workdir, dm_workdir=FLAGS.dm_workdir, dr_dm_workdir=FLAGS.dr_dm_workdir,
       split=FLAGS.split, checkpoint=str(common.checkpoint_flag_value(FLAGS.checkpoint)))
   common.run_directory(FLAGS.out)
-  lesion_index.LesionIndexNetwork(config).run(FLAGS.out)
+  network.LesionIndexNetwork(config).run(FLAGS.out)
   print(open(os.path.join(FLAGS.out, "report.md")).read())
 
 

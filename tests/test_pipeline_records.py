@@ -14,6 +14,7 @@ from lesion_jax.artifacts import stage
 from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
 from lesion_jax.pipelines.lesion_index import feature_network
+from lesion_jax.pipelines.lesion_index import network
 from lesion_jax.pipelines.lesion_index import task as lesion_index
 from lesion_jax.pipelines.self_learning import self_learning, two_stage
 from lesion_jax.tasks import base, runner, segmentation
@@ -48,9 +49,9 @@ def members(tiny_data_dir, tiny_dataset, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lin(members, tmp_path_factory):
-  config = lesion_index.LesionIndexNetworkConfig(dr_workdir=members["dr"], dm_workdir=members["dm"])
+  config = network.LesionIndexNetworkConfig(dr_workdir=members["dr"], dm_workdir=members["dm"])
   workdir = str(tmp_path_factory.mktemp("lin"))
-  return config, workdir, lesion_index.LesionIndexNetwork(config).run(workdir)
+  return config, workdir, network.LesionIndexNetwork(config).run(workdir)
 
 
 def test_the_lin_writes_its_report_and_loads_back_as_its_pipeline(lin, members):
@@ -65,23 +66,23 @@ def test_the_lin_writes_its_report_and_loads_back_as_its_pipeline(lin, members):
   assert report["results"]["lin"]["jaccard"] == metrics["lin/jaccard"]
   assert "## Table V: the LICU" in open(os.path.join(workdir, "report.md")).read()
   loaded = runner.load(workdir)
-  assert isinstance(loaded, lesion_index.LesionIndexNetwork) and loaded.config == config
+  assert isinstance(loaded, network.LesionIndexNetwork) and loaded.config == config
   assert loaded.stages(workdir) == {"dr": members["dr"], "dm": members["dm"]}
   assert all(os.path.exists(os.path.join(d, "metrics.json")) for d in loaded.stages(workdir).values())
   # The members are where the LIN reads them (location fields): a moved member still resumes the
   # record; another split is another report.
   moved = dataclasses.replace(config, dr_workdir=members["dr"] + "_moved")
-  runner.write_config(workdir, lesion_index.LesionIndexNetwork(moved).describe(), moved)
+  runner.write_config(workdir, network.LesionIndexNetwork(moved).describe(), moved)
   other = dataclasses.replace(config, split="validation")
   with pytest.raises(ValueError, match="other flags"):
-    runner.write_config(workdir, lesion_index.LesionIndexNetwork(other).describe(), other)
+    runner.write_config(workdir, network.LesionIndexNetwork(other).describe(), other)
   runner.write_config(workdir, loaded.describe(), config)
 
 
 def test_the_lin_predictor_sums_its_members_maps_as_its_evaluation_does(lin):
   config, workdir, metrics = lin
   task, states = runner.load(workdir).predictor(workdir)
-  assert isinstance(task, lesion_index.LesionIndexNetworkTask) and len(states) == 2
+  assert isinstance(task, network.LesionIndexNetworkTask) and len(states) == 2
   assert [m.config.test_scales for m in task.members] == [(32, 48), (40,)]
   assert task.predicts == {"mask", "probabilities"} and task.class_names == task.members[0].class_names
   scores, evaluation = runner.evaluate(task, states, "test")  # the report's LIN row
@@ -112,9 +113,9 @@ def test_the_lin_predictor_sums_its_members_maps_as_its_evaluation_does(lin):
 def test_a_lin_without_both_members_is_refused_before_anything_is_written(members, tmp_path):
   workdir = str(tmp_path / "lin")
   with pytest.raises(config_lib.ConfigError, match="--dm_workdir"):
-    lesion_index.LesionIndexNetwork(lesion_index.LesionIndexNetworkConfig(dr_workdir=members["dr"])).run(workdir)
+    network.LesionIndexNetwork(network.LesionIndexNetworkConfig(dr_workdir=members["dr"])).run(workdir)
   with pytest.raises(config_lib.ConfigError, match="--split"):
-    lesion_index.LesionIndexNetwork(lesion_index.LesionIndexNetworkConfig(
+    network.LesionIndexNetwork(network.LesionIndexNetworkConfig(
         dr_workdir=members["dr"], dm_workdir=members["dm"], split="nope")).run(workdir)
   assert not os.path.exists(os.path.join(workdir, "config.json"))
 

@@ -7,7 +7,7 @@ runner calls of several tasks in one process.
 """
 from lesion_jax.tasks import classification, segmentation  # noqa: F401  (registers the shared tasks)
 from lesion_jax.pipelines.gan import task as gan  # noqa: F401  ("gan")
-from lesion_jax.pipelines.lesion_index import feature_network, task as lesion_index  # noqa: F401  ("lesion_index", "lesion_index_network", "feature_network")
+from lesion_jax.pipelines.lesion_index import feature_network, network, task as lesion_index  # noqa: F401  ("lesion_index", "lesion_index_network", "feature_network")
 from lesion_jax.pipelines.maskrcnn import task as maskrcnn  # noqa: F401  ("maskrcnn")
 from lesion_jax.pipelines.purification import task as inpainting  # noqa: F401  ("inpainting")
 from lesion_jax.pipelines.self_learning import self_learning, two_stage  # noqa: F401  ("self_learning", "two_stage")

@@ -7,8 +7,8 @@ with the LICU; its report (Tables III-V) and a run `predict` takes.
 
 Wall time: about 1 minute after the two FCRNs. Measured: docs/results/pipeline5_lin.md.
 """
-from lesion_jax.pipelines.lesion_index import task
+from lesion_jax.pipelines.lesion_index import network
 
 
-def get_config() -> task.LesionIndexNetworkConfig:
-  return task.LesionIndexNetworkConfig(dr_workdir="runs/fcrn_dr", dm_workdir="runs/fcrn_dm")
+def get_config() -> network.LesionIndexNetworkConfig:
+  return network.LesionIndexNetworkConfig(dr_workdir="runs/fcrn_dr", dm_workdir="runs/fcrn_dm")
