@@ -16,7 +16,7 @@ from lesion_jax.config import RunConfig
 from lesion_jax.data import pipeline
 from lesion_jax.eval import postprocess
 from lesion_jax.pipelines.maskrcnn import task as maskrcnn
-from lesion_jax.tasks import base, runner, segmentation
+from lesion_jax.tasks import base, lesion_masks, runner, segmentation
 
 SIZES = ((40, 56), (32, 32), (71, 23))
 
@@ -45,7 +45,7 @@ def test_predict_images_gives_each_image_its_own_size_mask(trained):
   assert [r["mask"].shape for r in records] == list(SIZES)
   assert all(r["mask"].dtype == bool for r in records)
   # The run's maps, binarised as it scores them.
-  for record, mask in zip(records, task.masks_for(task.segment_images(state, images))):
+  for record, mask in zip(records, task.masks.masks_for(task.masks.segment_images(state, images))):
     np.testing.assert_array_equal(record["mask"], mask)
   tta = task.predict_images(state, images, predict="tta")
   assert [r["mask"].shape for r in tta] == list(SIZES)
@@ -85,7 +85,7 @@ def test_a_record_written_before_the_prepare_fields_loads_with_their_defaults(co
 def test_mask_rcnn_composes_the_shared_parts_instead_of_inheriting_the_segmenter():
   assert maskrcnn.MaskRCNNTask.__bases__ == (base.Task,)
   task = maskrcnn.MaskRCNNTask(maskrcnn.MaskRCNNConfig(threshold=0.3, postprocess=False, paste="union"))
-  assert isinstance(task.masks, segmentation.LesionMasks)
+  assert isinstance(task.masks, lesion_masks.LesionMasks)
   assert task.masks.postprocess == postprocess.MaskPostprocess(0.3, clean=False, fallback=False)
   assert task.masks.source == maskrcnn.InstancePaste(128, 0.5, "union")
   assert task.with_overrides(fallback=True).masks.postprocess.fallback

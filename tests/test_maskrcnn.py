@@ -216,7 +216,7 @@ def test_tiny_run_resumes_scores_and_predicts_at_native_resolution(tiny_run):
   mesh = sharding.make_mesh()
   state = runner.restore(task, workdir, "best", mesh)
   image = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
-  prob, = task.segment_images(state, [image], mesh)
+  prob, = task.masks.segment_images(state, [image], mesh)
   assert prob.shape == (40, 56) and 0.0 <= prob.min() and prob.max() <= 1.0
 
 
@@ -230,7 +230,7 @@ def test_tiny_run_is_a_lesion_segmenter_that_predicts_masks_on_photos(tiny_run):
   records = task.predict_images(state, images)
   assert [r["mask"].shape for r in records] == [(40, 56), (64, 48), (32, 32)]
   assert all(r["mask"].dtype == bool for r in records)
-  for record, mask in zip(records, task.masks_for(task.segment_images(state, images))):
+  for record, mask in zip(records, task.masks.masks_for(task.masks.segment_images(state, images))):
     np.testing.assert_array_equal(record["mask"], mask)
   with pytest.raises(base.PredictionUnsupported, match="no 'tta' prediction"):
     task.predict_images(state, images, predict="tta")

@@ -121,9 +121,9 @@ def test_self_learning_rounds_relabel_with_the_previous_unet(rounds, tiny_datase
   builder = pipeline.get_builder(tiny_dataset, config.segmenter.input.data_dir)
   state = runner.restore(first, os.path.join(workdir, "round_0"), "best")
   example = next(iter(stage.read_examples(builder, "train", features=("image",))))
-  prob = first.segment_images(state, [example["image"]])[0]
+  prob = first.masks.segment_images(state, [example["image"]])[0]
   stored = io_read_mask(second.config.mask_artifacts, example["id"])
-  np.testing.assert_array_equal(stored, first.binarize(prob)[0])
+  np.testing.assert_array_equal(stored, first.masks.binarize(prob)[0])
   assert os.path.exists(os.path.join(workdir, "figures", "rounds.png"))
   records = [json.load(open(os.path.join(second.config.mask_artifacts, f))) for f in
              os.listdir(second.config.mask_artifacts) if f.endswith(".json")]

@@ -28,7 +28,7 @@ from lesion_jax.data import pipeline
 from lesion_jax.eval import postprocess
 from lesion_jax.models.maskrcnn import RESNET_STAGES
 from lesion_jax.pipelines.maskrcnn import metrics, ops, steps
-from lesion_jax.tasks import base, segmentation
+from lesion_jax.tasks import base, lesion_masks, segmentation
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
 PASTE_MODES = ("top", "union")
@@ -108,7 +108,7 @@ class MaskRCNNConfig:
 
 @dataclasses.dataclass(frozen=True)
 class InstancePaste:
-  """Mask R-CNN's mask source (segmentation.MaskSource): one example's detections as the lesion
+  """Mask R-CNN's mask source (lesion_masks.MaskSource): one example's detections as the lesion
   probability map at (height, width), the best instance's mask pasted in its box (or, `paste` =
   "union", the pixel-wise maximum of every instance at or above `score_threshold`), zero where no
   instance reaches `score_threshold`. Boxes are in the model's `input_size` square input pixels
@@ -138,11 +138,11 @@ class MaskRCNNTask(base.Task):
   evaluation_overrides = frozenset({"fallback"})
 
   @functools.cached_property
-  def masks(self) -> segmentation.LesionMasks:
+  def masks(self) -> lesion_masks.LesionMasks:
     """Data, binarisation, scoring, overlays and prediction on photos: the segmentation task's,
     with this task's mask source, its instance targets and its detection scores."""
     c = self.config
-    return segmentation.LesionMasks(
+    return lesion_masks.LesionMasks(
         self, InstancePaste(c.input.image_size, c.score_threshold, c.paste),
         instances_op=ops.lesion_instances("mask", c.max_instances, c.instances),
         instances=lambda: _NativeDetections(c.input.image_size, c.model.detections, c.score_threshold))
@@ -211,15 +211,6 @@ class MaskRCNNTask(base.Task):
   def prob_at(self, output, height: int, width: int) -> np.ndarray:
     """The mask source (`InstancePaste`): one example's lesion probability map at (height, width)."""
     return self.masks.source(output, height, width)
-
-  def segment_images(self, state, images: list[np.ndarray], mesh=None, predict=None) -> list[np.ndarray]:
-    return self.masks.segment_images(state, images, mesh, predict)
-
-  def binarize(self, prob: np.ndarray) -> tuple[np.ndarray, bool]:
-    return self.masks.binarize(prob)
-
-  def masks_for(self, probs: list[np.ndarray]) -> list[np.ndarray]:
-    return self.masks.masks_for(probs)
 
   def predict_images(self, state, images, predict: str = "predict") -> list[dict[str, Any]]:
     return self.masks.predict_images(state, images, predict)

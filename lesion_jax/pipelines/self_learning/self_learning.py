@@ -20,7 +20,6 @@ import dataclasses
 import os
 from typing import Any
 
-import jax
 from absl import logging
 
 from lesion_jax import config as config_lib
@@ -107,15 +106,10 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
     io.write_json(os.path.join(workdir, "metrics.json"), {"rounds": rows})
     if r == config.rounds:
       break
-    state = runner.restore(task, round_dir, "best", mesh)
-    step = int(jax.device_get(state.step))
+    state, local, predict, step = runner.process_local_predictor(task, round_dir, mesh)
     rstore = relabel.relabel_store(root, builder.info.full_name, round_dir, step)
-    # Each host relabels only its share of the images not yet stored, so hosts run different
-    # numbers of batches: on a process-local mesh, none waits for the others (sharding.process_local).
-    local, state = sharding.process_local(state, mesh)
-    predict = task.jit_predict(state, local)
-    segment = lambda images: task.segment_images(state, images, local, predict)  # noqa: E731
-    binarize = lambda prob: task.binarize(prob)[0]  # noqa: E731
+    segment = lambda images: task.masks.segment_images(state, images, local, predict)  # noqa: E731
+    binarize = lambda prob: task.masks.binarize(prob)[0]  # noqa: E731
     pseudo = {}
     for split in unlabelled:
       summary = relabel.relabel_split(builder, split, rstore, segment, binarize, config.relabel)
