@@ -35,11 +35,18 @@ def machine() -> str:
   return f"{os.cpu_count()} CPU cores, {jax.device_count()} x {'/'.join(kinds)} ({platform.platform(terse=True)})"
 
 
+def _command_line() -> list[str]:
+  """This process's command as typed: `python -m experiments.train ...` for a module run."""
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  head = ["python", "-m", spec.name] if spec is not None and spec.name else ["python", sys.argv[0]]
+  return [*head, *sys.argv[1:]]
+
+
 def record(workdir: str, config_file: str | None, overrides: dict[str, str], wall_time_s: float,
            command: list[str] | None = None) -> dict[str, Any]:
   """Writes (atomically) and returns the run's provenance."""
   entry = {"config_file": config_file, "overrides": dict(overrides),
-           "command": " ".join(command if command is not None else [os.path.basename(sys.executable), *sys.argv]),
+           "command": " ".join(command if command is not None else _command_line()),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "commit": commit(), "machine": machine(), "wall_time_s": round(float(wall_time_s), 1)}
   io.write_json(os.path.join(workdir, FILE), entry)

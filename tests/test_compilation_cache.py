@@ -136,6 +136,7 @@ print(json.dumps({"dir": lesion_jax.compilation_cache_dir(),
 def test_importing_the_package_changes_nothing_global(tmp_path):
   code = r"""
 import json, os, sys
+import jax  # (jax itself sets TF_CPP_MIN_LOG_LEVEL when imported: not ours to count)
 before = dict(os.environ)
 import lesion_jax
 import lesion_jax.models, lesion_jax.eval.metrics

@@ -123,3 +123,17 @@ def test_report_renders_a_results_page_from_runs(trained, tmp_path):
   assert cells[1] == f"{metrics['test/jaccard']:.4g}" and cells[2] == f"{metrics['test/dice']:.4g}"
   assert "`experiments/configs/segmentation/unet.py`" in row and "do not edit by hand" in page
   assert "python -m experiments.report" in page
+
+
+def test_the_artifacts_verb_computes_once_and_resumes(tiny_data_dir, tiny_dataset, tmp_path):
+  args = [sys.executable, "-m", "experiments.artifacts", "--kind=kmeans", "--splits=test",
+          f"--config.input.dataset={tiny_dataset}", f"--config.input.data_dir={tiny_data_dir}",
+          f"--config.input.artifact_dir={tmp_path}", "--config.kmeans.k=3"]
+  first = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600, check=False)
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert "test: 16 images (16 computed" in first.stdout and str(tmp_path) in first.stdout
+  again = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600, check=False)
+  assert "test: 16 images (0 computed" in again.stdout and "16 reused" in again.stdout
+  bad = subprocess.run(args[:4] + ["--config.kmeans.kk=3"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                       timeout=300, check=False)
+  assert bad.returncode != 0 and "kmeans.kk" in bad.stderr and "Traceback" not in bad.stderr
