@@ -107,6 +107,8 @@ MOVED: dict[str, str] = {
                                         "train_split", "val_split")},
     # SelfLearningConfig's own test split, now its segmenter's.
     "test_split": "segmenter.run.test_split",
+    # The feature network's own artifact folder, now its input's (InputConfig.artifact_dir).
+    "artifact_dir": "input.artifact_dir",
 }
 
 

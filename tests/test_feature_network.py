@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from lesion_jax.train import state as state_lib
 import tensorflow as tf
 
 from lesion_jax import config as config_lib
@@ -170,7 +172,7 @@ def test_lfn_variants_give_class_logits_with_and_without_batchnorm(variant):
 
 
 def test_step_decay_schedule():
-  schedule = fn.step_decay_schedule(0.01, 10, 0.1)
+  schedule = state_lib.step_decay_schedule(0.01, 10, 0.1)
   np.testing.assert_allclose([schedule(s) for s in (0, 9, 10, 19, 20)], [0.01, 0.01, 1e-3, 1e-3, 1e-4], rtol=1e-5)
   # The same schedule is OptimizerConfig's step_decay (what the LFN builds from its own fields).
   from lesion_jax.train.state import OptimizerConfig, learning_rate_schedule  # pylint: disable=g-import-not-at-top

@@ -24,7 +24,6 @@ from lesion_jax.config import field
 from lesion_jax.data import pipeline
 from lesion_jax.artifacts import superpixels as superpixels_lib
 from lesion_jax.artifacts.kmeans import KMeansConfig
-from lesion_jax.artifacts.store import default_root
 from lesion_jax.artifacts.superpixels import SuperpixelConfig
 from lesion_jax.eval.superpixel_refine import RefineConfig
 from lesion_jax.tasks import base, runner
@@ -207,8 +206,7 @@ class SegmentationTask(base.Task):
   def superpixel_store(self, split: str):
     """The split's SLIC superpixel artifacts (computed now where missing: resumable)."""
     c = self.config
-    store = superpixels_lib.superpixel_store(default_root(c.input.data_dir), self.builder.info.full_name,
-                                             c.superpixels)
+    store = superpixels_lib.superpixel_store(c.input.artifact_root(), self.builder.info.full_name, c.superpixels)
     superpixels_lib.superpixels_for_split(self.builder, split, store, c.superpixels)
     return store
 

@@ -55,7 +55,6 @@ import optax
 
 from lesion_jax import config as config_lib
 from lesion_jax.artifacts import superpixels as superpixels_lib
-from lesion_jax.artifacts.store import default_root
 from lesion_jax.artifacts.superpixels import SuperpixelConfig
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
@@ -65,7 +64,6 @@ from lesion_jax.pipelines.lesion_index import ops as lin_ops
 from lesion_jax.tasks import base, runner
 from lesion_jax.train import losses, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
-from lesion_jax.train.state import step_decay_schedule  # noqa: F401  (the LFN's schedule, built by OptimizerConfig)
 
 ISIC2017_FEATURES = ("pigment_network", "negative_network", "milia_like_cyst", "streaks")
 SUPERPIXEL_SOURCES = ("auto", "dataset", "slic")
@@ -121,8 +119,6 @@ class FeatureNetworkConfig:
   superpixel_source: str = field("auto", "Superpixels: auto (the dataset's `superpixels` feature where it "
                                  "has one, else SLIC), dataset, or slic (SLIC artifacts).")
   superpixels: SuperpixelConfig = SuperpixelConfig()
-  artifact_dir: str | None = field(None, "Where SLIC superpixels are stored (default: "
-                                   "<data_dir>/lesion_jax_artifacts).", location=True)
   run: config_lib.RunConfig = config_lib.RunConfig(num_steps=3000, eval_every=1000)
 
 
@@ -182,7 +178,7 @@ class FeatureNetworkTask(base.Task):
   @functools.cached_property
   def superpixel_store(self):
     c = self.config
-    return superpixels_lib.superpixel_store(c.artifact_dir or default_root(c.input.data_dir),
+    return superpixels_lib.superpixel_store(c.input.artifact_root(),
                                             self.builder.info.full_name, c.superpixels)
 
   def ensure_superpixels(self, split: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Sequence
 from lesion_jax import config as config_lib
 from lesion_jax import io, run_lock
 from lesion_jax.config import field
-from lesion_jax.pipelines.lesion_index.task import LesionIndexTask, evaluate_members, index_records
+from lesion_jax.pipelines.lesion_index import task as fcrn  # the module: it imports this package's registry first
 from lesion_jax.tasks import base, runner
 from lesion_jax.train import sharding
 
@@ -36,7 +36,7 @@ INDEX_KEYS = ("licu_melanoma_auc", "licu_melanoma_ap", "licu_keratosis_auc", "li
 class LesionIndexNetworkTask(base.Task):
   """The LIN's predictor: its members' (DR, DM) FCRN tasks, with a tuple of their states as its
   state; every output is the sum of the members' native maps (each member at its own test scales,
-  batch size and model), as `evaluate_members` scores it.
+  batch size and model), as `fcrn.evaluate_members` scores it.
 
   Why not `Task.jit_predict(..., ensemble=True)` (the mean over a tuple of states in one program):
   the mean of the maps would give the same mask and indices as their sum, since `lesion_mask`
@@ -50,7 +50,7 @@ class LesionIndexNetworkTask(base.Task):
   config_cls = LesionIndexNetworkConfig
   predicts = frozenset({"mask", "probabilities"})
 
-  def __init__(self, config: LesionIndexNetworkConfig, members: Sequence[LesionIndexTask]):
+  def __init__(self, config: LesionIndexNetworkConfig, members: Sequence[fcrn.LesionIndexTask]):
     super().__init__(config)
     if not members:
       raise ValueError("the LIN needs at least one member")
@@ -72,19 +72,19 @@ class LesionIndexNetworkTask(base.Task):
 
   def evaluate(self, state, split, mesh, predict=None, keep_examples=0) -> base.Evaluation:
     predict = predict or self.jit_predict(state, mesh)
-    return evaluate_members(list(zip(self.members, state, predict)), split, mesh, keep_examples)
+    return fcrn.evaluate_members(list(zip(self.members, state, predict)), split, mesh, keep_examples)
 
   def write_figures(self, evaluation, fig_dir, prefix) -> None:
     self.members[0].write_figures(evaluation, fig_dir, prefix)
 
   def predict_images(self, state, images, predict="predict") -> list[dict[str, Any]]:
     """Per photo: "mask" and "probabilities" (the LICU index per diagnosis, summing to 1) of the
-    sum of the members' maps, as `LesionIndexTask.predict_images` gives them for one FCRN."""
+    sum of the members' maps, as `fcrn.LesionIndexTask.predict_images` gives them for one FCRN."""
     summed = None
     for task, member_state in zip(self.members, state):
       maps = task.image_maps(member_state, images, predict=predict)
       summed = maps if summed is None else [a + b for a, b in zip(summed, maps)]
-    return index_records(summed)
+    return fcrn.index_records(summed)
 
 
 def _checkpoint(value: str) -> int | str:
@@ -117,13 +117,13 @@ class LesionIndexNetwork(base.Pipeline):
       if not getattr(c, flag):
         raise config_lib.ConfigError(f"--{flag}: the LIN needs its DR and DM FCRN runs")
     for stage, workdir in self.stages("").items():
-      task = runner.load(workdir, LesionIndexTask, f"{stage}_workdir")
+      task = runner.load(workdir, fcrn.LesionIndexTask, f"{stage}_workdir")
       base.check_split(task.builder, c.split, "split")
 
-  def member(self, stage: str, mesh=None) -> tuple[LesionIndexTask, Any]:
+  def member(self, stage: str, mesh=None) -> tuple[fcrn.LesionIndexTask, Any]:
     """(task, state) of one stage's run, at the configured checkpoint."""
     workdir = self.stages("")[stage]
-    task = runner.load(workdir, LesionIndexTask, f"{stage}_workdir")
+    task = runner.load(workdir, fcrn.LesionIndexTask, f"{stage}_workdir")
     return task, runner.restore(task, workdir, _checkpoint(self.config.checkpoint), mesh)
 
   def predictor(self, workdir: str) -> tuple[LesionIndexNetworkTask, tuple[Any, ...]]:
@@ -161,7 +161,7 @@ def lin_report(lin: LesionIndexNetwork, mesh) -> tuple[dict[str, dict[str, Any]]
   dr, dm = lin.member("dr", mesh), lin.member("dm", mesh)
 
   def score(members):
-    return evaluate_members([(t, s, t.jit_predict(s, mesh)) for t, s in members], split, mesh).scores
+    return fcrn.evaluate_members([(t, s, t.jit_predict(s, mesh)) for t, s in members], split, mesh).scores
 
   scales = dr[0].config.test_scales
   single = (dr[0].config.input.image_size,)
