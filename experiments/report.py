@@ -10,6 +10,7 @@ columns (default: every number of the first run's metrics.json under test/, at m
 """
 import datetime
 import os
+import shlex
 
 from absl import app, flags
 
@@ -78,8 +79,8 @@ def main(argv):
   del argv
   runs = parse_runs(FLAGS.runs)
   command = "python -m experiments.report " + " ".join(
-      f"--{name}={','.join(v) if isinstance(v, list) else v}" for name in ("out", "title", "runs", "metrics", "note")
-      if (v := FLAGS[name].value))
+      f"--{name}={shlex.quote(','.join(v) if isinstance(v, list) else v)}"
+      for name in ("out", "title", "runs", "metrics", "note") if (v := FLAGS[name].value))
   text = render(FLAGS.title or os.path.splitext(os.path.basename(FLAGS.out))[0], FLAGS.note, runs, FLAGS.metrics,
                 command)
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)

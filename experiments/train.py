@@ -32,10 +32,10 @@ def main(argv):
   config = common.config_from_file(FLAGS.config)
   run = base.for_config(config)
   common.run_directory(FLAGS.workdir)
-  start = time.perf_counter()
+  start, code = time.perf_counter(), provenance.commit()  # the code the run starts from
   scores = run.run(FLAGS.workdir) if isinstance(run, base.Pipeline) else runner.run(run, FLAGS.workdir)
   if jax.process_index() == 0:
-    provenance.record(FLAGS.workdir, FLAGS.config, common.CONFIG_OVERRIDES, time.perf_counter() - start)
+    provenance.record(FLAGS.workdir, FLAGS.config, common.CONFIG_OVERRIDES, time.perf_counter() - start, code=code)
   common.print_scores({k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)
                        and "fold" not in k})
 

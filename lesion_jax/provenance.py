@@ -43,12 +43,13 @@ def _command_line() -> list[str]:
 
 
 def record(workdir: str, config_file: str | None, overrides: dict[str, str], wall_time_s: float,
-           command: list[str] | None = None) -> dict[str, Any]:
-  """Writes (atomically) and returns the run's provenance."""
+           command: list[str] | None = None, code: str | None = None) -> dict[str, Any]:
+  """Writes (atomically) and returns the run's provenance; `code`: the commit the run started from
+  (default: the checkout's now)."""
   entry = {"config_file": config_file, "overrides": dict(overrides),
            "command": " ".join(command if command is not None else _command_line()),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-           "commit": commit(), "machine": machine(), "wall_time_s": round(float(wall_time_s), 1)}
+           "commit": code or commit(), "machine": machine(), "wall_time_s": round(float(wall_time_s), 1)}
   io.write_json(os.path.join(workdir, FILE), entry)
   return entry
 
