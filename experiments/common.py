@@ -192,7 +192,7 @@ def _stopping_errors() -> tuple[type[BaseException], ...]:
   from lesion_jax import checkpoint, run_lock  # pylint: disable=g-import-not-at-top
   from lesion_jax.tasks import runner  # pylint: disable=g-import-not-at-top
   return (checkpoint.CheckpointDamagedError, checkpoint.CheckpointNotFoundError, checkpoint.NonFiniteStateError,
-          checkpoint.DiskFullError, run_lock.WorkdirBusyError, runner.RunNotFoundError)
+          checkpoint.DiskFullError, run_lock.WorkdirBusyError, runner.RunNotFoundError, runner.base.PredictionUnsupported)
 
 
 def _fail(message: str, code: int) -> None:
@@ -288,13 +288,12 @@ CONFIG_OVERRIDES: dict[str, str] = {}  # --config.<dotted field>=<text>, in comm
 def _parse_flags_and_overrides(argv: list[str]) -> list[str]:
   """absl's parser (`_parse_flags`) for every argument but the --config.<field>=<value>
   overrides, which go to CONFIG_OVERRIDES (applied to the config file's config by its types)."""
-  from absl import app  # pylint: disable=g-import-not-at-top
   rest = []
   for arg in argv:
     if arg.startswith("--config."):
       key, sep, value = arg[len("--config."):].partition("=")
       if not sep or not key:
-        raise app.UsageError(f"{arg}: give --config.<field>=<value>, e.g. --config.run.num_steps=500")
+        _fail(f"{arg}: give --config.<field>=<value>, e.g. --config.run.num_steps=500", 1)
       CONFIG_OVERRIDES[key] = value
     else:
       rest.append(arg)

@@ -25,7 +25,7 @@ from experiments import common
 from lesion_jax import config as config_lib
 from lesion_jax import io
 from lesion_jax.artifacts import stage
-from lesion_jax.tasks import runner
+from lesion_jax.tasks import base, runner
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "The --workdir of a training run (any task).")
@@ -72,6 +72,9 @@ def main(argv):
   common.init_distributed()
   common.quiet_library_logs()
   task = recorded = runner.load(FLAGS.workdir)
+  if isinstance(task, base.Pipeline):
+    raise app.UsageError(f"--workdir={FLAGS.workdir} holds a {task.name!r} pipeline: evaluate one of its runs "
+                         f"({', '.join(task.stages(FLAGS.workdir).values())})")
   if FLAGS.refine is not None:
     task = task.with_overrides(refine=FLAGS.refine)
   task = common.with_segmentation_overrides(task, FLAGS.tta_scales, FLAGS.fallback)

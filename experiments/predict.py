@@ -213,18 +213,20 @@ def load_predictors(workdir: str, classifier_workdir: str | None, which) -> list
     task = common.with_segmentation_overrides(task, FLAGS.tta_scales, FLAGS.fallback)
   elif FLAGS.tta_scales is not None or FLAGS.fallback is not None:
     raise app.UsageError(f"--tta_scales / --fallback: a {task.name!r} run is not a segmenter")
-  if not task.predicts:  # refused before anything is written, with the task's own reason
-    try:
-      task.predict_images(state, [])
-    except base.PredictionUnsupported as e:
-      raise app.UsageError(f"--workdir={workdir}: {e}") from None
-    raise app.UsageError(f"--workdir={workdir}: a {task.name!r} run does not predict on photos")
+  try:  # refused before anything is written, with the task's own reason
+    task.check_predict()
+  except base.PredictionUnsupported as e:
+    raise app.UsageError(f"--workdir={workdir}: {e}") from None
   predictors = [(task, state)]
   if classifier_workdir:
     if not task.makes_masks:
       raise app.UsageError("--classifier_workdir goes with a segmenter --workdir")
     runner.load(classifier_workdir, classification.ClassificationTask, "classifier_workdir")
     predictors.append(runner.predictor(classifier_workdir, "best"))
+    try:
+      predictors[-1][0].check_predict()
+    except base.PredictionUnsupported as e:
+      raise app.UsageError(f"--classifier_workdir={classifier_workdir}: {e}") from None
   return predictors
 
 

@@ -18,6 +18,7 @@ import jax
 
 from experiments import common
 from lesion_jax import provenance
+from lesion_jax.pipelines.purification import task as purification
 from lesion_jax.tasks import base, runner
 
 FLAGS = flags.FLAGS
@@ -33,7 +34,12 @@ def main(argv):
   run = base.for_config(config)
   common.run_directory(FLAGS.workdir)
   start, code = time.perf_counter(), provenance.commit()  # the code the run starts from
-  scores = run.run(FLAGS.workdir) if isinstance(run, base.Pipeline) else runner.run(run, FLAGS.workdir)
+  if isinstance(run, base.Pipeline):
+    scores = run.run(FLAGS.workdir)
+  elif isinstance(run, purification.InpaintingTask) and not run.config.finetune_from:
+    scores = purification.train_two_phase(run.config, FLAGS.workdir)  # the paper's Adam then SGD phases
+  else:
+    scores = runner.run(run, FLAGS.workdir)
   if jax.process_index() == 0:
     provenance.record(FLAGS.workdir, FLAGS.config, common.CONFIG_OVERRIDES, time.perf_counter() - start, code=code)
   common.print_scores({k: v for k, v in scores.items() if isinstance(v, (int, float)) and not isinstance(v, bool)

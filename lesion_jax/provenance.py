@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import shlex
 import subprocess
 import sys
 from typing import Any
@@ -47,7 +48,7 @@ def record(workdir: str, config_file: str | None, overrides: dict[str, str], wal
   """Writes (atomically) and returns the run's provenance; `code`: the commit the run started from
   (default: the checkout's now)."""
   entry = {"config_file": config_file, "overrides": dict(overrides),
-           "command": " ".join(command if command is not None else _command_line()),
+           "command": shlex.join(command if command is not None else _command_line()),
            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "commit": code or commit(), "machine": machine(), "wall_time_s": round(float(wall_time_s), 1)}
   io.write_json(os.path.join(workdir, FILE), entry)

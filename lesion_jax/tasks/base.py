@@ -246,6 +246,12 @@ class Task:
     del state, workdir, mesh
     return {}
 
+  def check_predict(self) -> None:
+    """Refuses (PredictionUnsupported), before any photo is read or any file written, a run whose
+    predictions cannot be made (e.g. a classifier whose source run is gone)."""
+    if not self.predicts:
+      self.predict_images(None, [])
+
   def predict_images(self, state: Any, images: Sequence[np.ndarray], predict: str = "predict"
                      ) -> list[dict[str, Any]]:
     """One record per uint8 RGB image (any size): what "predict on a user's photo" means for this

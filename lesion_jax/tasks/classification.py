@@ -359,18 +359,27 @@ class ClassificationTask(base.Task):
     purifying inpainter); None for raw input."""
     c = self.config
     if self.source == "crops":
-      task = segmentation.load_segmenter(c.crop.segmenter_workdir, "crop.segmenter_workdir")
+      try:
+        task = segmentation.load_segmenter(c.crop.segmenter_workdir, "crop.segmenter_workdir")
+      except (config_lib.ConfigError, FileNotFoundError) as e:
+        raise base.PredictionUnsupported(f"its lesion crops cannot be replayed: {e}") from None
       if c.crop.fallback != task.config.fallback:  # the crops it trained on went through the fallback iff crop.fallback
         task = task.with_overrides(fallback=c.crop.fallback)
       return task, runner.restore(task, c.crop.segmenter_workdir, "best")
     if self.source == "purified":
       from lesion_jax.pipelines.purification import task as inpainting  # pylint: disable=g-import-not-at-top
-      return inpainting.inpainter_from_workdir(c.purify.inpainter_workdir)
+      try:
+        return inpainting.inpainter_from_workdir(c.purify.inpainter_workdir)
+      except (config_lib.ConfigError, FileNotFoundError) as e:
+        raise base.PredictionUnsupported(f"its purification cannot be replayed: {e}") from None
     if c.image_artifacts:
       raise base.PredictionUnsupported(
           f"this classifier read images from {c.image_artifacts} and its record does not say how they were "
           "made (a run from before `source`): retrain it with --source=crops or --source=purified")
     return None
+
+  def check_predict(self) -> None:
+    self._source_run  # pylint: disable=pointless-statement  (the crop's segmenter / the inpainter, restored once)
 
   @property
   def predicts(self) -> frozenset[str]:

@@ -26,7 +26,8 @@ from lesion_jax.train import loop, sharding
 
 # Config fields (by leaf name, e.g. run.num_steps) that only say how long or how often, or which
 # split is scored at the end (not what was trained): a resumed run may change them.
-RESUMABLE_CHANGES = frozenset({"num_steps", "eval_every", "log_every", "checkpoint_every", "test_split"})
+RESUMABLE_CHANGES = frozenset({"num_steps", "eval_every", "log_every", "checkpoint_every", "test_split",
+                               "num_generated", "duplicate_threshold"})  # the last two: what a GAN generates after
 # Fields that say where things are, not what the run computes, are marked on the config field
 # (config.field(..., location=True)): a moved or copied workdir, data directory, archive or run
 # it reads still resumes. Artifact stores are compared by what names their content
@@ -220,9 +221,9 @@ def run(task: base.Task, workdir: str, test_split: str | None = None,
   instead (`cross_validate`)."""
   mesh = mesh or sharding.make_mesh()
   test_split = task.config.run.test_split if test_split is None else test_split
+  task = with_holdout(task)  # refuses a holdout with folds
   if task.folds > 1:
     return cross_validate(task, workdir, test_split, mesh)
-  task = with_holdout(task)
   # Every split the run reads is checked before the first step, not after training.
   task.check(mesh, [("test_split", split) for prefix, split in task.final_splits(test_split) if prefix == "test"])
   with run_lock.hold(workdir):

@@ -115,7 +115,8 @@ class SegmentationTask(base.Task):
   averages_outputs = True  # lesion probability maps
   makes_masks = True
   predicts = frozenset({"mask"})
-  evaluation_overrides = frozenset({"tta_scales", "fallback", "refine"})
+  evaluation_overrides = frozenset({"tta_scales", "fallback", "refine", "threshold", "postprocess",
+                                    "fallback_max_fraction"})
 
   @functools.cached_property
   def masks(self) -> LesionMasks:

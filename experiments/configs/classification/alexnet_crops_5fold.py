@@ -5,7 +5,8 @@ over Training, SGD (AlexNet's recipe: rate 0.01, momentum 0.9, weight decay 5e-4
   python -m experiments.train --config=experiments/configs/classification/alexnet_crops_5fold.py --workdir=runs/alexnet \
       [--config.crop.segmenter_workdir=runs/maskrcnn]
 
-Wall time: about 15 minutes after Mask R-CNN on a 2-core CPU. Measured: docs/results/pipeline4_mask_alexnet.md.
+Wall time: about 15 minutes after Mask R-CNN on a 2-core CPU. Measured: not yet as this config (SGD, the paper's
+optimiser); Table II's rows on docs/results/pipeline4_mask_alexnet.md used Adam, width 0.5, 300 steps on s128.
 """
 from lesion_jax.tasks import classification
 from lesion_jax.train.state import OptimizerConfig

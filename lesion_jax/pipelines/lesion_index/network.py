@@ -50,6 +50,9 @@ class LesionIndexNetworkTask(base.Task):
   config_cls = LesionIndexNetworkConfig
   predicts = frozenset({"mask", "probabilities"})
 
+  def predict_fns(self):
+    return {}  # its members' predict functions run, each at its own scales (predict_images, evaluate)
+
   def __init__(self, config: LesionIndexNetworkConfig, members: Sequence[fcrn.LesionIndexTask]):
     super().__init__(config)
     if not members:

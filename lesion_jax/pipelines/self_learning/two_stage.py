@@ -121,7 +121,7 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
   t = time.perf_counter()
   crop = classification.LesionCropConfig(segmenter_workdir=seg_dir)
   crops_dir = segmentation.lesion_crops(seg_dir, builder, splits, config.classifier_image_size, root,
-                                        crop.margin, crop.black_out, mesh)
+                                        crop.margin, crop.black_out, mesh, fallback=crop.fallback)
   timings["crops"] = time.perf_counter() - t
 
   # 4. Classifiers on raw images and on crops.
