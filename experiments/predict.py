@@ -65,9 +65,9 @@ flags.register_validator("chunk_megapixels", lambda v: v > 0, "--chunk_megapixel
 flags.register_validator("mm_per_pixel", lambda v: v is None or v > 0, "--mm_per_pixel must be > 0")
 
 TABLES = ("predictions.csv", "predictions.csv.partial")
-OUTPUT_COLUMNS = ("mask", "overlay", "purified")  # the files predict writes, by their CSV column
 # Files each record key writes: (CSV column, file name suffix).
 FILES = {"mask": (("mask", ""), ("overlay", "_overlay")), "purified": (("purified", "_purified"),)}
+OUTPUT_COLUMNS = tuple(column for outputs in FILES.values() for column, _ in outputs)  # the files predict writes
 MEASUREMENTS = ("unit", "area", "perimeter", "diameter", "major_axis", "minor_axis", "asymmetry_major",
                 "asymmetry_minor", "compactness", "solidity", "num_colours", "colours", "colour_spread")
 
