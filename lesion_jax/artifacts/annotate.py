@@ -105,3 +105,41 @@ def ensure_kmeans_masks(builder: tfds.core.DatasetBuilder, splits: list[str], ro
     logging.info("K-means pseudo-masks for %s: %d images, %d uncertain%s", split, summary.total,
                  summary.uncertain, ja)
   return store.directory
+
+
+MANUAL_OVER_PSEUDO_KIND = "manual_over_pseudo_mask"
+
+
+def manual_over_pseudo(pseudo_directory: str, manual: tfds.core.DatasetBuilder, split: str, root: str) -> str:
+  """A mask store holding the pseudo-masks of `pseudo_directory` (e.g. K-means'), except that the
+  images of `manual`'s `split` that it also holds get their manual mask instead (resized to the
+  pseudo-mask's size, recorded `manual: true`, never uncertain): semi-supervised training on a few
+  manual masks among many pseudo-masks. Stored once under `root` (resumable); returns its directory."""
+  import glob  # pylint: disable=g-import-not-at-top
+  import cv2  # pylint: disable=g-import-not-at-top
+  parts = os.path.normpath(pseudo_directory).split(os.sep)
+  dataset, version = parts[-3], f"{parts[-2]}-{parts[-1]}+{manual.info.full_name}-{split}"
+  store = ArtifactStore(root, dataset, MANUAL_OVER_PSEUDO_KIND, version)
+  pseudo_ids = {}
+  for path in glob.glob(os.path.join(pseudo_directory, "*.json")):
+    record = io.read_json(path)
+    if isinstance(record, dict) and "id" in record and os.path.exists(path[:-len(".json")] + ".png"):
+      pseudo_ids[record["id"]] = path[:-len(".json")]
+  replaced = 0
+  for ex in stage.read_examples(manual, split, ids=list(pseudo_ids), features=("mask",)):
+    if not store.has(ex["id"]):
+      shape = io.read_mask_file(pseudo_ids[ex["id"]] + ".png").shape
+      mask = cv2.resize((ex["mask"][..., 0] > 0).astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST)
+      store.write(ex["id"], mask, {"manual": True, "uncertain": False, "source": f"{manual.info.full_name} {split}"})
+    replaced += 1
+  os.makedirs(store.directory, exist_ok=True)
+  for image_id, stem in pseudo_ids.items():
+    if not store.has(image_id):
+      dest = os.path.join(store.directory, os.path.basename(stem))
+      for suffix in (".png", ".json"):  # the record last: it marks the copy complete
+        with open(stem + suffix, "rb") as f:
+          io.atomic_write_bytes(dest + suffix, f.read())
+  logging.info("%s: %d pseudo-masks, %d of them replaced by the manual masks of %s %s", store.directory,
+               len(pseudo_ids), replaced, manual.info.full_name, split)
+  return store.directory
+

@@ -211,7 +211,8 @@ class Task:
       raise config_lib.ConfigError(f"--color_constancy={data.color_constancy!r}: not supported by a {self.name!r} run")
     splits = [("train_split", c.run.train_split)] + ([("val_split", c.run.val_split)] if c.run.val_split else [])
     for flag, split in [*splits, *extra_splits]:
-      check_split(self.builder, split, flag)
+      if split:  # "": nothing scored there
+        check_split(self.builder, split, flag)
 
   def with_overrides(self, **changes: Any) -> "Task":
     """This run with evaluation-time settings changed, checked (`check_overrides`): the one way
@@ -289,8 +290,9 @@ class Task:
     return ()
 
   def final_splits(self, test_split: str) -> list[tuple[str, str]]:
-    """(metrics prefix, split) scored at the end of a run into metrics.json."""
-    return [("test", test_split)]
+    """(metrics prefix, split) scored at the end of a run into metrics.json (test_split "": none,
+    e.g. a self-learned segmenter of a mask-less archive, scored later on another)."""
+    return [("test", test_split)] if test_split else []
 
   def write_figures(self, evaluation: Evaluation, fig_dir: str, prefix: str) -> None:
     """Figures of one evaluation (overlays, ROC, ...) into `fig_dir`, files named by `prefix`."""

@@ -326,7 +326,7 @@ class ClassificationTask(base.Task):
     return out
 
   def final_splits(self, test_split: str) -> list[tuple[str, str]]:
-    return [("train", self.config.run.train_split), ("test", test_split)]
+    return [("train", self.config.run.train_split)] + ([("test", test_split)] if test_split else [])
 
   def with_splits(self, train_split: str, val_split: str) -> "ClassificationTask":
     run = dataclasses.replace(self.config.run, train_split=train_split, val_split=val_split)

@@ -65,6 +65,17 @@ class SegmenterModelConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ManualMasks:
+  """With labels=kmeans: another archive's manual masks that replace the pseudo-masks of the same
+  image ids (semi-supervised: e.g. the ISIC 2017 sample's 150 Training masks among the 2000 K-means
+  pseudo-masks of a Part 3-only download)."""
+  dataset: str = field("", "TFDS dataset[/config] with the manual masks (\"\": none, pseudo-masks only).")
+  data_dir: str | None = field(None, "Its TFDS data directory (default: the input's).", location=True)
+  manual_dir: str | None = field(None, "Its hand-downloaded archive.", location=True)
+  split: str = field("train", "Its split whose masks are used.")
+
+
+@dataclasses.dataclass(frozen=True)
 class SegmenterConfig:
   """Everything that defines a segmentation run."""
   input: pipeline.InputConfig = pipeline.InputConfig()
@@ -100,6 +111,7 @@ class SegmenterConfig:
       "ground_truth", "Train on the dataset's masks, or on K-means pseudo-masks (self-learning: no manual "
       "labels; computed and stored first if missing, with the kmeans settings). Test scores use ground truth.")
   kmeans: KMeansConfig = KMeansConfig()
+  manual_masks: ManualMasks = ManualMasks()
   input_norm: Literal["none", "dataset"] = field(
       "none", "U-Nets: standardise the input per channel with the training split's mean and std (measured "
       "before training unless --channel_mean is given, and stored in config.json; the purification paper's "
@@ -115,8 +127,11 @@ class SegmentationTask(base.Task):
   averages_outputs = True  # lesion probability maps
   makes_masks = True
   predicts = frozenset({"mask"})
+  # The input location too: a segmenter is scored on any archive with masks, e.g. one self-learned
+  # on a mask-less archive (isic2017/part3_512) scored on another's Validation masks.
   evaluation_overrides = frozenset({"tta_scales", "fallback", "refine", "threshold", "postprocess",
-                                    "fallback_max_fraction"})
+                                    "fallback_max_fraction", "input.dataset", "input.data_dir",
+                                    "input.manual_dir"})
 
   @functools.cached_property
   def masks(self) -> LesionMasks:
@@ -138,6 +153,26 @@ class SegmentationTask(base.Task):
       raise config_lib.ConfigError(f"--loss={c.loss!r}: choose one of {list(losses.SEGMENTATION_LOSSES)}")
     self.check_overrides()
     super().check(mesh, extra_splits)
+    self.check_masks(extra_splits)
+
+  def check_masks(self, extra_splits=()) -> None:
+    """Refuses, by name and before anything is written, a run that would train or be scored on the
+    masks of a dataset that has none (a Part 3-only archive such as isic2017/part3_512)."""
+    c = self.config
+    if c.mask_key in self.builder.info.features:
+      return
+    what = f"input.dataset={c.input.dataset!r} has no lesion masks (no {c.mask_key!r} feature)"
+    if c.manual_masks.dataset and c.labels != "kmeans":
+      raise config_lib.ConfigError(f"manual_masks.dataset={c.manual_masks.dataset!r}: replaces K-means pseudo-masks; "
+                                   "set labels=kmeans")
+    if c.labels == "ground_truth" and not c.mask_artifacts:
+      raise config_lib.ConfigError(f"{what}, so a segmenter cannot train on them: set labels=kmeans (self-learned "
+                                   "on K-means pseudo-masks), or use a dataset config with masks")
+    scored = [(name, split) for name, split in extra_splits if split]
+    if scored:
+      name, split = scored[0]
+      raise config_lib.ConfigError(f"run.{name}={split!r}: {what} to score on; set run.{name}='' and score the "
+                                   "run with `evaluate --config.input.dataset=<a dataset with masks>`")
 
   def check_overrides(self) -> None:
     """Refuses bad evaluation-time settings (also when evaluate / predict override them)."""
@@ -170,6 +205,10 @@ class SegmentationTask(base.Task):
     if c.labels == "kmeans":
       store = annotate.ensure_kmeans_masks(self.builder, [c.run.train_split, c.run.val_split], c.input.artifact_root(),
                                            c.kmeans)
+      if c.manual_masks.dataset:
+        m = c.manual_masks
+        manual = pipeline.get_builder(m.dataset, m.data_dir or c.input.data_dir, m.manual_dir)
+        store = annotate.manual_over_pseudo(store, manual, m.split, c.input.artifact_root())
       if c.mask_artifacts and c.mask_artifacts != store:
         raise config_lib.ConfigError(f"--labels=kmeans trains on {store}, not on the masks of {c.mask_artifacts}")
       c = dataclasses.replace(c, mask_artifacts=store)

@@ -69,12 +69,12 @@ def manual_dir_of(dl_manager: tfds.download.DownloadManager, dataset: str) -> ep
 
 
 def present_splits(manual_dir: epath.Path, dataset: str,
-                   needs: Mapping[str, Sequence[str]]) -> list[str]:
+                   needs: Mapping[str, Sequence[str]], incomplete_hint: str = "") -> list[str]:
   """Splits whose files (paths relative to `manual_dir`) are all there, in `needs` order.
 
   A split none of whose files exist is not generated (logged); one with only some of them is an
-  error naming the missing ones (of every such split at once); no split at all is an error
-  listing everything expected.
+  error naming the missing ones (of every such split at once, followed by `incomplete_hint`); no
+  split at all is an error listing everything expected.
   """
   present, absent, incomplete = [], [], []
   for split, paths in needs.items():
@@ -89,7 +89,8 @@ def present_splits(manual_dir: epath.Path, dataset: str,
   if incomplete:
     those = "that split" if len(incomplete) == 1 else "those splits"
     raise ManualDataError(f"{dataset}: {'; '.join(incomplete)} (the other files of {those} are "
-                          "there). " + instructions_hint(dataset))
+                          "there). " + (incomplete_hint + " " if incomplete_hint else "")
+                          + instructions_hint(dataset))
   if not present:
     expected = "; ".join(f"{s}: {', '.join(p)}" for s, p in needs.items())
     raise ManualDataError(f"{dataset}: no split found in {manual_dir}. Expected ({expected}). "
@@ -201,13 +202,19 @@ def stable_fraction(key: str) -> float:
 
 def index_isic_part1(manual_dir: epath.Path, dataset: str,
                      needs: Mapping[str, tuple[str, str, str]], mask_pattern: str,
-                     read_labels: Callable[[epath.Path], Any]) -> dict[str, SplitIndex]:
+                     read_labels: Callable[[epath.Path], Any], masks: bool = True,
+                     incomplete_hint: str = "") -> dict[str, SplitIndex]:
   """The ISIC 2016/2017 layout: per split an image folder (ISIC_xxxxxxx.jpg), a Part 1 mask
-  folder (`mask_pattern`) and a Part 3 label CSV, given as `needs[split] = (images, masks, csv)`."""
+  folder (`mask_pattern`) and a Part 3 label CSV, given as `needs[split] = (images, masks, csv)`.
+  With `masks=False` (a Part 3-only download) the mask folders are neither needed nor read."""
+  if not masks:
+    needs = {split: (images, csv) for split, (images, _, csv) in needs.items()}
   out = {}
-  for split in present_splits(manual_dir, dataset, needs):
-    image_dir, mask_dir, csv = (manual_dir / p for p in needs[split])
+  for split in present_splits(manual_dir, dataset, needs, incomplete_hint):
+    paths = [manual_dir / p for p in needs[split]]
+    image_dir, csv = paths[0], paths[-1]
+    mask_dir = paths[1] if masks else None
     out[split] = match(index_files(image_dir, r"(ISIC_\d+)\.jpg", dataset),
-                       index_files(mask_dir, mask_pattern, dataset),
-                       read_labels(csv), image_dir=image_dir, mask_dir=mask_dir)
+                       index_files(mask_dir, mask_pattern, dataset) if masks else None,
+                       read_labels(csv), image_dir=image_dir, mask_dir=mask_dir or "")
   return out

@@ -23,7 +23,16 @@ Features. `id`, `image` (JPEG), `mask` (PNG {0, 255}), `label` in ("nevus", "mel
 `malignant` (= melanoma). The superpixel maps of the Data folders are not used.
 
 Configs. `512` (default): long side at most 512 px; `full`: native resolution, JPEGs stored as
-downloaded. Bad examples fail preparation unless the builder gets `skip_bad_examples=True`; Beam
+downloaded. `part3_512` and `part3_full`: the same for a Part 3-only download (images and the
+Part 3 CSV, no Part 1 masks, e.g. `isic2017_256`): the examples carry no `mask` key at all, so
+classification reads them, K-means pseudo-masks annotate them (self-learned segmentation), and a
+segmenter that would train or be scored on their masks is refused by name. Mask presence is per
+config, never per example:
+- `part3_*` ignores any Part 1 folder that is there (the same manual_dir serves both configs);
+- `512` / `full` on a split with images and CSV but no Part 1 folder is an error that names the
+  missing folder and points at `part3_512`; a Part 1 folder missing some masks makes those images
+  bad examples ("has no mask"), which fail preparation, or are skipped and counted with
+  `skip_bad_examples=True`. Bad examples fail preparation unless the builder gets `skip_bad_examples=True`; Beam
 generation: see `lesion_jax.data.builders.common`.
 
 Citation: Codella et al., "Skin lesion analysis toward melanoma detection: a challenge at the
@@ -74,7 +83,9 @@ def read_labels(path: epath.Path) -> common.LabelTable:
 class Isic2017(common.DermoscopyBuilder):
   """ISIC 2017: lesion masks and melanoma / seborrheic keratosis / nevus labels."""
 
-  BUILDER_CONFIGS = common.size_configs()
+  BUILDER_CONFIGS = (common.size_configs()
+                     + common.size_configs("part3_", "Part 3 only: images and diagnoses, no lesion masks.",
+                                           masks=False))
   LABEL_NAMES = synthetic.DIAGNOSES
   OFFICIAL_SIZES = {"train": 2000, "validation": 150, "test": 600}
   HOMEPAGE = "https://challenge.isic-archive.com/data/#2017"
@@ -106,9 +117,13 @@ it holds, for each split you want (Training → train, Validation → validation
   ISIC-2017_Test_v2_Part3_GroundTruth.csv
 
 A split whose three entries are all absent is skipped; the *_superpixels.png files of the Data
-folders may stay (they are ignored).
+folders may stay (they are ignored). With Part 3 only (images and CSVs, no Part1_GroundTruth
+folders), ask for the `isic2017/part3_512` (or `part3_full`) config.
 """
 
   def _index(self, manual_dir: epath.Path) -> dict[str, common.SplitIndex]:
     needs = {split: _paths(part) for split, part in _SPLITS.items()}
-    return common.index_isic_part1(manual_dir, self.name, needs, r"(ISIC_\d+)_segmentation\.png", read_labels)
+    hint = ("Downloaded Part 3 only (images and diagnoses, no lesion masks)? Use the isic2017/part3_512 "
+            "config (or part3_full): classification and self-learned segmentation need no masks.")
+    return common.index_isic_part1(manual_dir, self.name, needs, r"(ISIC_\d+)_segmentation\.png", read_labels,
+                                   masks=self.builder_config.masks, incomplete_hint=hint)

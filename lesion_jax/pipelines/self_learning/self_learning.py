@@ -11,20 +11,28 @@ With `start="ground_truth"` (semi-supervised self-training, transductive only) r
 supervised U-Net on the training split's manual masks; each later round trains on those manual
 masks plus the previous U-Net's confident masks of the reported split's images.
 
+With `scored_on.dataset` (an archive with masks), each round is scored there instead of on the
+segmenter's own test split: the self-learned U-Net of a mask-less archive (isic2017/part3_512, whose
+run.test_split is "") is scored on another archive's masks, e.g. the ISIC 2017 sample's Training
+masks (a part of Training: what settings are chosen on) and Validation masks (reported), as
+`<split>/jaccard` per round. Not with `transductive` (its test images are the segmenter's own).
+
 Registered as the `self_learning` pipeline (`SelfLearningPipeline`), so `runner.load(workdir)`
 opens its config.json: its stages are the rounds' runs, its predictor the last finished round.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
+import time
 from typing import Any
 
 from absl import logging
 
 from lesion_jax import config as config_lib
 from lesion_jax import io
-from lesion_jax.artifacts import annotate, kmeans, relabel, store
+from lesion_jax.artifacts import annotate, kmeans, relabel, stage, store
 from lesion_jax.data import pipeline
 from lesion_jax.eval import figures
 from lesion_jax.tasks import base, runner, segmentation
@@ -32,6 +40,21 @@ from lesion_jax.train import sharding
 
 ROUND_KEYS = ("jaccard", "jaccard_thresholded", "dice")
 STARTS = ("kmeans", "ground_truth")
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredOn:
+  """An archive with masks each round is scored on, when the segmenter's own has none."""
+  dataset: str = config_lib.field("", "TFDS dataset[/config] with masks each round is scored on (\"\": the "
+                                  "segmenter's own input, at its run.test_split).")
+  data_dir: str | None = config_lib.field(None, "Its TFDS data directory (default: the segmenter's).", location=True)
+  manual_dir: str | None = config_lib.field(None, "Its hand-downloaded archive.", location=True)
+  splits: tuple[str, ...] = config_lib.field(("validation",), "Its splits scored each round (each as <split>/...).")
+
+  def overrides(self, data: pipeline.InputConfig) -> dict[str, Any]:
+    """The segmenter's evaluation-time input overrides that read this archive."""
+    return {"input.dataset": self.dataset, "input.manual_dir": self.manual_dir,
+            "input.data_dir": self.data_dir if self.data_dir is not None else data.data_dir}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +66,16 @@ class SelfLearningConfig:
   transductive: bool = False
   start: str = "kmeans"  # round 0's masks: kmeans (no manual mask anywhere) or ground_truth
   artifact_dir: str | None = config_lib.field(None, "Where artifacts live.", location=True)
+  scored_on: ScoredOn = ScoredOn()
 
   def __post_init__(self):  # ConfigError: the experiment reports it as a usage error, before any write
     if self.rounds < 0:
       raise config_lib.ConfigError(f"--rounds={self.rounds}: must be >= 0")
     if self.start not in STARTS:
       raise config_lib.ConfigError(f"--start={self.start!r}: must be one of {STARTS}")
+    if self.scored_on.dataset and self.transductive:
+      raise config_lib.ConfigError(f"scored_on.dataset={self.scored_on.dataset!r} with transductive: a transductive "
+                                   "run relabels its own test images; score it on its own input")
     if self.start == "ground_truth" and not self.transductive:
       raise config_lib.ConfigError("--start=ground_truth needs --transductive: it relabels the test split's "
                                    "images (every training image already has its manual mask)")
@@ -68,7 +95,9 @@ def _unlabelled_splits(config: SelfLearningConfig) -> list[str]:
   seg = config.segmenter
   if config.start == "ground_truth":
     return [seg.run.test_split]
-  return [s for s in (seg.run.train_split, seg.run.val_split) if s] + ([seg.run.test_split] if config.transductive else [])
+  # With run.holdout the selection split is a part of train_split (the runner cuts it), not val_split.
+  val = "" if seg.run.holdout else seg.run.val_split
+  return [s for s in (seg.run.train_split, val) if s] + ([seg.run.test_split] if config.transductive else [])
 
 
 def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
@@ -79,7 +108,9 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
   seg = config.segmenter
   data = seg.input
   builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
-  segmentation.SegmentationTask(seg).check(mesh, [("test_split", seg.run.test_split)])
+  # Round 0 of a K-means start trains on pseudo-masks: checked as labels=kmeans (no manual mask needed).
+  first = seg if config.start == "ground_truth" else dataclasses.replace(seg, labels="kmeans")
+  segmentation.SegmentationTask(first).check(mesh, [("test_split", seg.run.test_split)])
   runner.write_config(workdir, {"task": "self_learning", "config": config_lib.to_dict(config)}, config)
   root = config.artifact_dir or store.default_root(data.data_dir)
   unlabelled = _unlabelled_splits(config)
@@ -97,12 +128,18 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
   for r in range(config.rounds + 1):
     round_dir = os.path.join(workdir, f"round_{r}")
     task = segmentation.SegmentationTask(_round_config(config, masks))
+    start = time.perf_counter()
     scores = runner.run(task, round_dir, mesh=mesh)
+    if config.scored_on.dataset:
+      scores = _score_elsewhere(task, round_dir, config.scored_on, mesh)
     source = initial if r == 0 else later.format(r - 1)
+    scored = config.scored_on.splits if config.scored_on.dataset else ("test",)
     rows.append({"round": r, "trained_on": source, "masks": masks,
                  "pseudo_masks": pseudo,  # per split; Jaccard against ground truth, reporting only
-                 **{f"test/{k}": scores.get(f"test/{k}") for k in ROUND_KEYS}})
-    logging.info("self-learning round %d (on %s masks): test JA %.4f", r, source, scores["test/jaccard"])
+                 "seconds": time.perf_counter() - start,  # this invocation's (a resumed round: what was left)
+                 **{f"{prefix}/{k}": scores.get(f"{prefix}/{k}") for prefix in scored for k in ROUND_KEYS}})
+    logging.info("self-learning round %d (on %s masks): %s", r, source,
+                 ", ".join(f"{prefix} JA {scores[f'{prefix}/jaccard']:.4f}" for prefix in scored))
     io.write_json(os.path.join(workdir, "metrics.json"), {"rounds": rows})
     if r == config.rounds:
       break
@@ -117,11 +154,60 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
     masks = rstore.directory
   figures.save_curves(os.path.join(workdir, "figures", "rounds.png"), _curves(rows, seg.run.train_split),
                       xlabel="round")
+  if config.scored_on.dataset:
+    _comparison_figure(config, task, round_dir, root, mesh, os.path.join(workdir, "figures"))
   return {"rounds": rows}
 
 
+def _score_elsewhere(task: segmentation.SegmentationTask, round_dir: str, scored_on: ScoredOn,
+                     mesh) -> dict[str, Any]:
+  """A finished round's best checkpoint scored on `scored_on`'s splits, each written to the round's
+  eval_<split>.json as `experiments.evaluate` writes it (with what it was scored on, so a resumed
+  pipeline reuses it rather than scoring again)."""
+  record = config_lib.to_dict(scored_on)
+  scores: dict[str, Any] = {}
+  elsewhere, state = None, None
+  for split in scored_on.splits:
+    path = os.path.join(round_dir, f"eval_{stage.split_tag(split)}.json")
+    stored = io.read_json(path) if os.path.exists(path) else {}
+    if stored.get("scored_on") != record:
+      if elsewhere is None:
+        elsewhere = task.with_overrides(**scored_on.overrides(task.config.input))
+        state = runner.restore(task, round_dir, "best")
+      stored = runner.evaluate(elsewhere, state, split, mesh, round_dir, prefix=split)[0]
+      stored |= {"split": split, "checkpoint": "best", "scored_on": record}
+      io.write_json(path, stored)
+    scores.update(stored)
+  return scores
+
+
+def _comparison_figure(config: SelfLearningConfig, task: segmentation.SegmentationTask, round_dir: str, root: str,
+                       mesh, fig_dir: str, count: int = 6) -> None:
+  """figures/kmeans_vs_selflearned_<split>.png: image | K-means pseudo-mask | the last round's mask |
+  ground truth, for the first `count` examples of the last scored_on split (its K-means masks are
+  computed for the figure where missing: an artifact stage, cheap)."""
+  scored_on = config.scored_on
+  split = scored_on.splits[-1]
+  elsewhere = task.with_overrides(**scored_on.overrides(task.config.input))
+  builder = elsewhere.builder
+  kstore = annotate.kmeans_store(root, builder.info.full_name, config.kmeans)
+  annotate.annotate_split(builder, split, kstore, config.kmeans)
+  examples = list(itertools.islice(stage.read_examples(builder, split, features=("image", task.config.mask_key)), count))
+  images = [ex["image"] for ex in examples]
+  state, local, predict, _ = runner.process_local_predictor(task, round_dir, mesh)
+  probs = task.masks.segment_images(state, images, local, predict)
+  columns = {"image": images,
+             "K-means": [kstore.read_mask(ex["id"]) for ex in examples],
+             "self-learned U-Net": [task.masks.binarize(p)[0] for p in probs],
+             "ground truth": [ex[task.config.mask_key] for ex in examples]}
+  figures.save_column_grid(os.path.join(fig_dir, f"kmeans_vs_selflearned_{stage.split_tag(split)}.png"), columns,
+                           titles=[ex["id"] for ex in examples],
+                           suptitle=f"{builder.info.full_name} {split}: K-means vs the self-learned U-Net vs truth")
+
+
 def _curves(rows, train_split: str) -> dict[str, list[tuple[int, float]]]:
-  curves = {"test JA": [(r["round"], r["test/jaccard"]) for r in rows]}
+  scored = [k[:-len("/jaccard")] for k in rows[0] if k.endswith("/jaccard")]
+  curves = {f"{prefix} JA": [(r["round"], r[f"{prefix}/jaccard"]) for r in rows] for prefix in scored}
   trained = [(r["round"], r["pseudo_masks"].get(train_split, {}).get("pseudo_mask_jaccard")) for r in rows]
   if all(v is not None for _, v in trained):
     curves["pseudo-mask JA (training images)"] = trained
