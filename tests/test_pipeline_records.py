@@ -112,9 +112,9 @@ def test_the_lin_predictor_sums_its_members_maps_as_its_evaluation_does(lin):
 
 def test_a_lin_without_both_members_is_refused_before_anything_is_written(members, tmp_path):
   workdir = str(tmp_path / "lin")
-  with pytest.raises(config_lib.ConfigError, match="--dm_workdir"):
+  with pytest.raises(config_lib.ConfigError, match="`dm_workdir`"):
     network.LesionIndexNetwork(network.LesionIndexNetworkConfig(dr_workdir=members["dr"])).run(workdir)
-  with pytest.raises(config_lib.ConfigError, match="--split"):
+  with pytest.raises(config_lib.ConfigError, match="`split`"):
     network.LesionIndexNetwork(network.LesionIndexNetworkConfig(
         dr_workdir=members["dr"], dm_workdir=members["dm"], split="nope")).run(workdir)
   assert not os.path.exists(os.path.join(workdir, "config.json"))

@@ -106,8 +106,38 @@ def test_a_mistyped_override_is_refused_by_name_before_anything_is_written(tmp_p
   proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config=experiments/configs/segmentation/unet.py",
                          f"--workdir={tmp_path / 'run'}", "--config.model.featurs=4"], cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=300, check=False)
-  assert proc.returncode != 0 and "model.featurs" in proc.stderr and "did you mean 'features'" in proc.stderr
+  assert proc.returncode != 0 and "model.featurs" in proc.stderr and "did you mean --config.model.features?" in proc.stderr
   assert "Traceback" not in proc.stderr and not os.path.exists(tmp_path / "run")
+
+
+def test_a_library_error_names_the_field_and_a_verb_names_the_option_typed(tmp_path, monkeypatch):
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.self_learning import two_stage  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
+  config = config_lib.override(segmentation.SegmenterConfig(), {"model.name": "unet", "input.image_size": "50"})
+  with pytest.raises(config_lib.ConfigError) as refused:
+    segmentation.SegmentationTask(config).check(None)  # refused before the data or the mesh are read
+  message = str(refused.value)
+  assert message.startswith("`input.image_size`=50: a U-Net with `model.levels`=4 needs a multiple of 16")
+  assert "--" not in message
+  assert [m.group(1) for m in config_lib.FIELD_NAME.finditer(message)] == ["input.image_size", "model.levels"]
+  # In a verb: fields of the command's config become --config.<field>; a misspelt key the user
+  # typed stays as typed; a name the command's config has not (a pipeline stage's own field) and
+  # that is no option of the program keeps the library's spelling.
+  monkeypatch.setattr(common, "_COMMAND_CONFIG", [two_stage.TwoStageConfig()])
+  monkeypatch.setattr(common, "CONFIG_OVERRIDES", {"segmenter.run.num_stepz": "3"})
+  assert common.as_options("`segmenter.input.image_size`=50: x; `segmenter.run.num_stepz`: no such config key; "
+                           "`input.image_size`=50") == ("--config.segmenter.input.image_size=50: x; "
+                                                        "--config.segmenter.run.num_stepz: no such config key; "
+                                                        "`input.image_size`=50")
+  # Through the command line, end to end: one line naming the options, nothing written.
+  proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config=experiments/configs/segmentation/unet.py",
+                         f"--workdir={tmp_path / 'run'}", "--config.input.image_size=50"], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode != 0, proc.stderr[-2000:]
+  assert "--config.input.image_size=50: a U-Net with --config.model.levels=4 needs a multiple of 16" in proc.stderr
+  assert "`" not in proc.stderr.splitlines()[-1] and "Traceback" not in proc.stderr
+  assert not os.path.exists(tmp_path / "run")
 
 
 def test_report_renders_a_results_page_from_runs(trained, tmp_path):

@@ -128,14 +128,14 @@ class SegmentationTask(base.Task):
   def check(self, mesh, extra_splits=()) -> None:
     c = self.config
     if models.family_of(c.model.name) != "segmenter":
-      raise config_lib.ConfigError(f"--model={c.model.name!r}: not a segmentation model; choose one of "
+      raise config_lib.ConfigError(f"`model.name`={c.model.name!r}: not a segmentation model; choose one of "
                                    f"{list(models.names('segmenter'))}")
     factor = 2 ** c.model.levels
     if c.model.name in FIXED_GRID and (c.input.image_size < factor or c.input.image_size % factor):
       raise config_lib.ConfigError(
-          f"--image_size={c.input.image_size}: a U-Net with --levels={c.model.levels} needs a multiple of {factor}")
+          f"`input.image_size`={c.input.image_size}: a U-Net with `model.levels`={c.model.levels} needs a multiple of {factor}")
     if c.loss not in losses.SEGMENTATION_LOSSES:
-      raise config_lib.ConfigError(f"--loss={c.loss!r}: choose one of {list(losses.SEGMENTATION_LOSSES)}")
+      raise config_lib.ConfigError(f"`loss`={c.loss!r}: choose one of {list(losses.SEGMENTATION_LOSSES)}")
     self.check_overrides()
     super().check(mesh, extra_splits)
 
@@ -143,10 +143,10 @@ class SegmentationTask(base.Task):
     """Refuses bad evaluation-time settings (also when evaluate / predict override them)."""
     c = self.config
     if c.refine not in REFINEMENTS:
-      raise config_lib.ConfigError(f"--refine={c.refine!r}: choose one of {list(REFINEMENTS)}")
+      raise config_lib.ConfigError(f"`refine`={c.refine!r}: choose one of {list(REFINEMENTS)}")
     factor = 2 ** c.model.levels
     if c.model.name in FIXED_GRID and any(side < factor or side % factor for side in c.tta_scales):
-      raise config_lib.ConfigError(f"--tta_scales={list(c.tta_scales)}: a U-Net with --levels={c.model.levels} "
+      raise config_lib.ConfigError(f"`tta_scales`={list(c.tta_scales)}: a U-Net with `model.levels`={c.model.levels} "
                                    f"needs multiples of {factor}")
 
   def init_state(self, rng: jax.Array) -> TrainState:
@@ -171,7 +171,7 @@ class SegmentationTask(base.Task):
       store = annotate.ensure_kmeans_masks(self.builder, [c.run.train_split, c.run.val_split], c.input.artifact_root(),
                                            c.kmeans)
       if c.mask_artifacts and c.mask_artifacts != store:
-        raise config_lib.ConfigError(f"--labels=kmeans trains on {store}, not on the masks of {c.mask_artifacts}")
+        raise config_lib.ConfigError(f"`labels`=kmeans trains on {store}, not on the masks of `mask_artifacts`={c.mask_artifacts}")
       c = dataclasses.replace(c, mask_artifacts=store)
     return self if c == self.config else type(self)(c)
 
@@ -224,12 +224,13 @@ class SegmentationTask(base.Task):
     return self.masks.predict_images(state, images, predict)
 
 
-def load_segmenter(workdir: str, flag: str = "segmenter_workdir") -> base.Task:
+def load_segmenter(workdir: str, field: str = "crop.segmenter_workdir") -> base.Task:
   """The run in `workdir` if it segments lesions (its task is composed with LesionMasks: a
-  segmentation or a Mask R-CNN run); another kind is refused with a ConfigError naming `flag`."""
-  task = runner.load(workdir, flag=flag)
+  segmentation or a Mask R-CNN run); another kind is refused with a ConfigError naming `field`
+  (the config field that gave `workdir`)."""
+  task = runner.load(workdir, field=field)
   if not (isinstance(task, base.Task) and task.makes_masks):
-    raise config_lib.ConfigError(f"--{flag}={workdir}: holds a {task.name!r} run, not a lesion segmenter "
+    raise config_lib.ConfigError(f"`{field}`={workdir}: holds a {task.name!r} run, not a lesion segmenter "
                                  "(a segmentation or Mask R-CNN run)")
   return task
 
