@@ -167,6 +167,10 @@ def test_predictors_say_why_while_no_stage_has_finished(tmp_path):
     assert type(loaded) is type(pipeline_)
     with pytest.raises(base.PredictionUnsupported, match="finished|checkpoint"):
       loaded.predictor(workdir)
+    # Another checkpoint than the stages' own is refused by name, not ignored, before anything is restored.
+    with pytest.raises(base.PredictionUnsupported, match=r"checkpoint 'latest': a '.*' pipeline predicts with") as refused:
+      runner.predictor(workdir, "latest")
+    assert os.path.join(workdir, "segmenter" if pipeline_.name == "two_stage" else "round_0") in str(refused.value)
   # A two-stage config without crop classifiers predicts with its U-Net.
   assert "U-Net" in str(pytest.raises(base.PredictionUnsupported, two_stage.TwoStagePipeline(
       two_stage.TwoStageConfig(classifiers=two_stage.DEFAULT_CLASSIFIERS[:1])).predictor, str(tmp_path)).value)

@@ -135,9 +135,17 @@ def predictor(workdir: str, which: checkpoint.Which = "best", mesh: jax.sharding
               ) -> tuple[base.Task, Any]:
   """(task, state) that predicts for the run in `workdir` on a user's photos
   (`task.predict_images(state, images)`): a task run's checkpoint `which`; a cross-validated run's
-  fold models (a tuple of states, whose outputs are averaged); a pipeline's own predictor."""
+  fold models (a tuple of states, whose outputs are averaged); a pipeline's own predictor. A
+  pipeline predicts with the checkpoints its stages chose (each stage's best, the LIN's its
+  `checkpoint` field), one for each of several runs, so a `which` other than "best" is refused
+  (PredictionUnsupported, naming the stages' runs, which take any checkpoint) rather than ignored."""
   loaded = load(workdir)
   if isinstance(loaded, base.Pipeline):
+    if which != "best":
+      runs = ", ".join(loaded.stages(workdir).values())
+      raise base.PredictionUnsupported(
+          f"checkpoint {which!r}: a {loaded.name!r} pipeline predicts with the checkpoints its stages chose, "
+          f"not one of its own; predict with one of its runs for another checkpoint ({runs})")
     return loaded.predictor(workdir)
   folds = sorted(d for d in os.listdir(workdir) if d.startswith("fold_") and os.path.isdir(os.path.join(workdir, d)))
   if folds and not os.path.isdir(os.path.join(workdir, "checkpoints")):
