@@ -369,11 +369,18 @@ def load_config_file(path: str) -> Any:
 
 
 def config_from_file(path: str, overrides: dict[str, str] | None = None) -> Any:
-  """The config of `path` with the --config.<field> overrides applied (unknown fields refused by name)."""
+  """The config of `path` with the --config.<field> overrides applied (unknown fields refused by
+  name), then the task's defaults that depend on an overridden field (Task.with_dependent_defaults:
+  --config.optimizer.name=sgd brings SGD's learning rate, momentum and weight decay unless they are
+  overridden too, as the field set in code would)."""
   from absl import app  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import base  # pylint: disable=g-import-not-at-top
+  overrides = CONFIG_OVERRIDES if overrides is None else overrides
   config = load_config_file(path)
   register_command_config(config)
   try:
-    return config_lib.override(config, CONFIG_OVERRIDES if overrides is None else overrides)
+    config = config_lib.override(config, overrides)
   except config_lib.ConfigError as e:
     raise app.UsageError(f"--config={path}: {e}") from None
+  run = base.for_config(config)
+  return run.with_dependent_defaults(config, overrides) if isinstance(run, base.Task) else config

@@ -110,6 +110,21 @@ def test_a_mistyped_override_is_refused_by_name_before_anything_is_written(tmp_p
   assert "Traceback" not in proc.stderr and not os.path.exists(tmp_path / "run")
 
 
+def test_overriding_the_optimizer_brings_its_own_defaults_unless_they_are_overridden_too():
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  lenet = os.path.join(REPO, "experiments", "configs", "classification", "lenet.py")
+  adam = common.config_from_file(lenet, {}).optimizer
+  assert adam.name == "adam" and adam.learning_rate == 1e-3
+  sgd = common.config_from_file(lenet, {"optimizer.name": "sgd"}).optimizer  # AlexNet's recipe, as train_classifier
+  assert (sgd.name, sgd.learning_rate, sgd.momentum, sgd.weight_decay) == ("sgd", 1e-2, 0.9, 5e-4)
+  assert sgd.warmup_steps == adam.warmup_steps  # a field SGD has no default of its own for keeps the file's
+  given = common.config_from_file(lenet, {"optimizer.name": "sgd", "optimizer.learning_rate": "0.001"}).optimizer
+  assert (given.learning_rate, given.weight_decay) == (1e-3, 5e-4)  # an override wins over the default
+  unet = os.path.join(REPO, "experiments", "configs", "segmentation", "unet.py")
+  assert common.config_from_file(unet, {"optimizer.name": "sgd"}).optimizer.learning_rate == (
+      common.config_from_file(unet, {}).optimizer.learning_rate)  # a task without such defaults is as overridden
+
+
 def test_a_library_error_names_the_field_and_a_verb_names_the_option_typed(tmp_path, monkeypatch):
   from experiments import common  # pylint: disable=g-import-not-at-top
   from lesion_jax.pipelines.self_learning import two_stage  # pylint: disable=g-import-not-at-top

@@ -214,6 +214,15 @@ class Task:
     for field, split in [*splits, *extra_splits]:
       check_split(self.builder, split, field)
 
+  @classmethod
+  def with_dependent_defaults(cls, config: Any, given: Iterable[str]) -> Any:
+    """`config` (this task's) once fields were set by dotted path (`given`, e.g. a command line's
+    overrides of a config file): the defaults that depend on a given field's value (SGD's learning
+    rate where `optimizer.name` became sgd) re-derived for the fields not given themselves, so an
+    override means what the same field set in code would. The default: no such defaults."""
+    del given
+    return config
+
   def with_overrides(self, **changes: Any) -> "Task":
     """This run with evaluation-time settings changed, checked (`check_overrides`): the one way
     evaluate, predict, lesion crops and the report scripts change a restored run. Only the fields

@@ -124,6 +124,15 @@ class ClassificationTask(base.Task):
   def class_names(self) -> list[str]:
     return list(self.builder.info.features[self.config.label_key].names)
 
+  @classmethod
+  def with_dependent_defaults(cls, config: ClassifierConfig, given: Iterable[str]) -> ClassifierConfig:
+    """A changed `optimizer.name` brings its OPTIMIZER_DEFAULTS (SGD's rate, momentum and weight
+    decay) into the optimizer fields not given too; the config as it is otherwise."""
+    given = set(given)
+    if "optimizer.name" not in given:
+      return config
+    return with_optimizer_defaults(config, {p.split(".", 1)[1] for p in given if p.startswith("optimizer.")})
+
   @property
   def folds(self) -> int:
     return self.config.folds
