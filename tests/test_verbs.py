@@ -1,7 +1,8 @@
 """The verbs over config files: every config in experiments/configs loads and takes dotted
-overrides (unknown fields refused by name); `train` on tiny data records provenance.json (every invocation of a resumed run); `report`
-renders a docs/results page from it; every `experiments.train --config=...` command in README and
-docs names a config that exists and overrides that apply."""
+overrides (unknown fields refused by name); `train` on tiny data records provenance.json (every
+invocation of a resumed run); `report` renders a docs/results page from it; every
+`experiments.train --config=...` command in README and docs names a config that exists and
+overrides that apply; library errors name fields, which the verbs spell as the options typed."""
 import glob
 import json
 import os
