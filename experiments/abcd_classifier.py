@@ -63,7 +63,7 @@ def main(argv):
     raise app.UsageError(f"--masks={config.masks!r}: choose segmenter or kmeans")
   if config.masks == "segmenter" and not config.segmenter_workdir:
     raise app.UsageError("--segmenter_workdir is required (a train_segmenter run), or --masks=kmeans")
-  builder = pipeline.get_builder(config.dataset, config.data_dir, config.manual_dir)
+  builder = pipeline.get_builder(config.dataset, config.data_dir, config.manual_dir, field="dataset")
   features = builder.info.features
   if config.label_key not in features or not hasattr(features[config.label_key], "names"):
     raise config_lib.ConfigError(f"--target={config.label_key!r}: {builder.info.full_name} has no such class feature")

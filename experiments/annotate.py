@@ -27,7 +27,7 @@ flags.DEFINE_integer("workers", None, "Threads for the per-image OpenCV work (de
 def main(argv):
   del argv
   common.quiet_library_logs()
-  builder = pipeline.get_builder(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir)
+  builder = pipeline.get_builder(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, field="dataset")
   config = common.kmeans_config_from_flags()
   root = FLAGS.artifact_dir or store.default_root(FLAGS.data_dir)
   kstore = annotate.kmeans_store(root, builder.info.full_name, config)

@@ -44,6 +44,7 @@ def main(argv):
   from absl import app  # pylint: disable=g-import-not-at-top
   from lesion_jax import config as config_lib  # pylint: disable=g-import-not-at-top
   common.quiet_library_logs()
+  common.register_command_config(ArtifactsConfig())
   try:
     config = config_lib.override(ArtifactsConfig(), common.CONFIG_OVERRIDES)
   except config_lib.ConfigError as e:

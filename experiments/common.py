@@ -195,8 +195,56 @@ def _stopping_errors() -> tuple[type[BaseException], ...]:
           checkpoint.DiskFullError, run_lock.WorkdirBusyError, runner.RunNotFoundError, runner.base.PredictionUnsupported)
 
 
+# ----------------------------------------------------------------------------------------------
+# The library names config fields in its messages (`input.image_size`: config.FIELD_NAME); the
+# user set them with options. Every error a program reports passes through `_fail`, which spells
+# each field as the option that sets it on this command line.
+
+_COMMAND_CONFIG: list[Any] = []  # the config this command's --config.<field>=<value> set (the last one registered)
+
+
+def register_command_config(config: Any) -> None:
+  """`config` is the one this command's --config.<field>=<value> options set (a verb's config
+  file's, or the restored run's whose evaluation-time fields evaluate changes): errors naming
+  its fields name those options."""
+  _COMMAND_CONFIG.append(config)
+
+
+def _names_a_field(config: Any, path: str) -> bool:
+  try:
+    config_lib.field_type(type(config), path)
+  except config_lib.ConfigError:
+    return False
+  return True
+
+
+def as_options(message: str) -> str:
+  """`message` with each config field it names (`input.image_size`, config.FIELD_NAME) spelled
+  as the option that sets it here: the --config.<field> the user typed (even misspelt, for "no
+  such key"), an option of the program's own given on the command line (evaluate's --refine, an
+  older script's --input.image_size), a field of the command's config (--config.<field>), else
+  any option of the program (--workdir). A name that is none of these (a stage's own field inside
+  a pipeline's config) keeps the library's spelling, which still names the field."""
+  config = _COMMAND_CONFIG[-1] if _COMMAND_CONFIG else None
+
+  def option(match) -> str:
+    path = match.group(1)
+    if path in CONFIG_OVERRIDES:
+      return f"--config.{path}"
+    if path in FLAGS and FLAGS[path].present:
+      return f"--{path}"
+    if config is not None and _names_a_field(config, path):
+      return f"--config.{path}"
+    if path in FLAGS:
+      return f"--{path}"
+    return match.group(0)
+
+  return config_lib.FIELD_NAME.sub(option, message)
+
+
 def _fail(message: str, code: int) -> None:
   program = os.path.basename(sys.argv[0]) if sys.argv else "lesion_jax"
+  message = as_options(message)
   logging.error("%s", message)
   sys.stderr.write(f"{program}: error: {message}\n")
   sys.stderr.flush()
@@ -321,10 +369,18 @@ def load_config_file(path: str) -> Any:
 
 
 def config_from_file(path: str, overrides: dict[str, str] | None = None) -> Any:
-  """The config of `path` with the --config.<field> overrides applied (unknown fields refused by name)."""
+  """The config of `path` with the --config.<field> overrides applied (unknown fields refused by
+  name), then the task's defaults that depend on an overridden field (Task.with_dependent_defaults:
+  --config.optimizer.name=sgd brings SGD's learning rate, momentum and weight decay unless they are
+  overridden too, as the field set in code would)."""
   from absl import app  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import base  # pylint: disable=g-import-not-at-top
+  overrides = CONFIG_OVERRIDES if overrides is None else overrides
   config = load_config_file(path)
+  register_command_config(config)
   try:
-    return config_lib.override(config, CONFIG_OVERRIDES if overrides is None else overrides)
+    config = config_lib.override(config, overrides)
   except config_lib.ConfigError as e:
     raise app.UsageError(f"--config={path}: {e}") from None
+  run = base.for_config(config)
+  return run.with_dependent_defaults(config, overrides) if isinstance(run, base.Task) else config

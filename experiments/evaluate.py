@@ -72,6 +72,7 @@ def main(argv):
   common.init_distributed()
   common.quiet_library_logs()
   task = recorded = runner.load(FLAGS.workdir)
+  common.register_command_config(task.config)  # --config.<field> sets its evaluation-time fields
   if isinstance(task, base.Pipeline):
     raise app.UsageError(f"--workdir={FLAGS.workdir} holds a {task.name!r} pipeline: evaluate one of its runs "
                          f"({', '.join(task.stages(FLAGS.workdir).values())})")

@@ -44,7 +44,8 @@ flags.DEFINE_string("workdir", None, "The --workdir of a training run or pipelin
                     "crops), an inpainter (purified photos), the LIN or an FCRN, the LFN.")
 flags.DEFINE_string("images", None, "Glob of image files (quote it), or a comma-separated list of globs.")
 flags.DEFINE_string("out", None, "Output directory.")
-flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number.")
+flags.DEFINE_string("checkpoint", "best", "'best', 'latest' or a step number of the --workdir run (a pipeline "
+                    "predicts with the checkpoints its stages chose: another one is refused, naming its runs).")
 flags.DEFINE_integer("min_size", 32, "Images smaller than this (either side, px) are refused.", lower_bound=1)
 flags.DEFINE_integer("chunk", 64, "At most this many images are read and segmented at a time.", lower_bound=1)
 flags.DEFINE_float("chunk_megapixels", 50.0, "...and at most this many megapixels (memory is at most ~30 "

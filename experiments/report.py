@@ -7,6 +7,12 @@ run's provenance.json). Pages are generated, never edited by hand: re-run this t
 
 --runs: label:workdir of train runs (any task or pipeline with a metrics.json). --metrics: the
 columns (default: every number of the first run's metrics.json under test/, at most 8).
+
+A run trained over several invocations (preempted, then resumed) has one row: its first
+invocation's config file, command, date and machine (the run as started: a resume runs the same
+config), "(resumed N times)" after the command, every commit it was trained from, and the wall time
+of all its invocations together, what its numbers cost (provenance.summary; each invocation's own
+command, date and time are in its provenance.json).
 """
 import datetime
 import os
@@ -71,6 +77,9 @@ def render(title: str, note: str, runs: list[tuple[str, str]], metrics: list[str
     cells = [label, *(_cell(scores.get(k)) for k in columns),
              *(f"`{prov[k]}`" if k in ("config_file", "command") and prov.get(k) else _cell(prov.get(k))
                for k in PROVENANCE_COLUMNS)]
+    resumed = len(provenance.invocations(prov)) - 1
+    if resumed:
+      cells[1 + len(columns) + PROVENANCE_COLUMNS.index("command")] += f" (resumed {resumed} time{'s' * (resumed > 1)})"
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 

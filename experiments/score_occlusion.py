@@ -88,7 +88,7 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--methods: unknown {unknown}; choose from {list(occlusion.METHODS)}")
   base = common.config_from_flags(occlusion.OcclusionConfig())
-  builder = pipeline.get_builder(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir)
+  builder = pipeline.get_builder(FLAGS.dataset, FLAGS.data_dir, FLAGS.manual_dir, field="dataset")
   root = FLAGS.artifact_dir or store_lib.default_root(FLAGS.data_dir)
   ids = stage.split_ids(builder, FLAGS.split)
   truth_keys = [k for k in TRUTHS if k in builder.info.features]

@@ -40,7 +40,7 @@ def main(argv):
   common.init_distributed()
   config = common.config_from_flags(feature_network.FeatureNetworkConfig())
   # Refuse bad flags before minutes of superpixels (and before config.json is written).
-  feature_network.FeatureNetworkTask(config).check(sharding.make_mesh(), [("test_split", config.run.test_split)])
+  feature_network.FeatureNetworkTask(config).check(sharding.make_mesh(), [("run.test_split", config.run.test_split)])
   common.run_directory(FLAGS.workdir)
   common.print_scores(runner.run(feature_network.FeatureNetworkTask(config), FLAGS.workdir))
 

@@ -29,7 +29,7 @@ def main(argv):
   common.init_distributed()
   config = common.without_augmentation(common.config_from_flags(maskrcnn.MaskRCNNConfig()))
   task = maskrcnn.MaskRCNNTask(config)
-  task.check(sharding.make_mesh(), [("test_split", config.run.test_split)])
+  task.check(sharding.make_mesh(), [("run.test_split", config.run.test_split)])
   common.run_directory(FLAGS.workdir)
   common.print_scores(runner.run(task, FLAGS.workdir))
 

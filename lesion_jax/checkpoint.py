@@ -174,7 +174,7 @@ class Checkpoints:
     if bad:
       raise NonFiniteStateError(
           f"refusing to checkpoint step {step}: the state has non-finite values in {len(bad)} "
-          f"leaves (e.g. {bad[0]}); the run diverged (lower --learning_rate?)")
+          f"leaves (e.g. {bad[0]}); the run diverged (lower `optimizer.learning_rate`?)")
     if step in self.all_steps():
       return
     metrics = None if metrics is None else {k: float(v) for k, v in metrics.items()}

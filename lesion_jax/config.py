@@ -2,15 +2,23 @@
 
 Defaults live only in the dataclasses. A run's `config.json` is `to_dict(config)`;
 `from_dict(cls, to_dict(config)) == config` exactly, and a key that no field has is an error
-naming the key (and the nearest field), so a typo never passes silently. Command-line flags are
-generated from the same fields (experiments/common.py), one per leaf, named by its dotted path
-(`--model.features=32`), so a flag and its default cannot disagree with the config.
+naming the key (and the nearest field), so a typo never passes silently.
+
+Errors name fields, never flags: a message about a field gives its dotted path from the config it
+was given, in backquotes, then `=value` where the value is the point (FIELD_NAME):
+
+    `input.image_size`=50: a U-Net with `model.levels`=4 needs a multiple of 16
+
+The programs that set fields from a command line (experiments/common.py) rewrite each such name
+into the option the user typed there (`--config.input.image_size=50`), so the library's messages
+read the same whether it is called directly or through a verb.
 """
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from typing import Any, Iterator, TypeVar
@@ -19,7 +27,13 @@ ConfigT = TypeVar("ConfigT")
 
 
 class ConfigError(ValueError):
-  """A config key or value that does not fit the dataclass it is meant for."""
+  """A config key or value that does not fit the dataclass it is meant for (or the data, or the other
+  runs, it names); the message names each field concerned as FIELD_NAME matches it."""
+
+
+# A field named in a message: its dotted path in backquotes (`input.image_size`), see the module
+# docstring. Group 1 is the path.
+FIELD_NAME = re.compile(r"`([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)`")
 
 
 def _hints(cls: type) -> dict[str, Any]:
@@ -47,8 +61,8 @@ def to_dict(config: Any) -> Any:
 def _unknown(key: str, cls: type, path: str) -> ConfigError:
   names = [f.name for f in dataclasses.fields(cls)]
   near = difflib.get_close_matches(key, names, n=1)
-  hint = f"; did you mean {near[0]!r}?" if near else f"; {cls.__name__} has {names}"
-  return ConfigError(f"unknown config key {path + key!r}{hint}")
+  hint = f"; did you mean `{path + near[0]}`?" if near else f"; {cls.__name__} has {names}"
+  return ConfigError(f"`{path + key}`: no such config key{hint}")
 
 
 def _convert(value: Any, tp: Any, path: str) -> Any:
@@ -56,12 +70,12 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
   if value is None:
     if optional or tp is Any:
       return None
-    raise ConfigError(f"config key {path!r} may not be None")
+    raise ConfigError(f"`{path}`: may not be None")
   if dataclasses.is_dataclass(tp):
     if isinstance(value, tp):
       return value
     if not isinstance(value, dict):
-      raise ConfigError(f"config key {path!r} needs a mapping for {tp.__name__}, got {value!r}")
+      raise ConfigError(f"`{path}`: needs a mapping for {tp.__name__}, got {value!r}")
     return from_dict(tp, value, path + ".")
   origin = typing.get_origin(tp)
   if origin is tuple:
@@ -70,12 +84,12 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     return tuple(_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value))
   if origin is typing.Literal:
     if value not in typing.get_args(tp):
-      raise ConfigError(f"config key {path!r} must be one of {typing.get_args(tp)}, got {value!r}")
+      raise ConfigError(f"`{path}`={value!r}: must be one of {typing.get_args(tp)}")
     return value
   if tp is float and isinstance(value, int) and not isinstance(value, bool):
     return float(value)
   if tp in (int, float, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-    raise ConfigError(f"config key {path!r} must be {tp.__name__}, got {value!r}")
+    raise ConfigError(f"`{path}`={value!r}: must be {tp.__name__}")
   return value
 
 
@@ -84,7 +98,8 @@ def from_dict(cls: type[ConfigT], values: dict[str, Any], path: str = "") -> Con
   numbers out of range (`check_ranges`) raise. Keys of older records that have since moved
   (`MOVED`) are read at their new place."""
   if not isinstance(values, dict):
-    raise ConfigError(f"config {path or cls.__name__!r} must be a mapping, got {values!r}")
+    where = f"`{path.rstrip('.')}`" if path else f"a {cls.__name__} record"
+    raise ConfigError(f"{where}: must be a mapping, got {values!r}")
   values = _moved(cls, values, path)
   hints = _hints(cls)
   names = {f.name for f in dataclasses.fields(cls)}
@@ -135,14 +150,14 @@ def _moved(cls: type, values: dict[str, Any], path: str) -> dict[str, Any]:
     for p in MOVED[key].split("."):
       given = given.get(p) if isinstance(given, dict) else None
     if given is not None:
-      raise ConfigError(f"config keys {path + key!r} and {path + MOVED[key]!r} are the same field, given twice")
+      raise ConfigError(f"`{path + key}` and `{path + MOVED[key]}` are the same field, given twice")
     node, default = values, None
     for i, p in enumerate(parents):
       default = fields[p].default if i == 0 else getattr(default, p, None)
       if p not in node:
         node[p] = to_dict(default) if dataclasses.is_dataclass(default) else {}
       if not isinstance(node[p], dict):
-        raise ConfigError(f"config key {path + key!r} (now {path + MOVED[key]!r}) cannot join {path + p!r}")
+        raise ConfigError(f"`{path + key}` (now `{path + MOVED[key]}`) cannot join `{path + p}`")
       node[p] = node = dict(node[p])
     node[leaf] = value
   return values
@@ -190,24 +205,34 @@ def parse_text(text: str, tp: Any, path: str) -> Any:
   if optional and text.strip().lower() in ("none", "null"):
     return None
   if dataclasses.is_dataclass(base):
-    raise ConfigError(f"config key {path!r} is a group of fields: set them one by one "
-                      f"({', '.join(path + '.' + f.name for f in dataclasses.fields(base))})")
+    raise ConfigError(f"`{path}` is a group of fields: set them one by one "
+                      f"({', '.join(f'`{path}.{f.name}`' for f in dataclasses.fields(base))})")
   origin = typing.get_origin(base)
   if origin is tuple:
     args = typing.get_args(base)
-    item = args[0] if args else str
-    return tuple(parse_text(v.strip(), item, f"{path}[{i}]") for i, v in enumerate(text.split(","))) if text else ()
+    item = _strip_optional(args[0])[0] if args else str
+    try:
+      return tuple(_parse_scalar(v.strip(), item) for v in text.split(",")) if text else ()
+    except ValueError:
+      raise ConfigError(f"`{path}`={text!r}: must be comma-separated {getattr(item, '__name__', item)} "
+                        "values") from None
   try:
-    if base is bool:
-      if text.strip().lower() not in _TRUE + _FALSE:
-        raise ValueError(text)
-      return text.strip().lower() in _TRUE
-    if base is int:
-      return int(text)
-    if base is float:
-      return float(text)
+    return _parse_scalar(text, base)
   except ValueError:
-    raise ConfigError(f"config key {path!r} must be {base.__name__}, got {text!r}") from None
+    raise ConfigError(f"`{path}`={text!r}: must be {getattr(base, '__name__', base)}") from None
+
+
+def _parse_scalar(text: str, tp: Any) -> Any:
+  """`text` as a bool, int or float where `tp` is one (ValueError if it does not read as one); the
+  text itself otherwise."""
+  if tp is bool:
+    if text.strip().lower() not in _TRUE + _FALSE:
+      raise ValueError(text)
+    return text.strip().lower() in _TRUE
+  if tp is int:
+    return int(text)
+  if tp is float:
+    return float(text)
   return text
 
 
@@ -217,7 +242,7 @@ def field_type(cls: type, path: str) -> Any:
   for key in path.split("."):
     base, _ = _strip_optional(tp)
     if not dataclasses.is_dataclass(base):
-      raise ConfigError(f"config key {walked.rstrip('.')!r} has no field {key!r}")
+      raise ConfigError(f"`{walked.rstrip('.')}` has no field {key!r}")
     if key not in {f.name for f in dataclasses.fields(base)}:
       raise _unknown(key, base, walked)
     tp, walked = _hints(base)[key], walked + key + "."
@@ -269,7 +294,7 @@ def field(default: Any, doc: str = "", location: bool = False, **kwargs) -> Any:
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """How long and how often a task's run trains, and the splits it reads: every task config's
-  `run` (each with its own defaults). Flags by their last part (`--num_steps`) where unique."""
+  `run` (each with its own defaults)."""
   num_steps: int = field(2000, "Training steps.")
   eval_every: int = field(500, "Validate (and checkpoint) every this many steps.")
   checkpoint_every: int | None = field(None, "Checkpoint every this many steps (default: with each evaluation).")
@@ -372,7 +397,7 @@ def _numbers(value: Any) -> list[Any]:
 
 
 def check_ranges(config: Any) -> None:
-  """Raises ConfigError naming the field (by its flag, `--model.features=0`) for a number that is
+  """Raises ConfigError naming the field (`model.features`=0: FIELD_NAME) for a number that is
   not finite or outside its `RANGES` entry (default: >= 0)."""
   for leaf in leaves(config):
     value = _value_at(config, leaf.path)
@@ -380,9 +405,9 @@ def check_ranges(config: Any) -> None:
     allowed = RANGES.get(name, Range())
     for number in _numbers(value):
       if not math.isfinite(number):
-        raise ConfigError(f"--{leaf.path}={_show(value)}: must be a finite number")
+        raise ConfigError(f"`{leaf.path}`={_show(value)}: must be a finite number")
       if not allowed.holds(number):
-        raise ConfigError(f"--{leaf.path}={_show(value)}: must be in {allowed}")
+        raise ConfigError(f"`{leaf.path}`={_show(value)}: must be in {allowed}")
 
 
 def _value_at(config: Any, path: str) -> Any:

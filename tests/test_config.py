@@ -26,14 +26,14 @@ def test_config_json_round_trips_exactly():
 
 
 def test_a_mistyped_key_is_refused_with_its_name():
-  with pytest.raises(config_lib.ConfigError, match=r"'input.image_sise'.*did you mean 'image_size'"):
+  with pytest.raises(config_lib.ConfigError, match=r"`input.image_sise`: no such config key; did you mean `input.image_size`"):
     config_lib.from_dict(segmentation.SegmenterConfig, {"input": {"image_sise": 32}})
-  with pytest.raises(config_lib.ConfigError, match="'model.featurs'"):
+  with pytest.raises(config_lib.ConfigError, match="`model.featurs`"):
     config_lib.replace(segmentation.SegmenterConfig(), {"model.featurs": 8})
-  with pytest.raises(config_lib.ConfigError, match="'run.num_steps' must be int"):
+  with pytest.raises(config_lib.ConfigError, match="`run.num_steps`='many': must be int"):
     config_lib.from_dict(segmentation.SegmenterConfig, {"run": {"num_steps": "many"}})
   record = {"task": "segmentation", "config": {"learning_rate": 1e-3}}  # a flat, pre-runner key
-  with pytest.raises(config_lib.ConfigError, match=r"config.json: unknown config key 'learning_rate'"):
+  with pytest.raises(config_lib.ConfigError, match=r"config.json: `learning_rate`: no such config key"):
     base.from_record(record)
   with pytest.raises(ValueError, match="unknown task 'segmentatoin'"):
     base.from_record({"task": "segmentatoin", "config": {}})
@@ -89,7 +89,7 @@ def test_records_written_before_run_config_load_with_each_tasks_defaults():
   old["segmenter"] = _old_shape(old["segmenter"])
   old["test_split"] = "validation"
   assert config_lib.from_dict(self_learning.SelfLearningConfig, old) == sl
-  with pytest.raises(config_lib.ConfigError, match="'num_steps' and 'run.num_steps' are the same field"):
+  with pytest.raises(config_lib.ConfigError, match="`num_steps` and `run.num_steps` are the same field"):
     config_lib.from_dict(segmentation.SegmenterConfig, {"num_steps": 4, "run": {"num_steps": 5}})
 
 

@@ -254,7 +254,7 @@ def test_bad_flags_are_refused_by_name_before_anything_is_written(trained, tiny_
   workdir, _ = trained
   # One refusal through the command line (a one-line error, nothing written); the checks behind the
   # others are the same code path, so they are tested in-process.
-  for flags, expected in ((["--image_size=50"], "--image_size=50: a U-Net with --levels=4 needs a multiple of 16"),
+  for flags, expected in ((["--image_size=50"], "--input.image_size=50: a U-Net with --model.levels=4 needs a multiple of 16"),
                           (["--holdout=1.5"], "--run.holdout=1.5: must be in [0, 1)"),
                           (["--geometry=crop"], "geometry"),
                           (["--loss=focal"], "--loss='focal'")):
@@ -270,9 +270,9 @@ def test_bad_flags_are_refused_by_name_before_anything_is_written(trained, tiny_
   from lesion_jax.train import sharding  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh()
   for data, splits, expected in (
-      (pipeline.InputConfig(dataset="no_such_set", data_dir=tiny_data_dir), [], "--dataset='no_such_set': no such dataset"),
-      (pipeline.InputConfig(dataset="synthetic_lesions/tiny", data_dir=tiny_data_dir), [("test_split", "tset")],
-       "--test_split='tset'")):
+      (pipeline.InputConfig(dataset="no_such_set", data_dir=tiny_data_dir), [], "`input.dataset`='no_such_set': no such dataset"),
+      (pipeline.InputConfig(dataset="synthetic_lesions/tiny", data_dir=tiny_data_dir), [("run.test_split", "tset")],
+       "`run.test_split`='tset'")):
     with pytest.raises(config_lib.ConfigError, match=re.escape(expected)):
       segmentation.SegmentationTask(segmentation.SegmenterConfig(input=data)).check(mesh, splits)
   proc = run("experiments.evaluate", f"--workdir={workdir}", "--checkpoint=newest", check=False)

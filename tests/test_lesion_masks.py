@@ -71,7 +71,7 @@ def test_prepare_measures_input_statistics_and_annotates_kmeans_masks(config, tm
   plain = segmentation.SegmentationTask(config)
   assert plain.prepare(["train"]) is plain
   # Another store of masks to train on is not silently replaced by the K-means one.
-  with pytest.raises(config_lib.ConfigError, match="--labels=kmeans"):
+  with pytest.raises(config_lib.ConfigError, match="`labels`=kmeans"):
     segmentation.SegmentationTask(dataclasses.replace(asked, mask_artifacts=str(tmp_path / "other"))).prepare([])
 
 
@@ -89,7 +89,7 @@ def test_mask_rcnn_composes_the_shared_parts_instead_of_inheriting_the_segmenter
   assert task.masks.postprocess == postprocess.MaskPostprocess(0.3, clean=False, fallback=False)
   assert task.masks.source == maskrcnn.InstancePaste(128, 0.5, "union")
   assert task.with_overrides(fallback=True).masks.postprocess.fallback
-  with pytest.raises(config_lib.ConfigError, match="--tta_scales"):
+  with pytest.raises(config_lib.ConfigError, match="`tta_scales`"):
     task.with_overrides(tta_scales=(64,))
   seg = segmentation.SegmentationTask(segmentation.SegmenterConfig())
   assert seg.with_overrides(fallback=True, tta_scales=(64, 80)).masks.postprocess.fallback

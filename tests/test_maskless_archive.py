@@ -87,10 +87,10 @@ def _segmenter(data_dir, manual, **changes) -> segmentation.SegmenterConfig:
 def test_a_segmenter_refuses_masks_the_archive_does_not_have(archives):
   part3, _, data_dir = archives
   mesh = sharding.make_mesh()
-  with pytest.raises(config_lib.ConfigError, match=r"input.dataset='isic2017/part3_512' has no lesion masks.*labels=kmeans"):
+  with pytest.raises(config_lib.ConfigError, match=r"`input.dataset`='isic2017/part3_512' has no lesion masks.*`labels`='kmeans'"):
     segmentation.SegmentationTask(_segmenter(data_dir, part3)).check(mesh)
-  with pytest.raises(config_lib.ConfigError, match=r"run.test_split='validation'.*set run.test_split=''"):
-    segmentation.SegmentationTask(_segmenter(data_dir, part3, labels="kmeans")).check(mesh, [("test_split", "validation")])
+  with pytest.raises(config_lib.ConfigError, match=r"`run.test_split`='validation'.*set `run.test_split`=''"):
+    segmentation.SegmentationTask(_segmenter(data_dir, part3, labels="kmeans")).check(mesh, [("run.test_split", "validation")])
   segmentation.SegmentationTask(_segmenter(data_dir, part3, labels="kmeans")).check(mesh)  # nothing scored: fine
 
 
@@ -159,5 +159,5 @@ def test_manual_masks_of_another_archive_replace_the_pseudo_masks_of_their_ids(a
     assert (stored == (truth[image_id]["mask"][..., 0] > 0)).all()
   for image_id in fake._2017_VALID:  # pylint: disable=protected-access  (no manual mask given: K-means')
     assert "manual" not in io.read_json(os.path.join(merged, f"{image_id}.json"))
-  with pytest.raises(config_lib.ConfigError, match="manual_masks.dataset='isic2017'.*labels=kmeans"):
+  with pytest.raises(config_lib.ConfigError, match="`manual_masks.dataset`='isic2017'.*`labels`='kmeans'"):
     segmentation.SegmentationTask(_segmenter(data_dir, part3, manual_masks=manual)).check(sharding.make_mesh())

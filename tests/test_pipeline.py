@@ -144,5 +144,5 @@ def test_missing_feature_is_reported_with_the_dataset_name(config):
     next(pipeline.train_iterator(config, ops.segmentation_ops(32, None, mask_key="lesion_outline")))
   from lesion_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
   task = segmentation.SegmentationTask(segmentation.SegmenterConfig(input=config, mask_key="lesion_outline"))
-  with pytest.raises(ValueError, match="has no 'lesion_outline' feature.*--labels=kmeans"):
+  with pytest.raises(ValueError, match="has no 'lesion_outline' feature.*`labels`=kmeans"):
     next(task.train_batches(0))

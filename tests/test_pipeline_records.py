@@ -112,9 +112,9 @@ def test_the_lin_predictor_sums_its_members_maps_as_its_evaluation_does(lin):
 
 def test_a_lin_without_both_members_is_refused_before_anything_is_written(members, tmp_path):
   workdir = str(tmp_path / "lin")
-  with pytest.raises(config_lib.ConfigError, match="--dm_workdir"):
+  with pytest.raises(config_lib.ConfigError, match="`dm_workdir`"):
     network.LesionIndexNetwork(network.LesionIndexNetworkConfig(dr_workdir=members["dr"])).run(workdir)
-  with pytest.raises(config_lib.ConfigError, match="--split"):
+  with pytest.raises(config_lib.ConfigError, match="`split`"):
     network.LesionIndexNetwork(network.LesionIndexNetworkConfig(
         dr_workdir=members["dr"], dm_workdir=members["dm"], split="nope")).run(workdir)
   assert not os.path.exists(os.path.join(workdir, "config.json"))
@@ -167,6 +167,10 @@ def test_predictors_say_why_while_no_stage_has_finished(tmp_path):
     assert type(loaded) is type(pipeline_)
     with pytest.raises(base.PredictionUnsupported, match="finished|checkpoint"):
       loaded.predictor(workdir)
+    # Another checkpoint than the stages' own is refused by name, not ignored, before anything is restored.
+    with pytest.raises(base.PredictionUnsupported, match=r"checkpoint 'latest': a '.*' pipeline predicts with") as refused:
+      runner.predictor(workdir, "latest")
+    assert os.path.join(workdir, "segmenter" if pipeline_.name == "two_stage" else "round_0") in str(refused.value)
   # A two-stage config without crop classifiers predicts with its U-Net.
   assert "U-Net" in str(pytest.raises(base.PredictionUnsupported, two_stage.TwoStagePipeline(
       two_stage.TwoStageConfig(classifiers=two_stage.DEFAULT_CLASSIFIERS[:1])).predictor, str(tmp_path)).value)

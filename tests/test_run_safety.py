@@ -183,14 +183,14 @@ def test_one_process_per_workdir(task, tmp_path, caplog):
 
 
 @pytest.mark.parametrize("override, message", [
-    ({"optimizer.learning_rate": math.nan}, "--optimizer.learning_rate=nan: must be a finite number"),
-    ({"optimizer.learning_rate": math.inf}, "--optimizer.learning_rate=inf: must be a finite number"),
-    ({"optimizer.learning_rate": 1e6}, r"--optimizer.learning_rate=1000000.0: must be in \(0, 10\]"),
-    ({"optimizer.learning_rate": -1.0}, "--optimizer.learning_rate=-1.0: must be in"),
-    ({"optimizer.warmup_steps": -5}, r"--optimizer.warmup_steps=-5: must be in \[0, inf\)"),
-    ({"model.features": 0}, r"--model.features=0: must be in \[1, inf\)"),
-    ({"model.levels": 0}, "--model.levels=0: must be in"),
-    ({"tta_scales": (128, 0)}, "--tta_scales=128,0: must be in"),
+    ({"optimizer.learning_rate": math.nan}, "`optimizer.learning_rate`=nan: must be a finite number"),
+    ({"optimizer.learning_rate": math.inf}, "`optimizer.learning_rate`=inf: must be a finite number"),
+    ({"optimizer.learning_rate": 1e6}, r"`optimizer.learning_rate`=1000000.0: must be in \(0, 10\]"),
+    ({"optimizer.learning_rate": -1.0}, "`optimizer.learning_rate`=-1.0: must be in"),
+    ({"optimizer.warmup_steps": -5}, r"`optimizer.warmup_steps`=-5: must be in \[0, inf\)"),
+    ({"model.features": 0}, r"`model.features`=0: must be in \[1, inf\)"),
+    ({"model.levels": 0}, "`model.levels`=0: must be in"),
+    ({"tta_scales": (128, 0)}, "`tta_scales`=128,0: must be in"),
 ])
 def test_numbers_out_of_range_are_refused_by_name(override, message):
   from lesion_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
@@ -217,7 +217,7 @@ def test_every_default_config_is_in_range():
 def test_the_task_check_covers_a_config_made_in_code(task):
   bad = HoleTask(dataclasses.replace(task.config, optimizer=dataclasses.replace(
       task.config.optimizer, learning_rate=math.nan)))
-  with pytest.raises(config_lib.ConfigError, match="--optimizer.learning_rate=nan"):
+  with pytest.raises(config_lib.ConfigError, match="`optimizer.learning_rate`=nan"):
     bad.check(None)
 
 
@@ -319,9 +319,9 @@ def test_a_restored_run_changes_only_its_declared_evaluation_settings():
   seg = segmentation.SegmentationTask(segmentation.SegmenterConfig())
   assert seg.with_overrides(fallback=True, tta_scales=(64, 80)).config.tta_scales == (64, 80)
   assert seg.with_overrides() is seg
-  with pytest.raises(config_lib.ConfigError, match=r"--num_steps: a 'segmentation' run cannot change \['num_steps'\]"):
+  with pytest.raises(config_lib.ConfigError, match=r"`num_steps`: a 'segmentation' run cannot change \['num_steps'\]"):
     seg.with_overrides(num_steps=5)
-  with pytest.raises(config_lib.ConfigError, match="--fallback_max_fraction"):  # and the values are checked
+  with pytest.raises(config_lib.ConfigError, match="`fallback_max_fraction`"):  # and the values are checked
     segmentation.SegmentationTask(segmentation.SegmenterConfig(fallback_max_fraction=1.5)).with_overrides(fallback=True)
   assert lesion_index.LesionIndexTask(lesion_index.LesionIndexConfig()).with_overrides(
       test_scales=(32,)).config.test_scales == (32,)
@@ -335,5 +335,5 @@ def test_zero_means_off_where_a_field_says_so():
   # decay_every=0: the LFN uses optimizer.lr_schedule instead of its step decay.
   config = config_lib.replace(feature_network.FeatureNetworkConfig(), {"decay_every": 0})
   assert config.decay_every == 0
-  with pytest.raises(config_lib.ConfigError, match=r"--decay_factor=0.0: must be in \(0, 1\]"):
+  with pytest.raises(config_lib.ConfigError, match=r"`decay_factor`=0.0: must be in \(0, 1\]"):
     config_lib.replace(config, {"decay_factor": 0.0})

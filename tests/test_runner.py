@@ -187,10 +187,10 @@ def test_bad_config_is_refused_before_anything_is_written(task, tmp_path):
       config = dataclasses.replace(task.config, input=dataclasses.replace(task.config.input, batch_size=0))
     else:
       config = dataclasses.replace(task.config, run=dataclasses.replace(task.config.run, **{field_name: value}))
-    flag = {"batch_size": "input.batch_size", "val_split": "val_split"}.get(field_name, f"run.{field_name}")
-    with pytest.raises(config_lib.ConfigError, match=f"--{flag}="):
+    field = {"batch_size": "input.batch_size"}.get(field_name, f"run.{field_name}")
+    with pytest.raises(config_lib.ConfigError, match=f"`{field}`="):  # the field, by its dotted path
       runner.run(HoleTask(config), str(tmp_path))
     assert not os.path.exists(tmp_path / "config.json")
-  with pytest.raises(config_lib.ConfigError, match=r"--test_split='test\[:2\]\+nope'"):
+  with pytest.raises(config_lib.ConfigError, match=r"`run.test_split`='test\[:2\]\+nope'"):
     runner.run(task, str(tmp_path), test_split="test[:2]+nope")
   assert not os.path.exists(tmp_path / "config.json")

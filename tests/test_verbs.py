@@ -1,12 +1,14 @@
 """The verbs over config files: every config in experiments/configs loads and takes dotted
-overrides (unknown fields refused by name); `train` on tiny data records provenance.json; `report`
-renders a docs/results page from it; every `experiments.train --config=...` command in README and
-docs names a config that exists and overrides that apply."""
+overrides (unknown fields refused by name); `train` on tiny data records provenance.json (every
+invocation of a resumed run); `report` renders a docs/results page from it; every
+`experiments.train --config=...` command in README and docs names a config that exists and
+overrides that apply; library errors name fields, which the verbs spell as the options typed."""
 import glob
 import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 
@@ -80,16 +82,21 @@ def test_every_documented_train_command_names_a_config_and_applies_its_overrides
     config_lib.override(_load(path), overrides)  # raises on a field that does not exist
 
 
+def _train_tiny_unet(workdir, data_dir, dataset, *more):
+  """The train verb on unet.py, made tiny (2 steps of a 4-feature U-Net on the tiny set), plus `more` overrides."""
+  args = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/segmentation/unet.py",
+          f"--workdir={workdir}", f"--config.input.dataset={dataset}", f"--config.input.data_dir={data_dir}",
+          "--config.input.image_size=32", "--config.input.batch_size=8", "--config.model.features=4",
+          "--config.model.levels=2", "--config.run.num_steps=2", "--config.run.eval_every=2", "--config.run.log_every=2",
+          "--config.summary_images=0", *more]
+  proc = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_data_dir, tiny_dataset, tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("unet"))
-  args = [sys.executable, "-m", "experiments.train", "--config=experiments/configs/segmentation/unet.py",
-          f"--workdir={workdir}", f"--config.input.dataset={tiny_dataset}", f"--config.input.data_dir={tiny_data_dir}",
-          "--config.input.image_size=32", "--config.input.batch_size=8", "--config.model.features=4",
-          "--config.model.levels=2", "--config.run.num_steps=2", "--config.run.eval_every=2", "--config.run.log_every=2",
-          "--config.summary_images=0"]
-  proc = subprocess.run(args, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600, check=False)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  _train_tiny_unet(workdir, tiny_data_dir, tiny_dataset)
   return workdir
 
 
@@ -102,12 +109,90 @@ def test_train_records_where_its_numbers_come_from(trained):
   assert prov["commit"] and prov["machine"] and "experiments.train" in prov["command"]
 
 
+def test_a_resumed_run_keeps_every_invocation_and_report_shows_the_first_and_the_total(
+    trained, tiny_data_dir, tiny_dataset, tmp_path):
+  from lesion_jax import provenance  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "unet")
+  shutil.copytree(trained, workdir)
+  first = json.load(open(os.path.join(workdir, "provenance.json")))
+  _train_tiny_unet(workdir, tiny_data_dir, tiny_dataset, "--config.run.num_steps=4")  # resumes at step 2
+  prov = json.load(open(os.path.join(workdir, "provenance.json")))
+  runs = prov["invocations"]
+  assert [r["overrides"]["run.num_steps"] for r in runs] == ["2", "4"] and all(r["finished"] for r in runs)
+  assert runs[0] == first["invocations"][0]  # the first invocation is kept as it was recorded
+  assert (prov["command"], prov["overrides"], prov["date"]) == (runs[0]["command"], runs[0]["overrides"], runs[0]["date"])
+  assert prov["wall_time_s"] == round(runs[0]["wall_time_s"] + runs[1]["wall_time_s"], 1) > runs[1]["wall_time_s"]
+  out = tmp_path / "page.md"
+  proc = subprocess.run([sys.executable, "-m", "experiments.report", f"--runs=resumed:{workdir}", f"--out={out}",
+                         "--metrics=test/jaccard"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300,
+                        check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  row = next(line for line in out.read_text().splitlines() if line.startswith("| resumed"))
+  assert f"`{runs[0]['command']}` (resumed 1 time)" in row and f"| {prov['wall_time_s']:.4g} |" in row
+  # A record written before invocations were kept is its own first invocation, and is kept.
+  older = tmp_path / "older"
+  older.mkdir()
+  flat = {k: first["invocations"][0][k] for k in ("config_file", "overrides", "command", "date", "commit", "machine",
+                                                  "wall_time_s")}
+  (older / "provenance.json").write_text(json.dumps(flat))
+  again = provenance.record(str(older), flat["config_file"], {}, 5.0, command=["python", "-m", "experiments.train"],
+                            code="abc123", finished=False)
+  assert [r["command"] for r in again["invocations"]] == [flat["command"], "python -m experiments.train"]
+  assert again["commit"] == f"{flat['commit']}, abc123" and again["wall_time_s"] == round(flat["wall_time_s"] + 5.0, 1)
+  assert [r["finished"] for r in again["invocations"]] == [True, False]
+
+
 def test_a_mistyped_override_is_refused_by_name_before_anything_is_written(tmp_path):
   proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config=experiments/configs/segmentation/unet.py",
                          f"--workdir={tmp_path / 'run'}", "--config.model.featurs=4"], cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=300, check=False)
-  assert proc.returncode != 0 and "model.featurs" in proc.stderr and "did you mean 'features'" in proc.stderr
+  assert proc.returncode != 0 and "model.featurs" in proc.stderr and "did you mean --config.model.features?" in proc.stderr
   assert "Traceback" not in proc.stderr and not os.path.exists(tmp_path / "run")
+
+
+def test_overriding_the_optimizer_brings_its_own_defaults_unless_they_are_overridden_too():
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  lenet = os.path.join(REPO, "experiments", "configs", "classification", "lenet.py")
+  adam = common.config_from_file(lenet, {}).optimizer
+  assert adam.name == "adam" and adam.learning_rate == 1e-3
+  sgd = common.config_from_file(lenet, {"optimizer.name": "sgd"}).optimizer  # AlexNet's recipe, as train_classifier
+  assert (sgd.name, sgd.learning_rate, sgd.momentum, sgd.weight_decay) == ("sgd", 1e-2, 0.9, 5e-4)
+  assert sgd.warmup_steps == adam.warmup_steps  # a field SGD has no default of its own for keeps the file's
+  given = common.config_from_file(lenet, {"optimizer.name": "sgd", "optimizer.learning_rate": "0.001"}).optimizer
+  assert (given.learning_rate, given.weight_decay) == (1e-3, 5e-4)  # an override wins over the default
+  unet = os.path.join(REPO, "experiments", "configs", "segmentation", "unet.py")
+  assert common.config_from_file(unet, {"optimizer.name": "sgd"}).optimizer.learning_rate == (
+      common.config_from_file(unet, {}).optimizer.learning_rate)  # a task without such defaults is as overridden
+
+
+def test_a_library_error_names_the_field_and_a_verb_names_the_option_typed(tmp_path, monkeypatch):
+  from experiments import common  # pylint: disable=g-import-not-at-top
+  from lesion_jax.pipelines.self_learning import two_stage  # pylint: disable=g-import-not-at-top
+  from lesion_jax.tasks import segmentation  # pylint: disable=g-import-not-at-top
+  config = config_lib.override(segmentation.SegmenterConfig(), {"model.name": "unet", "input.image_size": "50"})
+  with pytest.raises(config_lib.ConfigError) as refused:
+    segmentation.SegmentationTask(config).check(None)  # refused before the data or the mesh are read
+  message = str(refused.value)
+  assert message.startswith("`input.image_size`=50: a U-Net with `model.levels`=4 needs a multiple of 16")
+  assert "--" not in message
+  assert [m.group(1) for m in config_lib.FIELD_NAME.finditer(message)] == ["input.image_size", "model.levels"]
+  # In a verb: fields of the command's config become --config.<field>; a misspelt key the user
+  # typed stays as typed; a name the command's config has not (a pipeline stage's own field) and
+  # that is no option of the program keeps the library's spelling.
+  monkeypatch.setattr(common, "_COMMAND_CONFIG", [two_stage.TwoStageConfig()])
+  monkeypatch.setattr(common, "CONFIG_OVERRIDES", {"segmenter.run.num_stepz": "3"})
+  assert common.as_options("`segmenter.input.image_size`=50: x; `segmenter.run.num_stepz`: no such config key; "
+                           "`input.image_size`=50") == ("--config.segmenter.input.image_size=50: x; "
+                                                        "--config.segmenter.run.num_stepz: no such config key; "
+                                                        "`input.image_size`=50")
+  # Through the command line, end to end: one line naming the options, nothing written.
+  proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config=experiments/configs/segmentation/unet.py",
+                         f"--workdir={tmp_path / 'run'}", "--config.input.image_size=50"], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode != 0, proc.stderr[-2000:]
+  assert "--config.input.image_size=50: a U-Net with --config.model.levels=4 needs a multiple of 16" in proc.stderr
+  assert "`" not in proc.stderr.splitlines()[-1] and "Traceback" not in proc.stderr
+  assert not os.path.exists(tmp_path / "run")
 
 
 def test_report_renders_a_results_page_from_runs(trained, tmp_path):

@@ -85,15 +85,16 @@ class InputConfig:
 
 
 def get_builder(name: str, data_dir: str | None = None, manual_dir: str | None = None,
-                prepare: bool = True) -> tfds.core.DatasetBuilder:
+                prepare: bool = True, field: str = "input.dataset") -> tfds.core.DatasetBuilder:
   """The TFDS builder for `name`, prepared on first use (the synthetic set renders itself; the
-  real archives read `manual_dir`)."""
+  real archives read `manual_dir`). An unknown name is a ConfigError naming `field`, the config
+  field that gave it."""
   import lesion_jax.data.builders  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError:
     ours = ", ".join(LESION_DATASETS)
-    raise ConfigError(f"--dataset={name!r}: no such dataset (this package's: {ours}; any TFDS name "
+    raise ConfigError(f"`{field}`={name!r}: no such dataset (this package's: {ours}; any TFDS name "
                       "also works)") from None
   if prepare and not _is_prepared(builder):
     download_config = tfds.download.DownloadConfig(manual_dir=manual_dir) if manual_dir else None

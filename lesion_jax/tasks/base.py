@@ -195,24 +195,34 @@ class Task:
 
   def check(self, mesh: jax.sharding.Mesh, extra_splits: Sequence[tuple[str, str]] = ()) -> None:
     """Refuses, before anything is written, a config the run would fail on later: numbers out of
-    range (config.check_ranges), the batch size, and every split the run will read. Raises ConfigError naming the field.
+    range (config.check_ranges), the batch size, and every split the run will read (`extra_splits`:
+    (the config field that names it, split) pairs). Raises ConfigError naming the field.
     Tasks extend it with their own checks (call super)."""
     c = self.config
     config_lib.check_ranges(c)  # every number of the config, in the one place ranges are declared
     try:
       sharding.check_batch_size(self.batch_size, mesh)
     except ValueError as e:
-      raise config_lib.ConfigError(f"--batch_size={self.batch_size}: {e}") from None
+      raise config_lib.ConfigError(f"`input.batch_size`={self.batch_size}: {e}") from None
     data = getattr(c, "input", None)
     if data is not None and getattr(data, "geometry", "stretch") not in self.geometries:
-      raise config_lib.ConfigError(f"--geometry={data.geometry!r}: a {self.name!r} run takes "
+      raise config_lib.ConfigError(f"`input.geometry`={data.geometry!r}: a {self.name!r} run takes "
                                    f"{' or '.join(self.geometries)}")
     if data is not None and getattr(data, "color_constancy", "none") != "none" and not self.color_constancy:
-      raise config_lib.ConfigError(f"--color_constancy={data.color_constancy!r}: not supported by a {self.name!r} run")
-    splits = [("train_split", c.run.train_split)] + ([("val_split", c.run.val_split)] if c.run.val_split else [])
-    for flag, split in [*splits, *extra_splits]:
+      raise config_lib.ConfigError(f"`input.color_constancy`={data.color_constancy!r}: not supported by a {self.name!r} run")
+    splits = [("run.train_split", c.run.train_split)] + ([("run.val_split", c.run.val_split)] if c.run.val_split else [])
+    for field, split in [*splits, *extra_splits]:
       if split:  # "": nothing scored there
-        check_split(self.builder, split, flag)
+        check_split(self.builder, split, field)
+
+  @classmethod
+  def with_dependent_defaults(cls, config: Any, given: Iterable[str]) -> Any:
+    """`config` (this task's) once fields were set by dotted path (`given`, e.g. a command line's
+    overrides of a config file): the defaults that depend on a given field's value (SGD's learning
+    rate where `optimizer.name` became sgd) re-derived for the fields not given themselves, so an
+    override means what the same field set in code would. The default: no such defaults."""
+    del given
+    return config
 
   def with_overrides(self, **changes: Any) -> "Task":
     """This run with evaluation-time settings changed, checked (`check_overrides`): the one way
@@ -223,7 +233,7 @@ class Task:
     refused = sorted(set(changes) - self.evaluation_overrides)
     if refused:
       allowed = sorted(self.evaluation_overrides) or "none"
-      raise config_lib.ConfigError(f"--{refused[0]}: a {self.name!r} run cannot change {refused} after training "
+      raise config_lib.ConfigError(f"`{refused[0]}`: a {self.name!r} run cannot change {refused} after training "
                                    f"(it may change: {allowed})")
     task = type(self)(config_lib.replace(self.config, changes))
     task.check_overrides()
@@ -394,13 +404,14 @@ def for_config(config: Any) -> "Task | Pipeline":
   return matches[0](config)
 
 
-def check_split(builder, split: str, flag: str) -> None:
-  """A TFDS split string (`train`, `train[:80%]`, `train+validation`) the builder can read."""
+def check_split(builder, split: str, field: str) -> None:
+  """A TFDS split string (`train`, `train[:80%]`, `train+validation`) the builder can read; else
+  ConfigError naming the config `field` that gave it."""
   try:
     builder.info.splits[split].num_examples  # pylint: disable=expression-not-assigned
   except (KeyError, ValueError, AssertionError) as e:
     raise config_lib.ConfigError(
-        f"--{flag}={split!r}: {builder.info.full_name} has no such split (its splits: "
+        f"`{field}`={split!r}: {builder.info.full_name} has no such split (its splits: "
         f"{sorted(builder.info.splits)}; {e})") from None
 
 

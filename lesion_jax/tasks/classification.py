@@ -124,6 +124,15 @@ class ClassificationTask(base.Task):
   def class_names(self) -> list[str]:
     return list(self.builder.info.features[self.config.label_key].names)
 
+  @classmethod
+  def with_dependent_defaults(cls, config: ClassifierConfig, given: Iterable[str]) -> ClassifierConfig:
+    """A changed `optimizer.name` brings its OPTIMIZER_DEFAULTS (SGD's rate, momentum and weight
+    decay) into the optimizer fields not given too; the config as it is otherwise."""
+    given = set(given)
+    if "optimizer.name" not in given:
+      return config
+    return with_optimizer_defaults(config, {p.split(".", 1)[1] for p in given if p.startswith("optimizer.")})
+
   @property
   def folds(self) -> int:
     return self.config.folds
@@ -135,26 +144,26 @@ class ClassificationTask(base.Task):
   def check(self, mesh, extra_splits=()) -> None:
     c = self.config
     if models.family_of(c.model.name) != "classifier":
-      raise config_lib.ConfigError(f"--model={c.model.name!r}: not a classifier; choose one of "
+      raise config_lib.ConfigError(f"`model.name`={c.model.name!r}: not a classifier; choose one of "
                                    f"{list(models.names('classifier'))}")
     if c.input.image_size < 1:
-      raise config_lib.ConfigError(f"--image_size={c.input.image_size}: must be at least 1")
+      raise config_lib.ConfigError(f"`input.image_size`={c.input.image_size}: must be at least 1")
     features = self.builder.info.features
     if c.label_key not in features or not hasattr(features[c.label_key], "names"):
-      raise config_lib.ConfigError(f"--target={c.label_key!r}: {self.builder.info.full_name} has no such class "
+      raise config_lib.ConfigError(f"`label_key`={c.label_key!r}: {self.builder.info.full_name} has no such class "
                                    f"feature (features: {sorted(features)})")
     if c.model.init_weights and not c.model.name.startswith("resnet"):
-      raise config_lib.ConfigError(f"--init_weights: torchvision weights load into resnet18 / resnet50, not {c.model.name!r}")
+      raise config_lib.ConfigError(f"`model.init_weights`: torchvision weights load into resnet18 / resnet50, not {c.model.name!r}")
     if c.model.init_weights and not os.path.exists(c.model.init_weights):
-      raise config_lib.ConfigError(f"--init_weights={c.model.init_weights}: no such file")
+      raise config_lib.ConfigError(f"`model.init_weights`={c.model.init_weights}: no such file")
     if c.model.init_from and c.model.init_weights:
-      raise config_lib.ConfigError("--init_from and --init_weights: give one initialisation, not both")
+      raise config_lib.ConfigError("`model.init_from` and `model.init_weights`: give one initialisation, not both")
     if c.model.init_from:
       self._check_init_from()
     if c.class_weighting not in ("none", "inverse_frequency"):
-      raise config_lib.ConfigError(f"--class_weighting={c.class_weighting!r}: choose none or inverse_frequency")
+      raise config_lib.ConfigError(f"`class_weighting`={c.class_weighting!r}: choose none or inverse_frequency")
     if c.generated and not os.path.exists(os.path.join(c.generated, "config.json")):
-      raise config_lib.ConfigError(f"--generated={c.generated}: not a train_gan workdir (no config.json)")
+      raise config_lib.ConfigError(f"`generated`={c.generated}: not a GAN run's workdir (no config.json)")
     self._check_source()
     super().check(mesh, extra_splits)
 
@@ -162,15 +171,15 @@ class ClassificationTask(base.Task):
     """The run a crops / purified source reads exists and is of the right kind (before any cropping)."""
     c = self.config
     if c.source not in SOURCES:
-      raise config_lib.ConfigError(f"--source={c.source!r}: choose one of {list(SOURCES)}")
+      raise config_lib.ConfigError(f"`source`={c.source!r}: choose one of {list(SOURCES)}")
     if c.source == "crops":
       if not c.crop.segmenter_workdir:
-        raise config_lib.ConfigError("--source=crops needs --crop.segmenter_workdir (a segmenter run: "
-                                     "train_segmenter or train_maskrcnn)")
+        raise config_lib.ConfigError("`source`=crops needs `crop.segmenter_workdir` (a segmenter run: "
+                                     "segmentation or Mask R-CNN)")
       segmentation.load_segmenter(c.crop.segmenter_workdir, "crop.segmenter_workdir")
     if c.source == "purified":
       if not c.purify.inpainter_workdir:
-        raise config_lib.ConfigError("--source=purified needs --purify.inpainter_workdir (a train_inpainter run)")
+        raise config_lib.ConfigError("`source`=purified needs `purify.inpainter_workdir` (an inpainter run)")
       from lesion_jax.pipelines.purification import task as inpainting  # pylint: disable=g-import-not-at-top  (inpainting reads classifiers)
       runner.load(c.purify.inpainter_workdir, inpainting.InpaintingTask, "purify.inpainter_workdir")
 
@@ -202,11 +211,11 @@ class ClassificationTask(base.Task):
   def _check_init_from(self) -> None:
     c = self.config
     if not os.path.exists(os.path.join(c.model.init_from, "config.json")):
-      raise config_lib.ConfigError(f"--init_from={c.model.init_from}: not a train_classifier workdir (no config.json)")
+      raise config_lib.ConfigError(f"`model.init_from`={c.model.init_from}: not a classifier run's workdir (no config.json)")
     source = runner.load(c.model.init_from, ClassificationTask, "model.init_from")
     if (source.config.model.name, source.config.model.width) != (c.model.name, c.model.width):
       raise config_lib.ConfigError(
-          f"--init_from={c.model.init_from}: a {source.config.model.name} of width {source.config.model.width:g}, "
+          f"`model.init_from`={c.model.init_from}: a {source.config.model.name} of width {source.config.model.width:g}, "
           f"not the {c.model.name} of width {c.model.width:g} asked for")
 
   def init_state(self, rng: jax.Array) -> TrainState:
@@ -225,12 +234,12 @@ class ClassificationTask(base.Task):
       logging.info("Initial weights from %s: %s", c.model.init_weights, report)
       state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"])
     if c.model.init_from:  # check() has vetted the run (network, width)
-      _, variables, _ = restored_classifier(c.model.init_from, "init_from")
+      _, variables, _ = restored_classifier(c.model.init_from, "model.init_from")
       target = model_variables(state)
       try:
         copied, report = pretrained.copy_matching(variables, target)
       except ValueError as e:
-        raise config_lib.ConfigError(f"--init_from={c.model.init_from}: {e}") from e
+        raise config_lib.ConfigError(f"`model.init_from`={c.model.init_from}: {e}") from e
       logging.info("Initial weights from %s: %d leaves copied, kept fresh: %s", c.model.init_from,
                    report["copied"], report["fresh"] or "none")
       state = state.replace(params=copied["params"], batch_stats=copied.get("batch_stats", state.batch_stats))
@@ -375,7 +384,7 @@ class ClassificationTask(base.Task):
     if c.image_artifacts:
       raise base.PredictionUnsupported(
           f"this classifier read images from {c.image_artifacts} and its record does not say how they were "
-          "made (a run from before `source`): retrain it with --source=crops or --source=purified")
+          "made (a run from before the source field): retrain it with `source`=crops or `source`=purified")
     return None
 
   def check_predict(self) -> None:
@@ -415,11 +424,11 @@ class ClassificationTask(base.Task):
     return records
 
 
-def restored_classifier(workdir: str, flag: str) -> tuple["ClassificationTask", dict, Callable]:
+def restored_classifier(workdir: str, field: str) -> tuple["ClassificationTask", dict, Callable]:
   """(task, variables, apply_fn) of the best checkpoint of a train_classifier run, on the host: a
-  fixed network other tasks read features from (perceptual losses, FD-derm). `flag` names the
-  option that gave `workdir`, for the error when it holds another kind of run."""
-  task = runner.load(workdir, ClassificationTask, flag)
+  fixed network other tasks read features from (perceptual losses, FD-derm). `field` names the
+  config field that gave `workdir`, for the error when it holds another kind of run."""
+  task = runner.load(workdir, ClassificationTask, field)
   state = jax.device_get(runner.restore(task, workdir, "best"))
   return task, model_variables(state), state.apply_fn
 

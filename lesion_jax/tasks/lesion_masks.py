@@ -73,7 +73,7 @@ class LesionMasks:
     features = builder.info.features
     if c.mask_key not in features and c.mask_key not in joins_features(joins):
       raise ValueError(f"{builder.info.full_name} has no {c.mask_key!r} feature (features: "
-                       f"{sorted(features)}); pick a config with masks, or train on pseudo-masks (--labels=kmeans)")
+                       f"{sorted(features)}); pick a config with masks, or train on pseudo-masks (`labels`=kmeans)")
     encoded = c.mask_key in joins_features(joins) or (
         c.mask_key in features and isinstance(features[c.mask_key], pipeline.tfds.features.Image))
     return ops.segmentation_ops(c.input.image_size, c.input.augment if train else None, mask_key=c.mask_key,

@@ -70,7 +70,7 @@ def write_config(workdir: str, task: base.Task | dict[str, Any], config: Any = N
     changed = {k: v for k, v in config_lib.diff(old, new).items() if _defines_the_run(k, *v, locations)}
     if changed:
       raise ValueError(f"{path} was written by a run with other flags {changed} (old, new); use a "
-                       "new --workdir or the same flags to resume")
+                       "new `workdir` or the same flags to resume")
   io.write_json(path, new)
 
 
@@ -99,20 +99,20 @@ class RunNotFoundError(FileNotFoundError):
   """A workdir with no run record in it."""
 
 
-def load(workdir: str, kind: type[base.Task] | type[base.Pipeline] | None = None, flag: str = "workdir"
+def load(workdir: str, kind: type[base.Task] | type[base.Pipeline] | None = None, field: str = "workdir"
          ) -> base.Task | base.Pipeline:
   """The task (and config) of the run in `workdir`. With `kind`, the one way to ask for a run of
-  one kind: another kind is refused with a ConfigError naming `flag` (the option that gave
-  `workdir`) and both kinds, before anything is restored."""
+  one kind: another kind is refused with a ConfigError naming `field` (the config field, or the
+  program's option, that gave `workdir`) and both kinds, before anything is restored."""
   path = config_path(workdir)
   if not os.path.exists(path):
-    raise RunNotFoundError(f"{path} not found: is {workdir!r} the --{flag} of a training run?")
+    raise RunNotFoundError(f"{path} not found: is {workdir!r} the `{field}` of a training run?")
   try:
     task = base.from_record(_read_record(path), path)
   except (TypeError, KeyError) as e:  # a record of the right keys but the wrong shapes
     raise config_lib.ConfigError(f"{path}: not a readable run record ({type(e).__name__}: {e})") from None
   if kind is not None and not isinstance(task, kind):
-    raise config_lib.ConfigError(f"--{flag}={workdir}: holds a {task.name!r} run, not a {kind.name!r} run")
+    raise config_lib.ConfigError(f"`{field}`={workdir}: holds a {task.name!r} run, not a {kind.name!r} run")
   return task
 
 
@@ -135,9 +135,17 @@ def predictor(workdir: str, which: checkpoint.Which = "best", mesh: jax.sharding
               ) -> tuple[base.Task, Any]:
   """(task, state) that predicts for the run in `workdir` on a user's photos
   (`task.predict_images(state, images)`): a task run's checkpoint `which`; a cross-validated run's
-  fold models (a tuple of states, whose outputs are averaged); a pipeline's own predictor."""
+  fold models (a tuple of states, whose outputs are averaged); a pipeline's own predictor. A
+  pipeline predicts with the checkpoints its stages chose (each stage's best, the LIN's its
+  `checkpoint` field), one for each of several runs, so a `which` other than "best" is refused
+  (PredictionUnsupported, naming the stages' runs, which take any checkpoint) rather than ignored."""
   loaded = load(workdir)
   if isinstance(loaded, base.Pipeline):
+    if which != "best":
+      runs = ", ".join(loaded.stages(workdir).values())
+      raise base.PredictionUnsupported(
+          f"checkpoint {which!r}: a {loaded.name!r} pipeline predicts with the checkpoints its stages chose, "
+          f"not one of its own; predict with one of its runs for another checkpoint ({runs})")
     return loaded.predictor(workdir)
   folds = sorted(d for d in os.listdir(workdir) if d.startswith("fold_") and os.path.isdir(os.path.join(workdir, d)))
   if folds and not os.path.isdir(os.path.join(workdir, "checkpoints")):
@@ -225,7 +233,7 @@ def run(task: base.Task, workdir: str, test_split: str | None = None,
   if task.folds > 1:
     return cross_validate(task, workdir, test_split, mesh)
   # Every split the run reads is checked before the first step, not after training.
-  task.check(mesh, [("test_split", split) for prefix, split in task.final_splits(test_split) if prefix == "test"])
+  task.check(mesh, [("run.test_split", split) for prefix, split in task.final_splits(test_split) if prefix == "test"])
   with run_lock.hold(workdir):
     task = task.prepare(run_splits(task, test_split))
     return _train_and_score(task, workdir, test_split, mesh)
@@ -239,13 +247,13 @@ def with_holdout(task: base.Task) -> base.Task:
     return task
   from lesion_jax.data import selection  # pylint: disable=g-import-not-at-top  (TensorFlow)
   if task.folds > 1:
-    raise config_lib.ConfigError(f"--run.holdout={run.holdout}: a cross-validated run (--folds={task.folds}) "
+    raise config_lib.ConfigError(f"`run.holdout`={run.holdout}: a cross-validated run (`folds`={task.folds}) "
                                  "selects on its folds")
   try:
     fit, held_out = selection.holdout_splits(task.builder, run.train_split, run.holdout, run.holdout_seed,
                                              task.stratify_key)
   except ValueError as e:
-    raise config_lib.ConfigError(f"--run.holdout={run.holdout}: {e}") from None
+    raise config_lib.ConfigError(f"`run.holdout`={run.holdout}: {e}") from None
   logging.info("Selection split: %s of %s held out (%s)", run.holdout, run.train_split, held_out)
   resolved = dataclasses.replace(run, train_split=fit, val_split=held_out, holdout=0.0)
   return type(task)(dataclasses.replace(task.config, run=resolved))
@@ -301,9 +309,9 @@ def cross_validate(task: base.Task, workdir: str, test_split: str | None = None,
   metrics.json and figures (the cross-validation members of base.Task)."""
   mesh = mesh or sharding.make_mesh()
   test_split = task.config.run.test_split if test_split is None else test_split
-  task.check(mesh, [("test_split", test_split)])
+  task.check(mesh, [("run.test_split", test_split)])
   if task.folds > task.builder.info.splits[task.config.run.train_split].num_examples:
-    raise config_lib.ConfigError(f"--folds={task.folds}: more folds than examples in {task.config.run.train_split!r}")
+    raise config_lib.ConfigError(f"`folds`={task.folds}: more folds than examples in {task.config.run.train_split!r}")
   with run_lock.hold(workdir):
     task = task.prepare(run_splits(task, test_split))
     return _cross_validate(task, workdir, test_split, mesh)

@@ -143,14 +143,14 @@ class SegmentationTask(base.Task):
   def check(self, mesh, extra_splits=()) -> None:
     c = self.config
     if models.family_of(c.model.name) != "segmenter":
-      raise config_lib.ConfigError(f"--model={c.model.name!r}: not a segmentation model; choose one of "
+      raise config_lib.ConfigError(f"`model.name`={c.model.name!r}: not a segmentation model; choose one of "
                                    f"{list(models.names('segmenter'))}")
     factor = 2 ** c.model.levels
     if c.model.name in FIXED_GRID and (c.input.image_size < factor or c.input.image_size % factor):
       raise config_lib.ConfigError(
-          f"--image_size={c.input.image_size}: a U-Net with --levels={c.model.levels} needs a multiple of {factor}")
+          f"`input.image_size`={c.input.image_size}: a U-Net with `model.levels`={c.model.levels} needs a multiple of {factor}")
     if c.loss not in losses.SEGMENTATION_LOSSES:
-      raise config_lib.ConfigError(f"--loss={c.loss!r}: choose one of {list(losses.SEGMENTATION_LOSSES)}")
+      raise config_lib.ConfigError(f"`loss`={c.loss!r}: choose one of {list(losses.SEGMENTATION_LOSSES)}")
     self.check_overrides()
     super().check(mesh, extra_splits)
     self.check_masks(extra_splits)
@@ -161,27 +161,27 @@ class SegmentationTask(base.Task):
     c = self.config
     if c.mask_key in self.builder.info.features:
       return
-    what = f"input.dataset={c.input.dataset!r} has no lesion masks (no {c.mask_key!r} feature)"
+    what = f"`input.dataset`={c.input.dataset!r} has no lesion masks (no {c.mask_key!r} feature)"
     if c.manual_masks.dataset and c.labels != "kmeans":
-      raise config_lib.ConfigError(f"manual_masks.dataset={c.manual_masks.dataset!r}: replaces K-means pseudo-masks; "
-                                   "set labels=kmeans")
+      raise config_lib.ConfigError(f"`manual_masks.dataset`={c.manual_masks.dataset!r}: replaces K-means pseudo-masks; "
+                                   "set `labels`='kmeans'")
     if c.labels == "ground_truth" and not c.mask_artifacts:
-      raise config_lib.ConfigError(f"{what}, so a segmenter cannot train on them: set labels=kmeans (self-learned "
+      raise config_lib.ConfigError(f"{what}, so a segmenter cannot train on them: set `labels`='kmeans' (self-learned "
                                    "on K-means pseudo-masks), or use a dataset config with masks")
     scored = [(name, split) for name, split in extra_splits if split]
     if scored:
       name, split = scored[0]
-      raise config_lib.ConfigError(f"run.{name}={split!r}: {what} to score on; set run.{name}='' and score the "
+      raise config_lib.ConfigError(f"`{name}`={split!r}: {what} to score on; set `{name}`='' and score the "
                                    "run with `evaluate --config.input.dataset=<a dataset with masks>`")
 
   def check_overrides(self) -> None:
     """Refuses bad evaluation-time settings (also when evaluate / predict override them)."""
     c = self.config
     if c.refine not in REFINEMENTS:
-      raise config_lib.ConfigError(f"--refine={c.refine!r}: choose one of {list(REFINEMENTS)}")
+      raise config_lib.ConfigError(f"`refine`={c.refine!r}: choose one of {list(REFINEMENTS)}")
     factor = 2 ** c.model.levels
     if c.model.name in FIXED_GRID and any(side < factor or side % factor for side in c.tta_scales):
-      raise config_lib.ConfigError(f"--tta_scales={list(c.tta_scales)}: a U-Net with --levels={c.model.levels} "
+      raise config_lib.ConfigError(f"`tta_scales`={list(c.tta_scales)}: a U-Net with `model.levels`={c.model.levels} "
                                    f"needs multiples of {factor}")
 
   def init_state(self, rng: jax.Array) -> TrainState:
@@ -210,7 +210,7 @@ class SegmentationTask(base.Task):
         manual = pipeline.get_builder(m.dataset, m.data_dir or c.input.data_dir, m.manual_dir)
         store = annotate.manual_over_pseudo(store, manual, m.split, c.input.artifact_root())
       if c.mask_artifacts and c.mask_artifacts != store:
-        raise config_lib.ConfigError(f"--labels=kmeans trains on {store}, not on the masks of {c.mask_artifacts}")
+        raise config_lib.ConfigError(f"`labels`=kmeans trains on {store}, not on the masks of `mask_artifacts`={c.mask_artifacts}")
       c = dataclasses.replace(c, mask_artifacts=store)
     return self if c == self.config else type(self)(c)
 
@@ -263,12 +263,13 @@ class SegmentationTask(base.Task):
     return self.masks.predict_images(state, images, predict)
 
 
-def load_segmenter(workdir: str, flag: str = "segmenter_workdir") -> base.Task:
+def load_segmenter(workdir: str, field: str = "crop.segmenter_workdir") -> base.Task:
   """The run in `workdir` if it segments lesions (its task is composed with LesionMasks: a
-  segmentation or a Mask R-CNN run); another kind is refused with a ConfigError naming `flag`."""
-  task = runner.load(workdir, flag=flag)
+  segmentation or a Mask R-CNN run); another kind is refused with a ConfigError naming `field`
+  (the config field that gave `workdir`)."""
+  task = runner.load(workdir, field=field)
   if not (isinstance(task, base.Task) and task.makes_masks):
-    raise config_lib.ConfigError(f"--{flag}={workdir}: holds a {task.name!r} run, not a lesion segmenter "
+    raise config_lib.ConfigError(f"`{field}`={workdir}: holds a {task.name!r} run, not a lesion segmenter "
                                  "(a segmentation or Mask R-CNN run)")
   return task
 

@@ -227,7 +227,7 @@ def check_finite_state(step: int, state: Any) -> None:
   if bad:
     raise checkpoint.NonFiniteStateError(
         f"training diverged at step {step}: non-finite values in {len(bad)} state leaves (e.g. {bad[0]}); "
-        "nothing of this step was saved (lower --learning_rate?)")
+        "nothing of this step was saved (lower `optimizer.learning_rate`?)")
 
 
 def _run_steps(state, step_fn, batches_from, evaluate, ckpts, writer, config, rng, mesh,

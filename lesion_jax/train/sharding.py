@@ -93,7 +93,7 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   num_devices = mesh.devices.size
   if global_batch_size % num_devices:
     raise ValueError(f"global batch size {global_batch_size} must be divisible by the number of "
-                     f"devices ({num_devices}); use e.g. --batch_size="
+                     f"devices ({num_devices}); use e.g. a batch size of "
                      f"{max(num_devices, global_batch_size // num_devices * num_devices)}")
   return global_batch_size // jax.process_count()
 

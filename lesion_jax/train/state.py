@@ -63,7 +63,7 @@ class OptimizerConfig:
   def __post_init__(self):
     if self.lr_schedule == "step_decay" and (not self.decay_every or self.decay_factor is None):
       raise config_lib.ConfigError(
-          f"--optimizer.lr_schedule=step_decay needs --optimizer.decay_every >= 1 and --optimizer.decay_factor "
+          f"`optimizer.lr_schedule`=step_decay needs `optimizer.decay_every` >= 1 and `optimizer.decay_factor` "
           f"(got {self.decay_every}, {self.decay_factor})")
 
   def build(self, num_steps: int) -> optax.GradientTransformation:

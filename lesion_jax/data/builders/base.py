@@ -162,7 +162,7 @@ class DermoscopyBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True)
         f"info.metadata['skipped_examples']), and this builder is strict "
         f"(skip_bad_examples=False, the default), so it does not {action} that data. Either use "
         f"it as it is by asking for skip_bad_examples=True (tfds.builder(\"{name}/"
-        f"skip_bad_examples=True\"), --dataset={name}/skip_bad_examples=True), or prepare it "
+        f"skip_bad_examples=True\"), `input.dataset`={name}/skip_bad_examples=True), or prepare it "
         f"again strictly (which fails naming every bad example until they are fixed): delete "
         f"{self.data_path}, or pass download_mode=tfds.download.GenerateMode."
         f"REUSE_CACHE_IF_EXISTS to download_and_prepare.")

@@ -172,22 +172,22 @@ class GANTask(base.Task):
     try:
       n = dcgan.num_layers(c.input.image_size)
     except ValueError as e:
-      raise config_lib.ConfigError(f"--image_size={c.input.image_size}: {e}") from None
+      raise config_lib.ConfigError(f"`input.image_size`={c.input.image_size}: {e}") from None
     features = self.builder.info.features
     if c.label_key not in features or not hasattr(features[c.label_key], "names"):
-      raise config_lib.ConfigError(f"--label_key={c.label_key!r}: {self.builder.info.full_name} has no such "
+      raise config_lib.ConfigError(f"`label_key`={c.label_key!r}: {self.builder.info.full_name} has no such "
                                    f"class feature (features: {sorted(features)})")
     unknown = [k for k in c.classes if k not in self.label_names]
     if unknown:
-      raise config_lib.ConfigError(f"--classes: {unknown} not among {self.label_names}")
+      raise config_lib.ConfigError(f"`classes`: {unknown} not among {self.label_names}")
     if c.model.coupled and len(self.class_names) < 2:
-      raise config_lib.ConfigError("--coupled needs at least two --classes")
+      raise config_lib.ConfigError("`model.coupled` needs at least two `classes`")
     for name, value in zip(("shared_generator_layers", "shared_discriminator_layers"), self.shared_layers()):
       if not 0 <= value <= n:
-        raise config_lib.ConfigError(f"--{name}={value}: the players have {n} layers at {c.input.image_size} px")
+        raise config_lib.ConfigError(f"`model.{name}`={value}: the players have {n} layers at {c.input.image_size} px")
     empty = [k for k, i in zip(self.class_names, self.class_indices) if self.class_counts[i] == 0]
     if empty:
-      raise config_lib.ConfigError(f"--classes: {empty} have no image in {c.run.train_split!r}")
+      raise config_lib.ConfigError(f"`classes`: {empty} have no image in {c.run.train_split!r}")
     super().check(mesh, extra_splits)
 
   def init_state(self, rng):
@@ -300,7 +300,7 @@ class GANTask(base.Task):
   def predict_images(self, state, images, predict="predict"):
     raise base.PredictionUnsupported(
         "a GAN run generates images of its classes from noise and takes no photos: its images are in "
-        "<workdir>/generated (train_classifier --generated=<workdir> reads them)")
+        "<workdir>/generated (a classifier's `generated`=<workdir> reads them)")
 
   def write_generated_images(self, state, workdir: str, num_per_class: dict[str, int] | None = None,
                              threshold: float | None = None, mesh=None) -> tuple[str, dict[str, Any]]:

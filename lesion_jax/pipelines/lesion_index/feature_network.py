@@ -164,7 +164,7 @@ class FeatureNetworkTask(base.Task):
     if self.builder.info.name == "synthetic_lesions":
       from lesion_jax.data import synthetic  # pylint: disable=g-import-not-at-top
       return tuple(synthetic.FEATURE_NAMES)
-    raise config_lib.ConfigError(f"--mask_channels: {self.builder.info.full_name} does not name its "
+    raise config_lib.ConfigError(f"`patch.mask_channels`: {self.builder.info.full_name} does not name its "
                                  "feature_masks channels; give their names in order")
 
   def _class_of(self, name: str) -> int:
@@ -206,42 +206,42 @@ class FeatureNetworkTask(base.Task):
                 "op), so hosts cannot agree in advance on how many batches each evaluates "
                 "(pipeline.eval_iterator); run it as a single process (it may use every local device)")
     if models.family_of(c.model.variant) != "lfn":
-      raise err(f"--variant={c.model.variant!r}: choose one of {list(models.names('lfn'))}")
+      raise err(f"`model.variant`={c.model.variant!r}: choose one of {list(models.names('lfn'))}")
     p = c.patch
     if p.size < 8:
-      raise err(f"--patch.size={p.size}: must be at least 8 (three 2x2 poolings)")
+      raise err(f"`patch.size`={p.size}: must be at least 8 (three 2x2 poolings)")
     if not p.features or len(set(p.features)) != len(p.features):
-      raise err(f"--features={list(p.features)}: give one or more distinct feature names")
+      raise err(f"`patch.features`={list(p.features)}: give one or more distinct feature names")
     if not 0.0 < p.min_fraction <= 1.0:
-      raise err(f"--min_fraction={p.min_fraction}: must be in (0, 1]")
+      raise err(f"`patch.min_fraction`={p.min_fraction}: must be in (0, 1]")
     if sorted(p.priority) != sorted(p.features):
-      raise err(f"--priority={list(p.priority)}: must order exactly the features {list(p.features)}")
+      raise err(f"`patch.priority`={list(p.priority)}: must order exactly the features {list(p.features)}")
     k = len(p.features)
-    for flag, values in (("class_weights", c.class_weights), ("keep_probability", c.balance.keep_probability)):
+    for field, values in (("class_weights", c.class_weights), ("balance.keep_probability", c.balance.keep_probability)):
       if len(values) != k + 1:
-        raise err(f"--{flag}={list(values)}: give {k + 1} values (background, then {list(p.features)})")
+        raise err(f"`{field}`={list(values)}: give {k + 1} values (background, then {list(p.features)})")
     if any(w < 0 for w in c.class_weights):
-      raise err(f"--class_weights={list(c.class_weights)}: must not be negative")
+      raise err(f"`class_weights`={list(c.class_weights)}: must not be negative")
     if any(not 0.0 <= q <= 1.0 for q in c.balance.keep_probability):
-      raise err(f"--keep_probability={list(c.balance.keep_probability)}: probabilities in [0, 1]")
+      raise err(f"`balance.keep_probability`={list(c.balance.keep_probability)}: probabilities in [0, 1]")
     unknown = [r for r in c.balance.rotate if r not in p.features]
     if unknown:
-      raise err(f"--rotate={list(c.balance.rotate)}: {unknown} not among the features {list(p.features)}")
+      raise err(f"`balance.rotate`={list(c.balance.rotate)}: {unknown} not among the features {list(p.features)}")
     if c.superpixel_source not in SUPERPIXEL_SOURCES:
-      raise err(f"--superpixel_source={c.superpixel_source!r}: choose one of {list(SUPERPIXEL_SOURCES)}")
+      raise err(f"`superpixel_source`={c.superpixel_source!r}: choose one of {list(SUPERPIXEL_SOURCES)}")
     features = self.builder.info.features
     if "feature_masks" not in features:
-      raise err(f"--dataset={c.input.dataset!r}: has no feature_masks (use e.g. synthetic_lesions/features64 "
+      raise err(f"`input.dataset`={c.input.dataset!r}: has no feature_masks (use e.g. synthetic_lesions/features64 "
                 "or isic2017_features)")
     if c.superpixel_source == "dataset" and "superpixels" not in features:
-      raise err(f"--superpixel_source=dataset: {self.builder.info.full_name} has no superpixels feature")
+      raise err(f"`superpixel_source`=dataset: {self.builder.info.full_name} has no superpixels feature")
     channels = self.mask_channel_names
     if len(channels) != features["feature_masks"].shape[-1]:
-      raise err(f"--mask_channels={list(channels)}: {len(channels)} names for the "
+      raise err(f"`patch.mask_channels`={list(channels)}: {len(channels)} names for the "
                 f"{features['feature_masks'].shape[-1]} feature_masks channels")
     missing = [f for f in p.features if f not in channels]
     if missing:
-      raise err(f"--features: {missing} not among {self.builder.info.full_name}'s feature_masks channels "
+      raise err(f"`patch.features`: {missing} not among {self.builder.info.full_name}'s feature_masks channels "
                 f"{list(channels)}")
     super().check(mesh, extra_splits)
 

@@ -94,7 +94,7 @@ def _checkpoint(value: str) -> int | str:
   if value.isdigit():
     return int(value)
   if value not in ("best", "latest"):
-    raise config_lib.ConfigError(f"--checkpoint={value!r}: give 'best', 'latest' or a step number")
+    raise config_lib.ConfigError(f"`checkpoint`={value!r}: give 'best', 'latest' or a step number")
   return value
 
 
@@ -116,9 +116,9 @@ class LesionIndexNetwork(base.Pipeline):
     """Refuses, before anything is written or restored, members that are missing or not FCRN runs."""
     c = self.config
     _checkpoint(c.checkpoint)
-    for flag in ("dr_workdir", "dm_workdir"):
-      if not getattr(c, flag):
-        raise config_lib.ConfigError(f"--{flag}: the LIN needs its DR and DM FCRN runs")
+    for field in ("dr_workdir", "dm_workdir"):
+      if not getattr(c, field):
+        raise config_lib.ConfigError(f"`{field}`: the LIN needs its DR and DM FCRN runs")
     for stage, workdir in self.stages("").items():
       task = runner.load(workdir, fcrn.LesionIndexTask, f"{stage}_workdir")
       base.check_split(task.builder, c.split, "split")

@@ -139,18 +139,18 @@ class LesionIndexTask(base.Task):
   def check(self, mesh, extra_splits=()) -> None:
     c = self.config
     if models.family_of(c.model.variant) != "fcrn":
-      raise config_lib.ConfigError(f"--variant={c.model.variant!r}: choose one of {list(models.names('fcrn'))}")
+      raise config_lib.ConfigError(f"`model.variant`={c.model.variant!r}: choose one of {list(models.names('fcrn'))}")
     if c.augmentation not in AUGMENTATIONS:
-      raise config_lib.ConfigError(f"--augmentation={c.augmentation!r}: choose one of {list(AUGMENTATIONS)}")
+      raise config_lib.ConfigError(f"`augmentation`={c.augmentation!r}: choose one of {list(AUGMENTATIONS)}")
     if c.rotation_degrees and len(c.rotation_degrees) != len(self.class_names):
       raise config_lib.ConfigError(
-          f"--rotation_degrees: {len(c.rotation_degrees)} steps for the {len(self.class_names)} classes "
+          f"`rotation_degrees`: {len(c.rotation_degrees)} steps for the {len(self.class_names)} classes "
           f"{self.class_names}")
     if not c.test_scales or min(c.test_scales) < 32:
-      raise config_lib.ConfigError(f"--test_scales={list(c.test_scales)}: give sides of at least 32 px")
+      raise config_lib.ConfigError(f"`test_scales`={list(c.test_scales)}: give sides of at least 32 px")
     for name in (c.melanoma_class, c.keratosis_class):
       if name not in self.class_names:
-        raise config_lib.ConfigError(f"class {name!r} is not a {c.label_key!r} of {c.input.dataset} "
+        raise config_lib.ConfigError(f"`melanoma_class` / `keratosis_class`: {name!r} is not a {c.label_key!r} of {c.input.dataset} "
                                      f"({self.class_names})")
     super().check(mesh, extra_splits)
 

@@ -153,19 +153,19 @@ class MaskRCNNTask(base.Task):
   def check(self, mesh, extra_splits=()) -> None:
     c, m = self.config, self.config.model
     if m.depth not in RESNET_STAGES:
-      raise config_lib.ConfigError(f"--depth={m.depth}: choose one of {sorted(RESNET_STAGES)}")
+      raise config_lib.ConfigError(f"`model.depth`={m.depth}: choose one of {sorted(RESNET_STAGES)}")
     if m.norm not in ("group", "batch"):
-      raise config_lib.ConfigError(f"--norm={m.norm!r}: choose group or batch")
+      raise config_lib.ConfigError(f"`model.norm`={m.norm!r}: choose group or batch")
     if m.norm == "group" and (m.width % 8 or m.fpn_features % 8 or m.mask_features % 8):
-      raise config_lib.ConfigError("--norm=group needs --width, --fpn_features and --mask_features divisible by 8")
+      raise config_lib.ConfigError("`model.norm`=group needs `model.width`, `model.fpn_features` and `model.mask_features` divisible by 8")
     if len(m.anchor_sizes) != 5:
-      raise config_lib.ConfigError(f"--anchor_sizes={m.anchor_sizes}: one size per FPN level P2..P6 (5)")
+      raise config_lib.ConfigError(f"`model.anchor_sizes`={m.anchor_sizes}: one size per FPN level P2..P6 (5)")
     if c.input.image_size % 32:
-      raise config_lib.ConfigError(f"--image_size={c.input.image_size}: Mask R-CNN's FPN needs a multiple of 32")
+      raise config_lib.ConfigError(f"`input.image_size`={c.input.image_size}: Mask R-CNN's FPN needs a multiple of 32")
     if c.instances not in ops.INSTANCE_MODES:
-      raise config_lib.ConfigError(f"--instances={c.instances!r}: choose one of {list(ops.INSTANCE_MODES)}")
+      raise config_lib.ConfigError(f"`instances`={c.instances!r}: choose one of {list(ops.INSTANCE_MODES)}")
     if c.paste not in PASTE_MODES:
-      raise config_lib.ConfigError(f"--paste={c.paste!r}: choose one of {list(PASTE_MODES)}")
+      raise config_lib.ConfigError(f"`paste`={c.paste!r}: choose one of {list(PASTE_MODES)}")
     super().check(mesh, extra_splits)  # numbers (thresholds, fallback_max_fraction): config.RANGES
 
   def init_state(self, rng: jax.Array) -> TrainState:

@@ -146,18 +146,18 @@ class InpaintingTask(base.Task):
     c = self.config
     size, factor = c.input.image_size, 2 ** c.model.levels
     if size < factor or size % factor:
-      raise config_lib.ConfigError(f"--image_size={size}: a partial-conv U-Net with --levels="
+      raise config_lib.ConfigError(f"`input.image_size`={size}: a partial-conv U-Net with `model.levels`="
                                    f"{c.model.levels} needs a multiple of {factor}")
     if c.eval_holes not in EVAL_HOLES:
-      raise config_lib.ConfigError(f"--eval_holes={c.eval_holes!r}: choose one of {list(EVAL_HOLES)}")
+      raise config_lib.ConfigError(f"`eval_holes`={c.eval_holes!r}: choose one of {list(EVAL_HOLES)}")
     features = self.builder.info.features
     for key in (c.target_key, *(["occlusion_mask"] if c.eval_holes == "occlusion_mask" else [])):
       if key not in features:
         raise config_lib.ConfigError(
             f"{self.builder.info.full_name} has no {key!r} feature (features: {sorted(features)}); on "
-            "real data use --target_key=image and --eval_holes=random or detected")
+            "real data use `target_key`=image and `eval_holes`=random or detected")
     if c.finetune_from and not os.path.isdir(c.finetune_from):
-      raise config_lib.ConfigError(f"--finetune_from={c.finetune_from}: no such workdir")
+      raise config_lib.ConfigError(f"`finetune_from`={c.finetune_from}: no such workdir")
     super().check(mesh, extra_splits)
 
   def prepare(self, splits) -> "InpaintingTask":
@@ -338,7 +338,7 @@ def train_two_phase(config: InpainterConfig, workdir: str, mesh=None) -> dict[st
 
 def inpainter_from_workdir(workdir: str, mesh=None) -> tuple[InpaintingTask, Any]:
   """(task, best state) of a train_inpainter run, with a clear error for another kind of run."""
-  task = runner.load(workdir, InpaintingTask, "inpainter_workdir")
+  task = runner.load(workdir, InpaintingTask, "purify.inpainter_workdir")
   return task, runner.restore(task, workdir, "best", mesh)
 
 
@@ -348,7 +348,7 @@ def purified_images(inpainter_workdir: str, builder, splits: list[str], root: st
   an inpainter run (artifact stages: resumable); returns the purified-image store directory, to
   join as a classifier's images."""
   from lesion_jax.artifacts import occlusion, purify  # pylint: disable=g-import-not-at-top
-  task = runner.load(inpainter_workdir, InpaintingTask, "inpainter_workdir")
+  task = runner.load(inpainter_workdir, InpaintingTask, "purify.inpainter_workdir")
   state, local, predict, step = runner.process_local_predictor(task, inpainter_workdir, mesh)
   dataset = builder.info.full_name
   occlusions = occlusion.occlusion_store(root, dataset, occlusion_config)

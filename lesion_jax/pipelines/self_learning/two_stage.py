@@ -72,9 +72,9 @@ def run(config: TwoStageConfig, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh()
   start = time.perf_counter()
   timings: dict[str, float] = {}
-  builder = pipeline.get_builder(config.dataset, config.data_dir, config.manual_dir)
+  builder = pipeline.get_builder(config.dataset, config.data_dir, config.manual_dir, field="dataset")
   for task in _stage_tasks(config):  # every stage's config is checked before anything is written
-    task.check(mesh, [("test_split", config.test_split)])
+    task.check(mesh, [("test_split", config.test_split)])  # the pipeline's own field
   runner.write_config(workdir, describe(config), config)
   has_masks = "mask" in builder.info.features
   root = config.artifact_dir or store.default_root(config.data_dir)
