@@ -72,14 +72,10 @@ class SelfLearningConfig:
     if self.rounds < 0:
       raise config_lib.ConfigError(f"`rounds`={self.rounds}: must be >= 0")
     if self.start not in STARTS:
-<<<<<<< HEAD
-      raise config_lib.ConfigError(f"--start={self.start!r}: must be one of {STARTS}")
+      raise config_lib.ConfigError(f"`start`={self.start!r}: must be one of {STARTS}")
     if self.scored_on.dataset and self.transductive:
       raise config_lib.ConfigError(f"`scored_on.dataset`={self.scored_on.dataset!r} with `transductive`: a transductive "
                                    "run relabels its own test images; score it on its own input")
-=======
-      raise config_lib.ConfigError(f"`start`={self.start!r}: must be one of {STARTS}")
->>>>>>> front
     if self.start == "ground_truth" and not self.transductive:
       raise config_lib.ConfigError("`start`=ground_truth needs `transductive`=true: it relabels the test split's "
                                    "images (every training image already has its manual mask)")
@@ -111,15 +107,10 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
   mesh = sharding.make_mesh()
   seg = config.segmenter
   data = seg.input
-<<<<<<< HEAD
-  builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir)
+  builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir, field="segmenter.input.dataset")
   # Round 0 of a K-means start trains on pseudo-masks: checked as labels=kmeans (no manual mask needed).
   first = seg if config.start == "ground_truth" else dataclasses.replace(seg, labels="kmeans")
   segmentation.SegmentationTask(first).check(mesh, [("segmenter.run.test_split", seg.run.test_split)])
-=======
-  builder = pipeline.get_builder(data.dataset, data.data_dir, data.manual_dir, field="segmenter.input.dataset")
-  segmentation.SegmentationTask(seg).check(mesh, [("segmenter.run.test_split", seg.run.test_split)])
->>>>>>> front
   runner.write_config(workdir, {"task": "self_learning", "config": config_lib.to_dict(config)}, config)
   root = config.artifact_dir or store.default_root(data.data_dir)
   unlabelled = _unlabelled_splits(config)
