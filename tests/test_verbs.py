@@ -222,3 +222,29 @@ def test_the_artifacts_verb_computes_once_and_resumes(tiny_data_dir, tiny_datase
   bad = subprocess.run(args[:4] + ["--config.kmeans.kk=3"], cwd=REPO, env=ENV, capture_output=True, text=True,
                        timeout=300, check=False)
   assert bad.returncode != 0 and "kmeans.kk" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_report_reads_evaluations_and_a_stage_shows_its_pipelines_provenance(tmp_path):
+  pipeline_dir = tmp_path / "sl"
+  stage = pipeline_dir / "round_1"
+  stage.mkdir(parents=True)
+  provenance_record = {"config_file": "experiments/configs/pipelines/self_learning_isic2017.py",
+                       "command": "python -m experiments.train --config=x", "wall_time_s": 12.5}
+  (pipeline_dir / "provenance.json").write_text(json.dumps(provenance_record))
+  # A stage scored only by evaluations (as evaluate, or the self-learning pipeline's scored_on, writes them).
+  (stage / "eval_validation.json").write_text(json.dumps({"validation/jaccard": 0.7, "split": "validation"}))
+  (stage / "eval_validation_tta.json").write_text(json.dumps({"validation/jaccard": 0.72, "split": "validation"}))
+  out = tmp_path / "page.md"
+  proc = subprocess.run([sys.executable, "-m", "experiments.report", f"--runs=round 1:{stage}", f"--out={out}",
+                         "--metrics=validation/jaccard,validation_tta/jaccard"], cwd=REPO, env=ENV,
+                        capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  row = next(line for line in out.read_text().splitlines() if line.startswith("| round 1"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  assert cells[1:3] == ["0.7", "0.72"]
+  assert "self_learning_isic2017.py" in row and cells[-1] == "12.5 (pipeline's)"
+  empty = tmp_path / "empty"
+  empty.mkdir()
+  bad = subprocess.run([sys.executable, "-m", "experiments.report", f"--runs=x:{empty}", f"--out={out}"], cwd=REPO,
+                       env=ENV, capture_output=True, text=True, timeout=300, check=False)
+  assert bad.returncode != 0 and "not a finished run" in bad.stderr
