@@ -99,7 +99,10 @@ def self_learned(archives, tmp_path_factory):
   """One self-learning round on the Part 3-only archive, scored on the full archive's masks."""
   part3, full, data_dir = archives
   scored_on = self_learning.ScoredOn(dataset="isic2017", manual_dir=str(full), splits=("train", "validation"))
-  config = self_learning.SelfLearningConfig(segmenter=_segmenter(data_dir, part3), rounds=0, scored_on=scored_on,
+  # The segmenter asks for labels=kmeans itself (as segmentation/unet_selflearned_isic2017.py does); round 1
+  # trains on round 0's masks.
+  config = self_learning.SelfLearningConfig(segmenter=_segmenter(data_dir, part3, labels="kmeans"), rounds=1,
+                                            scored_on=scored_on,
                                             artifact_dir=str(tmp_path_factory.mktemp("artifacts")))
   workdir = str(tmp_path_factory.mktemp("self_learned"))
   return workdir, self_learning.run(config, workdir)
@@ -107,8 +110,9 @@ def self_learned(archives, tmp_path_factory):
 
 def test_self_learned_round_trains_on_pseudo_masks_and_is_scored_on_another_archive(self_learned):
   workdir, metrics = self_learned
-  (row,) = metrics["rounds"]
-  assert row["trained_on"] == "K-means"
+  row, relabelled = metrics["rounds"]
+  assert row["trained_on"] == "K-means" and relabelled["trained_on"] == "round 0 U-Net"
+  assert 0.0 <= relabelled["validation/jaccard"] <= 1.0
   for split in ("train", "validation"):
     assert 0.0 <= row[f"{split}/jaccard"] <= 1.0
   # The round's own run scored nothing (its archive has no masks): no test/ keys.

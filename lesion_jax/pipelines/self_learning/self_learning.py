@@ -32,7 +32,7 @@ from absl import logging
 
 from lesion_jax import config as config_lib
 from lesion_jax import io
-from lesion_jax.artifacts import annotate, kmeans, relabel, stage, store
+from lesion_jax.artifacts import annotate, kmeans, relabel, stage
 from lesion_jax.data import pipeline
 from lesion_jax.eval import figures
 from lesion_jax.tasks import base, runner, segmentation
@@ -81,13 +81,19 @@ class SelfLearningConfig:
                                    "images (every training image already has its manual mask)")
 
 
-def _round_config(config: SelfLearningConfig, masks: str | None) -> segmentation.SegmenterConfig:
+def _round_config(config: SelfLearningConfig, masks: str | None, relabelled: bool = False) -> segmentation.SegmenterConfig:
   seg = config.segmenter
   if masks is None:  # ground_truth, round 0: the supervised run itself
     return seg
   train = f"{seg.run.train_split}+{seg.run.test_split}" if config.transductive else seg.run.train_split
+  # A segmenter config of its own may ask for labels=kmeans (round 0's masks, which prepare finds
+  # stored); a relabelled round trains on the previous U-Net's masks, so it asks for none.
+  labels = "ground_truth" if relabelled else seg.labels
   # From ground truth only the test split's images are relabelled; the training images keep theirs.
-  return dataclasses.replace(seg, mask_artifacts=masks, run=dataclasses.replace(seg.run, train_split=train),
+  # The rounds' artifacts (crops, K-means) live where the pipeline's do: one root.
+  data = dataclasses.replace(seg.input, artifact_dir=config.artifact_dir or seg.input.artifact_dir)
+  return dataclasses.replace(seg, input=data, mask_artifacts=masks, labels=labels,
+                             run=dataclasses.replace(seg.run, train_split=train),
                              keep_unmatched_masks=config.start == "ground_truth")
 
 
@@ -112,7 +118,7 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
   first = seg if config.start == "ground_truth" else dataclasses.replace(seg, labels="kmeans")
   segmentation.SegmentationTask(first).check(mesh, [("segmenter.run.test_split", seg.run.test_split)])
   runner.write_config(workdir, {"task": "self_learning", "config": config_lib.to_dict(config)}, config)
-  root = config.artifact_dir or store.default_root(data.data_dir)
+  root = config.artifact_dir or data.artifact_root()
   unlabelled = _unlabelled_splits(config)
   pseudo, masks = {}, None
   if config.start == "kmeans":
@@ -127,7 +133,7 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
   rows = []
   for r in range(config.rounds + 1):
     round_dir = os.path.join(workdir, f"round_{r}")
-    task = segmentation.SegmentationTask(_round_config(config, masks))
+    task = segmentation.SegmentationTask(_round_config(config, masks, relabelled=r > 0))
     start = time.perf_counter()
     scores = runner.run(task, round_dir, mesh=mesh)
     if config.scored_on.dataset:
