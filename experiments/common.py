@@ -131,6 +131,8 @@ def define_segmenter_flags() -> None:
                       aliases={"model": "model.name", "optimizer": "optimizer.name",
                                "color_jitter": "input.augment.color",
                                "iterations": "superpixels.iterations",  # kmeans.iterations has it too
+                               # manual_masks.* has them too: the input's, as before it existed
+                               "dataset": "input.dataset", "data_dir": "input.data_dir", "manual_dir": "input.manual_dir",
                                **{name: f"kmeans.{field}" for name, (field, _) in KMEANS_FLAGS.items()}},
                       skip={"mask_artifacts", "keep_unmatched_masks"})
 
