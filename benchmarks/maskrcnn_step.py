@@ -115,8 +115,9 @@ def main() -> None:
 
   measured = common.alternate_rounds(args.rounds, args.repeats, inner, step.call,
                                      measure_torch if torch_python else None)
-  print(f"\nMask R-CNN R{args.depth}-FPN ({args.shape} shape) batch {args.batch} {args.size}px; best of {args.rounds} "
-        f"rounds x {args.repeats} windows x {inner} steps; JAX first call (compile or cache load) {step.compile_s:.1f} s")
+  print(f"\nMask R-CNN R{args.depth}-FPN ({args.shape} shape) batch {args.batch} {args.size}px; best of "
+        f"{args.rounds} rounds x {args.repeats} windows x {inner} steps; JAX first call (compile or cache load) "
+        f"{step.compile_s:.1f} s")
   common.report_comparison(f"maskrcnn_r{args.depth}", measured, batch=args.batch, flops=step.flops,
                            params=step.params, peak=peak, defaults_s=float("inf"), torch_python=torch_python,
                            torch_python_flag=args.torch_python, torch_script=TORCH_SCRIPT, memory=step.memory,

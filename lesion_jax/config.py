@@ -98,9 +98,11 @@ def from_dict(cls: type[ConfigT], values: dict[str, Any], path: str = "") -> Con
 
 
 # Fields that moved since runs were recorded: {old key: new dotted path, relative to the same
-# config}; an old key may name a field of a nested record ("model.dtype"). `from_dict` moves an old record's key there where the class no longer has the key but has
-# the path's first part, so the config.json of an older run still loads (runner.load) and resumes
-# (runner.write_config compares the records once both are read through from_dict).
+# config}; an old key may name a field of a nested record ("model.dtype"). `from_dict` moves an old
+# record's key there where the class no longer has the key but has the path's first part, so the
+# config.json of an older run still loads (runner.load) and resumes (runner.write_config compares the
+# records once both are read through from_dict); `replace` and `override` refuse an old key naming
+# where it went.
 MOVED: dict[str, str] = {
     # A task config's run fields, now its RunConfig (`config.run`).
     **{name: f"run.{name}" for name in ("num_steps", "eval_every", "checkpoint_every", "log_every",
@@ -315,9 +317,9 @@ class RunConfig:
                          "and select the checkpoint on it: train_split and val_split become its two parts "
                          "(explicit TFDS slices, recorded in config.json), so the reported split picks nothing. 0: off.")
   holdout_seed: int = field(0, "Seed of the holdout split (kept fixed across training seeds).")
-  precision: str = field("float32", "Numeric precision policy (lesion_jax/train/precision.py): float32, or bfloat16 "
-                         "(bfloat16 activations and input images, float32 parameters, logits and losses; for "
-                         "accelerators). float16 is refused: it needs dynamic loss scaling.")
+  precision: str = field("float32", "Numeric precision policy (lesion_jax/train/precision.py): float32, or "
+                         "bfloat16 (bfloat16 activations and input images, float32 parameters, logits and "
+                         "losses; for accelerators). float16 is refused: it needs dynamic loss scaling.")
 
 
 def location_paths(config: Any) -> frozenset[str]:

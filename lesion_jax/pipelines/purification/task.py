@@ -268,8 +268,9 @@ class InpaintingTask(base.Task):
   def evaluate_batches(self, state, batches, mesh, predict, keep_examples=0, baselines=True) -> base.Evaluation:
     """Hole PSNR / SSIM / L1 of the network (and of OpenCV's methods on the same inputs and masks)."""
     methods = METHODS if baselines else (NETWORK,)
-    rows, ids, examples = base.gather_examples(inference.predict_over(predict, state, batches, mesh, self.host_inputs),
-                                               functools.partial(self.per_example, methods=methods), keep_examples)
+    outputs = inference.predict_over(predict, state, batches, mesh, self.host_inputs)
+    rows, ids, examples = base.gather_examples(outputs, functools.partial(self.per_example, methods=methods),
+                                               keep_examples)
     return self.summarize(rows, ids, examples, methods)
 
   def per_example(self, batch, outputs, real, kept, methods=METHODS) -> dict[str, np.ndarray]:
