@@ -1,4 +1,5 @@
-"""Timing helpers shared by the benchmarks: best-of-N wall time, matmul peak, XLA FLOP counts; and
+"""Timing helpers shared by the benchmarks: best-of-N wall time, matmul peak, XLA FLOP counts and
+step memory, the --precision flag (lesion_jax/train/precision.py's policies); and
 the JAX-against-PyTorch scaffolding of fcrn_step.py and inpainter_step.py (finding torch, timing its
 reference script in a subprocess, the XLA-defaults subprocess, alternating rounds, the report).
 The PyTorch reference scripts cannot import this (their interpreter may lack jax): theirs is
@@ -42,18 +43,65 @@ def best_seconds(fn: Callable[[], Any], repeats: int = 5, inner: int = 5) -> flo
   return best
 
 
-def matmul_peak_gflops(n: int = 2048) -> float:
-  """This machine's float32 matmul throughput (GFLOP/s), measured now."""
-  a = jnp.asarray(np.random.default_rng(0).random((n, n), np.float32))
+def matmul_peak_gflops(n: int = 2048, dtype: Any = np.float32) -> float:
+  """This machine's matmul throughput (GFLOP/s) in `dtype` (a precision policy's compute dtype),
+  measured now."""
+  a = jnp.asarray(np.random.default_rng(0).random((n, n), np.float32), dtype)
   f = jax.jit(lambda x: x @ x)
   return 2 * n ** 3 / best_seconds(lambda: f(a), repeats=5, inner=3) / 1e9
 
 
+def compiled_stats(jitted, *args) -> tuple[float, dict[str, int]]:
+  """(FLOPs of one call, its device memory in bytes) from XLA's cost and memory analyses of the
+  compiled function: memory {"arguments", "outputs", "temporaries", "aliased"} (aliased: the outputs
+  that reuse donated arguments' buffers), {} where the backend gives none."""
+  compiled = jitted.lower(*args).compile()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  names = {"arguments": "argument_size_in_bytes", "outputs": "output_size_in_bytes",
+           "temporaries": "temp_size_in_bytes", "aliased": "alias_size_in_bytes"}
+  memory = {k: int(getattr(mem, attr, 0) or 0) for k, attr in names.items()} if mem is not None else {}
+  return float((cost or {}).get("flops", 0.0)), memory
+
+
 def xla_flops(jitted, *args) -> float:
   """FLOPs of one call, from XLA's cost analysis of the compiled function."""
-  cost = jitted.lower(*args).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  return float(cost.get("flops", 0.0))
+  return compiled_stats(jitted, *args)[0]
+
+
+def memory_line(memory: dict[str, int]) -> str:
+  """One line of `compiled_stats`' memory, in MiB."""
+  if not memory:
+    return "step memory (XLA): not reported by this backend"
+  mib = {k: v / 2 ** 20 for k, v in memory.items()}
+  total = mib["arguments"] + mib["temporaries"] + mib["outputs"] - mib["aliased"]
+  return (f"step memory (XLA): {total:.1f} MiB at most = arguments {mib['arguments']:.1f} + temporaries "
+          f"{mib['temporaries']:.1f} + outputs {mib['outputs']:.1f} - {mib['aliased']:.1f} of the outputs in "
+          "donated arguments' buffers")
+
+
+# --- precision ------------------------------------------------------------------------------------
+
+def add_precision_arg(parser: argparse.ArgumentParser) -> None:
+  from lesion_jax.train import precision  # pylint: disable=g-import-not-at-top
+  parser.add_argument("--precision", default=precision.FLOAT32, choices=precision.POLICIES,
+                      help="Precision policy (lesion_jax/train/precision.py), as a run's run.precision: the "
+                           "model computes in it and its input images are sent in it; parameters, logits and "
+                           "losses stay float32. The matmul peak is measured in it too.")
+
+
+def device_inputs(policy_name: str, batch: dict[str, np.ndarray], keys: tuple[str, ...] = ("image",)) -> dict:
+  """A host batch on the device as a run of `policy_name` sends it: the images at `keys` in the
+  policy's input dtype (Task.host_inputs), every other field as it is."""
+  from lesion_jax.train import precision  # pylint: disable=g-import-not-at-top
+  host = {k: np.asarray(v) for k, v in batch.items()}
+  return {k: jnp.asarray(v) for k, v in precision.policy(policy_name, "precision").host_inputs(host, keys).items()}
+
+
+def compute_dtype(policy_name: str) -> Any:
+  from lesion_jax.train import precision  # pylint: disable=g-import-not-at-top
+  return precision.policy(policy_name, "precision").compute_dtype
 
 
 # --- JAX against a PyTorch reference (fcrn_step.py, inpainter_step.py) ---------------------------
@@ -72,7 +120,8 @@ class JaxTrainStep:
     self.state, metrics = self.jitted(state, self.batch, self.rng)  # compiles
     jax.block_until_ready(metrics)
     self.compile_s = time.perf_counter() - start
-    self.flops = xla_flops(self.jitted, self.state, self.batch, self.rng) if count_flops else 0.0
+    self.flops, self.memory = (compiled_stats(self.jitted, self.state, self.batch, self.rng) if count_flops
+                               else (0.0, {}))
 
   def call(self):
     self.state, metrics = self.jitted(self.state, self.batch, self.rng)
@@ -85,12 +134,20 @@ class JaxTrainStep:
 
 
 def comparison_parser(doc: str) -> argparse.ArgumentParser:
-  """The parser of a JAX-against-PyTorch benchmark, with --torch_python; the script adds its
-  workload flag, then add_round_args, its own flags, then add_xla_defaults_args."""
+  """The parser of a JAX-against-PyTorch benchmark, with --torch_python, --no_torch and --precision;
+  the script adds its workload flag, then add_round_args, its own flags, then add_xla_defaults_args."""
   parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_torch_args(parser)
+  add_precision_arg(parser)
+  return parser
+
+
+def add_torch_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--torch_python", default=os.environ.get("TORCH_PYTHON"),
                       help="Python interpreter that has torch (default: this one).")
-  return parser
+  parser.add_argument("--no_torch", action="store_true",
+                      help="Time the JAX step only (e.g. on an accelerator, where the CPU PyTorch reference "
+                           "says nothing).")
 
 
 def add_round_args(parser: argparse.ArgumentParser) -> None:
@@ -125,13 +182,16 @@ def find_torch(python_flag: str | None) -> str | None:
   return python if ok else None
 
 
-def print_setup(python_flag: str | None, torch_note: str = "") -> tuple[float, str | None]:
-  """Prints the JAX, matmul-peak and (if found) PyTorch lines; returns (peak GFLOP/s, torch python)."""
-  print(f"jax {jax.__version__} on {jax.devices()[0].platform} x{len(jax.devices())}; "
-        f"{os.cpu_count()} CPU cores; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-  peak = matmul_peak_gflops()
-  print(f"matmul peak (float32, 2048^3): {peak:.0f} GFLOP/s")
-  torch_python = find_torch(python_flag)
+def print_setup(python_flag: str | None, torch_note: str = "", no_torch: bool = False,
+                precision: str = "float32") -> tuple[float, str | None]:
+  """Prints the JAX, matmul-peak (in `precision`'s compute dtype) and (if found, unless `no_torch`)
+  PyTorch lines; returns (peak GFLOP/s, torch python)."""
+  device = jax.devices()[0]
+  print(f"jax {jax.__version__} on {device.platform} x{len(jax.devices())} ({device.device_kind}); "
+        f"{os.cpu_count()} CPU cores; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; precision {precision}")
+  peak = matmul_peak_gflops(dtype=compute_dtype(precision))
+  print(f"matmul peak ({compute_dtype(precision)}, 2048^3): {peak:.0f} GFLOP/s")
+  torch_python = None if no_torch else find_torch(python_flag)
   if torch_python:
     version = subprocess.run([torch_python, "-c", "import torch; print(torch.__version__, torch.get_num_threads())"],
                              capture_output=True, text=True).stdout.split()
@@ -153,13 +213,14 @@ def run_torch_reference(cmd: list[str]) -> tuple[dict[int, float], int | None, s
   return seconds, (int(params.group(1)) if params else None), error
 
 
-def xla_defaults_seconds(script: str, items: list[str], repeats: int, key: str) -> dict[str, float]:
-  """{name: seconds per step} of `script`'s JAX steps, timed in one fresh `script
+def xla_defaults_seconds(script: str, items: list[str], repeats: int, key: str,
+                         precision: str = "float32") -> dict[str, float]:
+  """{name: seconds per step} of `script`'s JAX steps (in `precision`), timed in one fresh `script
   --xla_defaults_child=ITEM,...` process without lesion_jax's XLA:CPU flag (LESION_JAX_XLA_DEFAULTS=0,
   no XLA_FLAGS), which prints one `xla_defaults KEY=NAME ms=...` line per item."""
   env = dict(os.environ, LESION_JAX_XLA_DEFAULTS="0")
   env.pop("XLA_FLAGS", None)
-  proc = subprocess.run([sys.executable, os.path.abspath(script), f"--repeats={repeats}",
+  proc = subprocess.run([sys.executable, os.path.abspath(script), f"--repeats={repeats}", f"--precision={precision}",
                          f"--xla_defaults_child={','.join(items)}"], env=env, capture_output=True, text=True,
                         timeout=1800)
   return {n: float(ms) / 1e3 for n, ms in re.findall(rf"xla_defaults {key}=(\S+) ms=([\d.]+)", proc.stdout)}
@@ -195,9 +256,10 @@ def alternate_rounds(rounds: int, repeats: int, inner: int, jax_call: Callable[[
 
 def report_comparison(name: str, measured: Rounds, *, batch: int, flops: float, params: int, peak: float,
                       defaults_s: float, torch_python: str | None, torch_python_flag: str | None,
-                      torch_script: str) -> None:
+                      torch_script: str, memory: dict[str, int] | None = None, no_torch: bool = False) -> None:
   """Prints a config's JAX line, XLA-defaults line (if defaults_s is finite), one PyTorch line per
-  thread count, the parameter counts and the JAX/PyTorch ratios (or why they were skipped)."""
+  thread count, the parameter counts, the step's memory (`compiled_stats`, where given) and the
+  JAX/PyTorch ratios (or why they were skipped)."""
   jax_s, torch_best = measured.jax_s, measured.torch_best
   gflops = flops / jax_s / 1e9
   print(f"  JAX:     {jax_s * 1e3:8.1f} ms/step, {batch / jax_s:7.2f} img/s, "
@@ -216,11 +278,15 @@ def report_comparison(name: str, measured: Rounds, *, batch: int, flops: float, 
     print(f"  parameters: JAX {params:,}, PyTorch {measured.torch_params:,} ({same})")
   else:
     print(f"  parameters: JAX {params:,}")
+  if memory is not None:
+    print(f"  {memory_line(memory)}")
   if torch_best < float("inf"):
     print(f"  ratio JAX/PyTorch images/s, {name}: {torch_best / jax_s:.2f} (against PyTorch's fastest)")
     if defaults_s < float("inf"):
       print(f"  ratio JAX/PyTorch images/s, {name} with XLA's default CPU convolutions: "
             f"{torch_best / defaults_s:.2f}")
+  elif no_torch:
+    print("  ratio JAX/PyTorch: skipped (--no_torch)")
   elif torch_python:
     print(f"  ratio JAX/PyTorch: skipped ({torch_script} failed: {measured.torch_error})")
   else:

@@ -1,7 +1,8 @@
 r"""Train-step throughput of the FCRN (the Lesion Indexing Network's network), against PyTorch.
 
-  python benchmarks/fcrn_step.py [--torch_python=PATH] [--variants=fcrn_small:128:8,fcrn50:128:4]
+  python benchmarks/fcrn_step.py [--torch_python=PATH | --no_torch] [--variants=fcrn_small:128:8,fcrn50:128:4]
                                  [--rounds=3] [--torch_threads=0,1] [--no_xla_defaults]
+                                 [--precision=float32|bfloat16]
 
 The JAX step is the library's own, as the training loop runs it: LesionIndexTask's train_step
 (steps.make_supervised_train_step with lesion_index.pixel_classes and pixel_softmax_loss, plus its
@@ -63,14 +64,15 @@ def parse_variants(text: str) -> list[tuple[str, int, int]]:
 class JaxStep(common.JaxTrainStep):
   """The library's FCRN train step on one fixed batch; compiled once, timed round after round."""
 
-  def __init__(self, variant: str, size: int, batch_size: int, count_flops: bool = True):
+  def __init__(self, variant: str, size: int, batch_size: int, count_flops: bool = True,
+               precision: str = "float32"):
     rng = np.random.default_rng(0)
-    image = jnp.asarray(rng.random((batch_size, size, size, 3), np.float32) * 2 - 1)
-    batch = {"image": image,
-             "mask": jnp.asarray(rng.random((batch_size, size, size, 1)) > 0.5, jnp.float32),
-             "label": jnp.asarray(rng.integers(0, NUM_CLASSES - 1, batch_size), jnp.int32)}
-    model = fcrn(variant, num_classes=NUM_CLASSES)
-    state = create_train_state(model, optax.adam(1e-3), jax.random.key(0), image[:1])
+    batch = common.device_inputs(precision, {
+        "image": rng.random((batch_size, size, size, 3), np.float32) * 2 - 1,
+        "mask": (rng.random((batch_size, size, size, 1)) > 0.5).astype(np.float32),
+        "label": rng.integers(0, NUM_CLASSES - 1, batch_size).astype(np.int32)})
+    model = fcrn(variant, num_classes=NUM_CLASSES, dtype=common.compute_dtype(precision))
+    state = create_train_state(model, optax.adam(1e-3), jax.random.key(0), jnp.zeros((1, size, size, 3)))
     step = lesion_index.LesionIndexTask(lesion_index.LesionIndexConfig()).train_step()
     super().__init__(step, state, batch, count_flops)
 
@@ -86,10 +88,11 @@ def measure_torch(python: str, variant: str, size: int, batch: int, repeats: int
        f"--size={size}", f"--repeats={repeats}", f"--inner={inner}", f"--threads={threads}"])
 
 
-def measure_xla_defaults(variants: list[tuple[str, int, int, int]], repeats: int) -> dict[str, float]:
+def measure_xla_defaults(variants: list[tuple[str, int, int, int]], repeats: int, precision: str) -> dict[str, float]:
   """{variant: seconds per step} of the same JAX steps in one fresh process without lesion_jax's
   XLA:CPU flag; `variants` holds (variant, size, batch, steps per timed window)."""
-  return common.xla_defaults_seconds(__file__, [":".join(map(str, v)) for v in variants], repeats, "variant")
+  return common.xla_defaults_seconds(__file__, [":".join(map(str, v)) for v in variants], repeats, "variant",
+                                     precision)
 
 
 def main() -> None:
@@ -102,23 +105,23 @@ def main() -> None:
   if args.xla_defaults_child:  # the subprocess of measure_xla_defaults
     for item in args.xla_defaults_child.split(","):
       variant, size, batch, inner = item.split(":")
-      step = JaxStep(variant, int(size), int(batch), count_flops=False)
+      step = JaxStep(variant, int(size), int(batch), count_flops=False, precision=args.precision)
       print(f"xla_defaults variant={variant} ms={common.best_seconds(step.call, args.repeats, int(inner)) * 1e3:.2f}",
             flush=True)
       del step
     return
   variants = parse_variants(args.variants)
   start = time.perf_counter()
-  peak, torch_python = common.print_setup(args.torch_python)
+  peak, torch_python = common.print_setup(args.torch_python, no_torch=args.no_torch, precision=args.precision)
 
   jax_steps, inners = {}, {}
   for variant, size, batch in variants:
-    jax_steps[variant] = JaxStep(variant, size, batch)
+    jax_steps[variant] = JaxStep(variant, size, batch, precision=args.precision)
     inners[variant] = common.window_steps(jax_steps[variant], args.window_s)
   # One fresh process for all variants (its start-up, model init and compile cost ~20 s a variant
   # on 2 cores), timed over as many windows as the alternating rounds below.
   defaults = {} if args.no_xla_defaults else measure_xla_defaults(
-      [(v, size, batch, inners[v]) for v, size, batch in variants], args.rounds * args.repeats)
+      [(v, size, batch, inners[v]) for v, size, batch in variants], args.rounds * args.repeats, args.precision)
 
   for variant, size, batch in variants:
     blocks, width = FCRN_VARIANTS[variant]
@@ -131,7 +134,8 @@ def main() -> None:
           f"x {args.repeats} windows x {inner} steps; JAX first call (compile or cache load) {step.compile_s:.1f} s")
     common.report_comparison(variant, measured, batch=batch, flops=step.flops, params=step.params, peak=peak,
                              defaults_s=defaults.get(variant, float("inf")), torch_python=torch_python,
-                             torch_python_flag=args.torch_python, torch_script=TORCH_SCRIPT)
+                             torch_python_flag=args.torch_python, torch_script=TORCH_SCRIPT, memory=step.memory,
+                             no_torch=args.no_torch)
     del step
   print(f"\nwall time {time.perf_counter() - start:.0f} s")
 

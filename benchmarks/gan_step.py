@@ -1,8 +1,9 @@
 r"""Train-step throughput of the DCGAN (data generation), against PyTorch.
 
-  python benchmarks/gan_step.py [--torch_python=PATH] [--image_size=64] [--batch_size=64]
+  python benchmarks/gan_step.py [--torch_python=PATH | --no_torch] [--image_size=64] [--batch_size=64]
                                 [--features=64] [--classes=1] [--steps=3] [--repeats=3] [--warmup=2]
                                 [--rounds=2] [--torch_threads=0] [--no_xla_defaults]
+                                [--precision=float32|bfloat16]
 
 The JAX step is the library's own, as GANTask trains it (de-coupled): pipelines/gan/steps.py
 make_train_step (latent_dim, real_label, extra_generator_steps: GANConfig's defaults 10, 0.9, 2) on
@@ -62,15 +63,17 @@ class JaxStep(common.JaxTrainStep):
   """The GAN's make_train_step on one fixed batch of C class models; compiled once, timed round after round."""
 
   def __init__(self, size: int, batch_size: int, features: int, classes: int, latent_dim: int,
-               extra_generator_steps: int, count_flops: bool = True):
-    image = jnp.asarray(np.random.default_rng(0).random((batch_size, classes, size, size, 3), np.float32) * 2 - 1)
-    generator = dcgan.Generator(size, features, classes)
-    discriminator = dcgan.Discriminator(size, features, classes)
+               extra_generator_steps: int, count_flops: bool = True, precision: str = "float32"):
+    batch = common.device_inputs(precision, {
+        "image": np.random.default_rng(0).random((batch_size, classes, size, size, 3), np.float32) * 2 - 1})
+    dtype = common.compute_dtype(precision)
+    generator = dcgan.Generator(size, features, classes, dtype=dtype)
+    discriminator = dcgan.Discriminator(size, features, classes, dtype=dtype)
     tx = TASK.optimizer.build(TASK.run.num_steps)
     state = create_state(generator, discriminator, tx, tx, jax.random.key(0),
-                         jnp.zeros((1, classes, latent_dim)), image[:1])
+                         jnp.zeros((1, classes, latent_dim)), jnp.zeros((1, classes, size, size, 3)))
     step = steps.make_train_step(latent_dim, TASK.real_label, extra_generator_steps, TASK.feature_matching)
-    super().__init__(step, state, {"image": image}, count_flops,
+    super().__init__(step, state, batch, count_flops,
                      params=(state.generator.params, state.discriminator.params))
 
 
@@ -134,21 +137,21 @@ def main() -> None:
   if args.xla_defaults_child:  # the subprocess of common.xla_defaults_seconds
     for item in args.xla_defaults_child.split(","):
       size, batch, features, classes, latent, extra, warmup, steps_per_window = map(int, item.split(":"))
-      step = JaxStep(size, batch, features, classes, latent, extra, count_flops=False)
+      step = JaxStep(size, batch, features, classes, latent, extra, count_flops=False, precision=args.precision)
       seconds = window_seconds(step.call, warmup, steps_per_window, args.repeats)
       print(f"xla_defaults config={item} ms={statistics.median(seconds) * 1e3:.2f}", flush=True)
       del step
     return
   class_counts = [int(c) for c in args.classes.split(",") if c]
   start = time.perf_counter()
-  peak, torch_python = common.print_setup(args.torch_python)
+  peak, torch_python = common.print_setup(args.torch_python, no_torch=args.no_torch, precision=args.precision)
   defaults = {} if args.no_xla_defaults else common.xla_defaults_seconds(
-      __file__, [child_item(args, c) for c in class_counts], args.rounds * args.repeats, "config")
+      __file__, [child_item(args, c) for c in class_counts], args.rounds * args.repeats, "config", args.precision)
 
   jax_per_image = {}
   for classes in class_counts:
     step = JaxStep(args.image_size, args.batch_size, args.features, classes, args.latent_dim,
-                   args.extra_generator_steps)
+                   args.extra_generator_steps, precision=args.precision)
     jax_s, torch_s, measured = [], {}, common.Rounds()
     for r in range(args.rounds):  # JAX's warm-up once (same process), PyTorch's in each subprocess
       jax_s += window_seconds(step.call, args.warmup if r == 0 else 0, args.steps, args.repeats)
@@ -172,7 +175,7 @@ def main() -> None:
     common.report_comparison(f"C={classes}", measured, batch=images, flops=step.flops, params=step.params,
                              peak=peak, defaults_s=defaults.get(child_item(args, classes), float("inf")),
                              torch_python=torch_python, torch_python_flag=args.torch_python,
-                             torch_script=TORCH_SCRIPT)
+                             torch_script=TORCH_SCRIPT, memory=step.memory, no_torch=args.no_torch)
     if classes != 1 and 1 in jax_per_image:
       print(f"  JAX scaling: the {classes}-class step takes {jax_per_image[classes] / jax_per_image[1]:.2f}x "
             f"the C=1 step's time per image ({classes * jax_per_image[classes] / jax_per_image[1]:.2f}x its "

@@ -1,8 +1,8 @@
 r"""Train-step throughput of the partial-convolution inpainter (PConvUNet), against PyTorch.
 
-  python benchmarks/inpainter_step.py [--torch_python=PATH] [--configs=32:5:128:8] [--rounds=3]
+  python benchmarks/inpainter_step.py [--torch_python=PATH | --no_torch] [--configs=32:5:128:8] [--rounds=3]
                                       [--torch_threads=0,1] [--torch_mask_conv=channel_sum]
-                                      [--no_xla_defaults]
+                                      [--no_xla_defaults] [--precision=float32|bfloat16]
 
 The JAX step is the library's own: pipelines/purification/steps.py
 make_train_step(InpaintingLossWeights(), feature_fn=None) (L_valid + 6 L_hole + 0.1 L_tv, no
@@ -70,11 +70,13 @@ def hole_masks(batch: int, size: int, seed: int = 0) -> np.ndarray:
 class JaxStep(common.JaxTrainStep):
   """The library's inpainting train step on one fixed batch; compiled once, timed round after round."""
 
-  def __init__(self, features: int, levels: int, size: int, batch_size: int, count_flops: bool = True):
+  def __init__(self, features: int, levels: int, size: int, batch_size: int, count_flops: bool = True,
+               precision: str = "float32"):
     rng = np.random.default_rng(0)
+    # Float32 in every policy: the target is also the input (InpaintingTask.input_keys is empty).
     target = jnp.asarray(rng.random((batch_size, size, size, 3), np.float32) * 2 - 1)
     mask = jnp.asarray(hole_masks(batch_size, size))
-    model = PConvUNet(features=features, levels=levels)
+    model = PConvUNet(features=features, levels=levels, dtype=common.compute_dtype(precision))
     state = create_train_state(model, optax.adam(1e-3), jax.random.key(0), target[:1], mask[:1])
     step = steps.make_train_step(losses.InpaintingLossWeights(), feature_fn=None)
     super().__init__(step, state, {"target": target, "mask": mask}, count_flops)
@@ -95,11 +97,12 @@ def measure_torch(python: str, config: tuple[int, int, int, int], repeats: int, 
        f"--mask_conv={mask_conv}"])
 
 
-def measure_xla_defaults(configs: list[tuple[tuple[int, int, int, int], int]], repeats: int) -> dict[str, float]:
+def measure_xla_defaults(configs: list[tuple[tuple[int, int, int, int], int]], repeats: int,
+                         precision: str) -> dict[str, float]:
   """{config name: seconds per step} of the same JAX steps in one fresh process without lesion_jax's
   XLA:CPU flag; `configs` holds (config, steps per timed window)."""
   return common.xla_defaults_seconds(__file__, [f"{config_name(c)}:{inner}" for c, inner in configs], repeats,
-                                     "config")
+                                     "config", precision)
 
 
 def main() -> None:
@@ -114,22 +117,23 @@ def main() -> None:
   if args.xla_defaults_child:  # the subprocess of measure_xla_defaults
     for item in args.xla_defaults_child.split(","):
       *config, inner = (int(p) for p in item.split(":"))
-      step = JaxStep(*config, count_flops=False)
+      step = JaxStep(*config, count_flops=False, precision=args.precision)
       print(f"xla_defaults config={config_name(config)} "
             f"ms={common.best_seconds(step.call, args.repeats, inner) * 1e3:.2f}", flush=True)
       del step
     return
   configs = parse_configs(args.configs)
   start = time.perf_counter()
-  peak, torch_python = common.print_setup(args.torch_python, f"; mask sums: {args.torch_mask_conv}")
+  peak, torch_python = common.print_setup(args.torch_python, f"; mask sums: {args.torch_mask_conv}",
+                                          no_torch=args.no_torch, precision=args.precision)
 
   jax_steps, inners = {}, {}
   for config in configs:
     name = config_name(config)
-    jax_steps[name] = JaxStep(*config)
+    jax_steps[name] = JaxStep(*config, precision=args.precision)
     inners[name] = common.window_steps(jax_steps[name], args.window_s)
   defaults = {} if args.no_xla_defaults else measure_xla_defaults(
-      [(c, inners[config_name(c)]) for c in configs], args.rounds * args.repeats)
+      [(c, inners[config_name(c)]) for c in configs], args.rounds * args.repeats, args.precision)
 
   for config in configs:
     features, levels, size, batch = config
@@ -144,7 +148,8 @@ def main() -> None:
           f"{step.compile_s:.1f} s")
     common.report_comparison(name, measured, batch=batch, flops=step.flops, params=step.params, peak=peak,
                              defaults_s=defaults.get(name, float("inf")), torch_python=torch_python,
-                             torch_python_flag=args.torch_python, torch_script=TORCH_SCRIPT)
+                             torch_python_flag=args.torch_python, torch_script=TORCH_SCRIPT, memory=step.memory,
+                             no_torch=args.no_torch)
     del step
   print(f"\nwall time {time.perf_counter() - start:.0f} s")
 

@@ -68,6 +68,13 @@ def define_config_flags(default: Any, aliases: dict[str, str] | None = None,
     if (auto_aliases and names.count(short) == 1 and short != leaf.path and short not in FLAGS
         and short not in aliases):
       aliases[short] = leaf.path
+  # The short names of fields that moved (config.MOVED) stay flags of their new place where no
+  # field has them now: the older verbs' `--dtype=bfloat16` sets run.precision.
+  paths = {leaf.path for leaf in all_leaves}
+  for old, new in config_lib.MOVED.items():
+    short = old.rsplit(".", 1)[-1]
+    if auto_aliases and new in paths and short not in names and short not in FLAGS and short not in aliases:
+      aliases[short] = new
   for alias, path in aliases.items():
     flags.DEFINE_alias(alias, path, module_name=module)
   _CONFIG_LEAVES.extend(all_leaves)

@@ -21,7 +21,7 @@ import math
 import re
 import types
 import typing
-from typing import Any, Iterator, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 ConfigT = TypeVar("ConfigT")
 
@@ -113,9 +113,11 @@ def from_dict(cls: type[ConfigT], values: dict[str, Any], path: str = "") -> Con
 
 
 # Fields that moved since runs were recorded: {old key: new dotted path, relative to the same
-# config}. `from_dict` moves an old record's key there where the class no longer has the key but has
-# the path's first part, so the config.json of an older run still loads (runner.load) and resumes
-# (runner.write_config compares the records once both are read through from_dict).
+# config}; an old key may name a field of a nested record ("model.dtype"). `from_dict` moves an old
+# record's key there where the class no longer has the key but has the path's first part, so the
+# config.json of an older run still loads (runner.load) and resumes (runner.write_config compares the
+# records once both are read through from_dict); `replace` and `override` refuse an old key naming
+# where it went.
 MOVED: dict[str, str] = {
     # A task config's run fields, now its RunConfig (`config.run`).
     **{name: f"run.{name}" for name in ("num_steps", "eval_every", "checkpoint_every", "log_every",
@@ -124,6 +126,8 @@ MOVED: dict[str, str] = {
     "test_split": "segmenter.run.test_split",
     # The feature network's own artifact folder, now its input's (InputConfig.artifact_dir).
     "artifact_dir": "input.artifact_dir",
+    # Each model config's compute dtype, now the run's precision policy (train/precision.py).
+    "model.dtype": "run.precision",
 }
 
 
@@ -141,6 +145,16 @@ def _moved(cls: type, values: dict[str, Any], path: str) -> dict[str, Any]:
       nested[k] = _moved(tp, v, path + k + ".")
   values = {**values, **nested}
   moved = {k: v for k, v in values.items() if k not in fields and k in MOVED and MOVED[k].split(".")[0] in fields}
+  # A field that moved out of a nested record ("model.dtype"): taken out of that record's copy.
+  for old, new in MOVED.items():
+    head, _, leaf = old.partition(".")
+    record = values.get(head)
+    if not (leaf and head in fields and isinstance(record, dict) and leaf in record and new.split(".")[0] in fields):
+      continue
+    tp = _strip_optional(hints[head])[0]
+    if dataclasses.is_dataclass(tp) and leaf not in {f.name for f in dataclasses.fields(tp)}:
+      values = {**values, head: {k: v for k, v in record.items() if k != leaf}}
+      moved[old] = record[leaf]
   if not moved:
     return values
   values = {k: v for k, v in values.items() if k not in moved}
@@ -163,9 +177,30 @@ def _moved(cls: type, values: dict[str, Any], path: str) -> dict[str, Any]:
   return values
 
 
+def _refuse_moved(cls: type, paths: Iterable[str]) -> None:
+  """Refuses a dotted path that names a field since moved (`MOVED`), saying where it is now (other
+  unknown paths are refused later, by name, with the nearest field)."""
+  for dotted in paths:
+    for old, new in MOVED.items():
+      if dotted != old and not dotted.endswith("." + old):
+        continue
+      now = dotted[:len(dotted) - len(old)] + new
+      if _has_path(cls, now) and not _has_path(cls, dotted):
+        raise ConfigError(f"config key {dotted!r} has moved: it is now {now!r}")
+
+
+def _has_path(cls: type, path: str) -> bool:
+  try:
+    field_type(cls, path)
+  except ConfigError:
+    return False
+  return True
+
+
 def replace(config: ConfigT, overrides: dict[str, Any]) -> ConfigT:
   """`config` with dotted-path overrides applied (`{"model.features": 32}`); unknown paths and
   numbers out of range (`check_ranges`) raise."""
+  _refuse_moved(type(config), overrides)
   nested: dict[str, Any] = {}
   for dotted, value in overrides.items():
     node = nested
@@ -252,6 +287,7 @@ def field_type(cls: type, path: str) -> Any:
 def override(config: ConfigT, texts: dict[str, str]) -> ConfigT:
   """`config` with command-line overrides applied: {dotted path: text}, each text parsed by the
   field's type (`parse_text`); unknown paths and numbers out of range raise, naming the path."""
+  _refuse_moved(type(config), texts)
   return replace(config, {path: parse_text(text, field_type(type(config), path), path)
                           for path, text in texts.items()})
 
@@ -306,6 +342,9 @@ class RunConfig:
                          "and select the checkpoint on it: train_split and val_split become its two parts "
                          "(explicit TFDS slices, recorded in config.json), so the reported split picks nothing. 0: off.")
   holdout_seed: int = field(0, "Seed of the holdout split (kept fixed across training seeds).")
+  precision: str = field("float32", "Numeric precision policy (lesion_jax/train/precision.py): float32, or "
+                         "bfloat16 (bfloat16 activations and input images, float32 parameters, logits and "
+                         "losses; for accelerators). float16 is refused: it needs dynamic loss scaling.")
 
 
 def location_paths(config: Any) -> frozenset[str]:
@@ -396,12 +435,27 @@ def _numbers(value: Any) -> list[Any]:
   return []
 
 
+def _precision_refusal(value: Any) -> str | None:
+  from lesion_jax.train import precision  # pylint: disable=g-import-not-at-top  (it imports this module)
+  return precision.refusal(value)
+
+
+# String fields whose value names one thing of a fixed set, by field name (as RANGES): {name: fn(value)
+# -> why the value is refused, or None}.
+NAMED: dict[str, Callable[[Any], str | None]] = {
+    "precision": _precision_refusal,
+}
+
+
 def check_ranges(config: Any) -> None:
   """Raises ConfigError naming the field (`model.features`=0: FIELD_NAME) for a number that is
-  not finite or outside its `RANGES` entry (default: >= 0)."""
+  not finite or outside its `RANGES` entry (default: >= 0), or a name its `NAMED` entry refuses."""
   for leaf in leaves(config):
     value = _value_at(config, leaf.path)
     name = leaf.path.rsplit(".", 1)[-1]
+    problem = NAMED[name](value) if name in NAMED else None
+    if problem:
+      raise ConfigError(f"`{leaf.path}`={value!r}: {problem}")
     allowed = RANGES.get(name, Range())
     for number in _numbers(value):
       if not math.isfinite(number):

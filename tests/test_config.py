@@ -56,7 +56,8 @@ def _old_shape(record: dict) -> dict:
   run = dict(record.pop("run"))
   for new in ("test_split", "holdout", "holdout_seed"):  # new with RunConfig
     del run[new]
-  return {**record, **run}
+  model = {**record.pop("model"), "dtype": run.pop("precision")}  # each model's own until run.precision
+  return {**record, **run, "model": model}
 
 
 def test_records_written_before_run_config_load_with_each_tasks_defaults():

@@ -15,16 +15,20 @@ from lesion_jax.train import sharding
 PredictFn = Callable[[Any, Any], Any]
 
 
-def predict_over(predict: PredictFn, state: Any, batches: Iterable[dict[str, Any]], mesh
+def predict_over(predict: PredictFn, state: Any, batches: Iterable[dict[str, Any]], mesh,
+                 host_inputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None
                  ) -> Iterator[tuple[dict[str, Any], Any]]:
   """Runs a jitted `predict(state, batch)` over every batch; yields (host batch, host outputs).
+  `host_inputs` (a task's `Task.host_inputs`: its precision policy's input dtype) makes the copy
+  of each batch that goes to the device; the yielded host batch is the one read.
 
   The next batch is dispatched before the previous outputs are fetched, so host-side work on the
   results overlaps with device compute.
   """
   previous = None
   for batch in batches:
-    outputs = predict(state, sharding.shard_batch(sharding.device_fields(batch), mesh))
+    placed = host_inputs(batch) if host_inputs is not None else batch
+    outputs = predict(state, sharding.shard_batch(sharding.device_fields(placed), mesh))
     if previous is not None:
       yield previous[0], sharding.to_host(previous[1])
     previous = (batch, outputs)
@@ -32,15 +36,16 @@ def predict_over(predict: PredictFn, state: Any, batches: Iterable[dict[str, Any
     yield previous[0], sharding.to_host(previous[1])
 
 
-def predict_examples(predict: PredictFn, state: Any, examples: list[Any], batch_size: int, mesh
-                     ) -> list[Any]:
+def predict_examples(predict: PredictFn, state: Any, examples: list[Any], batch_size: int, mesh,
+                     host_inputs: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> list[Any]:
   """`predict` over a list of same-shape examples (each a pytree, e.g. {"image": ...}), in padded
-  batches of `batch_size` (one compiled shape for all); returns one output pytree per example."""
+  batches of `batch_size` (one compiled shape for all); returns one output pytree per example.
+  `host_inputs`: as `predict_over`'s."""
   import jax  # pylint: disable=g-import-not-at-top
   batches = (batching.pad_batch(jax.tree.map(lambda *xs: np.stack(xs), *examples[i:i + batch_size]), batch_size)
              for i in range(0, len(examples), batch_size))
   out = []
-  for batch, outputs in predict_over(predict, state, batches, mesh):
+  for batch, outputs in predict_over(predict, state, batches, mesh, host_inputs):
     for row in np.flatnonzero(batch["weight"] > 0):
       out.append(jax.tree.map(lambda x, r=row: x[r], outputs))
   return out

@@ -36,7 +36,7 @@ import numpy as np
 
 from lesion_jax import config as config_lib
 from lesion_jax.eval import inference
-from lesion_jax.train import loop, sharding
+from lesion_jax.train import loop, precision, sharding
 
 Batch = dict[str, Any]
 _REGISTRY: dict[str, type] = {}  # tasks and pipelines, by name
@@ -95,6 +95,10 @@ class Task:
   # Config fields a restored run may change for evaluation or prediction (`with_overrides`):
   # how its outputs are post-processed or what it reads at test time, never what it learnt.
   evaluation_overrides: ClassVar[frozenset[str]] = frozenset()
+  # Batch keys of the model's input images: sent to the device in the precision policy's input
+  # dtype (`host_inputs`). Not the targets: a task whose input is also its target (the inpainter)
+  # lists none.
+  input_keys: ClassVar[tuple[str, ...]] = ("image",)
 
   def __init__(self, config: Any):
     if not isinstance(config, self.config_cls):
@@ -146,7 +150,7 @@ class Task:
   def outputs_over(self, state: Any, split: str, mesh: jax.sharding.Mesh, predict: Callable
                    ) -> Iterable[tuple[Batch, Any]]:
     """(host batch, host outputs) over `split` once, as `evaluate` scores them."""
-    return inference.predict_over(predict, state, self.eval_batches(split), mesh)
+    return inference.predict_over(predict, state, self.eval_batches(split), mesh, self.host_inputs)
 
   def example_accumulator(self, split: str) -> "Accumulator":
     """What collects the rows of one evaluation of `split`: `per_example`'s, batch after batch."""
@@ -163,6 +167,16 @@ class Task:
   @property
   def seed(self) -> int:
     return self.config.input.seed
+
+  @property
+  def policy(self) -> precision.Policy:
+    """The run's precision policy (`run.precision`): the models' compute dtype, the host inputs'."""
+    return precision.policy(self.config.run.precision)
+
+  def host_inputs(self, batch: Batch) -> Batch:
+    """A host batch as it goes to the device: its `input_keys` images in the policy's input dtype
+    (training, evaluation and prediction place their batches through it)."""
+    return self.policy.host_inputs(batch, self.input_keys)
 
   @property
   def batch_size(self) -> int:

@@ -27,7 +27,6 @@ from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_sta
 class ClassifierModelConfig:
   name: str = field("lenet5", "Classifier network: " + ", ".join(models.names("classifier")) + ".")
   width: float = field(1.0, "Channel multiplier (AlexNet conv channels; ResNet base width 64*width).")
-  dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
   init_weights: str | None = field(None, "Initial ResNet weights from a local torchvision state dict (.npz from "
                                    "experiments/export_torchvision_weights.py, or .pth with torch installed); the "
                                    "model then pads as torchvision does and uses its 7x7 stem. The head is kept "
@@ -222,7 +221,7 @@ class ClassificationTask(base.Task):
     c = self.config
     size = c.input.image_size
     model = models.get(c.model.name, num_classes=len(self.class_names), width=c.model.width,
-                       dtype=jnp.dtype(c.model.dtype), torchvision_padding=bool(c.model.init_weights))
+                       dtype=self.policy.compute_dtype, torchvision_padding=bool(c.model.init_weights))
     return create_train_state(model, c.optimizer.build(c.run.num_steps), rng, jnp.zeros((1, size, size, 3), jnp.float32))
 
   def warm_start(self, state: TrainState) -> TrainState:

@@ -95,7 +95,7 @@ class LesionMasks:
   # --- scoring ---------------------------------------------------------------------------------
   def outputs_over(self, state, split, mesh, predict):
     """Evaluation scores against the dataset's ground-truth masks (not the joined pseudo-masks)."""
-    return inference.predict_over(predict, state, self.eval_batches(split, joins=()), mesh)
+    return inference.predict_over(predict, state, self.eval_batches(split, joins=()), mesh, self.task.host_inputs)
 
   def rows(self, boundary: bool = False, superpixels=None, refine: RefineConfig | None = None) -> "SegmentationRows":
     return SegmentationRows(self, boundary, superpixels, refine)
@@ -110,7 +110,8 @@ class LesionMasks:
                        superpixels=None) -> base.Evaluation:
     """Scores each image at its own resolution (the encoded truth's, else the model's) as the
     ISIC challenges do; with `superpixels` (a store) the map is refined on them first."""
-    rows, ids, examples = base.gather_examples(inference.predict_over(predict, state, batches, mesh),
+    rows, ids, examples = base.gather_examples(inference.predict_over(predict, state, batches, mesh,
+                                                                      self.task.host_inputs),
                                                self.rows(boundary, superpixels), keep_examples)
     return self.summarize(rows, ids, examples)
 
@@ -167,7 +168,7 @@ class LesionMasks:
         jitted.append(task.jit_predict(state, mesh))
       predict = jitted[0]
       batch = next(iter(self.eval_batches(c.run.val_split)))
-      probs = inference.predict_over(predict, state, [batch], mesh)
+      probs = inference.predict_over(predict, state, [batch], mesh, task.host_inputs)
       _, p = next(probs)
       n = min(c.summary_images, int((batch["weight"] > 0).sum()))
       size = batch["image"].shape[1:3]

@@ -184,7 +184,9 @@ def train(task: base.Task, workdir: str, mesh: jax.sharding.Mesh | None = None) 
       def validate(s):
         jitted[:] = jitted or [task.jit_predict(s, mesh)]
         return task.validate(s, mesh, jitted[0])
-    loop.train(initial, task.train_step(), task.train_batches, validate, workdir, task.loop_config(),
+    # Batches leave the host with their input images in the precision policy's dtype.
+    batches_from = lambda start_step: map(task.host_inputs, task.train_batches(start_step))
+    loop.train(initial, task.train_step(), batches_from, validate, workdir, task.loop_config(),
                rng_train, mesh, hooks=task.hooks(workdir, mesh))
     return restore(task, workdir, "best", mesh)
 
@@ -287,7 +289,7 @@ def predict_examples(task: base.Task, state: Any, examples: list[Any], mesh=None
   """The task's `predict` function over model-input examples (pytrees), batched and padded."""
   mesh = mesh or sharding.make_mesh()
   fn = predict if callable(predict) else task.jit_predict(state, mesh, predict)
-  return inference.predict_examples(fn, state, examples, task.batch_size, mesh)
+  return inference.predict_examples(fn, state, examples, task.batch_size, mesh, task.host_inputs)
 
 
 def fold_splits(split: str, num_examples: int, folds: int, fold: int) -> tuple[str, str]:

@@ -46,17 +46,17 @@ class SegmenterModelConfig:
   upsample: str = field("depth_to_space", "Decoder up-sampling: depth_to_space (the same function "
                         "class as the papers' 2x2 transposed conv, faster on CPU), transpose, resize_conv.")
   head_features: int = field(32, "FCN: channels of each projected scale and of the fused map.")
-  dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
   channel_mean: tuple[float, float, float] | None = field(
       None, "U-Nets: per-channel mean of the training images in [0, 1]; set, the input is standardised "
       "with it (--input_norm=dataset measures it; the purification paper's normalisation).")
   channel_std: tuple[float, float, float] | None = field(None, "U-Nets: per-channel standard deviation, with channel_mean.")
 
-  def build(self):
-    """The network (`models.get`) with the fields it takes: every segmenter its widths, norm,
-    up-sampling and dtype; the U-Nets their input statistics, the FCN its head width."""
+  def build(self, dtype: Any = jnp.float32):
+    """The network (`models.get`) with the fields it takes: every segmenter its widths, norm and
+    up-sampling; the U-Nets their input statistics, the FCN its head width. `dtype`: its compute
+    dtype (the run's precision policy, `Task.policy`)."""
     kwargs = dict(features=self.features, levels=self.levels, norm=self.norm, upsample=self.upsample,
-                  dtype=jnp.dtype(self.dtype))
+                  dtype=dtype)
     if self.name == "fcn":
       kwargs["head_features"] = self.head_features
     else:
@@ -138,7 +138,7 @@ class SegmentationTask(base.Task):
     return LesionMasks(self, self.prob_at, keep_unmatched=self.config.keep_unmatched_masks)
 
   def model(self):
-    return self.config.model.build()
+    return self.config.model.build(self.policy.compute_dtype)
 
   def check(self, mesh, extra_splits=()) -> None:
     c = self.config

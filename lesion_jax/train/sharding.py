@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
@@ -98,9 +99,16 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   return global_batch_size // jax.process_count()
 
 
+def is_numeric_dtype(dtype: Any) -> bool:
+  """Booleans, integers and floats, bfloat16 included (numpy files ml_dtypes' bfloat16 under kind
+  "V", as it does raw bytes): the array dtypes that go to the device."""
+  dtype = np.dtype(dtype)
+  return dtype.kind in "biuf" or jnp.issubdtype(dtype, jnp.floating)
+
+
 def is_device_array_value(x: Any) -> bool:
   """True for numeric host arrays that belong on the device (ids and other strings stay on host)."""
-  return isinstance(x, (np.ndarray, jax.Array)) and np.dtype(x.dtype).kind in "biuf"
+  return isinstance(x, (np.ndarray, jax.Array)) and is_numeric_dtype(x.dtype)
 
 
 def device_fields(batch: Any) -> Any:
@@ -113,7 +121,7 @@ def device_fields(batch: Any) -> Any:
     if isinstance(tree, (list, tuple)):
       return type(tree)(keep(v) for v in tree)
     arr = np.asarray(tree)
-    return arr if arr.dtype.kind in "biuf" else None
+    return arr if is_numeric_dtype(arr.dtype) else None
   return keep(batch)
 
 
@@ -125,7 +133,7 @@ def shard_batch(batch: Any, mesh: Mesh) -> Any:
 
   def place(path, x):
     x = np.asarray(x)
-    if x.dtype.kind not in "biuf":
+    if not is_numeric_dtype(x.dtype):
       raise TypeError(f"batch leaf {jax.tree_util.keystr(path)} has dtype {x.dtype}: only numeric "
                       "arrays go to the device (use sharding.device_fields to leave strings out)")
     return jax.make_array_from_process_local_data(sharding, x)

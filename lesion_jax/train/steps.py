@@ -3,7 +3,8 @@
 
 They are plain functions of arrays; `lesion_jax.train.loop` jits them once (with donated state and
 mesh shardings). Batches are pytrees (nested dicts) of arrays; the segmentation and
-classification steps here read 'image' (N, H, W, 3) float32 and 'mask' (N, H, W, 1) or 'label'
+classification steps here read 'image' (N, H, W, 3) float32 (bfloat16 under the bfloat16
+precision policy, train/precision.py) and 'mask' (N, H, W, 1) or 'label'
 (N,), plus an optional 'weight' (N,) that is 0 for padding. The steps of a model only one
 pipeline trains (the inpainter, the GAN, Mask R-CNN) live in its package
 (lesion_jax/pipelines/<name>/steps.py), built on `apply_model` and the types here.
@@ -15,7 +16,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.train import losses
+from lesion_jax.train import losses, precision
 from lesion_jax.train.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -26,15 +27,16 @@ TrainStep = Callable[[TrainState, Batch, jax.Array], tuple[TrainState, Metrics]]
 def apply_model(state: TrainState, params: Any, *inputs: Any, train: bool,
                 rng: jax.Array | None = None) -> tuple[Any, Any]:
   """Runs the model on its positional `inputs` (any number, each any pytree); returns (outputs,
-  new batch_stats) — batch_stats unchanged unless training."""
+  new batch_stats) — batch_stats unchanged unless training. The outputs are float32 whatever the
+  model computes in (precision.float32_outputs): losses and metrics never see bfloat16 logits."""
   variables = {"params": params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
   rngs = {"dropout": rng} if rng is not None else None
   if train and state.batch_stats:
     out, updates = state.apply_fn(variables, *inputs, train=True, rngs=rngs, mutable=["batch_stats"])
-    return out, updates["batch_stats"]
-  return state.apply_fn(variables, *inputs, train=train, rngs=rngs), state.batch_stats
+    return precision.float32_outputs(out), updates["batch_stats"]
+  return precision.float32_outputs(state.apply_fn(variables, *inputs, train=train, rngs=rngs)), state.batch_stats
 
 
 def make_supervised_train_step(target_key: str | Callable[[Batch], jax.Array], loss_per_example: Callable,

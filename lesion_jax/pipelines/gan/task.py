@@ -46,7 +46,6 @@ class DCGANModelConfig:
   shared_discriminator_layers: int | None = field(None, "Discriminator layers shared (coupled; default: "
                                                   "all but the first). De-coupled: 0.")
   minibatch_kernels: int = field(0, "Minibatch discrimination kernels (Salimans et al. 2016; 0 = off).")
-  dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +161,7 @@ class GANTask(base.Task):
   def models(self) -> tuple[dcgan.Generator, dcgan.Discriminator]:
     m, size = self.config.model, self.config.input.image_size
     shared_g, shared_d = self.shared_layers()
-    dtype = jnp.dtype(m.dtype)
+    dtype = self.policy.compute_dtype
     c = len(self.class_names)
     return (dcgan.Generator(size, m.generator_features, c, shared_g, dtype),
             dcgan.Discriminator(size, m.discriminator_features, c, shared_d, m.minibatch_kernels, dtype))

@@ -74,7 +74,6 @@ PATCHES_PER_CLASS_IN_FIGURE = 6
 class LFNModelConfig:
   variant: str = field("lfn", "LFN width: " + ", ".join(models.names("lfn")) + " (models/lfn.py).")
   batchnorm: bool = field(True, "BatchNorm after every conv (--nobatchnorm: the ablation).")
-  dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,7 +247,7 @@ class FeatureNetworkTask(base.Task):
   def model(self):
     m = self.config.model
     return models.get(m.variant, num_classes=len(self.class_names), use_batchnorm=m.batchnorm,
-                      dtype=jnp.dtype(m.dtype))
+                      dtype=self.policy.compute_dtype)
 
   def init_state(self, rng: jax.Array) -> TrainState:
     c = self.config

@@ -44,7 +44,6 @@ class FCRNConfig:
   width: int = field(0, "Bottleneck width of the first stage (0: the variant's own).")
   norm: str = field("batch", "Normalisation: batch, group, layer, none.")
   upsample: str = field("depth_to_space", "Learned up-sampling: depth_to_space (fast on CPU) or transpose.")
-  dtype: str = field("float32", "Compute dtype: float32 or bfloat16.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,10 +130,15 @@ class LesionIndexTask(base.Task):
   def class_names(self) -> list[str]:
     return list(self.builder.info.features[self.config.label_key].names)
 
+  @property
+  def input_keys(self) -> tuple[str, ...]:
+    """Training's image, and evaluation's letterboxed image at each test scale."""
+    return ("image", *(scale_key(s) for s in self.config.test_scales))
+
   def model(self):
     m = self.config.model
     return models.get(m.variant, num_classes=1 + len(self.class_names), norm=m.norm, upsample=m.upsample,
-                      dtype=jnp.dtype(m.dtype), width=m.width or None)
+                      dtype=self.policy.compute_dtype, width=m.width or None)
 
   def check(self, mesh, extra_splits=()) -> None:
     c = self.config
@@ -289,7 +293,7 @@ def member_maps(task: LesionIndexTask, state, predict, split: str, mesh
   """Per host batch of `split` for one FCRN: (the batch, [(id, truth mask, summed native maps)
   per real image])."""
   scales = task.config.test_scales
-  for batch, probs in inference.predict_over(predict, state, task.eval_batches(split), mesh):
+  for batch, probs in inference.predict_over(predict, state, task.eval_batches(split), mesh, task.host_inputs):
     real = np.flatnonzero(batch["weight"] > 0)
     images = []
     for i, image_id in zip(real, base.decode_ids(batch["id"][real])):

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from lesion_jax.pipelines.maskrcnn import losses
+from lesion_jax.train import precision
 from lesion_jax.train.state import TrainState
 from lesion_jax.train.steps import Batch, Metrics, TrainStep, apply_model
 
@@ -30,6 +31,7 @@ def make_train_step(smooth_l1_beta: float = 0.0) -> TrainStep:
       result = state.apply_fn(variables, batch["image"], targets, train=True, rngs={"sampling": rng},
                               mutable=mutable)
       outputs, updates = result if mutable else (result, {"batch_stats": state.batch_stats})
+      outputs = precision.float32_outputs(outputs)  # as apply_model's: the losses in float32
       terms = losses.loss_terms(outputs, smooth_l1_beta)
       return terms["loss"], (terms, outputs, updates["batch_stats"])
 

@@ -66,15 +66,14 @@ class MaskRCNNModelConfig:
   mask_features: int = field(64, "Channels of the mask head's convs (paper: 256).")
   detections: int = field(10, "Detections kept per image (paper: 100).")
   detection_nms_iou: float = field(0.5, "Per-class NMS IoU threshold of the detections.")
-  dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
 
-  def build(self):
+  def build(self, dtype: Any = jnp.float32):
     """The network (`models.get("mask_rcnn")`, one lesion class) with every field of this config,
-    the (train, test) pairs joined and the dtype parsed."""
+    the (train, test) pairs joined; `dtype`: its compute dtype (the run's precision policy)."""
     kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
     for name in TRAIN_TEST_PAIRS:
       kwargs[name] = (kwargs.pop(f"{name}_train"), kwargs.pop(f"{name}_test"))
-    kwargs["dtype"] = jnp.dtype(self.dtype)
+    kwargs["dtype"] = dtype
     return models.get(MODEL, num_classes=1, **kwargs)
 
 
@@ -148,7 +147,7 @@ class MaskRCNNTask(base.Task):
         instances=lambda: _NativeDetections(c.input.image_size, c.model.detections, c.score_threshold))
 
   def model(self):
-    return self.config.model.build()
+    return self.config.model.build(self.policy.compute_dtype)
 
   def check(self, mesh, extra_splits=()) -> None:
     c, m = self.config, self.config.model

@@ -58,7 +58,6 @@ class InpainterModelConfig:
   features: int = field(32, "Width of the first encoder layer (the paper: 64); doubles per level up to 8x.")
   levels: int = field(5, "Stride-2 partial-conv encoder layers (the paper: 8 at 512 px); the image side "
                       "must divide by 2^levels.")
-  dtype: str = field("float32", "Compute dtype (params stay float32): float32 or bfloat16.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +131,9 @@ def _valid_from_holes(*hole_keys: str) -> ops.Op:
 class InpaintingTask(base.Task):
   name = "inpainting"
   config_cls = InpainterConfig
+  # Its input images are also its targets (and predict copies the valid pixels through exactly), so
+  # they stay float32 on the way to the device; the network casts them to its compute dtype itself.
+  input_keys = ()
 
   @property
   def finetuning(self) -> bool:
@@ -140,7 +142,7 @@ class InpaintingTask(base.Task):
   def model(self) -> PConvUNet:
     m = self.config.model
     return PConvUNet(features=m.features, levels=m.levels, freeze_encoder_bn=self.finetuning,
-                     dtype=jnp.dtype(m.dtype))
+                     dtype=self.policy.compute_dtype)
 
   def check(self, mesh, extra_splits=()) -> None:
     c = self.config
@@ -266,8 +268,9 @@ class InpaintingTask(base.Task):
   def evaluate_batches(self, state, batches, mesh, predict, keep_examples=0, baselines=True) -> base.Evaluation:
     """Hole PSNR / SSIM / L1 of the network (and of OpenCV's methods on the same inputs and masks)."""
     methods = METHODS if baselines else (NETWORK,)
-    rows, ids, examples = base.gather_examples(inference.predict_over(predict, state, batches, mesh),
-                                               functools.partial(self.per_example, methods=methods), keep_examples)
+    outputs = inference.predict_over(predict, state, batches, mesh, self.host_inputs)
+    rows, ids, examples = base.gather_examples(outputs, functools.partial(self.per_example, methods=methods),
+                                               keep_examples)
     return self.summarize(rows, ids, examples, methods)
 
   def per_example(self, batch, outputs, real, kept, methods=METHODS) -> dict[str, np.ndarray]:
