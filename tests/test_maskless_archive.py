@@ -119,6 +119,8 @@ def test_self_learned_round_trains_on_pseudo_masks_and_is_scored_on_another_arch
   own = runner.load(os.path.join(workdir, "round_0"))
   assert own.config.run.test_split == "" and own.config.mask_artifacts
   assert os.path.getsize(os.path.join(workdir, "figures", "kmeans_vs_selflearned_validation.png")) > 0
+  kmeans_scores = io.read_json(os.path.join(workdir, "kmeans", "eval_validation.json"))  # the baseline row
+  assert 0.0 <= kmeans_scores["validation/jaccard"] <= 1.0
   stored = io.read_json(os.path.join(workdir, "round_0", "eval_validation.json"))  # as evaluate writes it
   assert stored["validation/jaccard"] == row["validation/jaccard"] and stored["scored_on"]["dataset"] == "isic2017"
 

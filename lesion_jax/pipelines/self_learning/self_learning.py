@@ -161,6 +161,7 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
   figures.save_curves(os.path.join(workdir, "figures", "rounds.png"), _curves(rows, seg.run.train_split),
                       xlabel="round")
   if config.scored_on.dataset:
+    _score_kmeans_elsewhere(config, task, root, os.path.join(workdir, "kmeans"))
     _comparison_figure(config, task, round_dir, root, mesh, os.path.join(workdir, "figures"))
   return {"rounds": rows}
 
@@ -185,6 +186,20 @@ def _score_elsewhere(task: segmentation.SegmentationTask, round_dir: str, scored
       io.write_json(path, stored)
     scores.update(stored)
   return scores
+
+
+def _score_kmeans_elsewhere(config: SelfLearningConfig, task: segmentation.SegmentationTask, root: str,
+                            kmeans_dir: str) -> None:
+  """The K-means pseudo-masks themselves (what round 0 learns from) scored on `scored_on`'s splits,
+  into `kmeans_dir`/eval_<split>.json as a round's are (the baseline row of the rounds' table)."""
+  scored_on = config.scored_on
+  builder = task.with_overrides(**scored_on.overrides(task.config.input)).builder
+  kstore = annotate.kmeans_store(root, builder.info.full_name, config.kmeans)
+  for split in scored_on.splits:
+    summary = annotate.annotate_split(builder, split, kstore, config.kmeans)
+    io.write_json(os.path.join(kmeans_dir, f"eval_{stage.split_tag(split)}.json"),
+                  {**{f"{split}/{k}": v for k, v in (summary.scores or {}).items()}, f"{split}/uncertain": summary.uncertain,
+                   "split": split, "masks": kstore.directory, "scored_on": config_lib.to_dict(scored_on)})
 
 
 def _comparison_figure(config: SelfLearningConfig, task: segmentation.SegmentationTask, round_dir: str, root: str,
