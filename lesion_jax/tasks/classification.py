@@ -78,7 +78,8 @@ class ClassifierConfig:
   generated: str | None = field(None, "train_gan run whose generated images fill the scarce classes of the "
                                 "train split up to the largest (near-copies left out).", location=True)
   folds: int = field(1, "k-fold cross-validation over the train split (the AlexNet paper used 5).")
-  best_metric: str = field("roc_auc", "Validation score that picks the checkpoint (accuracy where undefined).")
+  best_metric: str = field("roc_auc", "Validation score that picks the checkpoint (accuracy where undefined); "
+                           "mean_roc_auc: ISIC 2017 Part 3's ranking score (melanoma and keratosis ROC AUC).")
   source: str = field("raw", "What the classifier reads, in training and in predict: raw (the images), crops "
                       "(lesion crops made with crop.segmenter_workdir's masks) or purified (occlusions filled by "
                       "purify.inpainter_workdir).")
@@ -118,7 +119,7 @@ class ClassificationTask(base.Task):
   # Scored on other images than those trained on (e.g. purified ones: purification_table).
   evaluation_overrides = frozenset({"image_artifacts"})
   summary_keys = ("accuracy", "balanced_accuracy", "misclassification_rate", "f1", "precision", "recall", "sensitivity",
-                  "specificity", "roc_auc", "average_precision")
+                  "specificity", "roc_auc", "average_precision", "melanoma_roc_auc", "keratosis_roc_auc", "mean_roc_auc")
 
   @functools.cached_property
   def class_names(self) -> list[str]:
@@ -329,7 +330,8 @@ class ClassificationTask(base.Task):
   def validation_metrics(self, evaluation: base.Evaluation) -> dict[str, float]:
     scores = evaluation.scores
     out = {f"val/{k}": float(scores[k]) for k in ("accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity",
-                                                 "roc_auc") if scores.get(k) is not None}
+                                                 "roc_auc", "melanoma_roc_auc", "mean_roc_auc")
+           if scores.get(k) is not None}
     best = scores.get(self.config.best_metric)
     out["val/best_metric"] = float(best) if best is not None else float(scores["accuracy"])
     return out
