@@ -14,6 +14,8 @@ import numpy as np
 from sklearn import exceptions as sk_exceptions
 from sklearn import metrics as sk_metrics
 
+from lesion_jax.eval.metrics.calibration import expected_calibration_error
+
 DEFAULT_SENSITIVITIES = (0.82, 0.89, 0.95)
 
 
@@ -116,7 +118,8 @@ def classification_scores(labels: Any, probs: Any, class_names: Sequence[str] | 
     roc_auc, average_precision, specificity_at_sensitivity {"0.82": ...}, confusion_matrix
     (rows = true class), per_class {name: {precision, recall, f1, support, sensitivity,
     specificity, roc_auc, average_precision, specificity_at_sensitivity}}, class_names,
-    num_classes, num_examples, balanced_accuracy, with a melanoma class ISIC 2017 Part 3's
+    num_classes, num_examples, balanced_accuracy, ece (top-label expected calibration error over
+    15 bins, `calibration.expected_calibration_error`), with a melanoma class ISIC 2017 Part 3's
     `isic2017_scores` (melanoma_roc_auc, keratosis_roc_auc, mean_roc_auc,
     melanoma_specificity_at_sensitivity), notes {metric: why it is None or partial}.
   """
@@ -219,6 +222,7 @@ def classification_scores(labels: Any, probs: Any, class_names: Sequence[str] | 
       _note_macro(notes, f"specificity_at_sensitivity/{_sens_key(t)}", values)
     out["specificity_at_sensitivity"] = sas
   out["balanced_accuracy"] = float(np.mean([recall[c] for c in class_ids if support[c]])) if support.any() else None
+  out["ece"] = expected_calibration_error(y, probs_arr)
   isic, isic_notes = isic2017_scores(per_class)
   out.update(isic)
   notes.update(isic_notes)
