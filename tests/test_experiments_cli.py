@@ -390,6 +390,35 @@ def test_pretrained_start_abcd_baseline_and_ensemble(trained, classifier, tiny_d
   assert missing.returncode != 0 and "--members=x:" in missing.stderr and "Traceback" not in missing.stderr
 
 
+def test_colour_baseline_three_way_needs_no_masks_and_records_its_provenance(tiny_data_dir, tiny_dataset, tmp_path):
+  from lesion_jax.eval import colour_features  # pylint: disable=g-import-not-at-top
+  data = [f"--dataset={tiny_dataset}", f"--data_dir={tiny_data_dir}"]
+  baseline = tmp_path / "colour"
+  # No --segmenter_workdir, no --masks: colour statistics of the images themselves.
+  run("experiments.abcd_classifier", f"--workdir={baseline}", *data, "--features=colour", "--target=label",
+      "--folds=2", "--model=logistic")
+  scores = json.load(open(baseline / "metrics.json"))
+  assert scores["features"] == list(colour_features.FEATURE_NAMES) and scores["model"].startswith("logistic")
+  assert scores["cv/num_examples"] == 64 and scores["test/num_examples"] == 16 and scores["test/skipped"] == 0
+  # Three classes of synthetic_lesions: ISIC 2017 Part 3's scores, and the calibration error.
+  assert scores["test/class_names"] == ["nevus", "melanoma", "seborrheic_keratosis"]
+  for key in ("test/melanoma_roc_auc", "test/keratosis_roc_auc", "test/mean_roc_auc", "test/ece", "cv/mean_roc_auc"):
+    assert isinstance(scores[key], float), key
+  assert set(scores["test/melanoma_specificity_at_sensitivity"]) == {"0.82", "0.89", "0.95"}
+  for figure in ("test_roc.png", "test_reliability.png", "test_confusion.png"):
+    assert os.path.exists(baseline / "figures" / figure), figure
+  # provenance.json, as the train verb writes it: experiments.report makes a row of the run.
+  record = json.load(open(baseline / "provenance.json"))
+  assert "--features=colour" in record["command"] and record["invocations"][0]["finished"]
+  page = tmp_path / "baseline.md"
+  run("experiments.report", f"--out={page}", f"--runs=colour:{baseline}",
+      "--metrics=test/melanoma_roc_auc,test/keratosis_roc_auc,test/mean_roc_auc,test/balanced_accuracy")
+  row = next(line for line in page.read_text().splitlines() if line.startswith("| colour |"))
+  assert f"{scores['test/mean_roc_auc']:.4g}" in row and "--features=colour" in row
+  bad = run("experiments.abcd_classifier", f"--workdir={tmp_path / 'bad'}", *data, "--features=shape", check=False)
+  assert bad.returncode != 0 and "--features='shape'" in bad.stderr and "Traceback" not in bad.stderr
+
+
 @pytest.mark.parametrize("module,recipe,extra", [
     ("experiments.train_segmenter", "isic2017_segmenter.flags", ["--model.features=4", "--levels=2"]),
     ("experiments.train_classifier", "isic2017_classifier.flags", []),
