@@ -40,8 +40,11 @@ def test_ece_hand_computed_bins():
   # Perfect confidence, always right: 0; always wrong: 1. Binary P(class 1) works as (N, 2).
   assert metrics.expected_calibration_error([0, 1], [[1.0, 0.0], [0.0, 1.0]]) == 0.0
   assert metrics.expected_calibration_error([1, 0], [0.0, 1.0]) == 1.0
-  # classification_scores reports the same number.
+  # classification_scores reports the same number; scores that are not probabilities have none.
   assert metrics.classification_scores(labels, probs)["ece"] == pytest.approx(0.4125)
+  summed = metrics.classification_scores(labels, 2 * np.asarray(probs))  # e.g. two members' maps added
+  assert summed["ece"] is None and "not probabilities" in summed["notes"]["ece"]
+  assert summed["roc_auc"] == metrics.classification_scores(labels, probs)["roc_auc"]
 
 
 def test_temperature_of_probabilities_equals_temperature_of_logits():

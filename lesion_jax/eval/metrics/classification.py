@@ -119,7 +119,8 @@ def classification_scores(labels: Any, probs: Any, class_names: Sequence[str] | 
     (rows = true class), per_class {name: {precision, recall, f1, support, sensitivity,
     specificity, roc_auc, average_precision, specificity_at_sensitivity}}, class_names,
     num_classes, num_examples, balanced_accuracy, ece (top-label expected calibration error over
-    15 bins, `calibration.expected_calibration_error`), with a melanoma class ISIC 2017 Part 3's
+    15 bins, `calibration.expected_calibration_error`; None for scores that are not
+    probabilities), with a melanoma class ISIC 2017 Part 3's
     `isic2017_scores` (melanoma_roc_auc, keratosis_roc_auc, mean_roc_auc,
     melanoma_specificity_at_sensitivity), notes {metric: why it is None or partial}.
   """
@@ -222,7 +223,12 @@ def classification_scores(labels: Any, probs: Any, class_names: Sequence[str] | 
       _note_macro(notes, f"specificity_at_sensitivity/{_sens_key(t)}", values)
     out["specificity_at_sensitivity"] = sas
   out["balanced_accuracy"] = float(np.mean([recall[c] for c in class_ids if support[c]])) if support.any() else None
-  out["ece"] = expected_calibration_error(y, probs_arr)
+  # Scores that are not probabilities (e.g. the LIN's summed lesion indices) have no calibration.
+  if np.all(probs_arr >= 0) and np.allclose(probs_arr.sum(axis=1), 1.0, atol=1e-3):
+    out["ece"] = expected_calibration_error(y, probs_arr)
+  else:
+    out["ece"] = None
+    notes["ece"] = "the scores are not probabilities (rows of non-negative values summing to 1)"
   isic, isic_notes = isic2017_scores(per_class)
   out.update(isic)
   notes.update(isic_notes)
