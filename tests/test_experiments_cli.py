@@ -360,10 +360,11 @@ def test_pretrained_start_abcd_baseline_and_ensemble(trained, classifier, tiny_d
   assert scores["cv/roc_auc"] == pytest.approx(scores["candidates_cv_roc_auc"][scores["model"]])
   assert scores["cv/num_examples"] == 64 and scores["test/num_examples"] + scores["test/skipped"] > 0
   assert os.path.exists(baseline / "figures" / "test_roc.png")
-  # --masks=kmeans measures the K-means pseudo-masks instead: no segmenter run needed.
+  # --masks=kmeans measures the K-means pseudo-masks instead: no segmenter run needed; here with the
+  # colour statistics of each image beside its measurements.
   on_kmeans = tmp_path / "abcd_kmeans"
   run("experiments.abcd_classifier", f"--workdir={on_kmeans}", "--masks=kmeans", *data, "--folds=2",
-      "--crop_size=32", f"--artifact_dir={tmp_path / 'art'}")
+      "--crop_size=32", f"--artifact_dir={tmp_path / 'art'}", "--features=abcd+colour")
   [kstore] = glob.glob(str(tmp_path / "art" / "**" / "lesion_crop" / "kmeans-*"), recursive=True)
   from lesion_jax.artifacts import kmeans, stage, store  # pylint: disable=g-import-not-at-top
   from lesion_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -373,7 +374,9 @@ def test_pretrained_start_abcd_baseline_and_ensemble(trained, classifier, tiny_d
   record = json.load(open(os.path.join(kstore, store.safe_name(example["id"]) + ".json")))
   expect = measure.measure_lesion(kmeans.kmeans_pseudo_mask(example["image"]).mask, example["image"])
   assert record["measurements"]["area"] == pytest.approx(expect["area"])
-  assert json.load(open(on_kmeans / "metrics.json"))["cv/num_examples"] == 64
+  both = json.load(open(on_kmeans / "metrics.json"))
+  from lesion_jax.eval import abcd, colour_features  # pylint: disable=g-import-not-at-top
+  assert both["cv/num_examples"] == 64 and both["features"] == [*abcd.FEATURE_NAMES, *colour_features.FEATURE_NAMES]
   bad = run("experiments.abcd_classifier", f"--workdir={tmp_path / 'nomasks'}", *data, check=False)
   assert bad.returncode != 0 and "--masks=kmeans" in bad.stderr and "Traceback" not in bad.stderr
 
