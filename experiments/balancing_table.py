@@ -14,7 +14,7 @@ sensitivity, per-class ROC AUC), and figures/melanoma_roc.png (every run's melan
 import os
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from experiments import common
 from lesion_jax import io
@@ -34,8 +34,9 @@ def _fmt(v) -> str:
 
 def row_of(metrics: dict, split: str) -> dict:
   """The table's entries of one run's metrics.json."""
-  isic = metrics.get(f"{split}/isic2017") or {}
-  sas = isic.get("melanoma_specificity_at_sensitivity", {})
+  # The ISIC 2017 Part 3 scores are top-level keys; runs written before that kept them under "isic2017".
+  isic = metrics.get(f"{split}/isic2017") or {k: metrics.get(f"{split}/{k}") for k in metrics_lib.ISIC2017_KEYS}
+  sas = isic.get("melanoma_specificity_at_sensitivity") or {}
   per_class = metrics.get(f"{split}/per_class", {})
   return {"accuracy": metrics.get(f"{split}/accuracy"), "balanced_accuracy": metrics.get(f"{split}/balanced_accuracy"),
           "macro_roc_auc": metrics.get(f"{split}/roc_auc"), "melanoma_roc_auc": isic.get("melanoma_roc_auc"),

@@ -89,6 +89,8 @@ def main(argv):
   state = runner.restore(task, FLAGS.workdir, which)
   if FLAGS.ensemble_with:
     state = ensemble_states(recorded, state, FLAGS.ensemble_with, which)
+  else:  # what the run fitted after training (a classifier's temperature) is this run's, not an ensemble's
+    task = task.with_post_hoc(FLAGS.workdir, which)
   split, name = FLAGS.split, FLAGS.split
   if split == "selection":
     split = task.val_split

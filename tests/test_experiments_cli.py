@@ -360,10 +360,11 @@ def test_pretrained_start_abcd_baseline_and_ensemble(trained, classifier, tiny_d
   assert scores["cv/roc_auc"] == pytest.approx(scores["candidates_cv_roc_auc"][scores["model"]])
   assert scores["cv/num_examples"] == 64 and scores["test/num_examples"] + scores["test/skipped"] > 0
   assert os.path.exists(baseline / "figures" / "test_roc.png")
-  # --masks=kmeans measures the K-means pseudo-masks instead: no segmenter run needed.
+  # --masks=kmeans measures the K-means pseudo-masks instead: no segmenter run needed; here with the
+  # colour statistics of each image beside its measurements.
   on_kmeans = tmp_path / "abcd_kmeans"
   run("experiments.abcd_classifier", f"--workdir={on_kmeans}", "--masks=kmeans", *data, "--folds=2",
-      "--crop_size=32", f"--artifact_dir={tmp_path / 'art'}")
+      "--crop_size=32", f"--artifact_dir={tmp_path / 'art'}", "--features=abcd+colour")
   [kstore] = glob.glob(str(tmp_path / "art" / "**" / "lesion_crop" / "kmeans-*"), recursive=True)
   from lesion_jax.artifacts import kmeans, stage, store  # pylint: disable=g-import-not-at-top
   from lesion_jax.data import pipeline  # pylint: disable=g-import-not-at-top
@@ -373,7 +374,9 @@ def test_pretrained_start_abcd_baseline_and_ensemble(trained, classifier, tiny_d
   record = json.load(open(os.path.join(kstore, store.safe_name(example["id"]) + ".json")))
   expect = measure.measure_lesion(kmeans.kmeans_pseudo_mask(example["image"]).mask, example["image"])
   assert record["measurements"]["area"] == pytest.approx(expect["area"])
-  assert json.load(open(on_kmeans / "metrics.json"))["cv/num_examples"] == 64
+  both = json.load(open(on_kmeans / "metrics.json"))
+  from lesion_jax.eval import abcd, colour_features  # pylint: disable=g-import-not-at-top
+  assert both["cv/num_examples"] == 64 and both["features"] == [*abcd.FEATURE_NAMES, *colour_features.FEATURE_NAMES]
   bad = run("experiments.abcd_classifier", f"--workdir={tmp_path / 'nomasks'}", *data, check=False)
   assert bad.returncode != 0 and "--masks=kmeans" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -388,6 +391,35 @@ def test_pretrained_start_abcd_baseline_and_ensemble(trained, classifier, tiny_d
   missing = run("experiments.ensemble", f"--workdir={tmp_path / 'e2'}", f"--members=x:{tmp_path / 'nowhere'}",
                 check=False)
   assert missing.returncode != 0 and "--members=x:" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_colour_baseline_three_way_needs_no_masks_and_records_its_provenance(tiny_data_dir, tiny_dataset, tmp_path):
+  from lesion_jax.eval import colour_features  # pylint: disable=g-import-not-at-top
+  data = [f"--dataset={tiny_dataset}", f"--data_dir={tiny_data_dir}"]
+  baseline = tmp_path / "colour"
+  # No --segmenter_workdir, no --masks: colour statistics of the images themselves.
+  run("experiments.abcd_classifier", f"--workdir={baseline}", *data, "--features=colour", "--target=label",
+      "--folds=2", "--model=logistic")
+  scores = json.load(open(baseline / "metrics.json"))
+  assert scores["features"] == list(colour_features.FEATURE_NAMES) and scores["model"].startswith("logistic")
+  assert scores["cv/num_examples"] == 64 and scores["test/num_examples"] == 16 and scores["test/skipped"] == 0
+  # Three classes of synthetic_lesions: ISIC 2017 Part 3's scores, and the calibration error.
+  assert scores["test/class_names"] == ["nevus", "melanoma", "seborrheic_keratosis"]
+  for key in ("test/melanoma_roc_auc", "test/keratosis_roc_auc", "test/mean_roc_auc", "test/ece", "cv/mean_roc_auc"):
+    assert isinstance(scores[key], float), key
+  assert set(scores["test/melanoma_specificity_at_sensitivity"]) == {"0.82", "0.89", "0.95"}
+  for figure in ("test_roc.png", "test_reliability.png", "test_confusion.png"):
+    assert os.path.exists(baseline / "figures" / figure), figure
+  # provenance.json, as the train verb writes it: experiments.report makes a row of the run.
+  record = json.load(open(baseline / "provenance.json"))
+  assert "--features=colour" in record["command"] and record["invocations"][0]["finished"]
+  page = tmp_path / "baseline.md"
+  run("experiments.report", f"--out={page}", f"--runs=colour:{baseline}",
+      "--metrics=test/melanoma_roc_auc,test/keratosis_roc_auc,test/mean_roc_auc,test/balanced_accuracy")
+  row = next(line for line in page.read_text().splitlines() if line.startswith("| colour |"))
+  assert f"{scores['test/mean_roc_auc']:.4g}" in row and "--features=colour" in row
+  bad = run("experiments.abcd_classifier", f"--workdir={tmp_path / 'bad'}", *data, "--features=shape", check=False)
+  assert bad.returncode != 0 and "--features='shape'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize("module,recipe,extra", [

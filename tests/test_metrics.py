@@ -180,7 +180,8 @@ def test_multiclass_matches_sklearn():
   cm = np.asarray(r["confusion_matrix"])
   spec = [(n - cm[i].sum() - cm[:, i].sum() + cm[i, i]) / (n - cm[i].sum()) for i in range(c)]
   assert r["specificity"] == pytest.approx(np.mean(spec))
-  assert r["notes"] == {}
+  # Every score is defined but ISIC 2017's keratosis AUC (and so its mean): no class is a keratosis.
+  assert set(r["notes"]) == {"keratosis_roc_auc", "mean_roc_auc"} and r["keratosis_roc_auc"] is None
 
 
 @pytest.mark.parametrize("as_vector", [True, False])
@@ -262,6 +263,43 @@ def test_specificity_at_sensitivity_matches_brute_force_threshold_sweep_with_tie
               trial, target)
 
 
+def test_isic2017_part3_scores_hand_computed():
+  # Classes (nevus, melanoma, seborrheic_keratosis) as the isic2017 builders name `label`'s.
+  names = ["nevus", "melanoma", "seborrheic_keratosis"]
+  labels = [0, 0, 0, 0, 1, 1, 2, 2]
+  probs = np.array([[.7, .2, .1], [.6, .3, .1], [.5, .4, .1], [.1, .6, .3],   # nevi (the 4th looks melanoma)
+                    [.3, .5, .2], [.6, .3, .1],                                 # melanomas (the 2nd looks a nevus)
+                    [.2, .1, .7], [.5, .25, .25]])                              # keratoses (the 2nd looks a nevus)
+  # Melanoma vs rest: positives score .5 and .3, the six negatives .2 .3 .4 .6 .1 .25.
+  #   .5 beats 5 negatives (not .6); .3 beats .2 .1 .25 and ties .3 (1/2): AUC = 8.5 / 12 = 17/24.
+  # Keratosis vs rest: positives .7 and .25, negatives .1 .1 .1 .3 .2 .1.
+  #   .7 beats all 6; .25 beats all but .3: AUC = 11 / 12 = 22/24. Mean: 39/48 = 0.8125.
+  # Melanoma specificity: every target above 50 % needs both melanomas, i.e. threshold .3, which
+  #   takes the negatives .3 .4 .6 along: 3/6 = 0.5; at 50 % the threshold .5 takes only .6: 5/6.
+  # Predicted (argmax) 0 0 0 1 | 1 0 | 2 0: recalls 3/4, 1/2, 1/2; balanced accuracy 1.75 / 3.
+  s = metrics.classification_scores(labels, probs, names, sensitivities=(0.5, 0.82, 0.89, 0.95))
+  json.dumps(s)
+  assert s["melanoma_roc_auc"] == pytest.approx(17 / 24)
+  assert s["keratosis_roc_auc"] == pytest.approx(22 / 24)
+  assert s["mean_roc_auc"] == pytest.approx(0.8125)
+  assert s["melanoma_specificity_at_sensitivity"] == pytest.approx({"0.5": 5 / 6, "0.82": 0.5, "0.89": 0.5,
+                                                                     "0.95": 0.5})
+  assert s["balanced_accuracy"] == pytest.approx(1.75 / 3)
+  assert s["accuracy"] == pytest.approx(5 / 8)
+  # The same scores by scikit-learn's own functions (what the hand computation above is checked by).
+  y = np.asarray(labels)
+  assert s["melanoma_roc_auc"] == pytest.approx(skm.roc_auc_score(y == 1, probs[:, 1]))
+  assert s["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, probs.argmax(1)))
+  assert s["notes"] == {}
+  # No keratosis class (a melanoma-vs-nevus problem): the mean is undefined, and says why.
+  two = metrics.classification_scores([0, 0, 1, 1], [[.8, .2], [.4, .6], [.3, .7], [.6, .4]], ["nevus", "melanoma"])
+  assert two["melanoma_roc_auc"] == pytest.approx(0.75) and two["keratosis_roc_auc"] is None
+  assert two["mean_roc_auc"] is None and "keratosis_roc_auc" in two["notes"] and "mean_roc_auc" in two["notes"]
+  # Without a melanoma class there are no ISIC 2017 keys at all (not a row of Nones).
+  other = metrics.classification_scores(labels, probs, ["a", "b", "c"])
+  assert not set(metrics.ISIC2017_KEYS) & set(other)
+
+
 def test_single_class_labels_do_not_crash():
   rng = np.random.default_rng(5)
   r = metrics.classification_scores(np.zeros(10, int), rng.random(10))
@@ -302,7 +340,7 @@ def test_metrics_package_reexports_each_family_and_imports_no_cycle():
   import ast, importlib, inspect  # pylint: disable=g-import-not-at-top,multiple-imports
   package = "lesion_jax.eval.metrics"
   layers = {"masks": set(), "boundary": {"masks"}, "segmentation": {"boundary", "masks"},
-            "classification": set()}  # the GAN's FD / KID: lesion_jax/pipelines/gan/metrics.py
+            "calibration": set(), "classification": {"calibration"}}  # the GAN's FD / KID: lesion_jax/pipelines/gan/metrics.py
   for name, expected in layers.items():
     module = importlib.import_module(f"{package}.{name}")
     tree = ast.parse(inspect.getsource(module))

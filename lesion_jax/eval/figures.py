@@ -1,4 +1,5 @@
-"""Figures for experiments: mask overlays, sample grids, ROC curves, confusion matrices, curves.
+"""Figures for experiments: mask overlays, sample grids, ROC curves, reliability diagrams,
+confusion matrices, curves.
 
 `overlay` is pure numpy/OpenCV (predict calls it per image). The `save_*` functions render with
 matplotlib's object-oriented API on an Agg canvas -- no pyplot, so no global figure registry to
@@ -273,6 +274,43 @@ def save_roc_curve(path: str | os.PathLike, labels_binary: Any, scores: Any = No
   ax.set_aspect("equal")
   ax.grid(alpha=0.3)
   ax.legend(loc="lower right", fontsize=8)
+  fig.tight_layout()
+  _save(fig, path)
+
+
+def save_reliability_diagram(path: str | os.PathLike, labels: Any, probs: Mapping[str, Any] | Any,
+                             num_bins: int = metrics_lib.DEFAULT_NUM_BINS, title: str | None = None) -> None:
+  """Top-label reliability diagram: per confidence bin (metrics.reliability_bins), the accuracy
+  against the bin's mean confidence, the diagonal being perfect calibration, with each series' ECE
+  in the legend; below, how many examples each bin holds. `probs` (N, C) for one series, or
+  {name: probs} for several on the same labels (e.g. before and after temperature scaling)."""
+  series = dict(probs) if isinstance(probs, Mapping) else {"model": probs}
+  fig = _new_figure(5.0, 6.0)
+  grid = fig.add_gridspec(2, 1, height_ratios=(3, 1))
+  ax, counts = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
+  ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="perfect calibration")
+  width = 1.0 / num_bins
+  for k, (name, p) in enumerate(series.items()):
+    bins = metrics_lib.reliability_bins(labels, p, num_bins)
+    ece = metrics_lib.expected_calibration_error(labels, p, num_bins)
+    filled = bins["count"] > 0
+    ax.plot(bins["confidence"][filled], bins["accuracy"][filled], marker="o", markersize=4, linewidth=1.5,
+            label=f"{name} (ECE = {ece:.3f})")
+    # Side by side within each bin, one bar per series.
+    offset = (k + 0.5) / len(series) * width
+    counts.bar(bins["edges"][:-1] + offset, bins["count"], width=width / len(series), alpha=0.7, label=name)
+  ax.set_xlim(0, 1)
+  ax.set_ylim(0, 1.01)
+  ax.set_xlabel("confidence (largest probability)")
+  ax.set_ylabel("accuracy")
+  ax.grid(alpha=0.3)
+  ax.legend(loc="upper left", fontsize=8)
+  if title:
+    ax.set_title(title, fontsize=9)
+  counts.set_xlim(0, 1)
+  counts.set_xlabel(f"confidence ({num_bins} bins)")
+  counts.set_ylabel("examples")
+  counts.grid(alpha=0.3)
   fig.tight_layout()
   _save(fig, path)
 

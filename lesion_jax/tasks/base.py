@@ -265,6 +265,21 @@ class Task:
     del splits
     return self
 
+  def fit_post_hoc(self, state: Any, workdir: str, mesh: jax.sharding.Mesh) -> "Task":
+    """This task with what its run fits once the network is trained, on the selection split
+    (`val_split`, never the reported one), and keeps beside its checkpoints in `workdir` (a
+    classifier's softmax temperature); `runner.run` calls it between training and scoring the
+    final splits, so they are scored with it. The default fits nothing."""
+    del state, workdir, mesh
+    return self
+
+  def with_post_hoc(self, workdir: str, which: Any = "best") -> "Task":
+    """This task with what `fit_post_hoc` kept in `workdir` for its checkpoint `which` (the one way
+    a restored run gets it: `runner.predictor`, evaluate); as configured where nothing was fitted,
+    or not for that checkpoint."""
+    del workdir, which
+    return self
+
   def after_training(self, state: Any, workdir: str, mesh: jax.sharding.Mesh) -> dict[str, Any]:
     """What a run makes from its final (best) state once scored (e.g. a GAN's generated images);
     returns metrics to add to metrics.json."""

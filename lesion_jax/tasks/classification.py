@@ -13,6 +13,7 @@ import numpy as np
 from absl import logging
 
 from lesion_jax import config as config_lib
+from lesion_jax import io
 from lesion_jax.artifacts import occlusion as occlusion_lib
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
@@ -77,7 +78,8 @@ class ClassifierConfig:
   generated: str | None = field(None, "train_gan run whose generated images fill the scarce classes of the "
                                 "train split up to the largest (near-copies left out).", location=True)
   folds: int = field(1, "k-fold cross-validation over the train split (the AlexNet paper used 5).")
-  best_metric: str = field("roc_auc", "Validation score that picks the checkpoint (accuracy where undefined).")
+  best_metric: str = field("roc_auc", "Validation score that picks the checkpoint (accuracy where undefined); "
+                           "mean_roc_auc: ISIC 2017 Part 3's ranking score (melanoma and keratosis ROC AUC).")
   source: str = field("raw", "What the classifier reads, in training and in predict: raw (the images), crops "
                       "(lesion crops made with crop.segmenter_workdir's masks) or purified (occlusions filled by "
                       "purify.inpainter_workdir).")
@@ -85,6 +87,13 @@ class ClassifierConfig:
                                       "images (made by the task's prepare; set for evaluation only).")
   crop: LesionCropConfig = LesionCropConfig()
   purify: PurifyConfig = PurifyConfig()
+  calibrate: bool = field(False, "After training, fit one softmax temperature on the selection split (`run.val_split`, "
+                          "e.g. `run.holdout`'s part; never the reported split) by its NLL, kept in calibration.json: "
+                          "the final splits report ece_calibrated beside ece and a reliability diagram, and predict "
+                          "gives the calibrated probabilities.")
+
+
+CALIBRATION_FILE = "calibration.json"
 
 
 # Defaults that depend on the optimiser: ClassifierConfig's own (learning rate 1e-3) are sized for
@@ -116,8 +125,11 @@ class ClassificationTask(base.Task):
   averages_outputs = True  # class probabilities: fold models and seed ensembles average them
   # Scored on other images than those trained on (e.g. purified ones: purification_table).
   evaluation_overrides = frozenset({"image_artifacts"})
+  # The softmax temperature fitted after training (`calibrate`, calibration.json) that predict and
+  # the ece_calibrated score apply; None: the network's own probabilities.
+  temperature: float | None = None
   summary_keys = ("accuracy", "balanced_accuracy", "misclassification_rate", "f1", "precision", "recall", "sensitivity",
-                  "specificity", "roc_auc", "average_precision")
+                  "specificity", "roc_auc", "average_precision", "melanoma_roc_auc", "keratosis_roc_auc", "mean_roc_auc")
 
   @functools.cached_property
   def class_names(self) -> list[str]:
@@ -163,8 +175,26 @@ class ClassificationTask(base.Task):
       raise config_lib.ConfigError(f"`class_weighting`={c.class_weighting!r}: choose none or inverse_frequency")
     if c.generated and not os.path.exists(os.path.join(c.generated, "config.json")):
       raise config_lib.ConfigError(f"`generated`={c.generated}: not a GAN run's workdir (no config.json)")
+    self._check_calibration(extra_splits)
     self._check_source()
     super().check(mesh, extra_splits)
+
+  def _check_calibration(self, extra_splits) -> None:
+    """`calibrate` needs a selection split of its own: not folds, not the reported split."""
+    c = self.config
+    if not c.calibrate:
+      return
+    if c.folds > 1:
+      raise config_lib.ConfigError(f"`calibrate` with `folds`={c.folds}: a cross-validated run's fold models have no "
+                                   "common selection split to fit one temperature on")
+    if not c.run.val_split:
+      raise config_lib.ConfigError("`calibrate` needs a selection split to fit the temperature on: set "
+                                   "`run.val_split` or `run.holdout`")
+    reported = [split for field_name, split in extra_splits if field_name == "run.test_split"]
+    if c.run.val_split in reported:
+      raise config_lib.ConfigError(f"`calibrate`: `run.val_split`={c.run.val_split!r} is the reported split "
+                                   "(`run.test_split`): its calibrated scores would be fitted to it; select on "
+                                   "another split (`run.holdout`)")
 
   def _check_source(self) -> None:
     """The run a crops / purified source reads exists and is of the right kind (before any cropping)."""
@@ -316,6 +346,11 @@ class ClassificationTask(base.Task):
 
   def evaluation_of(self, labels: np.ndarray, probs: np.ndarray, ids: list[str]) -> base.Evaluation:
     scores = metrics.classification_scores(labels, probs, self.class_names)
+    if self.temperature is not None:
+      # Only the calibration error is rescored: the temperature keeps every argmax, and the ranking
+      # scores stay those of the network's own probabilities (metrics.calibration).
+      scores["ece_calibrated"] = metrics.expected_calibration_error(labels, self.calibrated(probs))
+      scores["temperature"] = self.temperature
     return base.Evaluation(scores, {"labels": labels, "probs": probs}, ids,
                            predictions={"ids": ids, "labels": labels.tolist(), "probs": probs.tolist()})
 
@@ -328,10 +363,64 @@ class ClassificationTask(base.Task):
   def validation_metrics(self, evaluation: base.Evaluation) -> dict[str, float]:
     scores = evaluation.scores
     out = {f"val/{k}": float(scores[k]) for k in ("accuracy", "balanced_accuracy", "f1", "sensitivity", "specificity",
-                                                 "roc_auc") if scores.get(k) is not None}
+                                                 "roc_auc", "melanoma_roc_auc", "mean_roc_auc")
+           if scores.get(k) is not None}
     best = scores.get(self.config.best_metric)
     out["val/best_metric"] = float(best) if best is not None else float(scores["accuracy"])
     return out
+
+  # --- calibration (`calibrate`): a temperature fitted on the selection split after training ---
+  def calibrated(self, probs: np.ndarray) -> np.ndarray:
+    """`probs` (N, C) at the fitted temperature; as they are where none was fitted."""
+    return probs if self.temperature is None else metrics.apply_temperature(probs, self.temperature).astype(probs.dtype)
+
+  def with_temperature(self, temperature: float | None) -> "ClassificationTask":
+    task = ClassificationTask(self.config)
+    task.temperature = temperature
+    return task
+
+  def with_overrides(self, **changes: Any) -> "ClassificationTask":
+    """base.Task's, keeping the fitted temperature (what the network learnt, not a setting)."""
+    return super().with_overrides(**changes).with_temperature(self.temperature)
+
+  def fit_post_hoc(self, state, workdir, mesh) -> "ClassificationTask":
+    """With `calibrate`: the temperature minimising the NLL of the selection split's probabilities
+    (metrics.fit_temperature), kept in `workdir`/calibration.json with the checkpoint step it was
+    fitted for and the split's NLL and ECE before and after."""
+    c = self.config
+    if not c.calibrate:
+      return self
+    evaluation = self.evaluate(state, c.run.val_split, mesh)
+    labels, probs = evaluation.per_example["labels"], evaluation.per_example["probs"]
+    temperature = metrics.fit_temperature(labels, probs)
+    calibrated = metrics.apply_temperature(probs, temperature)
+    record = {"temperature": temperature, "split": c.run.val_split, "step": int(jax.device_get(state.step)),
+              "num_examples": int(labels.shape[0]),
+              "nll": metrics.negative_log_likelihood(labels, probs),
+              "nll_calibrated": metrics.negative_log_likelihood(labels, calibrated),
+              "ece": metrics.expected_calibration_error(labels, probs),
+              "ece_calibrated": metrics.expected_calibration_error(labels, calibrated)}
+    io.write_json(os.path.join(workdir, CALIBRATION_FILE), record)
+    logging.info("Calibration on %s: temperature %.3f, ECE %.4f -> %.4f", c.run.val_split, temperature,
+                 record["ece"], record["ece_calibrated"])
+    return self.with_temperature(temperature)
+
+  def with_post_hoc(self, workdir, which="best") -> "ClassificationTask":
+    """With `calibrate`: the temperature of `workdir`/calibration.json, for the checkpoint it was
+    fitted for (the best one; another is scored and predicts with the network's own
+    probabilities). A calibrated run without the file did not finish: refused."""
+    if not self.config.calibrate:
+      return self
+    path = os.path.join(workdir, CALIBRATION_FILE)
+    if not os.path.exists(path):
+      raise config_lib.ConfigError(f"`calibrate`: {path} is missing (the run stopped before its temperature was "
+                                   "fitted): run train again with the same config to finish it")
+    record = io.read_json(path)
+    if which not in ("best", record["step"]):
+      logging.warning("%s: temperature %.3f was fitted for step %d, not checkpoint %s: probabilities uncalibrated",
+                      workdir, record["temperature"], record["step"], which)
+      return self
+    return self.with_temperature(float(record["temperature"]))
 
   def final_splits(self, test_split: str) -> list[tuple[str, str]]:
     return [("train", self.config.run.train_split)] + ([("test", test_split)] if test_split else [])
@@ -345,6 +434,11 @@ class ClassificationTask(base.Task):
     figures.save_confusion_matrix(os.path.join(fig_dir, f"{prefix}_confusion.png"),
                                   np.asarray(evaluation.scores["confusion_matrix"]), names)
     label = f"{self.config.model.name} ({'pooled CV' if prefix == 'cv' else prefix})"
+    labels, probs = evaluation.per_example["labels"], evaluation.per_example["probs"]
+    series = {"network": probs}
+    if self.temperature is not None:
+      series[f"temperature {self.temperature:.3g}"] = self.calibrated(probs)
+    figures.save_reliability_diagram(os.path.join(fig_dir, f"{prefix}_reliability.png"), labels, series, title=label)
     if len(names) == 2:
       figures.save_roc_curve(os.path.join(fig_dir, f"{prefix}_roc.png"), evaluation.per_example["labels"],
                              evaluation.per_example["probs"][:, 1], label=label)
@@ -395,7 +489,8 @@ class ClassificationTask(base.Task):
                      | ({"purified"} if self.source == "purified" else set()))
 
   def predict_images(self, state, images, predict="predict") -> list[dict[str, Any]]:
-    """Per photo: "probabilities" over `class_names`, after replaying the run's source: with
+    """Per photo: "probabilities" over `class_names` (at the run's fitted temperature where it was
+    calibrated, `calibrate`), after replaying the run's source: with
     crops, the segmenter's "mask" (the photo's size) and the crop it makes; purified, the
     "purified" photo (occlusions detected and filled). `state` may be a tuple (fold models)."""
     if predict != "predict":
@@ -419,7 +514,7 @@ class ClassificationTask(base.Task):
     else:
       self._source_run  # pylint: disable=pointless-statement  (refuses records it cannot replay)
     for record, p in zip(records, self.classify_images(state, inputs)):
-      record["probabilities"] = np.asarray(p)
+      record["probabilities"] = self.calibrated(np.asarray(p)[None])[0]
     return records
 
 

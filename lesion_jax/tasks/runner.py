@@ -27,7 +27,8 @@ from lesion_jax.train import loop, sharding
 # Config fields (by leaf name, e.g. run.num_steps) that only say how long or how often, or which
 # split is scored at the end (not what was trained): a resumed run may change them.
 RESUMABLE_CHANGES = frozenset({"num_steps", "eval_every", "log_every", "checkpoint_every", "test_split",
-                               "num_generated", "duplicate_threshold"})  # the last two: what a GAN generates after
+                               "num_generated", "duplicate_threshold",  # these two: what a GAN generates after
+                               "calibrate"})  # a classifier's temperature, fitted after training
 # Fields that say where things are, not what the run computes, are marked on the config field
 # (config.field(..., location=True)): a moved or copied workdir, data directory, archive or run
 # it reads still resumes. Artifact stores are compared by what names their content
@@ -134,7 +135,8 @@ def restore(task: base.Task, workdir: str, which: checkpoint.Which = "best",
 def predictor(workdir: str, which: checkpoint.Which = "best", mesh: jax.sharding.Mesh | None = None
               ) -> tuple[base.Task, Any]:
   """(task, state) that predicts for the run in `workdir` on a user's photos
-  (`task.predict_images(state, images)`): a task run's checkpoint `which`; a cross-validated run's
+  (`task.predict_images(state, images)`): a task run's checkpoint `which` (with what the run fitted
+  after training for it, `Task.with_post_hoc`: a classifier's temperature); a cross-validated run's
   fold models (a tuple of states, whose outputs are averaged); a pipeline's own predictor. A
   pipeline predicts with the checkpoints its stages chose (each stage's best, the LIN's its
   `checkpoint` field), one for each of several runs, so a `which` other than "best" is refused
@@ -150,7 +152,7 @@ def predictor(workdir: str, which: checkpoint.Which = "best", mesh: jax.sharding
   folds = sorted(d for d in os.listdir(workdir) if d.startswith("fold_") and os.path.isdir(os.path.join(workdir, d)))
   if folds and not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return loaded, tuple(restore(loaded, os.path.join(workdir, d), which, mesh) for d in folds)
-  return loaded, restore(loaded, workdir, which, mesh)
+  return loaded.with_post_hoc(workdir, which), restore(loaded, workdir, which, mesh)
 
 
 def process_local_predictor(task: base.Task, workdir: str, mesh: jax.sharding.Mesh | None = None
@@ -269,6 +271,7 @@ def run_splits(task: base.Task, test_split: str) -> list[str]:
 
 def _train_and_score(task: base.Task, workdir: str, test_split: str, mesh) -> dict[str, Any]:
   state = train(task, workdir, mesh)
+  task = task.fit_post_hoc(state, workdir, mesh)  # e.g. a classifier's temperature, on the selection split
   metrics: dict[str, Any] = {}
   predictions: dict[str, Any] = {}
   for prefix, split in task.final_splits(test_split):

@@ -14,6 +14,8 @@ import numpy as np
 from sklearn import exceptions as sk_exceptions
 from sklearn import metrics as sk_metrics
 
+from lesion_jax.eval.metrics.calibration import expected_calibration_error
+
 DEFAULT_SENSITIVITIES = (0.82, 0.89, 0.95)
 
 
@@ -116,7 +118,11 @@ def classification_scores(labels: Any, probs: Any, class_names: Sequence[str] | 
     roc_auc, average_precision, specificity_at_sensitivity {"0.82": ...}, confusion_matrix
     (rows = true class), per_class {name: {precision, recall, f1, support, sensitivity,
     specificity, roc_auc, average_precision, specificity_at_sensitivity}}, class_names,
-    num_classes, num_examples, notes {metric: why it is None or partial}.
+    num_classes, num_examples, balanced_accuracy, ece (top-label expected calibration error over
+    15 bins, `calibration.expected_calibration_error`; None for scores that are not
+    probabilities), with a melanoma class ISIC 2017 Part 3's
+    `isic2017_scores` (melanoma_roc_auc, keratosis_roc_auc, mean_roc_auc,
+    melanoma_specificity_at_sensitivity), notes {metric: why it is None or partial}.
   """
   labels_arr = np.asarray(labels)
   probs_arr = np.asarray(probs, np.float64)
@@ -217,9 +223,15 @@ def classification_scores(labels: Any, probs: Any, class_names: Sequence[str] | 
       _note_macro(notes, f"specificity_at_sensitivity/{_sens_key(t)}", values)
     out["specificity_at_sensitivity"] = sas
   out["balanced_accuracy"] = float(np.mean([recall[c] for c in class_ids if support[c]])) if support.any() else None
-  isic = isic2017_scores(per_class)
-  if isic is not None:
-    out["isic2017"] = isic
+  # Scores that are not probabilities (e.g. the LIN's summed lesion indices) have no calibration.
+  if np.all(probs_arr >= 0) and np.allclose(probs_arr.sum(axis=1), 1.0, atol=1e-3):
+    out["ece"] = expected_calibration_error(y, probs_arr)
+  else:
+    out["ece"] = None
+    notes["ece"] = "the scores are not probabilities (rows of non-negative values summing to 1)"
+  isic, isic_notes = isic2017_scores(per_class)
+  out.update(isic)
+  notes.update(isic_notes)
   out["notes"] = notes
   return out
 
@@ -227,22 +239,36 @@ def classification_scores(labels: Any, probs: Any, class_names: Sequence[str] | 
 # Class names as the builders spell them (synthetic / ISIC 2017, HAM10000 / ISIC 2018).
 ISIC2017_MELANOMA = ("melanoma", "mel")
 ISIC2017_KERATOSIS = ("seborrheic_keratosis", "benign_keratosis", "bkl")
+ISIC2017_KEYS = ("melanoma_roc_auc", "keratosis_roc_auc", "mean_roc_auc", "melanoma_specificity_at_sensitivity")
 
 
-def isic2017_scores(per_class: Mapping[str, Mapping[str, Any]]) -> dict[str, Any] | None:
-  """ISIC 2017 Part 3's ranking from `classification_scores`' per-class entries: melanoma ROC AUC,
-  seborrheic keratosis ROC AUC (benign keratosis in the 7 ISIC 2018 classes), their mean, and
-  melanoma specificity at the sensitivities scored. None without a melanoma class."""
+def isic2017_scores(per_class: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, str]]:
+  """ISIC 2017 Part 3's scores from `classification_scores`' per-class entries, as top-level keys
+  of its result (so a run can select its checkpoint on them, `best_metric`, and report columns
+  name them): `melanoma_roc_auc` and `keratosis_roc_auc` (one-vs-rest; seborrheic keratosis, or
+  benign keratosis among the 7 ISIC 2018 classes), `mean_roc_auc` (their mean: the challenge's
+  ranking score) and `melanoma_specificity_at_sensitivity` {"0.82": ...} (its secondary scores,
+  `specificity_at_sensitivity`'s definition). ({}, {}) without a melanoma class; (scores, notes
+  on what is None) otherwise."""
   mel_name = next((k for k in ISIC2017_MELANOMA if k in per_class), None)
   if mel_name is None:
-    return None
+    return {}, {}
   mel = per_class[mel_name]
   sk_name = next((k for k in ISIC2017_KERATOSIS if k in per_class), None)
   sk_auc = per_class[sk_name]["roc_auc"] if sk_name else None
-  aucs = [v for v in (mel["roc_auc"], sk_auc) if v is not None]
+  notes = {}
+  if sk_name is None:
+    notes["keratosis_roc_auc"] = f"no keratosis class among {sorted(per_class)}"
+  elif sk_auc is None:
+    notes["keratosis_roc_auc"] = f"undefined for {sk_name} (see per_class notes)"
+  if mel["roc_auc"] is None:
+    notes["melanoma_roc_auc"] = f"undefined for {mel_name} (see per_class notes)"
+  defined = [v for v in (mel["roc_auc"], sk_auc) if v is not None]
+  if len(defined) < 2:
+    notes["mean_roc_auc"] = "needs both the melanoma and the keratosis ROC AUC"
   return {"melanoma_roc_auc": mel["roc_auc"], "keratosis_roc_auc": sk_auc,
-          "mean_roc_auc": float(np.mean(aucs)) if len(aucs) == 2 else None,
-          "melanoma_specificity_at_sensitivity": dict(mel["specificity_at_sensitivity"])}
+          "mean_roc_auc": float(np.mean(defined)) if len(defined) == 2 else None,
+          "melanoma_specificity_at_sensitivity": dict(mel["specificity_at_sensitivity"])}, notes
 
 
 def _note_macro(notes: dict[str, str], key: str, values: Sequence[float | None]) -> None:

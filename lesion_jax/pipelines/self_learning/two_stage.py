@@ -291,7 +291,7 @@ class TwoStagePipeline(base.Pipeline):
         raise base.PredictionUnsupported(f"the U-Net stage has no checkpoint yet ({stage_dir}): run the "
                                          "two-stage pipeline first")
       task = runner.load(stage_dir, segmentation.SegmentationTask)
-    return task, runner.restore(task, stage_dir, "best")
+    return task.with_post_hoc(stage_dir, "best"), runner.restore(task, stage_dir, "best")
 
 
 def _has_checkpoint(workdir: str) -> bool:

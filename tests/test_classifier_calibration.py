@@ -1,0 +1,96 @@
+"""A classifier's calibration (`calibrate`): the temperature fitted on its selection split after
+training, the scores and figure it adds, and the calibrated probabilities of predict; on the tiny
+synthetic set (a few LeNet-5 steps: what is checked is where the temperature comes from and goes,
+not how good it is)."""
+import dataclasses
+import json
+import os
+
+import numpy as np
+import pytest
+
+from lesion_jax import config as config_lib
+from lesion_jax import metrics
+from lesion_jax.config import RunConfig
+from lesion_jax.data import pipeline
+from lesion_jax.tasks import classification, runner
+from lesion_jax.train import sharding
+
+
+@pytest.fixture(scope="module")
+def config(tiny_data_dir, tiny_dataset):
+  data = pipeline.InputConfig(dataset=tiny_dataset, data_dir=tiny_data_dir, image_size=32, batch_size=8)
+  # Selection on a quarter of the train split (run.holdout): the reported test split picks nothing.
+  return classification.ClassifierConfig(input=data, label_key="label",
+                                         run=RunConfig(num_steps=4, eval_every=2, log_every=2, holdout=0.25))
+
+
+@pytest.fixture(scope="module")
+def calibrated_run(config, tmp_path_factory):
+  """A run trained without calibration, then the same run with `calibrate` (a change that resumes:
+  nothing is retrained, the temperature is fitted and the final splits rescored)."""
+  workdir = str(tmp_path_factory.mktemp("calibrated"))
+  plain = runner.run(classification.ClassificationTask(config), workdir)
+  calibrated = runner.run(classification.ClassificationTask(dataclasses.replace(config, calibrate=True)), workdir)
+  return workdir, plain, calibrated
+
+
+def test_the_temperature_is_fitted_on_the_selection_split_and_rescored_on_test(calibrated_run):
+  workdir, plain, scores = calibrated_run
+  assert "test/ece_calibrated" not in plain and isinstance(plain["test/ece"], float)
+  record = json.load(open(os.path.join(workdir, classification.CALIBRATION_FILE)))
+  recorded = json.load(open(os.path.join(workdir, "config.json")))["config"]
+  assert recorded["calibrate"] and record["split"] == recorded["run"]["val_split"]
+  assert record["split"].startswith("train[") and record["num_examples"] == 16  # a quarter of 64
+  assert record["nll_calibrated"] <= record["nll"]  # the fit minimises the selection split's NLL
+  assert scores["test/temperature"] == record["temperature"] > 0
+  # Nothing retrained: the network's own scores are the uncalibrated run's.
+  assert scores["test/accuracy"] == plain["test/accuracy"] and scores["test/ece"] == plain["test/ece"]
+  # test/ece_calibrated is the ECE of the test probabilities at the fitted temperature.
+  test = json.load(open(os.path.join(workdir, "predictions.json")))["test/_predictions"]
+  probs = np.asarray(test["probs"])
+  expected = metrics.expected_calibration_error(test["labels"], metrics.apply_temperature(probs, record["temperature"]))
+  assert scores["test/ece_calibrated"] == pytest.approx(expected, abs=1e-6)
+  assert os.path.exists(os.path.join(workdir, "figures", "test_reliability.png"))
+
+
+def test_predict_gives_the_calibrated_probabilities(calibrated_run):
+  workdir, _, scores = calibrated_run
+  task, state = runner.predictor(workdir)
+  temperature = json.load(open(os.path.join(workdir, classification.CALIBRATION_FILE)))["temperature"]
+  assert task.temperature == temperature
+  # Restored (as evaluate restores it), the run scores what its training run reported.
+  again, _ = runner.evaluate(task, state, "test")
+  assert again["test/ece_calibrated"] == pytest.approx(scores["test/ece_calibrated"], abs=1e-6)
+  rng = np.random.default_rng(0)
+  images = [rng.integers(0, 256, (40, 50, 3), dtype=np.uint8) for _ in range(3)]
+  records = task.predict_images(state, images)
+  raw = np.stack(task.classify_images(state, images, sharding.make_mesh()))
+  np.testing.assert_allclose(np.stack([r["probabilities"] for r in records]),
+                             metrics.apply_temperature(raw, temperature), atol=1e-6)
+  # Another checkpoint than the one it was fitted for predicts with the network's own probabilities.
+  step = json.load(open(os.path.join(workdir, classification.CALIBRATION_FILE)))["step"]
+  assert task.with_post_hoc(workdir, step).temperature == temperature
+  assert runner.load(workdir).with_post_hoc(workdir, step - 2).temperature is None
+  # An evaluation-time override keeps the temperature (what the run learnt, not a setting).
+  assert task.with_overrides(image_artifacts=None).temperature == temperature
+
+
+def test_calibrate_needs_a_selection_split_of_its_own(config, tmp_path):
+  mesh = sharding.make_mesh()
+
+  def refusal(**changes):
+    task = classification.ClassificationTask(config_lib.replace(config, {"calibrate": True, "run.holdout": 0.0,
+                                                                         **changes}))
+    with pytest.raises(config_lib.ConfigError) as e:
+      runner.run(task, str(tmp_path / "refused"), mesh=mesh)
+    assert not os.path.exists(tmp_path / "refused")  # refused before anything is written
+    return str(e.value)
+
+  assert "`run.val_split`='test' is the reported split" in refusal(**{"run.val_split": "test"})
+  assert "`calibrate` needs a selection split" in refusal(**{"run.val_split": ""})
+  assert "`folds`=2" in refusal(folds=2)
+  # A calibrated run whose calibration.json is gone is refused, not silently uncalibrated.
+  task = classification.ClassificationTask(dataclasses.replace(config, calibrate=True))
+  with pytest.raises(config_lib.ConfigError, match="calibration.json is missing"):
+    task.with_post_hoc(str(tmp_path))
