@@ -7,6 +7,7 @@ import dataclasses
 import os
 import shutil
 
+import numpy as np
 import pytest
 
 from lesion_jax import config as config_lib
@@ -167,3 +168,11 @@ def test_manual_masks_of_another_archive_replace_the_pseudo_masks_of_their_ids(a
     assert "manual" not in io.read_json(os.path.join(merged, f"{image_id}.json"))
   with pytest.raises(config_lib.ConfigError, match="`manual_masks.dataset`='isic2017'.*`labels`='kmeans'"):
     segmentation.SegmentationTask(_segmenter(data_dir, part3, manual_masks=manual)).check(sharding.make_mesh())
+
+
+def test_the_self_learned_pipeline_predicts_masks_on_photos(self_learned):
+  workdir, _ = self_learned
+  task, state = runner.predictor(workdir)  # the last round's U-Net
+  photo = np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)
+  (record,) = task.predict_images(state, [photo])
+  assert record["mask"].shape == (40, 50) and record["mask"].dtype == bool

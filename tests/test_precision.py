@@ -82,23 +82,23 @@ def _train(task, workdir):
   return state, io.read_json(os.path.join(workdir, "history.json")), placed.dtypes
 
 
+def _runs_per_policy(task_cls, config, name: str, tmp_path_factory) -> dict:
+  """{precision: (task, state, history, placed image dtypes)} of the same tiny run."""
+  out = {}
+  for policy in precision.POLICIES:
+    task = task_cls(with_precision(config, policy))
+    out[policy] = (task, *_train(task, str(tmp_path_factory.mktemp(f"{name}_{policy}"))))
+  return out
+
+
 @pytest.fixture(scope="module")
 def seg_runs(seg_config, tmp_path_factory):
-  """{precision: (task, state, history, placed image dtypes)} of the same tiny U-Net run."""
-  out = {}
-  for name in precision.POLICIES:
-    task = segmentation.SegmentationTask(with_precision(seg_config, name))
-    out[name] = (task, *_train(task, str(tmp_path_factory.mktemp(f"unet_{name}"))))
-  return out
+  return _runs_per_policy(segmentation.SegmentationTask, seg_config, "unet", tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
 def cls_runs(cls_config, tmp_path_factory):
-  out = {}
-  for name in precision.POLICIES:
-    task = classification.ClassificationTask(with_precision(cls_config, name))
-    out[name] = (task, *_train(task, str(tmp_path_factory.mktemp(f"lenet_{name}"))))
-  return out
+  return _runs_per_policy(classification.ClassificationTask, cls_config, "lenet", tmp_path_factory)
 
 
 def _losses(history):

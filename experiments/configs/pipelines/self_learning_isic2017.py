@@ -8,7 +8,9 @@ images are among the 2000, their masks are never trained on) and its 150 Validat
   python -m experiments.train --config=experiments/configs/pipelines/self_learning_isic2017.py --workdir=runs/sl_isic \
       --config.segmenter.input.manual_dir=/data/isic2017_256 --config.scored_on.manual_dir=/data/isic2017_sample
 
-Wall time and results: docs/results/isic2017_self_learning.md (2-core CPU, about 25 minutes per round).
+Wall time: about 20 minutes per round alone on a 2-core CPU. Measured (2026-12-07,
+docs/results/isic2017_self_learning.md): Validation JA 0.616 after round 0, 0.622 after round 1 (sample
+Training masks 0.754 -> 0.774); K-means itself 0.567.
 """
 import os
 
