@@ -64,7 +64,11 @@ def _commands_in_docs():
     text = open(name).read().replace("\\\n", " ")
     for line in text.splitlines():
       if "python -m experiments.train " in line and "--config=" in line:
-        found.append((os.path.relpath(name, REPO), line[line.index("python -m experiments.train"):].strip(" `")))
+        start = line.index("python -m experiments.train")
+        command = line[start:]
+        if start and line[start - 1] == "`":  # inline code (a table cell): the command ends at its backquote
+          command = command.split("`")[0]
+        found.append((os.path.relpath(name, REPO), command.strip(" `")))
   return found
 
 
