@@ -161,8 +161,10 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
   figures.save_curves(os.path.join(workdir, "figures", "rounds.png"), _curves(rows, seg.run.train_split),
                       xlabel="round")
   if config.scored_on.dataset:
-    _score_kmeans_elsewhere(config, task, root, os.path.join(workdir, "kmeans"))
-    _comparison_figure(config, task, round_dir, root, mesh, os.path.join(workdir, "figures"))
+    elsewhere = task.with_overrides(**config.scored_on.overrides(task.config.input))
+    kstore = _score_kmeans_elsewhere(config, elsewhere.builder, root, os.path.join(workdir, "kmeans"))
+    _comparison_figure(config.scored_on.splits[-1], task, elsewhere.builder, kstore, round_dir, mesh,
+                       os.path.join(workdir, "figures"))
   return {"rounds": rows}
 
 
@@ -188,31 +190,25 @@ def _score_elsewhere(task: segmentation.SegmentationTask, round_dir: str, scored
   return scores
 
 
-def _score_kmeans_elsewhere(config: SelfLearningConfig, task: segmentation.SegmentationTask, root: str,
-                            kmeans_dir: str) -> None:
-  """The K-means pseudo-masks themselves (what round 0 learns from) scored on `scored_on`'s splits,
-  into `kmeans_dir`/eval_<split>.json as a round's are (the baseline row of the rounds' table)."""
+def _score_kmeans_elsewhere(config: SelfLearningConfig, builder, root: str, kmeans_dir: str):
+  """The K-means pseudo-masks themselves (what round 0 learns from) scored on `scored_on`'s splits of
+  `builder` (its archive), into `kmeans_dir`/eval_<split>.json as a round's are (the baseline row of
+  the rounds' table); returns their store."""
   scored_on = config.scored_on
-  builder = task.with_overrides(**scored_on.overrides(task.config.input)).builder
   kstore = annotate.kmeans_store(root, builder.info.full_name, config.kmeans)
   for split in scored_on.splits:
     summary = annotate.annotate_split(builder, split, kstore, config.kmeans)
     io.write_json(os.path.join(kmeans_dir, f"eval_{stage.split_tag(split)}.json"),
                   {**{f"{split}/{k}": v for k, v in (summary.scores or {}).items()}, f"{split}/uncertain": summary.uncertain,
                    "split": split, "masks": kstore.directory, "scored_on": config_lib.to_dict(scored_on)})
+  return kstore
 
 
-def _comparison_figure(config: SelfLearningConfig, task: segmentation.SegmentationTask, round_dir: str, root: str,
-                       mesh, fig_dir: str, count: int = 6) -> None:
-  """figures/kmeans_vs_selflearned_<split>.png: image | K-means pseudo-mask | the last round's mask |
-  ground truth, for the first `count` examples of the last scored_on split (its K-means masks are
-  computed for the figure where missing: an artifact stage, cheap)."""
-  scored_on = config.scored_on
-  split = scored_on.splits[-1]
-  elsewhere = task.with_overrides(**scored_on.overrides(task.config.input))
-  builder = elsewhere.builder
-  kstore = annotate.kmeans_store(root, builder.info.full_name, config.kmeans)
-  annotate.annotate_split(builder, split, kstore, config.kmeans)
+def _comparison_figure(split: str, task: segmentation.SegmentationTask, builder, kstore, round_dir: str, mesh,
+                       fig_dir: str, count: int = 6) -> None:
+  """figures/kmeans_vs_selflearned_<split>.png: image | K-means pseudo-mask (from `kstore`, already
+  annotated) | the last round's mask | ground truth, for the first `count` examples of `builder`'s
+  `split`."""
   examples = list(itertools.islice(stage.read_examples(builder, split, features=("image", task.config.mask_key)), count))
   images = [ex["image"] for ex in examples]
   state, local, predict, _ = runner.process_local_predictor(task, round_dir, mesh)
