@@ -168,6 +168,10 @@ def test_manual_masks_of_another_archive_replace_the_pseudo_masks_of_their_ids(a
     assert "manual" not in io.read_json(os.path.join(merged, f"{image_id}.json"))
   with pytest.raises(config_lib.ConfigError, match="`manual_masks.dataset`='isic2017'.*`labels`='kmeans'"):
     segmentation.SegmentationTask(_segmenter(data_dir, part3, manual_masks=manual)).check(sharding.make_mesh())
+  with_masks = dataclasses.replace(_segmenter(data_dir, part3, manual_masks=manual),
+                                   input=dataclasses.replace(config.input, dataset="isic2017", manual_dir=str(full)))
+  with pytest.raises(config_lib.ConfigError, match="`manual_masks.dataset`='isic2017'.*`labels`='kmeans'"):
+    segmentation.SegmentationTask(with_masks).check(sharding.make_mesh())  # an input with masks: refused too
 
 
 def test_the_self_learned_pipeline_predicts_masks_on_photos(self_learned):

@@ -159,12 +159,12 @@ class SegmentationTask(base.Task):
     """Refuses, by name and before anything is written, a run that would train or be scored on the
     masks of a dataset that has none (a Part 3-only archive such as isic2017/part3_512)."""
     c = self.config
+    if c.manual_masks.dataset and c.labels != "kmeans":  # whatever the input has: it would be ignored
+      raise config_lib.ConfigError(f"`manual_masks.dataset`={c.manual_masks.dataset!r}: replaces K-means pseudo-masks; "
+                                   "set `labels`='kmeans'")
     if c.mask_key in self.builder.info.features:
       return
     what = f"`input.dataset`={c.input.dataset!r} has no lesion masks (no {c.mask_key!r} feature)"
-    if c.manual_masks.dataset and c.labels != "kmeans":
-      raise config_lib.ConfigError(f"`manual_masks.dataset`={c.manual_masks.dataset!r}: replaces K-means pseudo-masks; "
-                                   "set `labels`='kmeans'")
     if c.labels == "ground_truth" and not c.mask_artifacts:
       raise config_lib.ConfigError(f"{what}, so a segmenter cannot train on them: set `labels`='kmeans' (self-learned "
                                    "on K-means pseudo-masks), or use a dataset config with masks")
