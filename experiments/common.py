@@ -150,9 +150,10 @@ def segmenter_config_from_flags() -> Any:
 
 
 def define_tta_flags() -> None:
-  """evaluate's and predict's segmentation test-time options (None: the run's own)."""
-  flags.DEFINE_bool("tta", False, "Segmentation test-time augmentation: the map averaged over the four "
-                    "horizontal/vertical flips (at each of --tta_scales).")
+  """evaluate's and predict's test-time options (None: the run's own)."""
+  flags.DEFINE_bool("tta", False, "Test-time augmentation. Segmentation: the map averaged over the four "
+                    "horizontal/vertical flips (at each of --tta_scales); classification: the class probabilities "
+                    "averaged over the eight flips and quarter turns.")
   flags.DEFINE_list("tta_scales", None, "With --tta: input sides (px) to average over (default: the run's "
                     "--tta_scales, else the model size).")
   flags.DEFINE_bool("fallback", None, "Segmentation: replace catastrophic masks (empty / whole field of view) "

@@ -1,22 +1,27 @@
 r"""An ensemble of finished classifier runs: their saved class probabilities on one split, averaged.
 
   python -m experiments.ensemble --workdir=runs/ensemble --split=test \
-      --members=lenet:runs/lenet,crops:runs/lenet_crops,abcd:runs/abcd
+      --members=lenet:runs/lenet,crops:runs/lenet_crops,abcd:runs/abcd,tta:runs/resnet@validation_tta
 
 Members are train_classifier runs (not cross-validated) or abcd_classifier runs: anything whose
-predictions.json holds `<split>/_predictions`. Averaging probabilities selects nothing, so the
+predictions.json holds `<split>/_predictions`; name:workdir@<tag> reads the predictions
+experiments.evaluate saved with that tag instead (eval_<tag>_predictions.json: --tta, another split).
+Members scored on different splits are joined by image id (images missing from some are left out
+and counted). Averaging probabilities selects nothing, so the
 score on the reported split stays honest as long as each member's own selection was. Writes
 config.json, metrics.json (the ensemble's scores as train_classifier's, and each member's ROC AUC
-on the same images), predictions.json and figures/<split>_roc.png (every member and the ensemble).
+on the same images), predictions.json, provenance.json (for experiments.report) and
+figures/<split>_roc.png (every member and the ensemble, two classes).
 """
 import os
+import time
 
 from absl import app, flags, logging
 import numpy as np
 
 from experiments import common
 from lesion_jax import config as config_lib
-from lesion_jax import io
+from lesion_jax import io, provenance
 from lesion_jax.eval import figures, inference, metrics
 
 FLAGS = flags.FLAGS
@@ -27,24 +32,30 @@ flags.mark_flag_as_required("members")
 
 
 def member_predictions(item: str, split: str) -> tuple[str, dict, list[str]]:
-  """(name, predictions, class names) of one --members entry."""
-  name, sep, workdir = item.partition(":")
-  if not sep or not name or not workdir:
-    raise config_lib.ConfigError(f"--members={item!r}: give name:workdir")
-  path = os.path.join(workdir, "predictions.json")
+  """(name, predictions, class names) of one --members entry: name:workdir, or name:workdir@<tag> for
+  the predictions experiments.evaluate saved (eval_<tag>_predictions.json, e.g. @validation_tta)."""
+  name, sep, where = item.partition(":")
+  workdir, at, tag = where.rpartition("@") if "@" in where else (where, "", "")
+  if not sep or not name or not workdir or (at and not tag):
+    raise config_lib.ConfigError(f"--members={item!r}: give name:workdir or name:workdir@<evaluate tag>")
+  key = f"{tag or split}/_predictions"
+  path = os.path.join(workdir, f"eval_{tag}_predictions.json" if tag else "predictions.json")
   if not os.path.exists(path):
-    raise config_lib.ConfigError(f"--members={item}: {path} not found (not a finished classifier run; a "
-                                 "cross-validated run keeps its predictions per fold, in fold_i/)")
+    raise config_lib.ConfigError(f"--members={item}: {path} not found (" + (
+        f"run experiments.evaluate on {workdir} with the options that make the tag {tag!r})" if tag else
+        "not a finished classifier run; a cross-validated run keeps its predictions per fold, in fold_i/)"))
   saved = io.read_json(path)
-  if f"{split}/_predictions" not in saved:
-    raise config_lib.ConfigError(f"--members={item}: {path} has no {split!r} predictions "
+  if key not in saved:
+    raise config_lib.ConfigError(f"--members={item}: {path} has no {tag or split!r} predictions "
                                  f"(it has {sorted(k.split('/')[0] for k in saved)})")
-  names = io.read_json(os.path.join(workdir, "metrics.json")).get(f"{split}/class_names")
-  return name, saved[f"{split}/_predictions"], names
+  scores = io.read_json(os.path.join(workdir, f"eval_{tag}.json" if tag else "metrics.json"))
+  names = scores.get(f"{split}/class_names") or next((v for k, v in scores.items() if k.endswith("/class_names")), None)
+  return name, saved[key], names
 
 
 def main(argv):
   del argv
+  started = time.perf_counter()
   members, class_names = {}, {}
   for item in FLAGS.members:
     name, predictions, names = member_predictions(item, FLAGS.split)
@@ -80,6 +91,7 @@ def main(argv):
     curves["ensemble"] = (labels, probs[:, 1])
     os.makedirs(os.path.join(FLAGS.workdir, "figures"), exist_ok=True)
     figures.save_roc_curve(os.path.join(FLAGS.workdir, "figures", f"{FLAGS.split}_roc.png"), curves)
+  provenance.record(FLAGS.workdir, None, {}, time.perf_counter() - started)
   common.print_scores({k: v for k, v in out.items() if isinstance(v, float)})
 
 

@@ -9,13 +9,16 @@ learnt), e.g. --config.threshold=0.4 or --config.test_scales=64,96; other fields
 
 Works for every task's workdir (segmenter, classifier, ...): the task and its config come from
 the run's config.json, so the scores equal those in metrics.json. Writes eval_<split>.json and
-figures/eval_<split>_*.png. With --tta (segmentation), probabilities are averaged over the four
-flips of each image, at each of --tta_scales (files end in _tta[_s<scales>]). With --fallback,
+figures/eval_<split>_*.png; a classifier's per-image probabilities go to eval_<split>_predictions.json (what
+experiments.ensemble averages). With --tta, a segmenter's probabilities are averaged over the four
+flips of each image, at each of --tta_scales (files end in _tta[_s<scales>]), a classifier's over the eight
+flips and quarter turns. With --fallback,
 catastrophic masks (empty, or the whole field of view) are replaced (files end in _fallback). With --refine=superpixel (segmentation), each map is
 refined on SLIC superpixels first (eval/superpixel_refine.py; files end in _superpixel; the
 superpixels of the split are computed and stored on first use). With --ensemble_with
 (segmentation), the maps of other runs of the same configuration (other --seed) are averaged with
-this run's before any post-processing, and the scores are the ensemble's (files end in _ens<N>).
+this run's before any post-processing (a classifier's: its probabilities), and the scores are the
+ensemble's (files end in _ens<N>).
 """
 import os
 
@@ -103,8 +106,10 @@ def main(argv):
   tag += "_fallback" if getattr(task.config, "fallback", False) else ""
   tag += "_superpixel" if getattr(task.config, "refine", "none") == "superpixel" else ""
   tag += f"_ens{len(state)}" if FLAGS.ensemble_with else ""
-  scores, _ = runner.evaluate(task, state, split, workdir=FLAGS.workdir, prefix=f"eval_{tag}",
-                              predict="tta" if FLAGS.tta else "predict", ensemble=bool(FLAGS.ensemble_with))
+  scores, result = runner.evaluate(task, state, split, workdir=FLAGS.workdir, prefix=f"eval_{tag}",
+                                   predict="tta" if FLAGS.tta else "predict", ensemble=bool(FLAGS.ensemble_with))
+  if result.predictions:  # per-image probabilities, for experiments.ensemble (--members=name:workdir@<tag>)
+    io.write_json(os.path.join(FLAGS.workdir, f"eval_{tag}_predictions.json"), {f"{tag}/_predictions": result.predictions})
   scores = {k.replace(f"eval_{tag}/", f"{name}/"): v for k, v in scores.items()}
   scores["split"] = split
   if split == task.val_split:  # as runner.run labels it

@@ -68,6 +68,14 @@ def test_predict_gives_the_calibrated_probabilities(calibrated_run):
   raw = np.stack(task.classify_images(state, images, sharding.make_mesh()))
   np.testing.assert_allclose(np.stack([r["probabilities"] for r in records]),
                              metrics.apply_temperature(raw, temperature), atol=1e-6)
+  # Test-time augmentation (evaluate / predict --tta) averages over 8 views, then calibrates.
+  tta = task.predict_images(state, images, predict="tta")
+  raw_tta = np.stack(task.classify_images(state, images, sharding.make_mesh(), predict="tta"))
+  np.testing.assert_allclose(np.stack([r["probabilities"] for r in tta]),
+                             metrics.apply_temperature(raw_tta, temperature), atol=1e-6)
+  turned = [np.ascontiguousarray(np.rot90(im)) for im in images]  # a photo's orientation no longer matters
+  np.testing.assert_allclose(np.stack(task.classify_images(state, turned, sharding.make_mesh(), predict="tta")),
+                             raw_tta, atol=1e-5)
   # Another checkpoint than the one it was fitted for predicts with the network's own probabilities.
   step = json.load(open(os.path.join(workdir, classification.CALIBRATION_FILE)))["step"]
   assert task.with_post_hoc(workdir, step).temperature == temperature

@@ -388,6 +388,20 @@ def test_pretrained_start_abcd_baseline_and_ensemble(trained, classifier, tiny_d
   expect = np.mean([m["probs"][m["ids"].index(first)] for m in members], axis=0)
   np.testing.assert_allclose(mean["probs"][0], expect, rtol=1e-6)
   assert "test/roc_auc" in json.load(open(ensemble / "metrics.json"))
+  assert json.load(open(ensemble / "provenance.json"))["invocations"][0]["command"]
+  # A classifier evaluated with --tta saves its probabilities; an ensemble member reads them by tag.
+  run("experiments.evaluate", f"--workdir={tuned}", "--split=test", "--tta")
+  saved = json.load(open(os.path.join(tuned, "eval_test_tta_predictions.json")))["test_tta/_predictions"]
+  assert json.load(open(os.path.join(tuned, "eval_test_tta.json")))["test/num_examples"] == len(saved["ids"])
+  run("experiments.ensemble", f"--workdir={tmp_path / 'e_tta'}", f"--members=tta:{tuned}@test_tta,abcd:{baseline}")
+  mean = json.load(open(tmp_path / "e_tta" / "predictions.json"))["test/_predictions"]
+  first = mean["ids"][0]
+  expect = (np.asarray(saved["probs"][saved["ids"].index(first)])
+            + np.asarray(members[1]["probs"][members[1]["ids"].index(first)])) / 2
+  np.testing.assert_allclose(mean["probs"][0], expect, rtol=1e-6)
+  untagged = run("experiments.ensemble", f"--workdir={tmp_path / 'e3'}", f"--members=x:{tuned}@test_flipped",
+                 check=False)
+  assert untagged.returncode != 0 and "experiments.evaluate" in untagged.stderr and "Traceback" not in untagged.stderr
   missing = run("experiments.ensemble", f"--workdir={tmp_path / 'e2'}", f"--members=x:{tmp_path / 'nowhere'}",
                 check=False)
   assert missing.returncode != 0 and "--members=x:" in missing.stderr and "Traceback" not in missing.stderr

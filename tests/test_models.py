@@ -147,6 +147,23 @@ def test_flip_tta_prediction_is_flip_equivariant():
   np.testing.assert_allclose(tta(state, images), by_hand, atol=1e-6)
 
 
+def test_classifier_tta_is_invariant_to_flips_and_quarter_turns():
+  import optax  # pylint: disable=g-import-not-at-top
+  from lesion_jax.train import steps  # pylint: disable=g-import-not-at-top
+  from lesion_jax.train.state import create_train_state  # pylint: disable=g-import-not-at-top
+  images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+  state = create_train_state(build_classifier("lenet5", 3), optax.sgd(0.1), jax.random.key(0), images[:1])
+  plain = jax.jit(lambda st, x: steps.classification_predict_step(st, {"image": x}))
+  tta = jax.jit(lambda st, x: steps.classification_predict_step_tta(st, {"image": x}))
+  turned = jnp.rot90(jnp.flip(images, 1), 1, axes=(1, 2))
+  # One pass of a random LeNet sees a turned image differently; the average over the 8 views does not.
+  assert float(jnp.max(jnp.abs(plain(state, turned) - plain(state, images)))) > 1e-4
+  np.testing.assert_allclose(tta(state, turned), tta(state, images), atol=1e-6)
+  np.testing.assert_allclose(jnp.sum(tta(state, images), -1), 1.0, atol=1e-6)
+  by_hand = sum(plain(state, jnp.rot90(v, k, axes=(1, 2))) for v in (images, jnp.flip(images, 1)) for k in range(4)) / 8
+  np.testing.assert_allclose(tta(state, images), by_hand, atol=1e-6)
+
+
 def test_sgd_gets_sgd_sized_defaults_unless_given_and_config_json_records_them():
   from lesion_jax.tasks import classification  # pylint: disable=g-import-not-at-top
   base_config = classification.ClassifierConfig()

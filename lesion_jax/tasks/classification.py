@@ -333,7 +333,7 @@ class ClassificationTask(base.Task):
     return pipeline.eval_iterator(self._input(), self._ops(train=False), split, self.builder)
 
   def predict_fns(self) -> dict[str, Callable]:
-    return {"predict": steps.classification_predict_step}
+    return {"predict": steps.classification_predict_step, "tta": steps.classification_predict_step_tta}
 
   def best_metric(self) -> tuple[str, str]:
     return "val/best_metric", "max"
@@ -447,12 +447,13 @@ class ClassificationTask(base.Task):
       figures.save_roc_curve(os.path.join(fig_dir, f"{prefix}_roc.png"),  # one-vs-rest per class
                              {f"{name} vs rest": ((labels == k).astype(int), probs[:, k]) for k, name in enumerate(names)})
 
-  def classify_images(self, state, images: list[np.ndarray], mesh=None) -> list[np.ndarray]:
+  def classify_images(self, state, images: list[np.ndarray], mesh=None, predict: str = "predict") -> list[np.ndarray]:
     """Class probabilities for uint8 RGB model inputs (what the classifier reads: raw images, lesion
-    crops or purified images), preprocessed exactly as in training. `state` may be a tuple of
+    crops or purified images), preprocessed exactly as in training; `predict`: one of predict_fns
+    ("tta": averaged over flips and quarter turns). `state` may be a tuple of
     states (the folds of a cross-validated run, an ensemble): their probabilities are averaged."""
     ensemble = isinstance(state, tuple)
-    predict = self.jit_predict(state, mesh or sharding.make_mesh(), ensemble=ensemble)
+    predict = self.jit_predict(state, mesh or sharding.make_mesh(), name=predict, ensemble=ensemble)
     return runner.predict_examples(self, state, [self.example_input(im) for im in images], mesh, predict)
 
   @functools.cached_property
@@ -493,7 +494,7 @@ class ClassificationTask(base.Task):
     calibrated, `calibrate`), after replaying the run's source: with
     crops, the segmenter's "mask" (the photo's size) and the crop it makes; purified, the
     "purified" photo (occlusions detected and filled). `state` may be a tuple (fold models)."""
-    if predict != "predict":
+    if predict not in self.predict_fns():
       raise base.PredictionUnsupported(f"a classifier has no {predict!r} prediction")
     records: list[dict[str, Any]] = [{} for _ in images]
     inputs = list(images)
@@ -513,7 +514,7 @@ class ClassificationTask(base.Task):
       inputs = [r["purified"] for r in records]
     else:
       self._source_run  # pylint: disable=pointless-statement  (refuses records it cannot replay)
-    for record, p in zip(records, self.classify_images(state, inputs)):
+    for record, p in zip(records, self.classify_images(state, inputs, predict=predict)):
       record["probabilities"] = self.calibrated(np.asarray(p)[None])[0]
     return records
 

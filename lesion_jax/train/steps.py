@@ -138,3 +138,12 @@ def classification_predict_step(state: TrainState, batch: Batch) -> jax.Array:
   """Class probabilities of batch['image'], (N, C) float32."""
   logits, _ = apply_model(state, state.params, batch["image"], train=False)
   return jax.nn.softmax(logits, axis=-1)
+
+
+def classification_predict_step_tta(state: TrainState, batch: Batch) -> jax.Array:
+  """`classification_predict_step` averaged over the 8 flips and quarter turns of each image (test-time
+  augmentation: a dermoscopy photo has no up or left, and training rotates and flips it)."""
+  images = batch["image"]
+  views = [images, jnp.flip(images, 2)]
+  views += [jnp.rot90(v, k, axes=(1, 2)) for v in views[:2] for k in (1, 2, 3)]
+  return sum(classification_predict_step(state, {"image": v}) for v in views) / len(views)
