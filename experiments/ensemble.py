@@ -5,10 +5,11 @@ r"""An ensemble of finished classifier runs: their saved class probabilities on 
 
 Members are train_classifier runs (not cross-validated) or abcd_classifier runs: anything whose
 predictions.json holds `<split>/_predictions`; name:workdir@<tag> reads the predictions
-experiments.evaluate saved with that tag instead (eval_<tag>_predictions.json: --tta, another split).
-Members scored on different splits are joined by image id (images missing from some are left out
-and counted). Averaging probabilities selects nothing, so the
-score on the reported split stays honest as long as each member's own selection was. Writes
+experiments.evaluate saved with that tag instead (eval_<tag>_predictions.json: --tta, another split),
+or predictions.json's `<tag>` ones (an abcd_classifier's out-of-fold @cv). Members are joined by image id
+(images missing from some are left out and counted), so a network's selection split (@selection) and a
+baseline's out-of-fold Training predictions (@cv) meet on the selection images. One workdir keeps
+the scores of one invocation per --split (e.g. --split=selection, then --split=test), merged. Averaging probabilities selects nothing, so the score on the reported split stays honest as long as each member's own selection was. Writes
 config.json, metrics.json (the ensemble's scores as train_classifier's, and each member's ROC AUC
 on the same images), predictions.json, provenance.json (for experiments.report) and
 figures/<split>_roc.png (every member and the ensemble, two classes).
@@ -16,7 +17,7 @@ figures/<split>_roc.png (every member and the ensemble, two classes).
 import os
 import time
 
-from absl import app, flags, logging
+from absl import flags, logging
 import numpy as np
 
 from experiments import common
@@ -32,25 +33,34 @@ flags.mark_flag_as_required("members")
 
 
 def member_predictions(item: str, split: str) -> tuple[str, dict, list[str]]:
-  """(name, predictions, class names) of one --members entry: name:workdir, or name:workdir@<tag> for
-  the predictions experiments.evaluate saved (eval_<tag>_predictions.json, e.g. @validation_tta)."""
+  """(name, predictions, class names) of one --members entry: name:workdir (its `split` predictions), or
+  name:workdir@<tag>: the predictions experiments.evaluate saved with that tag (eval_<tag>_predictions.json,
+  e.g. @validation_tta), else predictions.json's `<tag>` ones (e.g. an abcd_classifier's @cv)."""
   name, sep, where = item.partition(":")
   workdir, at, tag = where.rpartition("@") if "@" in where else (where, "", "")
   if not sep or not name or not workdir or (at and not tag):
-    raise config_lib.ConfigError(f"--members={item!r}: give name:workdir or name:workdir@<evaluate tag>")
+    raise config_lib.ConfigError(f"--members={item!r}: give name:workdir or name:workdir@<tag>")
   key = f"{tag or split}/_predictions"
-  path = os.path.join(workdir, f"eval_{tag}_predictions.json" if tag else "predictions.json")
+  evaluated = os.path.join(workdir, f"eval_{tag}_predictions.json")
+  path = evaluated if tag and os.path.exists(evaluated) else os.path.join(workdir, "predictions.json")
   if not os.path.exists(path):
-    raise config_lib.ConfigError(f"--members={item}: {path} not found (" + (
-        f"run experiments.evaluate on {workdir} with the options that make the tag {tag!r})" if tag else
-        "not a finished classifier run; a cross-validated run keeps its predictions per fold, in fold_i/)"))
+    raise config_lib.ConfigError(f"--members={item}: {path} not found (not a finished classifier run; a "
+                                 "cross-validated run keeps its predictions per fold, in fold_i/)")
   saved = io.read_json(path)
   if key not in saved:
+    hint = f"; for {evaluated}, run experiments.evaluate on {workdir} with the options that make that tag" if tag else ""
     raise config_lib.ConfigError(f"--members={item}: {path} has no {tag or split!r} predictions "
-                                 f"(it has {sorted(k.split('/')[0] for k in saved)})")
-  scores = io.read_json(os.path.join(workdir, f"eval_{tag}.json" if tag else "metrics.json"))
+                                 f"(it has {sorted(k.split('/')[0] for k in saved)}){hint}")
+  scores = io.read_json(os.path.join(workdir, f"eval_{tag}.json" if path == evaluated else "metrics.json"))
   names = scores.get(f"{split}/class_names") or next((v for k, v in scores.items() if k.endswith("/class_names")), None)
   return name, saved[key], names
+
+
+def merged(path: str, split: str, new: dict) -> dict:
+  """`new` over what `path` holds for other splits (one workdir keeps an ensemble's scores on several
+  splits, one invocation each, e.g. the selection split and Validation)."""
+  old = io.read_json(path) if os.path.exists(path) else {}
+  return {k: v for k, v in old.items() if not k.startswith(f"{split}/")} | new
 
 
 def main(argv):
@@ -73,8 +83,11 @@ def main(argv):
   names = next((n for n in class_names.values() if n), None)
   labels, probs = np.asarray(ensemble["labels"]), np.asarray(ensemble["probs"])
   common.run_directory(FLAGS.workdir)
-  io.write_json(os.path.join(FLAGS.workdir, "config.json"),
-                {"task": "ensemble", "config": {"members": FLAGS.members, "split": FLAGS.split}})
+  config_path = os.path.join(FLAGS.workdir, "config.json")
+  recorded = io.read_json(config_path).get("config", {}) if os.path.exists(config_path) else {}
+  by_split = recorded.get("members_by_split", {}) | {FLAGS.split: FLAGS.members}
+  io.write_json(config_path, {"task": "ensemble", "config": {"members": FLAGS.members, "split": FLAGS.split,
+                                                             "members_by_split": by_split}})
   out = {f"{FLAGS.split}/{k}": v for k, v in metrics.classification_scores(labels, probs, names).items()}
   out[f"{FLAGS.split}/left_out"] = len(dropped)
   kept = set(ensemble["ids"])
@@ -85,8 +98,9 @@ def main(argv):
     out[f"{FLAGS.split}/member_roc_auc/{name}"] = metrics.classification_scores(member_labels, member_probs, names)["roc_auc"]
     if probs.shape[1] == 2:
       curves[name] = (member_labels, member_probs[:, 1])
-  io.write_json(os.path.join(FLAGS.workdir, "predictions.json"), {f"{FLAGS.split}/_predictions": ensemble})
-  io.write_json(os.path.join(FLAGS.workdir, "metrics.json"), out)
+  io.write_json(os.path.join(FLAGS.workdir, "predictions.json"),
+                merged(os.path.join(FLAGS.workdir, "predictions.json"), FLAGS.split, {f"{FLAGS.split}/_predictions": ensemble}))
+  io.write_json(os.path.join(FLAGS.workdir, "metrics.json"), merged(os.path.join(FLAGS.workdir, "metrics.json"), FLAGS.split, out))
   if probs.shape[1] == 2:
     curves["ensemble"] = (labels, probs[:, 1])
     os.makedirs(os.path.join(FLAGS.workdir, "figures"), exist_ok=True)

@@ -399,6 +399,12 @@ def test_pretrained_start_abcd_baseline_and_ensemble(trained, classifier, tiny_d
   expect = (np.asarray(saved["probs"][saved["ids"].index(first)])
             + np.asarray(members[1]["probs"][members[1]["ids"].index(first)])) / 2
   np.testing.assert_allclose(mean["probs"][0], expect, rtol=1e-6)
+  # The same workdir keeps another split's ensemble beside it (here the abcd baseline's out-of-fold @cv
+  # with the network's Training predictions, joined by id).
+  run("experiments.ensemble", f"--workdir={tmp_path / 'e_tta'}", "--split=train", f"--members=tta:{tuned}@train,abcd:{baseline}@cv")
+  both = json.load(open(tmp_path / "e_tta" / "metrics.json"))
+  assert "test/roc_auc" in both and "train/roc_auc" in both
+  assert set(json.load(open(tmp_path / "e_tta" / "config.json"))["config"]["members_by_split"]) == {"test", "train"}
   untagged = run("experiments.ensemble", f"--workdir={tmp_path / 'e3'}", f"--members=x:{tuned}@test_flipped",
                  check=False)
   assert untagged.returncode != 0 and "experiments.evaluate" in untagged.stderr and "Traceback" not in untagged.stderr
