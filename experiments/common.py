@@ -183,8 +183,12 @@ def run_directory(workdir: str) -> None:
 
 
 def print_scores(scores: dict[str, Any]) -> None:
-  print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(scores.items())
-                 if isinstance(v, (int, float, str, bool))))
+  """One line of the scores; a long text value (a holdout's split expression) is shortened: the
+  JSON file the verb wrote keeps it whole."""
+  def shown(v: Any) -> str:
+    text = f"{v:.4f}" if isinstance(v, float) else str(v)
+    return text if len(text) <= 60 else text[:40] + f"...({len(text)} characters)"
+  print(" ".join(f"{k}={shown(v)}" for k, v in sorted(scores.items()) if isinstance(v, (int, float, str, bool))))
 
 
 def checkpoint_flag_value(value: str):
