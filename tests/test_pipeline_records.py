@@ -61,7 +61,8 @@ def test_the_lin_writes_its_report_and_loads_back_as_its_pipeline(lin, members):
   assert json.load(open(os.path.join(workdir, "metrics.json"))) == json.loads(json.dumps(metrics))
   assert metrics["split"] == "test" and 0.0 <= metrics["lin/jaccard"] <= 1.0
   rows = {k.split("/")[0] for k in metrics if "/" in k}
-  assert rows == {"fcrn_dr", "fcrn_dm", "lin", "lin_single_scale"}
+  assert rows == {"fcrn_dr", "fcrn_dm", "lin", "lin_single_scale", "test"}
+  assert metrics["test/mean_roc_auc"] == metrics["lin/mean_roc_auc"] and metrics["test/split"] == "test"
   report = json.load(open(os.path.join(workdir, "report.json")))
   assert report["results"]["lin"]["jaccard"] == metrics["lin/jaccard"]
   assert "## Table V: the LICU" in open(os.path.join(workdir, "report.md")).read()

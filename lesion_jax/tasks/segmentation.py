@@ -293,3 +293,21 @@ def lesion_crops(segmenter_workdir: str, builder, splits: list[str], size: int, 
   for split in splits:
     crops.crop_split(builder, split, cstore, segment, binarize, size, margin, black_out=black_out)
   return cstore.directory
+
+
+def segmenter_masks(segmenter_workdir: str, builder, splits: list[str], root: str, field: str, mesh=None) -> str:
+  """The lesion mask of every image of `splits` (at the image's resolution) by the best checkpoint
+  of a segmenter run, binarised as the run binarises: the segmenter-mask store self-learning's
+  relabelling fills (artifacts/relabel.py; an artifact stage: stored once, resumable), for a task
+  that reads masks a dataset does not have (a Part 3-only archive). Returns the store directory,
+  to join as the task's mask feature. `field`: the config field that gave `segmenter_workdir`."""
+  from lesion_jax.artifacts import relabel  # pylint: disable=g-import-not-at-top
+  mesh = mesh or sharding.make_mesh()
+  task = load_segmenter(segmenter_workdir, field)
+  state, local, predict, step = runner.process_local_predictor(task, segmenter_workdir, mesh)
+  store = relabel.relabel_store(root, builder.info.full_name, segmenter_workdir, step)
+  segment = lambda images: task.masks.segment_images(state, images, local, predict)  # noqa: E731
+  binarize = lambda prob: task.masks.binarize(prob)[0]  # noqa: E731
+  for split in splits:
+    relabel.relabel_split(builder, split, store, segment, binarize, relabel.RelabelConfig())
+  return store.directory

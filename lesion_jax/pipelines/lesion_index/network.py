@@ -116,9 +116,9 @@ class LesionIndexNetwork(base.Pipeline):
     """Refuses, before anything is written or restored, members that are missing or not FCRN runs."""
     c = self.config
     _checkpoint(c.checkpoint)
-    for field in ("dr_workdir", "dm_workdir"):
-      if not getattr(c, field):
-        raise config_lib.ConfigError(f"`{field}`: the LIN needs its DR and DM FCRN runs")
+    for name in ("dr_workdir", "dm_workdir"):
+      if not getattr(c, name):
+        raise config_lib.ConfigError(f"`{name}`: the LIN needs its DR and DM FCRN runs")
     for stage, workdir in self.stages("").items():
       task = runner.load(workdir, fcrn.LesionIndexTask, f"{stage}_workdir")
       base.check_split(task.builder, c.split, "split")
@@ -138,7 +138,8 @@ class LesionIndexNetwork(base.Pipeline):
   def run(self, workdir: str) -> dict[str, Any]:
     """Scores the LIN, its members and the LIN at the training scale on `split`; writes
     config.json, report.md (Tables III-V), report.json and metrics.json (`<row>/<score>`, rows
-    fcrn_dr, fcrn_dm, [fcrn_dr_dm,] lin, lin_single_scale). Returns the metrics."""
+    fcrn_dr, fcrn_dm, [fcrn_dr_dm,] lin, lin_single_scale; the lin row again as test/). Returns
+    the metrics."""
     self.check()
     mesh = sharding.make_mesh()
     with run_lock.hold(workdir):
@@ -150,7 +151,10 @@ class LesionIndexNetwork(base.Pipeline):
                      "results": results})
       io.atomic_write_bytes(os.path.join(workdir, "report.md"), text.encode())
       metrics_ = {f"{row}/{k}": v for row, scores in results.items() for k, v in scores.items()}
-      metrics_["split"] = c.split
+      # The LIN's own scores also under test/ (its role: the reported split, as runner.run names it),
+      # so a LIN run is a row of the tables that compare runs there (e.g. ISIC 2017 Task 3's).
+      metrics_.update({f"test/{k}": v for k, v in results["lin"].items()})
+      metrics_["split"] = metrics_["test/split"] = c.split
       io.write_json(os.path.join(workdir, "metrics.json"), metrics_)
     return metrics_
 

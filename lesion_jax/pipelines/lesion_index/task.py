@@ -11,7 +11,13 @@ runs' maps. The LIN = FCRN on DR + FCRN on DM is the `lesion_index_network` pipe
 Scores: the ISIC segmentation scores (JA, thresholded JA, Dice, AC, SE, SP, HD95, boundary F) of
 the lesion mask (pixels where the background's share of the summed maps is below one half, holes
 filled, largest component kept), and per class the ROC AUC / AP of its index with the LICU
-(`licu_*`) and without (`mean_*`: class scores averaged over the lesion).
+(`licu_*`; ISIC 2017 Part 3's also as `melanoma_roc_auc`, `keratosis_roc_auc`, `mean_roc_auc`) and
+without (`mean_*`: class scores averaged over the lesion).
+
+On an archive without lesion masks (isic2017/part3_512), `segmenter_workdir` names a segmenter run
+(e.g. the self-learned U-Net) whose masks, stored once as artifacts, stand in for them: the pixel
+classes are built from them, and the segmentation scores then measure agreement with that
+segmenter (`masks_from` says so), not with a manual truth.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ from lesion_jax.eval import figures, inference, metrics, postprocess
 from lesion_jax import models
 from lesion_jax.pipelines.lesion_index import licu
 from lesion_jax.pipelines.lesion_index import ops as lin_ops
-from lesion_jax.tasks import base, runner
+from lesion_jax.tasks import base, runner, segmentation
 from lesion_jax.train import losses, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
@@ -63,11 +69,22 @@ class LesionIndexConfig:
   test_scales: tuple[int, ...] = field((64,), "Test sides in pixels (letterboxed); maps summed at native size.")
   melanoma_class: str = field("melanoma", "Label name scored as melanoma (AUC, AP).")
   keratosis_class: str = field("seborrheic_keratosis", "Label name scored as seborrheic keratosis.")
+  best_metric: str = field("jaccard", "Validation score that picks the checkpoint: jaccard (the lesion mask), "
+                           "or mean_roc_auc (ISIC 2017 Part 3's ranking score of the LICU index, as a "
+                           "classifier's `best_metric`).")
+  segmenter_workdir: str | None = field(
+      None, "Segmenter run (segmentation or Mask R-CNN) whose best checkpoint's masks stand in for the dataset's "
+      "lesion masks wherever this run reads them (the pixel classes trained on, selection, and the mask the "
+      "scores compare with): for an archive without masks (isic2017/part3_512). Made once by prepare (the "
+      "segmenter-mask artifact stage, tasks/segmentation.segmenter_masks).", location=True)
+  mask_artifacts: str | None = field(None, "Artifact store of the masks read instead of the dataset's (made by "
+                                     "prepare from segmenter_workdir; recorded in config.json).")
   run: config_lib.RunConfig = config_lib.RunConfig(num_steps=2000, eval_every=500)
 
 
 # --augmentation -> class_rotations' flip mode.
 AUGMENTATIONS = {"dr": "none", "dm": "random", "dr+dm": "both"}
+BEST_METRICS = ("jaccard", "mean_roc_auc")
 
 
 def pixel_classes(batch) -> jax.Array:
@@ -156,7 +173,32 @@ class LesionIndexTask(base.Task):
       if name not in self.class_names:
         raise config_lib.ConfigError(f"`melanoma_class` / `keratosis_class`: {name!r} is not a {c.label_key!r} of {c.input.dataset} "
                                      f"({self.class_names})")
+    if c.best_metric not in BEST_METRICS:
+      raise config_lib.ConfigError(f"`best_metric`={c.best_metric!r}: choose one of {list(BEST_METRICS)}")
+    if c.segmenter_workdir:
+      segmentation.load_segmenter(c.segmenter_workdir, "segmenter_workdir")
+    elif c.mask_key not in self.builder.info.features and not c.mask_artifacts:
+      raise config_lib.ConfigError(
+          f"`input.dataset`={c.input.dataset!r} has no lesion masks (no {c.mask_key!r} feature) to build the pixel "
+          "classes from: set `segmenter_workdir` (a segmenter run, e.g. the self-learned U-Net, whose masks are "
+          "used), or use a dataset config with masks")
     super().check(mesh, extra_splits)
+
+  def prepare(self, splits) -> "LesionIndexTask":
+    """With `segmenter_workdir`: its masks of every split the run reads, stored once (resumable);
+    the task then reads them as its masks (`mask_artifacts`, which config.json records)."""
+    c = self.config
+    if not c.segmenter_workdir or c.mask_artifacts:
+      return self
+    store = segmentation.segmenter_masks(c.segmenter_workdir, self.builder, list(splits), c.input.artifact_root(),
+                                         "segmenter_workdir")
+    return LesionIndexTask(dataclasses.replace(c, mask_artifacts=store))
+
+  def _input(self) -> pipeline.InputConfig:
+    """The input, with the stored masks joined as `mask_key` where the run reads a segmenter's."""
+    c = self.config
+    joins = (pipeline.ArtifactJoin(c.mask_key, c.mask_artifacts),) if c.mask_artifacts else ()
+    return dataclasses.replace(c.input, joins=joins)
 
   def init_state(self, rng: jax.Array) -> TrainState:
     size = self.config.input.image_size
@@ -185,11 +227,11 @@ class LesionIndexTask(base.Task):
 
   def train_batches(self, start_step: int) -> Iterator[base.Batch]:
     c = self.config
-    return pipeline.train_iterator(c.input, self._train_ops(), c.run.train_split, start_step, self.builder,
+    return pipeline.train_iterator(self._input(), self._train_ops(), c.run.train_split, start_step, self.builder,
                                    expanded_shuffle=c.expanded_shuffle if c.rotation_degrees else 0)
 
   def eval_batches(self, split: str) -> Iterator[base.Batch]:
-    return pipeline.eval_iterator(self.config.input, self._eval_ops(), split, self.builder)
+    return pipeline.eval_iterator(self._input(), self._eval_ops(), split, self.builder)
 
   def predict_fns(self) -> dict[str, Callable]:
     scales = tuple(self.config.test_scales)
@@ -229,7 +271,7 @@ class LesionIndexTask(base.Task):
     return index_records(self.image_maps(state, images, predict=predict))
 
   def best_metric(self) -> tuple[str, str]:
-    return "val/jaccard", "max"
+    return f"val/{self.config.best_metric}", "max"
 
   def outputs_over(self, state, split, mesh, predict):
     """This FCRN's native maps: `summed_maps` of one member (`evaluate_members` sums several)."""
@@ -262,6 +304,8 @@ class LesionIndexTask(base.Task):
     scores = metrics.summarize_segmentation(per_image)
     scores.update(classification_summary(rows["label"], rows["licu"], rows["mean"], self.class_names,
                                          c.melanoma_class, c.keratosis_class))
+    if c.mask_artifacts:  # the mask scores measure agreement with that segmenter's masks, not a manual truth
+      scores["masks_from"] = c.segmenter_workdir or c.mask_artifacts
     per_image.update(label=rows["label"], licu=rows["licu"], mean=rows["mean"])
     return base.Evaluation(scores, per_image, ids, examples)
 
@@ -334,7 +378,9 @@ def classification_summary(labels, licu_index, mean_index, names, melanoma: str,
                            ) -> dict[str, Any]:
   """Melanoma and seborrheic keratosis ROC AUC, AP and specificity at 82/89/95 % sensitivity of
   the index with the LICU (licu_*) and without (mean_*), their mean AUC (the ISIC 2017 rank), and
-  the 3-class accuracy of the largest index; None where a class is missing from the labels."""
+  the 3-class accuracy of the largest index; None where a class is missing from the labels. The
+  LICU's melanoma, keratosis and mean AUC again as melanoma_roc_auc, keratosis_roc_auc and
+  mean_roc_auc (a classifier's names for them)."""
   out: dict[str, Any] = {}
   if not len(labels):
     return out
@@ -350,6 +396,11 @@ def classification_summary(labels, licu_index, mean_index, names, melanoma: str,
     aucs = [out[f"{kind}_melanoma_auc"], out[f"{kind}_keratosis_auc"]]
     out[f"{kind}_mean_auc"] = float(np.mean(aucs)) if None not in aucs else None
     out[f"{kind}_accuracy"] = scores["accuracy"]
+  # The LICU index is what the LIN predicts ("probabilities"): its ISIC 2017 Part 3 scores also go
+  # by the names a classifier's do, so an FCRN or the LIN is a row of the same Task 3 table (and
+  # `best_metric`=mean_roc_auc selects on them).
+  out.update(melanoma_roc_auc=out["licu_melanoma_auc"], keratosis_roc_auc=out["licu_keratosis_auc"],
+             mean_roc_auc=out["licu_mean_auc"])
   return out
 
 

@@ -1,0 +1,38 @@
+r"""Pipeline 5 as a row of ISIC 2017 Task 3 at challenge scale: the LIN's FCRNs (lesion_index/fcrn_dr.py, DR; DM
+by --config.augmentation=dm) on all 2000 Training images of a Part 3-only download (`isic2017/part3_512`, three
+diagnoses, no lesion masks). The per-pixel classes (1 + diagnosis inside the lesion) are built from the masks of
+the self-learned U-Net (segmentation/unet_selflearned_isic2017.py, trained on K-means pseudo-masks: no manual
+mask anywhere), stored once by `segmenter_workdir`. 128 px training crops, tested at 128 and 160 px; each FCRN's
+checkpoint is chosen on a stratified fifth of Training (run.holdout, the classifiers' split) by the LICU index's
+mean_roc_auc; Validation is scored once. The LIN (lesion_index/lin.py) sums the two FCRNs' maps on Validation;
+its test/ scores are the row (its segmentation scores there measure agreement with the U-Net's masks).
+
+  python -m experiments.train --config=experiments/configs/segmentation/unet_selflearned_isic2017.py \
+      --workdir=runs/unet_sl_isic --config.input.manual_dir=/data/isic2017_256
+  python -m experiments.train --config=experiments/configs/lesion_index/fcrn_isic2017_task3.py \
+      --workdir=runs/task3_fcrn_dr --config.input.manual_dir=/data/isic2017_256 [--config.segmenter_workdir=runs/unet_sl_isic]
+  python -m experiments.train --config=experiments/configs/lesion_index/fcrn_isic2017_task3.py \
+      --workdir=runs/task3_fcrn_dm --config.input.manual_dir=/data/isic2017_256 --config.augmentation=dm
+  python -m experiments.train --config=experiments/configs/lesion_index/lin.py --workdir=runs/task3_lin \
+      --config.dr_workdir=runs/task3_fcrn_dr --config.dm_workdir=runs/task3_fcrn_dm --config.split=validation
+
+Budget, sized for a 2-core CPU: the U-Net's 2000 steps, one segmentation pass over the 2150 images, then 2000
+steps of 8 crops at 128 px per FCRN (fcrn_small). Wall time: not yet measured. Results: not yet measured; the
+Task 3 rows go on docs/results/isic2017_task3.md
+(`experiments.report --metrics=test/melanoma_roc_auc,test/keratosis_roc_auc,test/mean_roc_auc`).
+"""
+import dataclasses
+import os
+
+from experiments import common
+from lesion_jax.pipelines.lesion_index import task
+
+DR = os.path.join(os.path.dirname(__file__), "fcrn_dr.py")
+
+
+def get_config() -> task.LesionIndexConfig:
+  base = common.load_config_file(DR)
+  data = dataclasses.replace(base.input, dataset="isic2017/part3_512", image_size=128)
+  run = dataclasses.replace(base.run, holdout=0.2, test_split="validation")
+  return dataclasses.replace(base, input=data, run=run, test_scales=(128, 160), best_metric="mean_roc_auc",
+                             segmenter_workdir="runs/unet_sl_isic")
