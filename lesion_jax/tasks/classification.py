@@ -13,13 +13,12 @@ import numpy as np
 from absl import logging
 
 from lesion_jax import config as config_lib
-from lesion_jax import io
 from lesion_jax.artifacts import occlusion as occlusion_lib
 from lesion_jax.config import field
 from lesion_jax.data import ops, pipeline
 from lesion_jax.eval import figures, metrics, postprocess
 from lesion_jax import models
-from lesion_jax.tasks import base, runner, segmentation
+from lesion_jax.tasks import base, calibration, runner, segmentation
 from lesion_jax.train import sharding, steps
 from lesion_jax.train.state import OptimizerConfig, TrainState, create_train_state
 
@@ -93,7 +92,7 @@ class ClassifierConfig:
                           "gives the calibrated probabilities.")
 
 
-CALIBRATION_FILE = "calibration.json"
+CALIBRATION_FILE = calibration.CALIBRATION_FILE
 
 
 # Defaults that depend on the optimiser: ClassifierConfig's own (learning rate 1e-3) are sized for
@@ -384,43 +383,20 @@ class ClassificationTask(base.Task):
     return super().with_overrides(**changes).with_temperature(self.temperature)
 
   def fit_post_hoc(self, state, workdir, mesh) -> "ClassificationTask":
-    """With `calibrate`: the temperature minimising the NLL of the selection split's probabilities
-    (metrics.fit_temperature), kept in `workdir`/calibration.json with the checkpoint step it was
-    fitted for and the split's NLL and ECE before and after."""
+    """With `calibrate`: the temperature minimising the NLL of the selection split's probabilities,
+    kept in `workdir`/calibration.json (tasks/calibration.py)."""
     c = self.config
     if not c.calibrate:
       return self
     evaluation = self.evaluate(state, c.run.val_split, mesh)
-    labels, probs = evaluation.per_example["labels"], evaluation.per_example["probs"]
-    temperature = metrics.fit_temperature(labels, probs)
-    calibrated = metrics.apply_temperature(probs, temperature)
-    record = {"temperature": temperature, "split": c.run.val_split, "step": int(jax.device_get(state.step)),
-              "num_examples": int(labels.shape[0]),
-              "nll": metrics.negative_log_likelihood(labels, probs),
-              "nll_calibrated": metrics.negative_log_likelihood(labels, calibrated),
-              "ece": metrics.expected_calibration_error(labels, probs),
-              "ece_calibrated": metrics.expected_calibration_error(labels, calibrated)}
-    io.write_json(os.path.join(workdir, CALIBRATION_FILE), record)
-    logging.info("Calibration on %s: temperature %.3f, ECE %.4f -> %.4f", c.run.val_split, temperature,
-                 record["ece"], record["ece_calibrated"])
-    return self.with_temperature(temperature)
+    record = calibration.fit(workdir, evaluation.per_example["labels"], evaluation.per_example["probs"],
+                             c.run.val_split, int(jax.device_get(state.step)))
+    return self.with_temperature(record["temperature"])
 
   def with_post_hoc(self, workdir, which="best") -> "ClassificationTask":
-    """With `calibrate`: the temperature of `workdir`/calibration.json, for the checkpoint it was
-    fitted for (the best one; another is scored and predicts with the network's own
-    probabilities). A calibrated run without the file did not finish: refused."""
-    if not self.config.calibrate:
-      return self
-    path = os.path.join(workdir, CALIBRATION_FILE)
-    if not os.path.exists(path):
-      raise config_lib.ConfigError(f"`calibrate`: {path} is missing (the run stopped before its temperature was "
-                                   "fitted): run train again with the same config to finish it")
-    record = io.read_json(path)
-    if which not in ("best", record["step"]):
-      logging.warning("%s: temperature %.3f was fitted for step %d, not checkpoint %s: probabilities uncalibrated",
-                      workdir, record["temperature"], record["step"], which)
-      return self
-    return self.with_temperature(float(record["temperature"]))
+    """With `calibrate`: the temperature of `workdir`/calibration.json for the checkpoint it was
+    fitted for (the best one; another predicts with the network's own probabilities)."""
+    return self.with_temperature(calibration.temperature_for(workdir, which)) if self.config.calibrate else self
 
   def final_splits(self, test_split: str) -> list[tuple[str, str]]:
     return [("train", self.config.run.train_split)] + ([("test", test_split)] if test_split else [])

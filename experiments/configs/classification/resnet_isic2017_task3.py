@@ -10,6 +10,7 @@ once.
   python -m experiments.evaluate --workdir=runs/task3_resnet18 --split=validation --tta
 
 The ablation rows of docs/results/isic2017_task3.md are overrides of this file (its header lists them).
+Wall time: about 45 minutes on a 2-core CPU (4000 steps of 32 at 128 px, ~50 img/s alone).
 """
 import dataclasses
 
