@@ -24,6 +24,18 @@ def test_max_pool_2x_matches_reduce_window_pool_and_its_gradient():
   assert int(jnp.sum(grad != 0)) == 2 * 4 * 3 * 3
 
 
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 9, 7, 3), (1, 5, 6, 2)])
+@pytest.mark.parametrize("padding", ["SAME", ((1, 1), (1, 1))])
+def test_max_pool_3x3_2x_matches_nn_max_pool_and_its_gradient(shape, padding):
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)  # no ties
+  reference = lambda y: nn.max_pool(y, (3, 3), (2, 2), padding=padding)
+  np.testing.assert_array_equal(layers.max_pool_3x3_2x(x, padding), reference(x))
+  weights = jnp.asarray(rng.normal(size=reference(x).shape), jnp.float32)
+  grad = jax.grad(lambda y: jnp.sum(layers.max_pool_3x3_2x(y, padding) * weights))(x)
+  np.testing.assert_allclose(grad, jax.grad(lambda y: jnp.sum(reference(y) * weights))(x), rtol=0, atol=1e-6)
+
+
 def test_max_pool_2x_rejects_odd_sizes():
   with pytest.raises(ValueError, match="even height and width"):
     layers.max_pool_2x(jnp.zeros((1, 5, 4, 1)))

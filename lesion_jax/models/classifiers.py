@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models import registry
+from lesion_jax.models import layers, registry
 
 
 class LeNet5(nn.Module):
@@ -121,7 +121,7 @@ def resnet_features(x: jax.Array, stage_sizes: Sequence[int], block: Any, width:
   caller's submodules (named Conv_0, BatchNorm_0, ResNetBlock_0, ... as if written inline)."""
   if imagenet_stem:  # 7x7/2 conv and 3x3/2 max-pool: /4
     x = nn.relu(norm()(conv(width, (7, 7), (2, 2), padding=[(3, 3), (3, 3)])(x)))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=max_pool_padding)
+    x = layers.max_pool_3x3_2x(x, max_pool_padding)
   else:  # small inputs: a 3x3 stem, stride 2 from 64 px (/2), stride 1 below (CIFAR-style)
     stride = 2 if x.shape[1] >= 64 else 1
     x = nn.relu(norm()(conv(width, (3, 3), (stride, stride))(x)))
