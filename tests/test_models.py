@@ -1,5 +1,6 @@
 """The Flax modules: shapes, the U-Net's faster layers against their textbook forms, classifiers."""
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -213,3 +214,31 @@ def test_every_network_is_one_lookup_by_name():
   # The task configs list the registry's names in their flag help.
   assert "resnet50" in classification.ClassifierModelConfig.__dataclass_fields__["name"].metadata["doc"]
   assert "fcrn88" in lesion_index.FCRNConfig.__dataclass_fields__["variant"].metadata["doc"]
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_matmul_batch_norm_is_flax_batch_norm(train):
+  """models/batch_norm.BatchNorm: nn.BatchNorm's variables, outputs, gradients and running statistics."""
+  from lesion_jax.models.batch_norm import BatchNorm  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(4, 6, 5, 7)) * 3 + 1, jnp.float32)
+  ours, flax_bn = (cls(use_running_average=not train, momentum=0.9) for cls in (BatchNorm, nn.BatchNorm))
+  assert (jax.tree_util.tree_structure(ours.init(jax.random.key(0), x))
+          == jax.tree_util.tree_structure(flax_bn.init(jax.random.key(0), x)))
+  variables = {"params": {"scale": jnp.asarray(rng.normal(size=7), jnp.float32),
+                          "bias": jnp.asarray(rng.normal(size=7), jnp.float32)},
+               "batch_stats": {"mean": jnp.asarray(rng.normal(size=7), jnp.float32),
+                               "var": jnp.asarray(rng.random(7) + 0.5, jnp.float32)}}
+  weights = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+
+  def loss(module, params, inputs):
+    y, updates = module.apply({"params": params, "batch_stats": variables["batch_stats"]}, inputs, mutable=["batch_stats"])
+    return jnp.sum(y * weights), updates
+
+  results = [jax.value_and_grad(functools.partial(loss, module), argnums=(0, 1), has_aux=True)(variables["params"], x)
+             for module in (ours, flax_bn)]
+  (ours_loss, ours_stats), ours_grads = results[0]
+  (flax_loss, flax_stats), flax_grads = results[1]
+  np.testing.assert_allclose(ours_loss, flax_loss, rtol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves((ours_grads, ours_stats)), jax.tree_util.tree_leaves((flax_grads, flax_stats))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from lesion_jax.models import layers, registry
+from lesion_jax.models.batch_norm import BatchNorm
 
 
 class LeNet5(nn.Module):
@@ -155,11 +156,11 @@ class ResNet(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     if self.torchvision_padding:
       conv = partial(_torchvision_conv, dtype=self.dtype)
-      norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
+      norm = partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype)
     else:
       conv = partial(nn.Conv, padding="SAME", use_bias=False, dtype=self.dtype)
-      norm = partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype)
+      norm = partial(BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype)
     x = x.astype(self.dtype)
     x = resnet_features(x, self.stage_sizes, self.block, self.width, conv, norm,
                         imagenet_stem=self.torchvision_padding or x.shape[1] >= 128,

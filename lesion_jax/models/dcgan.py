@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from lesion_jax.models import layers, registry
+from lesion_jax.models.batch_norm import BatchNorm
 
 _INIT = nn.initializers.normal(0.02)
 
@@ -48,8 +49,8 @@ def num_layers(image_size: int) -> int:
   return int(n) + 1
 
 
-def _norm(train: bool, dtype: Any) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
+def _norm(train: bool, dtype: Any) -> BatchNorm:
+  return BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
                       scale_init=_bn_scale_init)
 
 

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lesion_jax.models.batch_norm import BatchNorm
+
 Dtype = Any
 UPSAMPLE_MODES = ("depth_to_space", "transpose", "resize_conv")
 NORMS = ("none", "batch", "group", "layer")
@@ -78,7 +80,7 @@ def make_norm(kind: str, train: bool, dtype: Dtype = jnp.float32, name: str | No
   if kind == "none":
     return lambda x: x
   if kind == "batch":
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype, name=name)
+    return BatchNorm(use_running_average=not train, momentum=0.9, dtype=dtype, name=name)
   if kind == "group":
     return nn.GroupNorm(num_groups=None, group_size=8, dtype=dtype, name=name)
   if kind == "layer":

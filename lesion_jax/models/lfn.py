@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from lesion_jax.models import registry
+from lesion_jax.models.batch_norm import BatchNorm
 
 # Kernels per stage (each stage's three convs share its width). Our choice; see the docstring.
 LFN_VARIANTS: dict[str, tuple[int, int, int, int]] = {
@@ -53,7 +54,7 @@ class LFN(nn.Module):
         x = nn.Conv(width, (kernel, kernel), padding="SAME", use_bias=not self.use_batchnorm,
                     dtype=self.dtype)(x)
         if self.use_batchnorm:
-          x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x)
+          x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x)
         x = nn.relu(x)
     x = jnp.mean(x, axis=(1, 2))  # global average pooling
     return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)

@@ -45,6 +45,7 @@ from lesion_jax.models import classifiers
 from lesion_jax.models.classifiers import BottleneckBlock, ResNetBlock
 from lesion_jax.models import registry
 from lesion_jax.models.layers import Upsample2x
+from lesion_jax.models.batch_norm import BatchNorm
 
 Dtype = Any
 RESNET_STAGES = {18: ((2, 2, 2, 2), ResNetBlock), 34: ((3, 4, 6, 3), ResNetBlock),
@@ -58,7 +59,7 @@ def _norm(kind: str, train: bool, dtype: Dtype):
   if kind == "group":
     return partial(nn.GroupNorm, num_groups=None, group_size=GROUP_SIZE, dtype=dtype)
   if kind == "batch":
-    return partial(nn.BatchNorm, use_running_average=not train, momentum=0.9, dtype=dtype)
+    return partial(BatchNorm, use_running_average=not train, momentum=0.9, dtype=dtype)
   raise ValueError(f"unknown norm {kind!r}; choose group or batch")
 
 
