@@ -27,7 +27,8 @@ def fit(workdir: str, labels: np.ndarray, probs: np.ndarray, split: str, step: i
             "ece": metrics.expected_calibration_error(labels, probs),
             "ece_calibrated": metrics.expected_calibration_error(labels, calibrated)}
   io.write_json(os.path.join(workdir, CALIBRATION_FILE), record)
-  logging.info("Calibration on %s: temperature %.3f, ECE %.4f -> %.4f", split, temperature,
+  shown = split if len(split) <= 60 else f"the selection split ({labels.shape[0]} images)"  # a holdout's slices
+  logging.info("Calibration on %s: temperature %.3f, ECE %.4f -> %.4f", shown, temperature,
                record["ece"], record["ece_calibrated"])
   return record
 
