@@ -78,6 +78,15 @@ def run_provenance(workdir: str) -> tuple[dict, bool]:
   return (parent, True) if parent else ({}, False)
 
 
+def lookup(scores: dict, key: str):
+  """scores[key], or one entry of a dict-valued score: `test/melanoma_specificity_at_sensitivity/0.82`."""
+  if key in scores:
+    return scores[key]
+  head, _, last = key.rpartition("/")
+  value = scores.get(head)
+  return value.get(last) if isinstance(value, dict) else None
+
+
 def _number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -106,7 +115,7 @@ def render(title: str, note: str, runs: list[tuple[str, str]], metrics: list[str
     lines += [note, ""]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for label, scores, prov, pipelines in loaded:
-    cells = [label, *(_cell(scores.get(k)) for k in columns),
+    cells = [label, *(_cell(lookup(scores, k)) for k in columns),
              *(f"`{prov[k]}`" if k in ("config_file", "command") and prov.get(k) else _cell(prov.get(k))
                for k in PROVENANCE_COLUMNS)]
     resumed = len(provenance.invocations(prov)) - 1

@@ -237,15 +237,16 @@ def test_report_reads_evaluations_and_a_stage_shows_its_pipelines_provenance(tmp
   (pipeline_dir / "provenance.json").write_text(json.dumps(provenance_record))
   # A stage scored only by evaluations (as evaluate, or the self-learning pipeline's scored_on, writes them).
   (stage / "eval_validation.json").write_text(json.dumps({"validation/jaccard": 0.7, "split": "validation"}))
-  (stage / "eval_validation_tta.json").write_text(json.dumps({"validation/jaccard": 0.72, "split": "validation"}))
+  (stage / "eval_validation_tta.json").write_text(json.dumps({"validation/jaccard": 0.72, "split": "validation",
+                                                               "validation/at": {"0.82": 0.5}}))
   out = tmp_path / "page.md"
   proc = subprocess.run([sys.executable, "-m", "experiments.report", f"--runs=round 1:{stage}", f"--out={out}",
-                         "--metrics=validation/jaccard,validation_tta/jaccard"], cwd=REPO, env=ENV,
-                        capture_output=True, text=True, timeout=300, check=False)
+                         "--metrics=validation/jaccard,validation_tta/jaccard,validation_tta/at/0.82,validation_tta/at/0.9"],
+                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   row = next(line for line in out.read_text().splitlines() if line.startswith("| round 1"))
   cells = [c.strip() for c in row.strip("|").split("|")]
-  assert cells[1:3] == ["0.7", "0.72"]
+  assert cells[1:5] == ["0.7", "0.72", "0.5", "—"]  # one entry of a dict-valued score; — where it has none
   assert "self_learning_isic2017.py" in row and cells[-1] == "12.5 (pipeline's)"
   empty = tmp_path / "empty"
   empty.mkdir()
