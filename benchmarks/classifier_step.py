@@ -289,19 +289,13 @@ def main() -> None:
   for model in models:
     step, inner = jax_steps.pop(model), inners[model]
     net = build(model, args.width)
-    measured = common.alternate_rounds(
-        args.rounds, args.repeats, inner, step.call,
-        (lambda: measure_torch(torch_python, model, args.width, size, batch, args.repeats, inner,
-                               args.torch_threads, args.torch_padding))
-        if torch_python else None)
     padding = "" if args.torch_padding == "flax" else f"; PyTorch with --torch_padding={args.torch_padding}"
-    print(f"\n{model} (stages {net.stage_sizes}, {net.block.__name__}, width {args.width:g} = base {net.width}) "
-          f"batch {batch} {size}px; best of {args.rounds} rounds x {args.repeats} windows x {inner} steps; JAX first "
-          f"call (compile or cache load) {step.compile_s:.1f} s{padding}")
-    common.report_comparison(model, measured, batch=batch, flops=step.flops, params=step.params, peak=peak,
-                             defaults_s=defaults.get(model, float("inf")), torch_python=torch_python,
-                             torch_python_flag=args.torch_python, torch_script=TORCH_SCRIPT, memory=step.memory,
-                             no_torch=args.no_torch)
+    common.compare_step(
+        model, f"{model} (stages {net.stage_sizes}, {net.block.__name__}, width {args.width:g} = base {net.width}) "
+        f"batch {batch} {size}px", step, inner, args,
+        lambda: measure_torch(torch_python, model, args.width, size, batch, args.repeats, inner, args.torch_threads,
+                              args.torch_padding),
+        batch=batch, peak=peak, defaults=defaults, torch_python=torch_python, torch_script=TORCH_SCRIPT, suffix=padding)
     del step
   print(f"\nwall time {time.perf_counter() - start:.0f} s")
 

@@ -254,6 +254,21 @@ def alternate_rounds(rounds: int, repeats: int, inner: int, jax_call: Callable[[
   return out
 
 
+def compare_step(name: str, header: str, step: Any, inner: int, args: Any, measure_torch: Callable[[], Any] | None,
+                 *, batch: int, peak: float, defaults: dict[str, float], torch_python: str | None,
+                 torch_script: str, suffix: str = "") -> None:
+  """One workload of a JAX-against-PyTorch step benchmark: alternate_rounds of `step` (a
+  jax_step_stats result: call, compile_s, flops, params, memory) and `measure_torch` (None without
+  PyTorch), the header line (`header`, the rounds, the compile time, `suffix`), then report_comparison."""
+  measured = alternate_rounds(args.rounds, args.repeats, inner, step.call, measure_torch if torch_python else None)
+  print(f"\n{header}; best of {args.rounds} rounds x {args.repeats} windows x {inner} steps; JAX first call "
+        f"(compile or cache load) {step.compile_s:.1f} s{suffix}")
+  report_comparison(name, measured, batch=batch, flops=step.flops, params=step.params, peak=peak,
+                    defaults_s=defaults.get(name, float("inf")), torch_python=torch_python,
+                    torch_python_flag=args.torch_python, torch_script=torch_script, memory=step.memory,
+                    no_torch=args.no_torch)
+
+
 def report_comparison(name: str, measured: Rounds, *, batch: int, flops: float, params: int, peak: float,
                       defaults_s: float, torch_python: str | None, torch_python_flag: str | None,
                       torch_script: str, memory: dict[str, int] | None = None, no_torch: bool = False) -> None:

@@ -126,16 +126,10 @@ def main() -> None:
   for variant, size, batch in variants:
     blocks, width = FCRN_VARIANTS[variant]
     step, inner = jax_steps.pop(variant), inners[variant]
-    measured = common.alternate_rounds(
-        args.rounds, args.repeats, inner, step.call,
-        (lambda: measure_torch(torch_python, variant, size, batch, args.repeats, inner, args.torch_threads))
-        if torch_python else None)
-    print(f"\n{variant} (blocks {blocks}, width {width}) batch {batch} {size}px; best of {args.rounds} rounds "
-          f"x {args.repeats} windows x {inner} steps; JAX first call (compile or cache load) {step.compile_s:.1f} s")
-    common.report_comparison(variant, measured, batch=batch, flops=step.flops, params=step.params, peak=peak,
-                             defaults_s=defaults.get(variant, float("inf")), torch_python=torch_python,
-                             torch_python_flag=args.torch_python, torch_script=TORCH_SCRIPT, memory=step.memory,
-                             no_torch=args.no_torch)
+    common.compare_step(
+        variant, f"{variant} (blocks {blocks}, width {width}) batch {batch} {size}px", step, inner, args,
+        lambda: measure_torch(torch_python, variant, size, batch, args.repeats, inner, args.torch_threads),
+        batch=batch, peak=peak, defaults=defaults, torch_python=torch_python, torch_script=TORCH_SCRIPT)
     del step
   print(f"\nwall time {time.perf_counter() - start:.0f} s")
 

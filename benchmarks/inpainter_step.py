@@ -139,17 +139,10 @@ def main() -> None:
     features, levels, size, batch = config
     name = config_name(config)
     step, inner = jax_steps.pop(name), inners[name]
-    measured = common.alternate_rounds(
-        args.rounds, args.repeats, inner, step.call,
-        (lambda: measure_torch(torch_python, config, args.repeats, inner, args.torch_threads, args.torch_mask_conv))
-        if torch_python else None)
-    print(f"\nPConvUNet(features={features}, levels={levels}) batch {batch} {size}px; best of {args.rounds} "
-          f"rounds x {args.repeats} windows x {inner} steps; JAX first call (compile or cache load) "
-          f"{step.compile_s:.1f} s")
-    common.report_comparison(name, measured, batch=batch, flops=step.flops, params=step.params, peak=peak,
-                             defaults_s=defaults.get(name, float("inf")), torch_python=torch_python,
-                             torch_python_flag=args.torch_python, torch_script=TORCH_SCRIPT, memory=step.memory,
-                             no_torch=args.no_torch)
+    common.compare_step(
+        name, f"PConvUNet(features={features}, levels={levels}) batch {batch} {size}px", step, inner, args,
+        lambda: measure_torch(torch_python, config, args.repeats, inner, args.torch_threads, args.torch_mask_conv),
+        batch=batch, peak=peak, defaults=defaults, torch_python=torch_python, torch_script=TORCH_SCRIPT)
     del step
   print(f"\nwall time {time.perf_counter() - start:.0f} s")
 
