@@ -87,6 +87,11 @@ def lookup(scores: dict, key: str):
   return value.get(last) if isinstance(value, dict) else None
 
 
+def is_ensemble(workdir: str) -> bool:
+  path = os.path.join(workdir, "config.json")
+  return os.path.exists(path) and io.read_json(path).get("task") == "ensemble"
+
+
 def _number(value) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -114,13 +119,14 @@ def render(title: str, note: str, runs: list[tuple[str, str]], metrics: list[str
   if note:
     lines += [note, ""]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for label, scores, prov, pipelines in loaded:
+  for (label, scores, prov, pipelines), (_, workdir) in zip(loaded, runs):
     cells = [label, *(_cell(lookup(scores, k)) for k in columns),
              *(f"`{prov[k]}`" if k in ("config_file", "command") and prov.get(k) else _cell(prov.get(k))
                for k in PROVENANCE_COLUMNS)]
-    resumed = len(provenance.invocations(prov)) - 1
-    if resumed:
-      cells[1 + len(columns) + PROVENANCE_COLUMNS.index("command")] += f" (resumed {resumed} time{'s' * (resumed > 1)})"
+    more = len(provenance.invocations(prov)) - 1
+    if more:  # a run resumed (train), or an ensemble scored on one more split per invocation
+      cells[1 + len(columns) + PROVENANCE_COLUMNS.index("command")] += (
+          f" (and {more} more: one per split)" if is_ensemble(workdir) else f" (resumed {more} time{'s' * (more > 1)})")
     if pipelines:
       cells[-1] += " (pipeline's)"
     lines.append("| " + " | ".join(cells) + " |")

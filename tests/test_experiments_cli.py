@@ -405,6 +405,10 @@ def test_pretrained_start_abcd_baseline_and_ensemble(trained, classifier, tiny_d
   both = json.load(open(tmp_path / "e_tta" / "metrics.json"))
   assert "test/roc_auc" in both and "train/roc_auc" in both
   assert set(json.load(open(tmp_path / "e_tta" / "config.json"))["config"]["members_by_split"]) == {"test", "train"}
+  page = tmp_path / "ensembles.md"
+  run("experiments.report", f"--runs=tta and abcd:{tmp_path / 'e_tta'}", f"--out={page}", "--metrics=train/roc_auc,test/roc_auc")
+  row = next(line for line in page.read_text().splitlines() if line.startswith("| tta and abcd"))
+  assert "(and 1 more: one per split)" in row and "resumed" not in row
   untagged = run("experiments.ensemble", f"--workdir={tmp_path / 'e3'}", f"--members=x:{tuned}@test_flipped",
                  check=False)
   assert untagged.returncode != 0 and "experiments.evaluate" in untagged.stderr and "Traceback" not in untagged.stderr
