@@ -9,7 +9,9 @@ experiments.evaluate saved with that tag instead (eval_<tag>_predictions.json: -
 or predictions.json's `<tag>` ones (an abcd_classifier's out-of-fold @cv). Members are joined by image id
 (images missing from some are left out and counted), so a network's selection split (@selection) and a
 baseline's out-of-fold Training predictions (@cv) meet on the selection images. One workdir keeps
-the scores of one invocation per --split (e.g. --split=selection, then --split=test), merged. Averaging probabilities selects nothing, so the score on the reported split stays honest as long as each member's own selection was. Writes
+the scores of one invocation per --split (e.g. --split=selection, then --split=test), merged.
+Averaging probabilities selects nothing, so the score on the reported split stays honest as long as
+each member's own selection was. Writes
 config.json, metrics.json (the ensemble's scores as train_classifier's, and each member's ROC AUC
 on the same images), predictions.json, provenance.json (for experiments.report) and
 figures/<split>_roc.png (every member and the ensemble, two classes).
@@ -98,9 +100,9 @@ def main(argv):
     out[f"{FLAGS.split}/member_roc_auc/{name}"] = metrics.classification_scores(member_labels, member_probs, names)["roc_auc"]
     if probs.shape[1] == 2:
       curves[name] = (member_labels, member_probs[:, 1])
-  io.write_json(os.path.join(FLAGS.workdir, "predictions.json"),
-                merged(os.path.join(FLAGS.workdir, "predictions.json"), FLAGS.split, {f"{FLAGS.split}/_predictions": ensemble}))
-  io.write_json(os.path.join(FLAGS.workdir, "metrics.json"), merged(os.path.join(FLAGS.workdir, "metrics.json"), FLAGS.split, out))
+  for file_name, new in (("predictions.json", {f"{FLAGS.split}/_predictions": ensemble}), ("metrics.json", out)):
+    path = os.path.join(FLAGS.workdir, file_name)
+    io.write_json(path, merged(path, FLAGS.split, new))
   if probs.shape[1] == 2:
     curves["ensemble"] = (labels, probs[:, 1])
     os.makedirs(os.path.join(FLAGS.workdir, "figures"), exist_ok=True)
