@@ -22,6 +22,13 @@ def test_index_ranges_split_merges_runs():
     selection.index_ranges_split("train", [])
 
 
+def test_split_name_shortens_long_index_range_splits_only():
+  long = selection.index_ranges_split("train", [0, 1, 2, 5, 9, 11, 20])  # 5 ranges, 7 examples
+  assert selection.split_name(long) == "train: 7 examples in 5 index ranges"
+  for short in ("validation", "train[0:3]+train[5:6]", "train[:80%]", "train+validation+test+extra"):
+    assert selection.split_name(short) == short
+
+
 def test_holdout_is_stratified_disjoint_complete_and_fixed():
   labels = np.array([0] * 83 + [1] * 27 + [2] * 40)  # the ISIC sample's Training classes
   fit, holdout = selection.stratified_holdout_indices(labels, 0.2, seed=0)

@@ -14,6 +14,7 @@ from absl import logging
 from lesion_jax import io
 from lesion_jax.artifacts import kmeans, stage
 from lesion_jax.artifacts.store import ArtifactStore
+from lesion_jax.data.selection import split_name
 from lesion_jax.eval import figures, metrics
 
 KMEANS_KIND = "kmeans_mask"
@@ -102,7 +103,7 @@ def ensure_kmeans_masks(builder: tfds.core.DatasetBuilder, splits: list[str], ro
   for split in dict.fromkeys(s for s in splits if s):
     summary = annotate_split(builder, split, store, config, figure_dir=os.path.join(store.directory, "figures"))
     ja = f", JA vs ground truth {summary.scores['jaccard']:.4f}" if summary.scores else ""
-    logging.info("K-means pseudo-masks for %s: %d images, %d uncertain%s", split, summary.total,
+    logging.info("K-means pseudo-masks for %s: %d images, %d uncertain%s", split_name(split), summary.total,
                  summary.uncertain, ja)
   return store.directory
 

@@ -15,6 +15,7 @@ from absl import logging
 from lesion_jax.artifacts import kmeans, stage
 from lesion_jax.artifacts import store as store_lib
 from lesion_jax.artifacts.store import ArtifactStore
+from lesion_jax.data.selection import split_name
 from lesion_jax.eval import measure, postprocess
 
 CROP_KIND = "lesion_crop"
@@ -58,7 +59,7 @@ def crop_split(builder: tfds.core.DatasetBuilder, split: str, store: ArtifactSto
   run = stage.ArtifactStage(store, compute, "lesion crops", chunk).run_split(builder, split, ("image",))
   empty = sum(1 for i in run.computed_ids if store.read_record(i).get("empty_mask"))
   logging.info("lesion crops for %s: %d computed (%d with an empty mask: whole image kept), %d "
-               "reused, %d failed, %.1fs", split, run.computed, empty, run.reused, run.failed,
+               "reused, %d failed, %.1fs", split_name(split), run.computed, empty, run.reused, run.failed,
                run.seconds)
   return {"split": split, "computed": run.computed, "reused": run.reused, "empty_masks": empty,
           "seconds": run.seconds, "failed": run.failed}

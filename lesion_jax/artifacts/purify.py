@@ -14,6 +14,7 @@ from absl import logging
 
 from lesion_jax.artifacts import occlusion, stage
 from lesion_jax.artifacts.store import ArtifactStore
+from lesion_jax.data.selection import split_name
 
 PURIFIED_KIND = "purified"
 
@@ -59,7 +60,7 @@ def purify_split(builder, split: str, store: ArtifactStore, occlusions: Artifact
   occlusion.occlusion_masks_for_split(builder, split, occlusions, occlusion_config)
   run = stage.ArtifactStage(store, purify_compute(occlusions, inpaint), "purified images",
                             batch_size).run_split(builder, split, ("image",))
-  logging.info("purified images for %s: %d computed, %d reused, %d failed, %.1fs", split, run.computed,
+  logging.info("purified images for %s: %d computed, %d reused, %d failed, %.1fs", split_name(split), run.computed,
                run.reused, run.failed, run.seconds)
   return {"split": split, "computed": run.computed, "reused": run.reused, "failed": run.failed,
           "seconds": run.seconds}

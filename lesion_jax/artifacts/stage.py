@@ -38,6 +38,7 @@ import numpy as np
 from absl import logging
 
 from lesion_jax.artifacts.store import ArtifactStore
+from lesion_jax.data.selection import split_name
 
 Example = dict[str, Any]
 
@@ -281,7 +282,7 @@ class ArtifactStage:
     todo = [i for i in ids if i in share and not self.store.has(i)]
     reused = len(share) - len(todo)
     where = f" (process {index} of {count} computes {len(share)})" if count > 1 else ""
-    logging.info("%s %s: %d examples%s, %d to compute, %d already stored", self.name, split,
+    logging.info("%s %s: %d examples%s, %d to compute, %d already stored", self.name, split_name(split),
                  len(ids), where, len(todo), reused)
     computed: list[str] = []
     failures: dict[str, str] = {}
@@ -291,7 +292,7 @@ class ArtifactStage:
     def progress() -> None:
       nonlocal last_log, logged
       last_log, logged = time.perf_counter(), len(computed) + len(failures)
-      logging.info("%s %s: %d/%d done (%d reused, %d failed), %.1f img/s", self.name, split,
+      logging.info("%s %s: %d/%d done (%d reused, %d failed), %.1f img/s", self.name, split_name(split),
                    reused + len(computed) + len(failures), len(share), reused, len(failures),
                    len(computed) / max(busy, 1e-9))
 
@@ -309,7 +310,7 @@ class ArtifactStage:
     if todo and logged != len(computed) + len(failures):
       progress()
     if failures:
-      logging.warning("%s %s: %d example(s) failed (retried next run): %s", self.name, split,
+      logging.warning("%s %s: %d example(s) failed (retried next run): %s", self.name, split_name(split),
                       len(failures), ", ".join(list(failures)[:10]))
     counts = np.array([len(computed), reused, len(failures)], np.int32)
     rate = len(computed) / busy if busy else 0.0  # this process's

@@ -8,6 +8,8 @@ run's config records exactly which images it selected on.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from sklearn import model_selection
 
@@ -24,6 +26,17 @@ def index_ranges_split(split: str, indices) -> str:
   breaks = np.flatnonzero(np.diff(indices) > 1) + 1
   runs = np.split(indices, breaks)
   return "+".join(f"{split}[{int(r[0])}:{int(r[-1]) + 1}]" for r in runs)
+
+
+def split_name(split: str) -> str:
+  """`split` short enough for a log line: a long `index_ranges_split` string is named by its
+  split and size ("train: 400 examples in 274 index ranges"); any other split string unchanged."""
+  parts = split.split("+")
+  ranges = [re.fullmatch(r"(\w+)\[(\d+):(\d+)\]", p) for p in parts]
+  if len(parts) <= 3 or not all(ranges) or len({r.group(1) for r in ranges}) != 1:
+    return split
+  count = sum(int(r.group(3)) - int(r.group(2)) for r in ranges)
+  return f"{ranges[0].group(1)}: {count} examples in {len(ranges)} index ranges"
 
 
 def stratified_holdout_indices(labels, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

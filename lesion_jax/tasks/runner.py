@@ -258,7 +258,8 @@ def with_holdout(task: base.Task) -> base.Task:
                                              task.stratify_key)
   except ValueError as e:
     raise config_lib.ConfigError(f"`run.holdout`={run.holdout}: {e}") from None
-  logging.info("Selection split: %s of %s held out (%s)", run.holdout, run.train_split, held_out)
+  logging.info("Selection split: %s of %s held out (%s)", run.holdout, run.train_split,
+               selection.split_name(held_out))
   resolved = dataclasses.replace(run, train_split=fit, val_split=held_out, holdout=0.0)
   return type(task)(dataclasses.replace(task.config, run=resolved))
 
