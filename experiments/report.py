@@ -34,6 +34,8 @@ flags.DEFINE_string("out", None, "The markdown page to write (e.g. docs/results/
 flags.DEFINE_string("title", None, "The page's title (default: the file name).")
 flags.DEFINE_list("metrics", None, "Columns: metrics.json keys (default: the first run's test/ numbers, at most 8).")
 flags.DEFINE_string("note", "", "A paragraph under the title (what the table compares, on which data).")
+flags.DEFINE_string("note_file", None, "A markdown file whose text is the note, instead of --note (the page's "
+                    "command then names the file rather than repeating its text).")
 for _name in ("runs", "out"):
   flags.mark_flag_as_required(_name)
 
@@ -136,10 +138,19 @@ def render(title: str, note: str, runs: list[tuple[str, str]], metrics: list[str
 def main(argv):
   del argv
   runs = parse_runs(FLAGS.runs)
+  note = FLAGS.note
+  if FLAGS.note_file:
+    if note:
+      raise ValueError("--note and --note_file: give the note one way")
+    try:
+      with open(FLAGS.note_file, encoding="utf-8") as f:
+        note = f.read().strip()
+    except OSError as e:
+      raise ValueError(f"--note_file={FLAGS.note_file}: cannot read it ({e.strerror})") from None
   command = "python -m experiments.report " + " ".join(
       f"--{name}={shlex.quote(','.join(v) if isinstance(v, list) else v)}"
-      for name in ("out", "title", "runs", "metrics", "note") if (v := FLAGS[name].value))
-  text = render(FLAGS.title or os.path.splitext(os.path.basename(FLAGS.out))[0], FLAGS.note, runs, FLAGS.metrics,
+      for name in ("out", "title", "runs", "metrics", "note", "note_file") if (v := FLAGS[name].value))
+  text = render(FLAGS.title or os.path.splitext(os.path.basename(FLAGS.out))[0], note, runs, FLAGS.metrics,
                 command)
   os.makedirs(os.path.dirname(FLAGS.out) or ".", exist_ok=True)
   io.atomic_write_bytes(FLAGS.out, text.encode())

@@ -201,8 +201,10 @@ def test_a_library_error_names_the_field_and_a_verb_names_the_option_typed(tmp_p
 
 def test_report_renders_a_results_page_from_runs(trained, tmp_path):
   out = tmp_path / "docs" / "results" / "tiny.md"
+  note = tmp_path / "note.md"
+  note.write_text("Both rows are **tiny**.\n")
   proc = subprocess.run([sys.executable, "-m", "experiments.report", f"--runs=tiny unet:{trained}", f"--out={out}",
-                         "--title=Tiny U-Net", "--metrics=test/jaccard,test/dice"], cwd=REPO, env=ENV,
+                         "--title=Tiny U-Net", "--metrics=test/jaccard,test/dice", f"--note_file={note}"], cwd=REPO, env=ENV,
                         capture_output=True, text=True, timeout=300, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   page = out.read_text()
@@ -212,6 +214,8 @@ def test_report_renders_a_results_page_from_runs(trained, tmp_path):
   assert cells[1] == f"{metrics['test/jaccard']:.4g}" and cells[2] == f"{metrics['test/dice']:.4g}"
   assert "`experiments/configs/segmentation/unet.py`" in row and "do not edit by hand" in page
   assert "python -m experiments.report" in page
+  # The note's text is under the title once; the command names its file.
+  assert page.count("Both rows are **tiny**.") == 1 and f"--note_file={note}" in page
 
 
 def test_the_artifacts_verb_computes_once_and_resumes(tiny_data_dir, tiny_dataset, tmp_path):
