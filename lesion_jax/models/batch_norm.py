@@ -7,8 +7,8 @@ square forward; the bias, scale and input gradients backward): ~40 % of the FCRN
 sums as a product with a vector of ones run as a matrix-vector product, ~6x faster
 (docs/benchmarks.md). `BatchNorm` keeps nn.BatchNorm's name, attributes and variables (params
 scale / bias, batch_stats mean / var), so checkpoints, the torchvision weight loader and the
-auto-named layers (BatchNorm_0, ...) are unchanged; statistics are float32 whatever the compute
-dtype, as flax's are.
+auto-named layers (BatchNorm_0, ...) are unchanged; statistics are float32 at least whatever the compute
+dtype (float64 stays float64), as flax's are.
 """
 from __future__ import annotations
 
@@ -17,6 +17,10 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+
+def _stats_dtype(dtype) -> Any:
+  return jnp.promote_types(dtype, jnp.float32)
 
 
 def _column_sums(x2: jax.Array) -> jax.Array:
@@ -28,13 +32,13 @@ def _column_sums(x2: jax.Array) -> jax.Array:
 def normalize_with_batch_stats(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float
                                ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(y, mean, var): `x` (..., C) normalised by its own statistics over every axis but the last,
-  times `scale` plus `bias`; mean and (biased) var are float32."""
+  times `scale` plus `bias`; mean and (biased) var are float32 (float64 for float64 `x`)."""
   return _forward(x, scale, bias, epsilon)[0]
 
 
 def _forward(x, scale, bias, epsilon):
   c = x.shape[-1]
-  x2 = x.reshape(-1, c).astype(jnp.float32)
+  x2 = x.reshape(-1, c).astype(_stats_dtype(x.dtype))
   m = x2.shape[0]
   mean = _column_sums(x2) / m
   var = jnp.maximum(_column_sums(x2 * x2) / m - mean * mean, 0.0)  # flax's fast variance
@@ -47,8 +51,8 @@ def _backward(residuals, cotangents):
   x, mean, inv, scale = residuals
   g_y, g_mean, g_var = cotangents
   c = x.shape[-1]
-  x2 = x.reshape(-1, c).astype(jnp.float32)
-  g2 = g_y.reshape(-1, c).astype(jnp.float32)
+  x2 = x.reshape(-1, c).astype(_stats_dtype(x.dtype))
+  g2 = g_y.reshape(-1, c).astype(x2.dtype)
   m = x2.shape[0]
   centred = x2 - mean
   x_hat = centred * inv
@@ -82,7 +86,7 @@ class BatchNorm(nn.Module):
     dtype = self.dtype or x.dtype
     if self.use_running_average:
       inv = jax.lax.rsqrt(ra_var.value + self.epsilon) * scale
-      return ((x.astype(jnp.float32) - ra_mean.value) * inv + bias).astype(dtype)
+      return ((x.astype(_stats_dtype(x.dtype)) - ra_mean.value) * inv + bias).astype(dtype)
     y, mean, var = normalize_with_batch_stats(x, scale, bias, self.epsilon)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * jax.lax.stop_gradient(mean)

@@ -112,7 +112,8 @@ def _torchvision_conv(features: int, kernel_size: Sequence[int], strides: Sequen
   """An nn.Conv without bias padded as torchvision's ResNet pads: k // 2 on every side."""
   if padding is None:
     padding = [(k // 2, k // 2) for k in kernel_size]
-  return nn.Conv(features, kernel_size, strides, padding=padding, use_bias=False, dtype=dtype)
+  return nn.Conv(features, kernel_size, strides, padding=padding, use_bias=False, dtype=dtype,
+                 conv_general_dilated=layers.conv_general_dilated)
 
 
 def resnet_features(x: jax.Array, stage_sizes: Sequence[int], block: Any, width: int, conv: Any, norm: Any,
@@ -159,7 +160,8 @@ class ResNet(nn.Module):
       norm = partial(BatchNorm, use_running_average=not train, momentum=0.9, epsilon=1e-5,
                      dtype=self.dtype)
     else:
-      conv = partial(nn.Conv, padding="SAME", use_bias=False, dtype=self.dtype)
+      conv = partial(nn.Conv, padding="SAME", use_bias=False, dtype=self.dtype,
+                     conv_general_dilated=layers.conv_general_dilated)
       norm = partial(BatchNorm, use_running_average=not train, momentum=0.9, dtype=self.dtype)
     x = x.astype(self.dtype)
     x = resnet_features(x, self.stage_sizes, self.block, self.width, conv, norm,

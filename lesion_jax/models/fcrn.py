@@ -46,7 +46,7 @@ class Bottleneck(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     conv = lambda f, k, s, name: nn.Conv(f, (k, k), strides=(s, s), padding="SAME", use_bias=self.norm == "none",
-                                         dtype=self.dtype, name=name)
+                                         dtype=self.dtype, name=name, conv_general_dilated=layers.conv_general_dilated)
     y = nn.relu(layers.make_norm(self.norm, train, self.dtype, "norm0")(conv(self.width, 1, 1, "conv0")(x)))
     y = nn.relu(layers.make_norm(self.norm, train, self.dtype, "norm1")(conv(self.width, 3, self.stride, "conv1")(y)))
     y = layers.make_norm(self.norm, train, self.dtype, "norm2")(conv(4 * self.width, 1, 1, "conv2")(y))

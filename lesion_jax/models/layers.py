@@ -59,6 +59,66 @@ def _dense_depth_to_space_bwd(residuals, grad):
 dense_depth_to_space.defvjp(_dense_depth_to_space_fwd, _dense_depth_to_space_bwd)
 
 
+@jax.custom_vjp
+def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A 1x1, stride-1 NHWC convolution (`kernel` (1, 1, C, O)) as a matmul over the channels, with
+  its backward pass written out so that the kernel gradient transposes the output gradient, not `x`.
+
+  Autodiff's kernel gradient (x^T dy over N·H·W rows) makes XLA:CPU copy `x` into a channels-major
+  layout; in a ResNet `x` is the residual stream, and XLA fused each copy with the whole chain of
+  BatchNorms, additions and ReLUs that produced it (recomputed from the convolutions' outputs, several
+  blocks deep): those copies were 68 % of the ResNet-50 train step (docs/benchmarks.md). Computing
+  (dy^T x)^T instead transposes the output gradient, which comes straight out of BatchNorm's backward.
+  """
+  return lax.dot_general(x, kernel[0, 0], (((3,), (0,)), ((), ())))
+
+
+def _pointwise_conv_fwd(x, kernel):
+  return pointwise_conv(x, kernel), (x, kernel)
+
+
+def _pointwise_conv_bwd(residuals, grad):
+  x, kernel = residuals
+  grad_x = lax.dot_general(grad, kernel[0, 0], (((3,), (1,)), ((), ())))
+  grad_kernel_t = lax.dot_general(grad, x, (((0, 1, 2), (0, 1, 2)), ((), ())))  # (O, C)
+  return grad_x, grad_kernel_t.T.reshape(kernel.shape)
+
+
+pointwise_conv.defvjp(_pointwise_conv_fwd, _pointwise_conv_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
+                         preferred_element_type=None):
+  """`lax.conv_general_dilated` (nn.Conv's `conv_general_dilated=`) that runs 1x1 NHWC
+  convolutions as `pointwise_conv` (a stride is a slice first); every other convolution is lax's.
+  Same function, same parameters: only the kernel gradient's layout copy changes."""
+  pointwise = (lhs.ndim == 4 and rhs.shape[:2] == (1, 1) and feature_group_count == 1 and batch_group_count == 1
+               and _is_nhwc(dimension_numbers) and not _conv_pads(padding) and preferred_element_type is None
+               and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))))
+  if not pointwise:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                                    dimension_numbers, feature_group_count, batch_group_count, precision,
+                                    preferred_element_type)
+  sh, sw = window_strides
+  if (sh, sw) != (1, 1):
+    lhs = lhs[:, ::sh, ::sw]
+  return pointwise_conv(lhs, rhs)
+
+
+def _is_nhwc(dimension_numbers) -> bool:
+  if isinstance(dimension_numbers, lax.ConvDimensionNumbers):
+    return tuple(dimension_numbers) == ((0, 3, 1, 2), (3, 2, 0, 1), (0, 3, 1, 2))
+  return tuple(dimension_numbers or ()) == ("NHWC", "HWIO", "NHWC")
+
+
+def _conv_pads(padding) -> bool:
+  """Whether a 1x1 convolution's `padding` adds pixels (SAME and VALID add none at 1x1)."""
+  if isinstance(padding, str):
+    return False
+  return any(lo or hi for lo, hi in padding)
+
+
 class PixelShuffleDense(nn.Module):
   """A Dense layer to 4·features channels followed by a 2× pixel shuffle (`dense_depth_to_space`).
 

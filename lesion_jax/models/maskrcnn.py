@@ -44,7 +44,7 @@ from lesion_jax.detection import targets as targets_lib
 from lesion_jax.models import classifiers
 from lesion_jax.models.classifiers import BottleneckBlock, ResNetBlock
 from lesion_jax.models import registry
-from lesion_jax.models.layers import Upsample2x
+from lesion_jax.models.layers import Upsample2x, conv_general_dilated
 from lesion_jax.models.batch_norm import BatchNorm
 
 Dtype = Any
@@ -76,7 +76,8 @@ class ResNetFPN(nn.Module):
     if self.depth not in RESNET_STAGES:
       raise ValueError(f"ResNet depth {self.depth} not supported; choose one of {sorted(RESNET_STAGES)}")
     stages, block = RESNET_STAGES[self.depth]
-    conv = partial(nn.Conv, padding="SAME", use_bias=False, dtype=self.dtype)
+    conv = partial(nn.Conv, padding="SAME", use_bias=False, dtype=self.dtype,
+                   conv_general_dilated=conv_general_dilated)
     norm = _norm(self.norm, train, self.dtype)
     c = classifiers.resnet_features(x.astype(self.dtype), stages, block, self.width, conv, norm)
     # Top-down pathway; 1x1 convs as Dense (a matmul: faster than a 1x1 convolution on XLA:CPU).
