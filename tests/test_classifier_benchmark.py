@@ -59,3 +59,16 @@ def test_twin_flags_and_weight_layout():
   assert state["Dense_0.weight"].shape == (3, 256) and state["Dense_0.bias"].shape == (3,)
   assert sum(v.size for k, v in state.items() if not k.endswith(("running_mean", "running_var"))) == \
       _params(model, 32)
+
+
+def test_lfn_step_no_torch_report_lines():
+  """benchmarks/lfn_step.py (the LFN's train step against torch_lfn_step.py) runs its JAX side."""
+  from lesion_jax.models.lfn import lfn  # pylint: disable=g-import-not-at-top
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "lfn_step.py"), "--no_torch",
+                         "--no_xla_defaults", "--variants=lfn_narrow:16:4", "--rounds=1", "--repeats=1", "--window_s=0"],
+                        cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  out = proc.stdout
+  assert re.search(r"^lfn_narrow \(widths \(8, 16, 32, 64\)\) batch 4 16px; best of 1 rounds", out, re.M), out
+  assert f"  parameters: JAX {_params(lfn('lfn_narrow'), 16):,}\n" in out, out
+  assert "  ratio JAX/PyTorch: skipped (--no_torch)" in out, out

@@ -1,6 +1,7 @@
 """The Flax modules: shapes, the U-Net's faster layers against their textbook forms, classifiers."""
 import dataclasses
 import functools
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -293,3 +294,17 @@ def test_matmul_batch_norm_keeps_float64_in_float64(train):
       assert y.dtype == jnp.float64
       outputs.append(y)
     np.testing.assert_allclose(outputs[0], outputs[1], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("size", [16, 18])
+def test_lfn_pools_even_and_odd_sizes_as_nn_max_pool(size):
+  # 16 px pools 16 -> 8 -> 4 -> 2 by layers.max_pool_2x; 18 px reaches 9, an odd size, which
+  # nn.max_pool floors: the network must give the classes either way, the same as with nn.max_pool.
+  from lesion_jax.models.lfn import lfn  # pylint: disable=g-import-not-at-top
+  model = lfn("lfn_narrow", num_classes=5)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, size, size, 3)), jnp.float32)
+  variables = model.init(jax.random.key(0), x)
+  logits = model.apply(variables, x)
+  assert logits.shape == (2, 5) and bool(jnp.all(jnp.isfinite(logits)))
+  with mock.patch.object(layers, "max_pool_2x", lambda y: nn.max_pool(y, (2, 2), (2, 2))):
+    np.testing.assert_allclose(model.apply(variables, x), logits, rtol=1e-5, atol=1e-5)

@@ -25,7 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from lesion_jax.models import registry
+from lesion_jax.models import layers, registry
 from lesion_jax.models.batch_norm import BatchNorm
 
 # Kernels per stage (each stage's three convs share its width). Our choice; see the docstring.
@@ -48,11 +48,12 @@ class LFN(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     x = x.astype(self.dtype)
     for stage, width in enumerate(self.widths):
-      if stage:
-        x = nn.max_pool(x, (2, 2), (2, 2))
+      if stage:  # layers.max_pool_2x: a reshape and a max (a fused gradient), where the size is even
+        even = x.shape[1] % 2 == 0 and x.shape[2] % 2 == 0
+        x = layers.max_pool_2x(x) if even else nn.max_pool(x, (2, 2), (2, 2))
       for kernel in (3, 3, 1):
         x = nn.Conv(width, (kernel, kernel), padding="SAME", use_bias=not self.use_batchnorm,
-                    dtype=self.dtype)(x)
+                    dtype=self.dtype, conv_general_dilated=layers.conv_general_dilated)(x)
         if self.use_batchnorm:
           x = BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype)(x)
         x = nn.relu(x)
