@@ -274,6 +274,17 @@ def load_segmenter(workdir: str, field: str = "crop.segmenter_workdir") -> base.
   return task
 
 
+def segmenter_functions(task: base.Task, workdir: str, mesh=None) -> tuple[int, Callable, Callable]:
+  """(step, segment, binarize) of the best checkpoint of `task`'s run in `workdir` (a segmenter: see
+  load_segmenter), as the stages that segment whole splits use it: `segment(list of uint8 images)`
+  gives probability maps at each image's resolution (this process's devices), `binarize(map)` the
+  run's own mask."""
+  state, local, predict, step = runner.process_local_predictor(task, workdir, mesh or sharding.make_mesh())
+  segment = lambda images: task.masks.segment_images(state, images, local, predict)  # noqa: E731
+  binarize = lambda prob: task.masks.binarize(prob)[0]  # noqa: E731
+  return step, segment, binarize
+
+
 def lesion_crops(segmenter_workdir: str, builder, splits: list[str], size: int, root: str,
                  margin: float = 0.1, black_out: bool = True, mesh=None, fallback: bool | None = None) -> str:
   """Segments and crops every image of `splits` with the best checkpoint of a segmenter run
@@ -281,15 +292,12 @@ def lesion_crops(segmenter_workdir: str, builder, splits: list[str], size: int, 
   to join as a classifier's images. Masks are the run's own binarisation (`binarize`), with the
   catastrophic-mask fallback if `fallback` (None: the run's own --fallback)."""
   from lesion_jax.artifacts import crops  # pylint: disable=g-import-not-at-top
-  mesh = mesh or sharding.make_mesh()
   task = load_segmenter(segmenter_workdir)
   if fallback is not None:
     task = task.with_overrides(fallback=fallback)
-  state, local, predict, step = runner.process_local_predictor(task, segmenter_workdir, mesh)
+  step, segment, binarize = segmenter_functions(task, segmenter_workdir, mesh)
   cstore = crops.crop_store(root, builder.info.full_name, segmenter_workdir, step, size, margin, black_out,
                             fallback=task.config.fallback)
-  segment = lambda images: task.masks.segment_images(state, images, local, predict)
-  binarize = lambda prob: task.masks.binarize(prob)[0]
   for split in splits:
     crops.crop_split(builder, split, cstore, segment, binarize, size, margin, black_out=black_out)
   return cstore.directory
@@ -302,12 +310,8 @@ def segmenter_masks(segmenter_workdir: str, builder, splits: list[str], root: st
   that reads masks a dataset does not have (a Part 3-only archive). Returns the store directory,
   to join as the task's mask feature. `field`: the config field that gave `segmenter_workdir`."""
   from lesion_jax.artifacts import relabel  # pylint: disable=g-import-not-at-top
-  mesh = mesh or sharding.make_mesh()
-  task = load_segmenter(segmenter_workdir, field)
-  state, local, predict, step = runner.process_local_predictor(task, segmenter_workdir, mesh)
+  step, segment, binarize = segmenter_functions(load_segmenter(segmenter_workdir, field), segmenter_workdir, mesh)
   store = relabel.relabel_store(root, builder.info.full_name, segmenter_workdir, step)
-  segment = lambda images: task.masks.segment_images(state, images, local, predict)  # noqa: E731
-  binarize = lambda prob: task.masks.binarize(prob)[0]  # noqa: E731
   for split in splits:
     relabel.relabel_split(builder, split, store, segment, binarize, relabel.RelabelConfig())
   return store.directory

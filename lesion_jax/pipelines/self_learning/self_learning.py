@@ -149,10 +149,8 @@ def run(config: SelfLearningConfig, workdir: str) -> dict[str, Any]:
     io.write_json(os.path.join(workdir, "metrics.json"), {"rounds": rows})
     if r == config.rounds:
       break
-    state, local, predict, step = runner.process_local_predictor(task, round_dir, mesh)
+    step, segment, binarize = segmentation.segmenter_functions(task, round_dir, mesh)
     rstore = relabel.relabel_store(root, builder.info.full_name, round_dir, step)
-    segment = lambda images: task.masks.segment_images(state, images, local, predict)  # noqa: E731
-    binarize = lambda prob: task.masks.binarize(prob)[0]  # noqa: E731
     pseudo = {}
     for split in unlabelled:
       summary = relabel.relabel_split(builder, split, rstore, segment, binarize, config.relabel)
@@ -211,11 +209,10 @@ def _comparison_figure(split: str, task: segmentation.SegmentationTask, builder,
   `split`."""
   examples = list(itertools.islice(stage.read_examples(builder, split, features=("image", task.config.mask_key)), count))
   images = [ex["image"] for ex in examples]
-  state, local, predict, _ = runner.process_local_predictor(task, round_dir, mesh)
-  probs = task.masks.segment_images(state, images, local, predict)
+  _, segment, binarize = segmentation.segmenter_functions(task, round_dir, mesh)
   columns = {"image": images,
              "K-means": [kstore.read_mask(ex["id"]) for ex in examples],
-             "self-learned U-Net": [task.masks.binarize(p)[0] for p in probs],
+             "self-learned U-Net": [binarize(p) for p in segment(images)],
              "ground truth": [ex[task.config.mask_key] for ex in examples]}
   figures.save_column_grid(os.path.join(fig_dir, f"kmeans_vs_selflearned_{stage.split_tag(split)}.png"), columns,
                            titles=[ex["id"] for ex in examples],
