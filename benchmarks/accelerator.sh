@@ -5,8 +5,9 @@
 #
 # 1. what the install needs, and what is installed (JAX's CUDA wheels beside the CPU TensorFlow);
 # 2. the device JAX sees (and nvidia-smi's line where there is one);
-# 3. every train-step benchmark (train_step.py: the U-Net, ResNet-18, LeNet-5; fcrn_step.py,
-#    gan_step.py, inpainter_step.py, maskrcnn_step.py) in float32 and in bfloat16 (--precision, the
+# 3. every train-step benchmark (train_step.py: the U-Net, ResNet-18, LeNet-5; classifier_step.py:
+#    the Task 3 ResNet-18 and ResNet-50; fcrn_step.py, lfn_step.py, gan_step.py, inpainter_step.py,
+#    maskrcnn_step.py) in float32 and in bfloat16 (--precision, the
 #    run.precision policies), each in a process of its own: ms/step, img/s, the step's device memory
 #    from XLA's memory analysis and the process's peak device memory (benchmarks/peak_memory.py);
 #    no PyTorch reference (--no_torch: the CPU reference says nothing about a GPU);
@@ -96,13 +97,17 @@ fi
 # --- 3. the train-step benchmarks, in float32 and in bfloat16 ------------------------------------
 if ((QUICK)); then
   TRAIN_STEP=(--unet=32:4:4 --classifiers=32:4)
+  CLASSIFIER=(--model=resnet18,resnet50 --image_size=32 --width=0.125 --batch_size=2 --repeats=1 --window_s=0.1)
   FCRN=(--variants=fcrn_small:32:2 --repeats=1 --window_s=0.1)
+  LFN=(--variants=lfn_narrow:16:4 --repeats=1 --window_s=0.1)
   GAN=(--image_size=16 --batch_size=4 --features=8 --repeats=1 --steps=1 --warmup=1)
   INPAINTER=(--configs=8:2:32:2 --repeats=1 --window_s=0.1)
   MASKRCNN=(--shape=task --size=64 --batch=1 --repeats=1 --window_s=0.1)
 else  # each benchmark's own workloads, as in docs/benchmarks.md's CPU table
   TRAIN_STEP=()
+  CLASSIFIER=(--model=resnet18,resnet50)
   FCRN=()
+  LFN=()
   GAN=()
   INPAINTER=()
   MASKRCNN=(--repeats=2)
@@ -112,7 +117,9 @@ for precision in float32 bfloat16; do
   # --no_xla_defaults: the XLA:CPU-flag comparison says nothing on an accelerator (nor in a check).
   shared=(--precision="$precision" --no_torch --rounds=1)
   step "train_step_$precision" benchmarks/train_step.py "${shared[@]}" --no_xla_defaults "${TRAIN_STEP[@]}"
+  step "classifier_step_$precision" benchmarks/classifier_step.py "${shared[@]}" --no_xla_defaults "${CLASSIFIER[@]}"
   step "fcrn_step_$precision" benchmarks/fcrn_step.py "${shared[@]}" --no_xla_defaults "${FCRN[@]}"
+  step "lfn_step_$precision" benchmarks/lfn_step.py "${shared[@]}" --no_xla_defaults "${LFN[@]}"
   step "gan_step_$precision" benchmarks/gan_step.py "${shared[@]}" --no_xla_defaults "${GAN[@]}"
   step "inpainter_step_$precision" benchmarks/inpainter_step.py "${shared[@]}" --no_xla_defaults "${INPAINTER[@]}"
   step "maskrcnn_step_$precision" benchmarks/maskrcnn_step.py "${shared[@]}" "${MASKRCNN[@]}"
