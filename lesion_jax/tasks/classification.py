@@ -15,7 +15,7 @@ from absl import logging
 from lesion_jax import config as config_lib
 from lesion_jax.artifacts import occlusion as occlusion_lib
 from lesion_jax.config import field
-from lesion_jax.data import ops, pipeline
+from lesion_jax.data import ops, pipeline, selection
 from lesion_jax.eval import figures, metrics, postprocess
 from lesion_jax import models
 from lesion_jax.tasks import base, calibration, runner, segmentation
@@ -323,7 +323,7 @@ class ClassificationTask(base.Task):
     extra = None
     if c.generated:
       chosen, plan = self.generated_examples
-      logging.info("Balancing %s with generated images: %s", c.run.train_split, plan)
+      logging.info("Balancing %s with generated images: %s", selection.split_name(c.run.train_split), plan)
       extra = pipeline.extra_examples(chosen, (c.label_key,)) if chosen else None
     return pipeline.train_iterator(self._input(), self._ops(train=True), c.run.train_split, start_step, self.builder,
                                    balance_key=c.label_key if c.balanced else None, extra=extra)
