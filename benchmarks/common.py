@@ -269,6 +269,66 @@ def compare_step(name: str, header: str, step: Any, inner: int, args: Any, measu
                     no_torch=args.no_torch)
 
 
+def parse_variants(text: str, known: Any, default_size: int, default_batch: int, flag: str = "--variants"
+                   ) -> list[tuple[str, int, int]]:
+  """'a:128:8,b' -> [(variant, size, batch), ...]: a network variant of `known` with its image size and
+  batch (defaults where left out); an unknown variant exits naming `flag` and the choices."""
+  out = []
+  for item in filter(None, text.split(",")):
+    parts = item.split(":")
+    name, size, batch = (parts + [str(default_size), str(default_batch)][len(parts) - 1:])[:3]
+    if name not in known:
+      raise SystemExit(f"{flag}: unknown variant {name!r}; choose from {list(known)}")
+    out.append((name, int(size), int(batch)))
+  return out
+
+
+def variant_benchmark_main(doc: str, script: str, known: Any, default_variants: str,
+                           build: Callable[..., JaxTrainStep], describe: Callable[[str, int, int], str],
+                           measure_torch: Callable[[str, str, int, int, int, int, str], Any], torch_script: str) -> None:
+  """main() of a benchmark whose workloads are network variants (fcrn_step.py, lfn_step.py): the
+  comparison flags with --variants=VARIANT:SIZE:BATCH,... (`known` variants; sizes and batches left
+  out take `default_variants`' first), then: `build(variant, size, batch, count_flops=, precision=)`
+  makes the JAX step; in the subprocess of xla_defaults_seconds (--xla_defaults_child) it only times
+  those steps. Otherwise: the setup lines, every JAX step compiled, XLA's defaults timed once in one
+  process (unless --no_xla_defaults), then compare_step per variant against `measure_torch(python,
+  variant, size, batch, repeats, inner, threads)`, headed by `describe(variant, size, batch)`."""
+  parser = comparison_parser(doc)
+  parser.add_argument("--variants", default=default_variants,
+                      help="Comma-separated VARIANT:SIZE:BATCH (variants: " + ", ".join(known) + ").")
+  add_round_args(parser)
+  add_xla_defaults_args(parser)
+  args = parser.parse_args()
+  _, default_size, default_batch = default_variants.split(",")[0].split(":")
+  variants = parse_variants(args.variants, known, int(default_size), int(default_batch))
+  if args.xla_defaults_child:
+    for item in args.xla_defaults_child.split(","):
+      variant, size, batch, inner = item.split(":")
+      step = build(variant, int(size), int(batch), count_flops=False, precision=args.precision)
+      print(f"xla_defaults variant={variant} ms={best_seconds(step.call, args.repeats, int(inner)) * 1e3:.2f}",
+            flush=True)
+      del step
+    return
+  start = time.perf_counter()
+  peak, torch_python = print_setup(args.torch_python, no_torch=args.no_torch, precision=args.precision)
+  steps, inners = {}, {}
+  for variant, size, batch in variants:
+    steps[variant] = build(variant, size, batch, precision=args.precision)
+    inners[variant] = window_steps(steps[variant], args.window_s)
+  # One fresh process for all variants (its start-up, model init and compile cost ~20 s a variant on
+  # 2 cores), timed over as many windows as the alternating rounds below.
+  defaults = {} if args.no_xla_defaults else xla_defaults_seconds(
+      script, [f"{v}:{size}:{batch}:{inners[v]}" for v, size, batch in variants], args.rounds * args.repeats,
+      "variant", args.precision)
+  for variant, size, batch in variants:
+    step, inner = steps.pop(variant), inners[variant]
+    compare_step(variant, describe(variant, size, batch), step, inner, args,
+                 lambda: measure_torch(torch_python, variant, size, batch, args.repeats, inner, args.torch_threads),
+                 batch=batch, peak=peak, defaults=defaults, torch_python=torch_python, torch_script=torch_script)
+    del step
+  print(f"\nwall time {time.perf_counter() - start:.0f} s")
+
+
 def report_comparison(name: str, measured: Rounds, *, batch: int, flops: float, params: int, peak: float,
                       defaults_s: float, torch_python: str | None, torch_python_flag: str | None,
                       torch_script: str, memory: dict[str, int] | None = None, no_torch: bool = False) -> None:

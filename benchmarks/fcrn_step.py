@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -48,17 +47,6 @@ from lesion_jax.train.state import create_train_state  # noqa: E402
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_fcrn_step.py")
 NUM_CLASSES = 4  # background + the three diagnoses (melanoma, seborrheic keratosis, nevus)
 GROUP_SIZE = 2  # FCRN's default "residual in residual" grouping, passed on to the reference
-
-
-def parse_variants(text: str) -> list[tuple[str, int, int]]:
-  """'fcrn_small:128:8,fcrn50:128:4' -> [(variant, size, batch), ...]."""
-  out = []
-  for item in filter(None, text.split(",")):
-    name, size, batch = (item.split(":") + ["128", "8"])[:3]
-    if name not in FCRN_VARIANTS:
-      raise SystemExit(f"--variants: unknown FCRN variant {name!r}; choose from {list(FCRN_VARIANTS)}")
-    out.append((name, int(size), int(batch)))
-  return out
 
 
 class JaxStep(common.JaxTrainStep):
@@ -88,50 +76,11 @@ def measure_torch(python: str, variant: str, size: int, batch: int, repeats: int
        f"--size={size}", f"--repeats={repeats}", f"--inner={inner}", f"--threads={threads}"])
 
 
-def measure_xla_defaults(variants: list[tuple[str, int, int, int]], repeats: int, precision: str) -> dict[str, float]:
-  """{variant: seconds per step} of the same JAX steps in one fresh process without lesion_jax's
-  XLA:CPU flag; `variants` holds (variant, size, batch, steps per timed window)."""
-  return common.xla_defaults_seconds(__file__, [":".join(map(str, v)) for v in variants], repeats, "variant",
-                                     precision)
-
-
 def main() -> None:
-  parser = common.comparison_parser(__doc__)
-  parser.add_argument("--variants", default="fcrn_small:128:8,fcrn50:128:4",
-                      help="Comma-separated VARIANT:SIZE:BATCH (variants: " + ", ".join(FCRN_VARIANTS) + ").")
-  common.add_round_args(parser)
-  common.add_xla_defaults_args(parser)
-  args = parser.parse_args()
-  if args.xla_defaults_child:  # the subprocess of measure_xla_defaults
-    for item in args.xla_defaults_child.split(","):
-      variant, size, batch, inner = item.split(":")
-      step = JaxStep(variant, int(size), int(batch), count_flops=False, precision=args.precision)
-      print(f"xla_defaults variant={variant} ms={common.best_seconds(step.call, args.repeats, int(inner)) * 1e3:.2f}",
-            flush=True)
-      del step
-    return
-  variants = parse_variants(args.variants)
-  start = time.perf_counter()
-  peak, torch_python = common.print_setup(args.torch_python, no_torch=args.no_torch, precision=args.precision)
-
-  jax_steps, inners = {}, {}
-  for variant, size, batch in variants:
-    jax_steps[variant] = JaxStep(variant, size, batch, precision=args.precision)
-    inners[variant] = common.window_steps(jax_steps[variant], args.window_s)
-  # One fresh process for all variants (its start-up, model init and compile cost ~20 s a variant
-  # on 2 cores), timed over as many windows as the alternating rounds below.
-  defaults = {} if args.no_xla_defaults else measure_xla_defaults(
-      [(v, size, batch, inners[v]) for v, size, batch in variants], args.rounds * args.repeats, args.precision)
-
-  for variant, size, batch in variants:
-    blocks, width = FCRN_VARIANTS[variant]
-    step, inner = jax_steps.pop(variant), inners[variant]
-    common.compare_step(
-        variant, f"{variant} (blocks {blocks}, width {width}) batch {batch} {size}px", step, inner, args,
-        lambda: measure_torch(torch_python, variant, size, batch, args.repeats, inner, args.torch_threads),
-        batch=batch, peak=peak, defaults=defaults, torch_python=torch_python, torch_script=TORCH_SCRIPT)
-    del step
-  print(f"\nwall time {time.perf_counter() - start:.0f} s")
+  common.variant_benchmark_main(__doc__, __file__, FCRN_VARIANTS, "fcrn_small:128:8,fcrn50:128:4", JaxStep,
+                                lambda v, size, batch: (f"{v} (blocks {FCRN_VARIANTS[v][0]}, width "
+                                                        f"{FCRN_VARIANTS[v][1]}) batch {batch} {size}px"),
+                                measure_torch, TORCH_SCRIPT)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -38,17 +37,6 @@ from lesion_jax.train.state import create_train_state  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_lfn_step.py")
 NUM_CLASSES = 5  # background + the four ISIC 2017 dermoscopic features
-
-
-def parse_variants(text: str) -> list[tuple[str, int, int]]:
-  """'lfn:56:64,lfn_wide:56:64' -> [(variant, size, batch), ...]."""
-  out = []
-  for item in filter(None, text.split(",")):
-    name, size, batch = (item.split(":") + ["56", "64"])[:3]
-    if name not in LFN_VARIANTS:
-      raise SystemExit(f"--variants: unknown LFN variant {name!r}; choose from {list(LFN_VARIANTS)}")
-    out.append((name, int(size), int(batch)))
-  return out
 
 
 class JaxStep(common.JaxTrainStep):
@@ -76,38 +64,9 @@ def measure_torch(python: str, variant: str, size: int, batch: int, repeats: int
 
 
 def main() -> None:
-  parser = common.comparison_parser(__doc__)
-  parser.add_argument("--variants", default="lfn:56:64,lfn_wide:56:64",
-                      help="Comma-separated VARIANT:SIZE:BATCH (variants: " + ", ".join(LFN_VARIANTS) + ").")
-  common.add_round_args(parser)
-  common.add_xla_defaults_args(parser)
-  args = parser.parse_args()
-  if args.xla_defaults_child:  # the subprocess of common.xla_defaults_seconds
-    for item in args.xla_defaults_child.split(","):
-      variant, size, batch, inner = item.split(":")
-      step = JaxStep(variant, int(size), int(batch), count_flops=False, precision=args.precision)
-      print(f"xla_defaults variant={variant} ms={common.best_seconds(step.call, args.repeats, int(inner)) * 1e3:.2f}",
-            flush=True)
-      del step
-    return
-  variants = parse_variants(args.variants)
-  start = time.perf_counter()
-  peak, torch_python = common.print_setup(args.torch_python, no_torch=args.no_torch, precision=args.precision)
-  jax_steps, inners = {}, {}
-  for variant, size, batch in variants:
-    jax_steps[variant] = JaxStep(variant, size, batch, precision=args.precision)
-    inners[variant] = common.window_steps(jax_steps[variant], args.window_s)
-  defaults = {} if args.no_xla_defaults else common.xla_defaults_seconds(
-      __file__, [f"{v}:{size}:{batch}:{inners[v]}" for v, size, batch in variants], args.rounds * args.repeats,
-      "variant", args.precision)
-  for variant, size, batch in variants:
-    step, inner = jax_steps.pop(variant), inners[variant]
-    common.compare_step(
-        variant, f"{variant} (widths {LFN_VARIANTS[variant]}) batch {batch} {size}px", step, inner, args,
-        lambda: measure_torch(torch_python, variant, size, batch, args.repeats, inner, args.torch_threads),
-        batch=batch, peak=peak, defaults=defaults, torch_python=torch_python, torch_script=TORCH_SCRIPT)
-    del step
-  print(f"\nwall time {time.perf_counter() - start:.0f} s")
+  common.variant_benchmark_main(__doc__, __file__, LFN_VARIANTS, "lfn:56:64,lfn_wide:56:64", JaxStep,
+                                lambda v, size, batch: f"{v} (widths {LFN_VARIANTS[v]}) batch {batch} {size}px",
+                                measure_torch, TORCH_SCRIPT)
 
 
 if __name__ == "__main__":

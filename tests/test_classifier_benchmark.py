@@ -10,6 +10,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "benchmarks", "classifier_step.py")
@@ -72,3 +73,12 @@ def test_lfn_step_no_torch_report_lines():
   assert re.search(r"^lfn_narrow \(widths \(8, 16, 32, 64\)\) batch 4 16px; best of 1 rounds", out, re.M), out
   assert f"  parameters: JAX {_params(lfn('lfn_narrow'), 16):,}\n" in out, out
   assert "  ratio JAX/PyTorch: skipped (--no_torch)" in out, out
+
+
+def test_variant_flags_fill_size_and_batch_from_the_defaults():
+  from benchmarks import common  # pylint: disable=g-import-not-at-top
+  known = {"lfn": None, "lfn_wide": None}
+  assert common.parse_variants("lfn,lfn_wide:32,lfn:16:4", known, 56, 64) == [
+      ("lfn", 56, 64), ("lfn_wide", 32, 64), ("lfn", 16, 4)]
+  with pytest.raises(SystemExit, match="unknown variant 'lfn_tiny'"):
+    common.parse_variants("lfn_tiny", known, 56, 64)
