@@ -97,7 +97,7 @@ fi
 # --- 3. the train-step benchmarks, in float32 and in bfloat16 ------------------------------------
 if ((QUICK)); then
   TRAIN_STEP=(--unet=32:4:4 --classifiers=32:4)
-  CLASSIFIER=(--model=resnet18,resnet50 --image_size=32 --width=0.125 --batch_size=2 --repeats=1 --window_s=0.1)
+  CLASSIFIER_STEP=(--model=resnet18,resnet50 --image_size=32 --width=0.125 --batch_size=2 --repeats=1 --window_s=0.1)
   FCRN=(--variants=fcrn_small:32:2 --repeats=1 --window_s=0.1)
   LFN=(--variants=lfn_narrow:16:4 --repeats=1 --window_s=0.1)
   GAN=(--image_size=16 --batch_size=4 --features=8 --repeats=1 --steps=1 --warmup=1)
@@ -105,7 +105,7 @@ if ((QUICK)); then
   MASKRCNN=(--shape=task --size=64 --batch=1 --repeats=1 --window_s=0.1)
 else  # each benchmark's own workloads, as in docs/benchmarks.md's CPU table
   TRAIN_STEP=()
-  CLASSIFIER=(--model=resnet18,resnet50)
+  CLASSIFIER_STEP=(--model=resnet18,resnet50)
   FCRN=()
   LFN=()
   GAN=()
@@ -117,7 +117,7 @@ for precision in float32 bfloat16; do
   # --no_xla_defaults: the XLA:CPU-flag comparison says nothing on an accelerator (nor in a check).
   shared=(--precision="$precision" --no_torch --rounds=1)
   step "train_step_$precision" benchmarks/train_step.py "${shared[@]}" --no_xla_defaults "${TRAIN_STEP[@]}"
-  step "classifier_step_$precision" benchmarks/classifier_step.py "${shared[@]}" --no_xla_defaults "${CLASSIFIER[@]}"
+  step "classifier_step_$precision" benchmarks/classifier_step.py "${shared[@]}" --no_xla_defaults "${CLASSIFIER_STEP[@]}"
   step "fcrn_step_$precision" benchmarks/fcrn_step.py "${shared[@]}" --no_xla_defaults "${FCRN[@]}"
   step "lfn_step_$precision" benchmarks/lfn_step.py "${shared[@]}" --no_xla_defaults "${LFN[@]}"
   step "gan_step_$precision" benchmarks/gan_step.py "${shared[@]}" --no_xla_defaults "${GAN[@]}"
