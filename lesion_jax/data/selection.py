@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from sklearn import model_selection
 
 # Class features stratified on, first present wins (a dataset with none is split unstratified).
 STRATIFY_KEYS = ("label", "malignant")
@@ -52,6 +51,7 @@ def stratified_holdout_indices(labels, fraction: float, seed: int) -> tuple[np.n
   if labels is not None:
     counts = np.unique(np.asarray(labels), return_counts=True)[1]
     stratify = np.asarray(labels) if counts.min() >= 2 else None
+  from sklearn import model_selection  # pylint: disable=g-import-not-at-top  (~1 s; split_name's importers need none)
   fit, holdout = model_selection.train_test_split(positions, test_size=fraction, random_state=seed,
                                                   shuffle=True, stratify=stratify)
   return np.sort(fit), np.sort(holdout)
