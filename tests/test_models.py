@@ -62,7 +62,7 @@ def test_pointwise_conv_is_nn_conv_and_its_gradients(shape, strides, padding, fe
 def test_conv_general_dilated_leaves_other_convolutions_to_lax():
   x = jnp.asarray(np.random.default_rng(0).normal(size=(1, 6, 6, 2)), jnp.float32)
   for kernel, kwargs in (((3, 3), {}), ((1, 1), {"padding": ((1, 1), (1, 1))}), ((1, 1), {"kernel_dilation": 2}),
-                         ((1, 1), {"feature_group_count": 2})):
+                         ((1, 1), {"feature_group_count": 2}), ((1, 1), {"precision": jax.lax.Precision.HIGHEST})):
     kwargs = {"padding": "SAME", **kwargs}
     variables = nn.Conv(4, kernel, **kwargs).init(jax.random.key(0), x)
     ours = nn.Conv(4, kernel, conv_general_dilated=layers.conv_general_dilated, **kwargs)

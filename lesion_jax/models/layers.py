@@ -91,10 +91,12 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          dimension_numbers=None, feature_group_count=1, batch_group_count=1, precision=None,
                          preferred_element_type=None):
   """`lax.conv_general_dilated` (nn.Conv's `conv_general_dilated=`) that runs 1x1 NHWC
-  convolutions as `pointwise_conv` (a stride is a slice first); every other convolution is lax's.
-  Same function, same parameters: only the kernel gradient's layout copy changes."""
+  convolutions as `pointwise_conv` (a stride is a slice first); every other convolution, and one
+  asking for a `precision` or `preferred_element_type`, is lax's. Same function, same parameters: only
+  the kernel gradient's layout copy changes."""
   pointwise = (lhs.ndim == 4 and rhs.shape[:2] == (1, 1) and feature_group_count == 1 and batch_group_count == 1
-               and _is_nhwc(dimension_numbers) and not _conv_pads(padding) and preferred_element_type is None
+               and _is_nhwc(dimension_numbers) and not _conv_pads(padding) and precision is None
+               and preferred_element_type is None
                and all(d == 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))))
   if not pointwise:
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
