@@ -6,7 +6,8 @@ run's provenance.json). Pages are generated, never edited by hand: re-run this t
       --runs=unet:runs/unet,unet_selflearned:runs/unet_selflearned [--metrics=test/jaccard,test/dice]
 
 --runs: label:workdir of runs (any task or pipeline with a metrics.json, or a run scored only by
-`experiments.evaluate`). A row's numbers are its metrics.json and its evaluations: each
+`experiments.evaluate`); label:workdir+workdir+... makes one row of several runs of one config (seeds): each
+number is their mean with its range and count, "0.812 (0.801-0.823, 2 runs)", the wall time their sum. A row's numbers are its metrics.json and its evaluations: each
 eval_<tag>.json that evaluate (or a pipeline scoring its stages the same way) wrote, under `<tag>/`
 (eval_validation.json gives validation/jaccard, eval_validation_tta.json validation_tta/jaccard).
 --metrics: the columns (default: every number of the first run's metrics.json under test/, else of
@@ -46,16 +47,20 @@ def _evaluations(workdir: str) -> list[str]:
   return sorted(f for f in os.listdir(workdir) if f.startswith("eval_") and f.endswith(".json")) if os.path.isdir(workdir) else []
 
 
-def parse_runs(items: list[str]) -> list[tuple[str, str]]:
-  """[(label, workdir)] of --runs, each checked to hold a finished run (or its evaluations)."""
+def parse_runs(items: list[str]) -> list[tuple[str, tuple[str, ...]]]:
+  """[(label, workdirs)] of --runs (label:workdir or label:workdir+workdir+...), each workdir checked
+  to hold a finished run (or its evaluations)."""
   runs = []
   for item in items:
-    label, sep, workdir = item.partition(":")
-    if not sep or not label or not workdir:
-      raise app.UsageError(f"--runs={item!r}: give label:workdir")
-    if not os.path.exists(os.path.join(workdir, "metrics.json")) and not _evaluations(workdir):
-      raise app.UsageError(f"--runs={item}: neither {workdir}/metrics.json nor an eval_*.json there (not a finished run)")
-    runs.append((label, workdir))
+    label, sep, joined = item.partition(":")
+    workdirs = tuple(joined.split("+"))
+    if not sep or not label or not all(workdirs):
+      raise app.UsageError(f"--runs={item!r}: give label:workdir (or label:workdir+workdir+... for seeds)")
+    for workdir in workdirs:
+      if not os.path.exists(os.path.join(workdir, "metrics.json")) and not _evaluations(workdir):
+        raise app.UsageError(f"--runs={item}: neither {workdir}/metrics.json nor an eval_*.json there "
+                             "(not a finished run)")
+    runs.append((label, workdirs))
   return runs
 
 
@@ -106,10 +111,39 @@ def _cell(value) -> str:
   return str(value).replace("|", "\\|")
 
 
-def render(title: str, note: str, runs: list[tuple[str, str]], metrics: list[str] | None, command: str) -> str:
-  """The markdown page of `runs`: a table of `metrics` and each run's provenance."""
-  loaded = [(label, run_scores(w), *run_provenance(w)) for label, w in runs]
-  first = loaded[0][1]
+def _seeds_cell(values: list) -> str:
+  """One metric over a row's runs: the value where there is one run; the mean, range and count of the
+  runs that have it where there are several (a run without it is left out of the count)."""
+  if len(values) == 1:
+    return _cell(values[0])
+  numbers = [v for v in values if _number(v)]
+  if not numbers:
+    return "—"
+  if len(numbers) == 1:
+    return f"{numbers[0]:.4g} (1 run)"
+  return f"{sum(numbers) / len(numbers):.4g} ({min(numbers):.3g}-{max(numbers):.3g}, {len(numbers)} runs)"
+
+
+def row_provenance(workdirs: tuple[str, ...]) -> tuple[dict, bool]:
+  """A row's provenance: its run's (run_provenance); for several runs (seeds) the first's config file,
+  command, date and machine, every commit, and their wall times summed (where each has one)."""
+  loaded = [run_provenance(w) for w in workdirs]
+  prov, pipelines = loaded[0]
+  if len(loaded) == 1 or not prov:
+    return prov, pipelines
+  provs = [p for p, _ in loaded]
+  times = [p.get("wall_time_s") for p in provs]
+  merged = {**prov, "commit": ", ".join(dict.fromkeys(c for p in provs for c in str(p.get("commit", "")).split(", ") if c)),
+            "wall_time_s": round(sum(float(t) for t in times), 1) if all(_number(t) for t in times) else None}
+  return merged, pipelines
+
+
+def render(title: str, note: str, runs: list[tuple[str, tuple[str, ...]]], metrics: list[str] | None,
+           command: str) -> str:
+  """The markdown page of `runs` ((label, workdirs): one row each): a table of `metrics` and each row's
+  provenance."""
+  loaded = [(label, [run_scores(w) for w in workdirs], *row_provenance(workdirs)) for label, workdirs in runs]
+  first = loaded[0][1][0]
   columns = metrics or ([k for k, v in first.items() if k.startswith("test/") and _number(v)]
                         or [k for k, v in first.items() if _number(v)])[:8]
   header = ["run", *columns, *PROVENANCE_COLUMNS]
@@ -121,14 +155,17 @@ def render(title: str, note: str, runs: list[tuple[str, str]], metrics: list[str
   if note:
     lines += [note, ""]
   lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-  for (label, scores, prov, pipelines), (_, workdir) in zip(loaded, runs):
-    cells = [label, *(_cell(lookup(scores, k)) for k in columns),
+  for (label, scores, prov, pipelines), (_, workdirs) in zip(loaded, runs):
+    cells = [label, *(_seeds_cell([lookup(s, k) for s in scores]) for k in columns),
              *(f"`{prov[k]}`" if k in ("config_file", "command") and prov.get(k) else _cell(prov.get(k))
                for k in PROVENANCE_COLUMNS)]
     more = len(provenance.invocations(prov)) - 1
-    if more:  # a run resumed (train), or an ensemble scored on one more split per invocation
-      cells[1 + len(columns) + PROVENANCE_COLUMNS.index("command")] += (
-          f" (and {more} more: one per split)" if is_ensemble(workdir) else f" (resumed {more} time{'s' * (more > 1)})")
+    command_cell = 1 + len(columns) + PROVENANCE_COLUMNS.index("command")
+    if more and len(workdirs) == 1:  # a run resumed (train), or an ensemble scored on one more split per invocation
+      cells[command_cell] += (f" (and {more} more: one per split)" if is_ensemble(workdirs[0])
+                              else f" (resumed {more} time{'s' * (more > 1)})")
+    elif len(workdirs) > 1 and prov:
+      cells[command_cell] += f" (the first of {len(workdirs)} runs: {', '.join(workdirs)})"
     if pipelines:
       cells[-1] += " (pipeline's)"
     lines.append("| " + " | ".join(cells) + " |")
