@@ -4,6 +4,7 @@ made tiny, trains three-way, selects on a stratified fifth of Training (`run.hol
 Validation with the challenge's scores; the lesion masks pipelines 4 and 5 need come from a
 self-learned U-Net run (K-means pseudo-masks) on the same archive.
 """
+import dataclasses
 import os
 import shutil
 
@@ -164,3 +165,12 @@ def test_pipeline5_fcrn_and_lin_on_self_learned_masks_score_task3(archive, self_
   metrics = network.LesionIndexNetwork(lin).run(str(tmp_path_factory.mktemp("task3_lin")))
   _check_task3_scores(metrics)
   assert metrics["test/mean_roc_auc"] == metrics["lin/mean_roc_auc"]
+  # `split=selection` scores the FCRNs' own selection split (the fifth of Training they held out),
+  # resolved from the runs rather than spelled out as hundreds of index ranges.
+  on_selection = network.LesionIndexNetwork(dataclasses.replace(lin, split="selection"))
+  assert on_selection.scored_split() == recorded.run.val_split
+  assert on_selection.run(str(tmp_path_factory.mktemp("task3_lin_sel")))["test/split"] == recorded.run.val_split
+  other = str(tmp_path_factory.mktemp("task3_fcrn_other"))
+  _run(dataclasses.replace(config, run=dataclasses.replace(config.run, holdout=0.0, val_split="validation")), other)
+  with pytest.raises(config_lib.ConfigError, match=r"`split`=selection: .*dr: train\[.*dm: validation"):
+    network.LesionIndexNetwork(dataclasses.replace(lin, dm_workdir=other, split="selection")).check()

@@ -19,8 +19,8 @@ its test/ scores are the row (its segmentation scores there measure agreement wi
 Budget, sized for a 2-core CPU: the U-Net's 2000 steps, one segmentation pass over the 2150 images, then 2000
 steps of 8 crops at 128 px per FCRN (fcrn_small). Wall time: about 1 minute of training each (the segmenter-mask pass
 about 1 minute, once), the LIN about 1 minute. Measured 2026-12-07 (docs/results/isic2017_task3.md): both FCRNs
-chose step 500; LIN mean ROC AUC 0.702 on the selection split (`lin.py --config.split=<the FCRNs'
-run.val_split>`), 0.676 on Validation (melanoma 0.687, keratosis 0.665): far below the image classifiers at this
+chose step 500; LIN mean ROC AUC 0.702 on the selection split (`lin.py --config.split=selection`, the
+FCRNs' own held-out fifth), 0.676 on Validation (melanoma 0.687, keratosis 0.665): far below the image classifiers at this
 budget (a larger one, e.g. --config.run.num_steps=8000 --config.input.batch_size=16, was not run).
 """
 import dataclasses

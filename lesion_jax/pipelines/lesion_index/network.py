@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 from lesion_jax import config as config_lib
 from lesion_jax import io, run_lock
 from lesion_jax.config import field
+from lesion_jax.data import selection
 from lesion_jax.pipelines.lesion_index import task as fcrn  # the module: it imports this package's registry first
 from lesion_jax.tasks import base, runner
 from lesion_jax.train import sharding
@@ -24,10 +25,13 @@ class LesionIndexNetworkConfig:
   dm_workdir: str = field("", "The FCRN run trained on DM (--augmentation=dm).", location=True)
   dr_dm_workdir: str | None = field(None, "Optional: one FCRN run trained on DR + DM (a row of Table III; "
                                     "not a member of the LIN).", location=True)
-  split: str = field("test", "Split the report scores (never one used for selection).")
+  split: str = field("test", "Split the report scores (never one used for selection), or `selection`: the FCRN "
+                     "runs' own selection split (run.val_split / run.holdout; both must share it), to compare "
+                     "the LIN with other runs selected there.")
   checkpoint: str = field("best", "Checkpoint of every run: 'best', 'latest' or a step number.")
 
 
+SELECTION = "selection"  # `split`: the members' own selection split
 SEGMENTATION_KEYS = ("jaccard", "jaccard_thresholded", "dice", "accuracy", "sensitivity", "specificity", "hd95",
                      "boundary_f")
 INDEX_KEYS = ("licu_melanoma_auc", "licu_melanoma_ap", "licu_keratosis_auc", "licu_mean_auc")
@@ -112,6 +116,18 @@ class LesionIndexNetwork(base.Pipeline):
     c = self.config
     return {"dr": c.dr_workdir, "dm": c.dm_workdir, **({"dr_dm": c.dr_dm_workdir} if c.dr_dm_workdir else {})}
 
+  def scored_split(self) -> str:
+    """`split`, with `selection` resolved to the split the members selected their checkpoints on."""
+    if self.config.split != SELECTION:
+      return self.config.split
+    splits = {stage: runner.load(workdir, fcrn.LesionIndexTask, f"{stage}_workdir").val_split
+              for stage, workdir in self.stages("").items()}
+    if not all(splits.values()) or len(set(splits.values())) != 1:
+      raise config_lib.ConfigError(
+          "`split`=selection: the FCRN runs must have selected on one split; they selected on "
+          + ", ".join(f"{stage}: {selection.split_name(s) if s else 'none'}" for stage, s in splits.items()))
+    return splits["dr"]
+
   def check(self) -> None:
     """Refuses, before anything is written or restored, members that are missing or not FCRN runs."""
     c = self.config
@@ -119,9 +135,10 @@ class LesionIndexNetwork(base.Pipeline):
     for name in ("dr_workdir", "dm_workdir"):
       if not getattr(c, name):
         raise config_lib.ConfigError(f"`{name}`: the LIN needs its DR and DM FCRN runs")
+    split = self.scored_split()
     for stage, workdir in self.stages("").items():
       task = runner.load(workdir, fcrn.LesionIndexTask, f"{stage}_workdir")
-      base.check_split(task.builder, c.split, "split")
+      base.check_split(task.builder, split, "split")
 
   def member(self, stage: str, mesh=None) -> tuple[fcrn.LesionIndexTask, Any]:
     """(task, state) of one stage's run, at the configured checkpoint."""
@@ -146,15 +163,16 @@ class LesionIndexNetwork(base.Pipeline):
       runner.write_config(workdir, self.describe(), self.config)
       results, text = lin_report(self, mesh)
       c = self.config
+      split = self.scored_split()
       io.write_json(os.path.join(workdir, "report.json"),
-                    {"split": c.split, "workdirs": {"dr": c.dr_workdir, "dm": c.dm_workdir, "dr_dm": c.dr_dm_workdir},
+                    {"split": split, "workdirs": {"dr": c.dr_workdir, "dm": c.dm_workdir, "dr_dm": c.dr_dm_workdir},
                      "results": results})
       io.atomic_write_bytes(os.path.join(workdir, "report.md"), text.encode())
       metrics_ = {f"{row}/{k}": v for row, scores in results.items() for k, v in scores.items()}
       # The LIN's own scores also under test/ (its role: the reported split, as runner.run names it),
       # so a LIN run is a row of the tables that compare runs there (e.g. ISIC 2017 Task 3's).
       metrics_.update({f"test/{k}": v for k, v in results["lin"].items()})
-      metrics_["split"] = metrics_["test/split"] = c.split
+      metrics_["split"] = metrics_["test/split"] = split
       io.write_json(os.path.join(workdir, "metrics.json"), metrics_)
     return metrics_
 
@@ -164,7 +182,7 @@ def lin_report(lin: LesionIndexNetwork, mesh) -> tuple[dict[str, dict[str, Any]]
   given, and the LIN, each at its multi-scale test setting), Table IV (the LIN at the training
   scale only vs at every test scale) and Table V (the LIN's melanoma and seborrheic keratosis
   index without and with the LICU)."""
-  split = lin.config.split
+  split = lin.scored_split()
   dr, dm = lin.member("dr", mesh), lin.member("dm", mesh)
 
   def score(members):
@@ -185,7 +203,7 @@ def lin_report(lin: LesionIndexNetwork, mesh) -> tuple[dict[str, dict[str, Any]]
   table5 = [("without LICU", {k.replace("mean_", "x_", 1): v for k, v in results["lin"].items() if k.startswith("mean_")}),
             ("with LICU", {k.replace("licu_", "x_", 1): v for k, v in results["lin"].items() if k.startswith("licu_")})]
   v_keys = ("x_melanoma_auc", "x_melanoma_ap", "x_keratosis_auc", "x_mean_auc")
-  text = (f"# Lesion Indexing Network on `{dr[0].config.input.dataset}` {split}\n\n"
+  text = (f"# Lesion Indexing Network on `{dr[0].config.input.dataset}` {selection.split_name(split)}\n\n"
           f"## Table III: FCRNs and the LIN\n\n{_table(table3, SEGMENTATION_KEYS + INDEX_KEYS)}\n"
           f"## Table IV: test scales\n\n{_table(table4, SEGMENTATION_KEYS + INDEX_KEYS)}\n"
           f"## Table V: the LICU\n\n{_table(table5, v_keys).replace('x_', '')}")
