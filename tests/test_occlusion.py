@@ -211,3 +211,11 @@ def test_stage_stores_masks_and_resumes(tiny_data_dir, tiny_dataset, tmp_path):
   assert (third.computed, third.reused, third.computed_ids) == (1, 15, [gone])
   with pytest.raises(FileNotFoundError, match=store.directory):
     oc.read_occlusion_mask(store, "no_such_id")
+  # A hold-out split (hundreds of index ranges on a real archive) names its summary by a short tag: the
+  # split string itself once made the file name too long for the file system (ENAMETOOLONG).
+  holdout = "+".join([f"test[{i}:{i + 1}]" for i in range(0, 16, 2)] * 3) + "+" + "+".join(
+      f"test[{i}:{i}]" for i in range(16) for _ in range(2))
+  assert len(holdout) > 255
+  summary = oc.occlusion_masks_for_split(builder, holdout, store, config)
+  assert summary.computed == 0 and summary.failed == 0
+  assert os.path.exists(os.path.join(store.directory, f"{stage.split_tag(holdout)}_summary.json"))

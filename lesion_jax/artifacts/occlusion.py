@@ -441,14 +441,14 @@ def occlusion_masks_for_split(builder, split: str, store: ArtifactStore, config:
                               batch_size: int = 32, workers: int | None = None,
                               ids: Sequence[str] | None = None) -> stage.StageSummary:
   """Occlusion masks of every image of `split` (or of `ids`) not yet in `store` (resumable);
-  writes `<store>/<split>_summary.json` (the stage summary, the config and the mean occluded
+  writes `<store>/<split tag>_summary.json` (the stage summary, the config and the mean occluded
   fraction over the split)."""
   start = time.perf_counter()
   summary = stage.ArtifactStage(store, occlusion_compute(config), "occlusion", batch_size,
                                 workers).run_split(builder, split, ("image",), ids)
   records = store.records(stage.split_ids(builder, split) if ids is None else ids)
   fractions = [r["occluded_fraction"] for r in records]
-  io.write_json(os.path.join(store.directory, f"{split}_summary.json"),
+  io.write_json(os.path.join(store.directory, f"{stage.split_tag(split)}_summary.json"),
                 {**dataclasses.asdict(summary), "config": dataclasses.asdict(config),
                  "version": config.version,
                  "mean_occluded_fraction": float(np.mean(fractions)) if fractions else None,
