@@ -76,14 +76,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from experiments.common import load_config_file  # noqa: E402
 from lesion_jax.models import classifiers  # noqa: E402
 from lesion_jax.tasks import classification  # noqa: E402
-from lesion_jax.train.state import create_train_state  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_classifier_step.py")
 CONFIG = os.path.join(common.REPO, "experiments", "configs", "classification", "resnet_isic2017_task3.py")
@@ -116,8 +114,7 @@ class JaxStep(common.JaxTrainStep):
   def __init__(self, model: str, width: float, size: int, batch_size: int, count_flops: bool = True,
                precision: str = "float32"):
     batch = common.device_inputs(precision, host_batch(size, batch_size))
-    state = create_train_state(build(model, width, precision), optax.adam(1e-3), jax.random.key(0),
-                               jnp.zeros((1, size, size, 3)))
+    state = common.adam_state(build(model, width, precision), size=size)
     step = classification.ClassificationTask(task3_config(model, width, size, batch_size)).train_step()
     super().__init__(step, state, batch, count_flops)
 
@@ -187,7 +184,7 @@ def check_model(python: str, model: str, width: float, size: int, batch_size: in
   float64: jax_enable_x64 on, the model built and its variables cast to float64); True if within
   `rtol`."""
   net = classifiers.build_classifier(model, NUM_CLASSES, width, dtype=jnp.dtype(dtype))
-  state = create_train_state(net, optax.adam(1e-3), jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  state = common.adam_state(net, size=size)
   variables = jax.tree.map(lambda x: x.astype(dtype),
                            randomized({"params": state.params, "batch_stats": state.batch_stats}))
   state = state.replace(params=variables["params"], batch_stats=variables["batch_stats"],

@@ -106,6 +106,15 @@ def compute_dtype(policy_name: str) -> Any:
 
 # --- JAX against a PyTorch reference (fcrn_step.py, inpainter_step.py) ---------------------------
 
+def adam_state(model, *inputs, size: int | None = None):
+  """A fresh train state of `model` with Adam at 1e-3, what every step benchmark times (the optimiser's
+  update is part of a step), initialised on `inputs` or, given `size`, on one zero image of that side."""
+  from lesion_jax.train.state import create_train_state  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  return create_train_state(model, optax.adam(1e-3), jax.random.key(0),
+                            *(inputs or (jnp.zeros((1, size, size, 3)),)))
+
+
 class JaxTrainStep:
   """A library train step on one fixed batch, jitted with the state donated; compiled (and its FLOPs
   counted) once on construction, then timed round after round. Subclasses build the state and batch;

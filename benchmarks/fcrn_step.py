@@ -33,16 +33,12 @@ from __future__ import annotations
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from lesion_jax.models.fcrn import FCRN_VARIANTS, fcrn  # noqa: E402
 from lesion_jax.pipelines.lesion_index import task as lesion_index  # noqa: E402
-from lesion_jax.train.state import create_train_state  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_fcrn_step.py")
 NUM_CLASSES = 4  # background + the three diagnoses (melanoma, seborrheic keratosis, nevus)
@@ -60,7 +56,7 @@ class JaxStep(common.JaxTrainStep):
         "mask": (rng.random((batch_size, size, size, 1)) > 0.5).astype(np.float32),
         "label": rng.integers(0, NUM_CLASSES - 1, batch_size).astype(np.int32)})
     model = fcrn(variant, num_classes=NUM_CLASSES, dtype=common.compute_dtype(precision))
-    state = create_train_state(model, optax.adam(1e-3), jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    state = common.adam_state(model, size=size)
     step = lesion_index.LesionIndexTask(lesion_index.LesionIndexConfig()).train_step()
     super().__init__(step, state, batch, count_flops)
 

@@ -31,16 +31,13 @@ import os
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from lesion_jax.models.inpainting import PConvUNet  # noqa: E402
 from lesion_jax.pipelines.purification import losses, steps  # noqa: E402
-from lesion_jax.train.state import create_train_state  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_inpainter_step.py")
 
@@ -77,7 +74,7 @@ class JaxStep(common.JaxTrainStep):
     target = jnp.asarray(rng.random((batch_size, size, size, 3), np.float32) * 2 - 1)
     mask = jnp.asarray(hole_masks(batch_size, size))
     model = PConvUNet(features=features, levels=levels, dtype=common.compute_dtype(precision))
-    state = create_train_state(model, optax.adam(1e-3), jax.random.key(0), target[:1], mask[:1])
+    state = common.adam_state(model, target[:1], mask[:1])
     step = steps.make_train_step(losses.InpaintingLossWeights(), feature_fn=None)
     super().__init__(step, state, {"target": target, "mask": mask}, count_flops)
 

@@ -24,16 +24,12 @@ from __future__ import annotations
 import os
 import sys
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from lesion_jax.models.lfn import LFN_VARIANTS, lfn  # noqa: E402
 from lesion_jax.pipelines.lesion_index import feature_network  # noqa: E402
-from lesion_jax.train.state import create_train_state  # noqa: E402
 
 TORCH_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_lfn_step.py")
 NUM_CLASSES = 5  # background + the four ISIC 2017 dermoscopic features
@@ -49,7 +45,7 @@ class JaxStep(common.JaxTrainStep):
         "image": rng.random((batch_size, size, size, 3), np.float32) * 2 - 1,
         "label": rng.integers(0, NUM_CLASSES, batch_size).astype(np.int32)})
     model = lfn(variant, num_classes=NUM_CLASSES, dtype=common.compute_dtype(precision))
-    state = create_train_state(model, optax.adam(1e-3), jax.random.key(0), jnp.zeros((1, size, size, 3)))
+    state = common.adam_state(model, size=size)
     step = feature_network.FeatureNetworkTask(feature_network.FeatureNetworkConfig()).train_step()
     super().__init__(step, state, batch, count_flops)
 

@@ -27,16 +27,13 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import common  # noqa: E402
 from lesion_jax.models.classifiers import build_classifier  # noqa: E402
 from lesion_jax.models.unet import UNet  # noqa: E402
 from lesion_jax.train import steps  # noqa: E402
-from lesion_jax.train.state import create_train_state  # noqa: E402
 
 # ../shared/bench/ beside the checkout, wherever the checkout is (--torch_reference overrides).
 REFERENCE = os.path.join(common.SHARED, "bench", "torch_unet_step.py")
@@ -47,7 +44,7 @@ def jax_step(model, batch_size: int, size: int, task: str, precision: str = "flo
   the library's, as the loop runs it, and the batch's image is sent as the policy sends it."""
   rng = np.random.default_rng(0)
   image = rng.random((batch_size, size, size, 3), np.float32) * 2 - 1
-  state = create_train_state(model, optax.adam(1e-3), jax.random.key(0), jnp.zeros((1, size, size, 3)))
+  state = common.adam_state(model, size=size)
   if task == "segmentation":
     batch = {"image": image, "mask": (rng.random((batch_size, size, size, 1)) > 0.5).astype(np.float32)}
     step = steps.make_segmentation_train_step("bce")
