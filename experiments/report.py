@@ -7,7 +7,8 @@ run's provenance.json). Pages are generated, never edited by hand: re-run this t
 
 --runs: label:workdir of runs (any task or pipeline with a metrics.json, or a run scored only by
 `experiments.evaluate`); label:workdir+workdir+... makes one row of several runs of one config (seeds): each
-number is their mean with its range and count, "0.812 (0.801-0.823, 2 runs)", the wall time their sum. A row's numbers are its metrics.json and its evaluations: each
+number is their mean with its range and count, "0.812 (0.801-0.823, 2 runs)", the wall time their sum (so a
+workdir's path may not contain "+"). A row's numbers are its metrics.json and its evaluations: each
 eval_<tag>.json that evaluate (or a pipeline scoring its stages the same way) wrote, under `<tag>/`
 (eval_validation.json gives validation/jaccard, eval_validation_tta.json validation_tta/jaccard).
 --metrics: the columns (default: every number of the first run's metrics.json under test/, else of
@@ -114,11 +115,11 @@ def _cell(value) -> str:
 def _seeds_cell(values: list) -> str:
   """One metric over a row's runs: the value where there is one run; the mean, range and count of the
   runs that have it where there are several (a run without it is left out of the count)."""
-  if len(values) == 1:
+  if len(values) == 1 or all(v == values[0] for v in values):
     return _cell(values[0])
   numbers = [v for v in values if _number(v)]
   if not numbers:
-    return "—"
+    return "—" if all(v is None for v in values) else "; ".join(_cell(v) for v in values)
   if len(numbers) == 1:
     return f"{numbers[0]:.4g} (1 run)"
   return f"{sum(numbers) / len(numbers):.4g} ({min(numbers):.3g}-{max(numbers):.3g}, {len(numbers)} runs)"

@@ -485,7 +485,7 @@ def test_report_row_of_several_seeds_gives_mean_range_and_summed_wall_time(tmp_p
   def fake_run(name, auc, wall, commit, extra=None):
     workdir = tmp_path / name
     workdir.mkdir()
-    json.dump({"test/mean_roc_auc": auc, **(extra or {})}, open(workdir / "metrics.json", "w"))
+    json.dump({"test/mean_roc_auc": auc, "test/split": "validation", **(extra or {})}, open(workdir / "metrics.json", "w"))
     record = {"config_file": "cfg.py", "overrides": [], "command": f"python -m experiments.train --workdir={workdir}",
               "date": "2026-12-07 12:00 UTC", "commit": commit, "machine": "test", "wall_time_s": wall}
     json.dump({**record, "invocations": [{**record, "finished": True}]}, open(workdir / "provenance.json", "w"))
@@ -493,12 +493,12 @@ def test_report_row_of_several_seeds_gives_mean_range_and_summed_wall_time(tmp_p
   a = fake_run("seed0", 0.80, 100.0, "aaa", {"test/ece": 0.1})
   b = fake_run("seed1", 0.84, 50.5, "bbb")
   page = tmp_path / "seeds.md"
-  run("experiments.report", f"--out={page}", f"--runs=two seeds:{a}+{b},one:{a}", "--metrics=test/mean_roc_auc,test/ece")
+  run("experiments.report", f"--out={page}", f"--runs=two seeds:{a}+{b},one:{a}", "--metrics=test/mean_roc_auc,test/ece,test/split")
   rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in page.read_text().splitlines() if line.startswith("| ")}
   seeds, one = rows["two seeds"], rows["one"]
   assert seeds[1] == "0.82 (0.8-0.84, 2 runs)" and seeds[2] == "0.1 (1 run)"
-  assert one[1] == "0.8" and one[2] == "0.1"
-  command, commit, wall = seeds[4], seeds[6], seeds[8].rstrip(" |")
+  assert one[1] == "0.8" and one[2] == "0.1" and seeds[3] == one[3] == "validation"  # text the runs share
+  command, commit, wall = seeds[5], seeds[7], seeds[9].rstrip(" |")
   assert "the first of 2 runs" in command and commit == "aaa, bbb" and wall == "150.5"
   missing = run("experiments.report", f"--out={page}", f"--runs=x:{a}+{tmp_path / 'nowhere'}", check=False)
   assert missing.returncode != 0 and "nowhere" in missing.stderr and "Traceback" not in missing.stderr

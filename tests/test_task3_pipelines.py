@@ -169,7 +169,9 @@ def test_pipeline5_fcrn_and_lin_on_self_learned_masks_score_task3(archive, self_
   # resolved from the runs rather than spelled out as hundreds of index ranges.
   on_selection = network.LesionIndexNetwork(dataclasses.replace(lin, split="selection"))
   assert on_selection.scored_split() == recorded.run.val_split
-  assert on_selection.run(str(tmp_path_factory.mktemp("task3_lin_sel")))["test/split"] == recorded.run.val_split
+  scored = on_selection.run(str(tmp_path_factory.mktemp("task3_lin_sel")))
+  assert scored["selection/split"] == recorded.run.val_split and "test/mean_roc_auc" not in scored
+  assert scored["selection/mean_roc_auc"] == scored["lin/mean_roc_auc"]
   other = str(tmp_path_factory.mktemp("task3_fcrn_other"))
   _run(dataclasses.replace(config, run=dataclasses.replace(config.run, holdout=0.0, val_split="validation")), other)
   with pytest.raises(config_lib.ConfigError, match=r"`split`=selection: .*dr: train\[.*dm: validation"):

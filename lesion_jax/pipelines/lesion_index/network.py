@@ -169,10 +169,12 @@ class LesionIndexNetwork(base.Pipeline):
                      "results": results})
       io.atomic_write_bytes(os.path.join(workdir, "report.md"), text.encode())
       metrics_ = {f"{row}/{k}": v for row, scores in results.items() for k, v in scores.items()}
-      # The LIN's own scores also under test/ (its role: the reported split, as runner.run names it),
-      # so a LIN run is a row of the tables that compare runs there (e.g. ISIC 2017 Task 3's).
-      metrics_.update({f"test/{k}": v for k, v in results["lin"].items()})
-      metrics_["split"] = metrics_["test/split"] = split
+      # The LIN's own scores also under its split's role, test/ (the reported split, as runner.run
+      # names it) or selection/, so a LIN run is a row of the tables that compare runs there (e.g.
+      # ISIC 2017 Task 3's) and a selection-split score never reads as a reported one.
+      role = SELECTION if c.split == SELECTION else "test"
+      metrics_.update({f"{role}/{k}": v for k, v in results["lin"].items()})
+      metrics_["split"] = metrics_[f"{role}/split"] = split
       io.write_json(os.path.join(workdir, "metrics.json"), metrics_)
     return metrics_
 
