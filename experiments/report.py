@@ -126,16 +126,16 @@ def _seeds_cell(values: list) -> str:
 
 
 def row_provenance(workdirs: tuple[str, ...]) -> tuple[dict, bool]:
-  """A row's provenance: its run's (run_provenance); for several runs (seeds) the first's config file,
-  command, date and machine, every commit, and their wall times summed (where each has one)."""
+  """A row's provenance: its run's (run_provenance); for several runs (seeds) the summary of all
+  their invocations (provenance.summary: the first's config file, command, date and machine, every
+  commit, the wall times summed; none where a run has no record)."""
   loaded = [run_provenance(w) for w in workdirs]
   prov, pipelines = loaded[0]
   if len(loaded) == 1 or not prov:
     return prov, pipelines
-  provs = [p for p, _ in loaded]
-  times = [p.get("wall_time_s") for p in provs]
-  merged = {**prov, "commit": ", ".join(dict.fromkeys(c for p in provs for c in str(p.get("commit", "")).split(", ") if c)),
-            "wall_time_s": round(sum(float(t) for t in times), 1) if all(_number(t) for t in times) else None}
+  merged = provenance.summary([i for p, _ in loaded for i in provenance.invocations(p)])
+  if not all(p for p, _ in loaded):
+    merged["wall_time_s"] = None
   return merged, pipelines
 
 

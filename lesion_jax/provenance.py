@@ -84,11 +84,15 @@ def invocations(entry: dict[str, Any] | None) -> list[dict[str, Any]]:
 def summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
   """A provenance record of `runs` (invocations, first first): the first one's config file,
   overrides, command, date and machine; the commits trained from, in order (", "-joined where
-  several); the wall time of all of them; and `invocations` itself."""
+  several); the wall time of all of them (None where one lacks it: what they cost is unknown); and
+  `invocations` itself."""
   first = runs[0]
-  return {"config_file": first["config_file"], "overrides": first["overrides"], "command": first["command"],
-          "date": first["date"], "commit": ", ".join(dict.fromkeys(r["commit"] for r in runs)),
-          "machine": first["machine"], "wall_time_s": round(sum(float(r["wall_time_s"]) for r in runs), 1),
+  times = [r.get("wall_time_s") for r in runs]
+  commits = (c for r in runs for c in str(r.get("commit") or "").split(", ") if c)
+  return {"config_file": first.get("config_file"), "overrides": first.get("overrides"),
+          "command": first.get("command"), "date": first.get("date"), "commit": ", ".join(dict.fromkeys(commits)),
+          "machine": first.get("machine"),
+          "wall_time_s": None if None in times else round(sum(float(t) for t in times), 1),
           "invocations": runs}
 
 

@@ -500,5 +500,11 @@ def test_report_row_of_several_seeds_gives_mean_range_and_summed_wall_time(tmp_p
   assert one[1] == "0.8" and one[2] == "0.1" and seeds[3] == one[3] == "validation"  # text the runs share
   command, commit, wall = seeds[5], seeds[7], seeds[9].rstrip(" |")
   assert "the first of 2 runs" in command and commit == "aaa, bbb" and wall == "150.5"
+  unrecorded = tmp_path / "unrecorded"  # a run without provenance.json: the row's cost is unknown, not a's + b's
+  unrecorded.mkdir()
+  json.dump({"test/mean_roc_auc": 0.5}, open(unrecorded / "metrics.json", "w"))
+  run("experiments.report", f"--out={page}", f"--runs=three:{a}+{b}+{unrecorded}", "--metrics=test/mean_roc_auc")
+  three = next(line.split(" | ") for line in page.read_text().splitlines() if line.startswith("| three"))
+  assert three[-1].rstrip(" |") == "—" and three[5] == "aaa, bbb"
   missing = run("experiments.report", f"--out={page}", f"--runs=x:{a}+{tmp_path / 'nowhere'}", check=False)
   assert missing.returncode != 0 and "nowhere" in missing.stderr and "Traceback" not in missing.stderr
