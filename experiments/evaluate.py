@@ -93,7 +93,7 @@ def main(argv):
   if FLAGS.ensemble_with:
     state = ensemble_states(recorded, state, FLAGS.ensemble_with, which)
   else:  # what the run fitted after training (a classifier's temperature) is this run's, not an ensemble's
-    task = task.with_post_hoc(FLAGS.workdir, which)
+    task = task.with_post_hoc(FLAGS.workdir, which, "tta" if FLAGS.tta else "predict")
   split, name = FLAGS.split, FLAGS.split
   if split == "selection":
     split = task.val_split

@@ -207,7 +207,7 @@ def load_predictors(workdir: str, classifier_workdir: str | None, which) -> list
   """[(task, state)] whose records each photo's row merges: the --workdir run's predictor (a
   segmenter's with --tta_scales / --fallback applied), then the --classifier_workdir run's."""
   try:
-    task, state = runner.predictor(workdir, which)
+    task, state = runner.predictor(workdir, which, predict="tta" if FLAGS.tta else "predict")
   except base.PredictionUnsupported as e:
     raise app.UsageError(f"--workdir={workdir}: {e}") from None
   if task.makes_masks:

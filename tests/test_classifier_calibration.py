@@ -42,14 +42,19 @@ def test_the_temperature_is_fitted_on_the_selection_split_and_rescored_on_test(c
   recorded = json.load(open(os.path.join(workdir, "config.json")))["config"]
   assert recorded["calibrate"] and record["split"] == recorded["run"]["val_split"]
   assert record["split"].startswith("train[") and record["num_examples"] == 16  # a quarter of 64
-  assert record["nll_calibrated"] <= record["nll"]  # the fit minimises the selection split's NLL
-  assert scores["test/temperature"] == record["temperature"] > 0
+  # One temperature per predict function, each minimising the NLL of its own selection probabilities.
+  assert set(record["predictors"]) == {"predict", "tta"}
+  for fitted in record["predictors"].values():
+    assert fitted["nll_calibrated"] <= fitted["nll"] and fitted["temperature"] > 0
+  assert record["predictors"]["tta"]["nll"] != record["predictors"]["predict"]["nll"]  # other probabilities
+  assert scores["test/temperature"] == record["predictors"]["predict"]["temperature"]
   # Nothing retrained: the network's own scores are the uncalibrated run's.
   assert scores["test/accuracy"] == plain["test/accuracy"] and scores["test/ece"] == plain["test/ece"]
   # test/ece_calibrated is the ECE of the test probabilities at the fitted temperature.
   test = json.load(open(os.path.join(workdir, "predictions.json")))["test/_predictions"]
   probs = np.asarray(test["probs"])
-  expected = metrics.expected_calibration_error(test["labels"], metrics.apply_temperature(probs, record["temperature"]))
+  temperature = record["predictors"]["predict"]["temperature"]
+  expected = metrics.expected_calibration_error(test["labels"], metrics.apply_temperature(probs, temperature))
   assert scores["test/ece_calibrated"] == pytest.approx(expected, abs=1e-6)
   assert os.path.exists(os.path.join(workdir, "figures", "test_reliability.png"))
 
@@ -57,7 +62,8 @@ def test_the_temperature_is_fitted_on_the_selection_split_and_rescored_on_test(c
 def test_predict_gives_the_calibrated_probabilities(calibrated_run):
   workdir, _, scores = calibrated_run
   task, state = runner.predictor(workdir)
-  temperature = json.load(open(os.path.join(workdir, classification.CALIBRATION_FILE)))["temperature"]
+  record = json.load(open(os.path.join(workdir, classification.CALIBRATION_FILE)))
+  temperature, tta_temperature = (record["predictors"][k]["temperature"] for k in ("predict", "tta"))
   assert task.temperature == temperature
   # Restored (as evaluate restores it), the run scores what its training run reported.
   again, _ = runner.evaluate(task, state, "test")
@@ -68,11 +74,16 @@ def test_predict_gives_the_calibrated_probabilities(calibrated_run):
   raw = np.stack(task.classify_images(state, images, sharding.make_mesh()))
   np.testing.assert_allclose(np.stack([r["probabilities"] for r in records]),
                              metrics.apply_temperature(raw, temperature), atol=1e-6)
-  # Test-time augmentation (evaluate / predict --tta) averages over 8 views, then calibrates.
-  tta = task.predict_images(state, images, predict="tta")
+  # Test-time augmentation (evaluate / predict --tta) averages over 8 views, then calibrates with the
+  # temperature fitted on the selection split's TTA probabilities, not the plain predictions'.
+  tta_task, _ = runner.predictor(workdir, predict="tta")
+  assert tta_task.temperature == tta_temperature and tta_task.calibrated_for == "tta"
+  tta = tta_task.predict_images(state, images, predict="tta")
   raw_tta = np.stack(task.classify_images(state, images, sharding.make_mesh(), predict="tta"))
   np.testing.assert_allclose(np.stack([r["probabilities"] for r in tta]),
-                             metrics.apply_temperature(raw_tta, temperature), atol=1e-6)
+                             metrics.apply_temperature(raw_tta, tta_temperature), atol=1e-6)
+  with pytest.raises(ValueError, match="fitted for 'predict' predictions, not 'tta'"):
+    task.predict_images(state, images, predict="tta")
   turned = [np.ascontiguousarray(np.rot90(im)) for im in images]  # a photo's orientation no longer matters
   np.testing.assert_allclose(np.stack(task.classify_images(state, turned, sharding.make_mesh(), predict="tta")),
                              raw_tta, atol=1e-5)
@@ -82,6 +93,18 @@ def test_predict_gives_the_calibrated_probabilities(calibrated_run):
   assert runner.load(workdir).with_post_hoc(workdir, step - 2).temperature is None
   # An evaluation-time override keeps the temperature (what the run learnt, not a setting).
   assert task.with_overrides(image_artifacts=None).temperature == temperature
+  assert tta_task.with_overrides(image_artifacts=None).calibrated_for == "tta"
+
+
+def test_a_record_from_before_tta_had_its_own_temperature_calibrates_plain_predictions_only(calibrated_run, tmp_path):
+  workdir, _, _ = calibrated_run
+  record = json.load(open(os.path.join(workdir, classification.CALIBRATION_FILE)))
+  old = {"split": record["split"], "step": record["step"], "num_examples": record["num_examples"],
+         **record["predictors"]["predict"]}  # the single-temperature layout
+  json.dump(old, open(tmp_path / classification.CALIBRATION_FILE, "w"))
+  task = runner.load(workdir)
+  assert task.with_post_hoc(str(tmp_path)).temperature == old["temperature"]
+  assert task.with_post_hoc(str(tmp_path), predict="tta").temperature is None  # uncalibrated, with a warning
 
 
 def test_calibrate_needs_a_selection_split_of_its_own(config, tmp_path):

@@ -273,11 +273,11 @@ class Task:
     del state, workdir, mesh
     return self
 
-  def with_post_hoc(self, workdir: str, which: Any = "best") -> "Task":
-    """This task with what `fit_post_hoc` kept in `workdir` for its checkpoint `which` (the one way
-    a restored run gets it: `runner.predictor`, evaluate); as configured where nothing was fitted,
-    or not for that checkpoint."""
-    del workdir, which
+  def with_post_hoc(self, workdir: str, which: Any = "best", predict: str = "predict") -> "Task":
+    """This task with what `fit_post_hoc` kept in `workdir` for its checkpoint `which` and predict
+    function `predict` (the one way a restored run gets it: `runner.predictor`, evaluate); as
+    configured where nothing was fitted, or not for that checkpoint."""
+    del workdir, which, predict
     return self
 
   def after_training(self, state: Any, workdir: str, mesh: jax.sharding.Mesh) -> dict[str, Any]:
@@ -375,7 +375,7 @@ class Pipeline:
         config_cls = MyPipelineConfig
         def run(self, workdir): ...        # trains every stage (resumable), writes metrics.json
         def stages(self, workdir): ...     # {stage name: its run's workdir}
-        def predictor(self, workdir): ...  # (task, state) that predicts on a user's photos
+        def predictor(self, workdir, predict): ...  # (task, state) that predicts on a user's photos
   """
   name: ClassVar[str]
   config_cls: ClassVar[type]
@@ -393,9 +393,10 @@ class Pipeline:
     """{stage name: workdir of its run}, in the order they run."""
     raise NotImplementedError
 
-  def predictor(self, workdir: str) -> tuple[Task, Any]:
-    """(task, state) whose `predict_images` is the pipeline's prediction on a user's photos (a
-    stage's run, or a task combining several stages' states); PredictionUnsupported otherwise."""
+  def predictor(self, workdir: str, predict: str = "predict") -> tuple[Task, Any]:
+    """(task, state) whose `predict_images(..., predict=predict)` is the pipeline's prediction on a
+    user's photos (a stage's run, with what it fitted for `predict`, or a task combining several
+    stages' states); PredictionUnsupported otherwise."""
     raise PredictionUnsupported(f"a {self.name!r} pipeline does not predict on photos")
 
   def describe(self) -> dict[str, Any]:

@@ -125,8 +125,10 @@ class ClassificationTask(base.Task):
   # Scored on other images than those trained on (e.g. purified ones: purification_table).
   evaluation_overrides = frozenset({"image_artifacts"})
   # The softmax temperature fitted after training (`calibrate`, calibration.json) that predict and
-  # the ece_calibrated score apply; None: the network's own probabilities.
+  # the ece_calibrated score apply, fitted for the predict function `calibrated_for` ("predict" or
+  # "tta": each has its own); None: the network's own probabilities.
   temperature: float | None = None
+  calibrated_for: str = "predict"
   summary_keys = ("accuracy", "balanced_accuracy", "misclassification_rate", "f1", "precision", "recall", "sensitivity",
                   "specificity", "roc_auc", "average_precision", "melanoma_roc_auc", "keratosis_roc_auc", "mean_roc_auc")
 
@@ -373,30 +375,37 @@ class ClassificationTask(base.Task):
     """`probs` (N, C) at the fitted temperature; as they are where none was fitted."""
     return probs if self.temperature is None else metrics.apply_temperature(probs, self.temperature).astype(probs.dtype)
 
-  def with_temperature(self, temperature: float | None) -> "ClassificationTask":
+  def with_temperature(self, temperature: float | None, predict: str = "predict") -> "ClassificationTask":
+    """This task predicting with `temperature`, fitted for the predict function `predict`."""
     task = ClassificationTask(self.config)
-    task.temperature = temperature
+    task.temperature, task.calibrated_for = temperature, predict
     return task
 
   def with_overrides(self, **changes: Any) -> "ClassificationTask":
     """base.Task's, keeping the fitted temperature (what the network learnt, not a setting)."""
-    return super().with_overrides(**changes).with_temperature(self.temperature)
+    return super().with_overrides(**changes).with_temperature(self.temperature, self.calibrated_for)
 
   def fit_post_hoc(self, state, workdir, mesh) -> "ClassificationTask":
-    """With `calibrate`: the temperature minimising the NLL of the selection split's probabilities,
-    kept in `workdir`/calibration.json (tasks/calibration.py)."""
+    """With `calibrate`: for each predict function (plain, TTA), the temperature minimising the NLL
+    of its probabilities on the selection split, kept in `workdir`/calibration.json
+    (tasks/calibration.py); the task returned scores the final splits with the plain one's."""
     c = self.config
     if not c.calibrate:
       return self
-    evaluation = self.evaluate(state, c.run.val_split, mesh)
-    record = calibration.fit(workdir, evaluation.per_example["labels"], evaluation.per_example["probs"],
-                             c.run.val_split, int(jax.device_get(state.step)))
-    return self.with_temperature(record["temperature"])
+    predictions = {}
+    for name in self.predict_fns():
+      evaluation = self.evaluate(state, c.run.val_split, mesh, self.jit_predict(state, mesh, name))
+      predictions[name] = evaluation.per_example["labels"], evaluation.per_example["probs"]
+    record = calibration.fit(workdir, predictions, c.run.val_split, int(jax.device_get(state.step)))
+    return self.with_temperature(record["predictors"]["predict"]["temperature"])
 
-  def with_post_hoc(self, workdir, which="best") -> "ClassificationTask":
-    """With `calibrate`: the temperature of `workdir`/calibration.json for the checkpoint it was
-    fitted for (the best one; another predicts with the network's own probabilities)."""
-    return self.with_temperature(calibration.temperature_for(workdir, which)) if self.config.calibrate else self
+  def with_post_hoc(self, workdir, which="best", predict="predict") -> "ClassificationTask":
+    """With `calibrate`: the temperature of `workdir`/calibration.json for the checkpoint and the
+    predict function it was fitted for (another checkpoint predicts with the network's own
+    probabilities)."""
+    if not self.config.calibrate:
+      return self
+    return self.with_temperature(calibration.temperature_for(workdir, which, predict), predict)
 
   def final_splits(self, test_split: str) -> list[tuple[str, str]]:
     return [("train", self.config.run.train_split)] + ([("test", test_split)] if test_split else [])
@@ -490,6 +499,11 @@ class ClassificationTask(base.Task):
       inputs = [r["purified"] for r in records]
     else:
       self._source_run  # pylint: disable=pointless-statement  (refuses records it cannot replay)
+    if self.temperature is not None and predict != self.calibrated_for:
+      # A temperature is fitted for one predict function (with_post_hoc's `predict`): the plain
+      # predictions' would over-soften TTA's averaged probabilities.
+      raise ValueError(f"this classifier's temperature was fitted for {self.calibrated_for!r} predictions, "
+                       f"not {predict!r}: load it with with_post_hoc(..., predict={predict!r})")
     for record, p in zip(records, self.classify_images(state, inputs, predict=predict)):
       record["probabilities"] = self.calibrated(np.asarray(p)[None])[0]
     return records

@@ -132,11 +132,12 @@ def restore(task: base.Task, workdir: str, which: checkpoint.Which = "best",
   return state
 
 
-def predictor(workdir: str, which: checkpoint.Which = "best", mesh: jax.sharding.Mesh | None = None
-              ) -> tuple[base.Task, Any]:
+def predictor(workdir: str, which: checkpoint.Which = "best", mesh: jax.sharding.Mesh | None = None,
+              predict: str = "predict") -> tuple[base.Task, Any]:
   """(task, state) that predicts for the run in `workdir` on a user's photos
-  (`task.predict_images(state, images)`): a task run's checkpoint `which` (with what the run fitted
-  after training for it, `Task.with_post_hoc`: a classifier's temperature); a cross-validated run's
+  (`task.predict_images(state, images, predict=predict)`): a task run's checkpoint `which` (with what
+  the run fitted after training for it and `predict`, `Task.with_post_hoc`: a classifier's
+  temperature for plain or TTA predictions); a cross-validated run's
   fold models (a tuple of states, whose outputs are averaged); a pipeline's own predictor. A
   pipeline predicts with the checkpoints its stages chose (each stage's best, the LIN's its
   `checkpoint` field), one for each of several runs, so a `which` other than "best" is refused
@@ -148,11 +149,11 @@ def predictor(workdir: str, which: checkpoint.Which = "best", mesh: jax.sharding
       raise base.PredictionUnsupported(
           f"checkpoint {which!r}: a {loaded.name!r} pipeline predicts with the checkpoints its stages chose, "
           f"not one of its own; predict with one of its runs for another checkpoint ({runs})")
-    return loaded.predictor(workdir)
+    return loaded.predictor(workdir, predict)
   folds = sorted(d for d in os.listdir(workdir) if d.startswith("fold_") and os.path.isdir(os.path.join(workdir, d)))
   if folds and not os.path.isdir(os.path.join(workdir, "checkpoints")):
     return loaded, tuple(restore(loaded, os.path.join(workdir, d), which, mesh) for d in folds)
-  return loaded.with_post_hoc(workdir, which), restore(loaded, workdir, which, mesh)
+  return loaded.with_post_hoc(workdir, which, predict), restore(loaded, workdir, which, mesh)
 
 
 def process_local_predictor(task: base.Task, workdir: str, mesh: jax.sharding.Mesh | None = None

@@ -146,9 +146,10 @@ class LesionIndexNetwork(base.Pipeline):
     task = runner.load(workdir, fcrn.LesionIndexTask, f"{stage}_workdir")
     return task, runner.restore(task, workdir, _checkpoint(self.config.checkpoint), mesh)
 
-  def predictor(self, workdir: str) -> tuple[LesionIndexNetworkTask, tuple[Any, ...]]:
-    """The LIN on photos: the DR and DM members' maps summed (`LesionIndexNetworkTask`)."""
-    del workdir
+  def predictor(self, workdir: str, predict: str = "predict") -> tuple[LesionIndexNetworkTask, tuple[Any, ...]]:
+    """The LIN on photos: the DR and DM members' maps summed (`LesionIndexNetworkTask`; nothing
+    fitted after training)."""
+    del workdir, predict
     members = [self.member(stage) for stage in ("dr", "dm")]
     return LesionIndexNetworkTask(self.config, [t for t, _ in members]), tuple(s for _, s in members)
 

@@ -243,8 +243,10 @@ class SelfLearningPipeline(base.Pipeline):
   def stages(self, workdir: str) -> dict[str, str]:
     return {f"round_{r}": os.path.join(workdir, f"round_{r}") for r in range(self.config.rounds + 1)}
 
-  def predictor(self, workdir: str) -> tuple[base.Task, Any]:
-    """(segmentation task, best state) of the last round whose run finished (scored: metrics.json)."""
+  def predictor(self, workdir: str, predict: str = "predict") -> tuple[base.Task, Any]:
+    """(segmentation task, best state) of the last round whose run finished (scored: metrics.json;
+    a segmenter fits nothing after training, for any `predict`)."""
+    del predict
     done = [d for d in self.stages(workdir).values() if os.path.exists(os.path.join(d, "metrics.json"))]
     if not done:
       raise base.PredictionUnsupported(f"no self-learning round has finished in {workdir}: run the pipeline first")

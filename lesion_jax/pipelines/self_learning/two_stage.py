@@ -274,7 +274,7 @@ class TwoStagePipeline(base.Pipeline):
             **{f"classifiers/{_slug(spec.name)}": os.path.join(workdir, "classifiers", _slug(spec.name))
                for spec in self.config.classifiers}}
 
-  def predictor(self, workdir: str) -> tuple[base.Task, Any]:
+  def predictor(self, workdir: str, predict: str = "predict") -> tuple[base.Task, Any]:
     """(task, best state) of the first crop classifier (its predict_images crops each photo with
     the U-Net, as its training crops were made), else of the U-Net; PredictionUnsupported while
     that stage has not finished."""
@@ -291,7 +291,7 @@ class TwoStagePipeline(base.Pipeline):
         raise base.PredictionUnsupported(f"the U-Net stage has no checkpoint yet ({stage_dir}): run the "
                                          "two-stage pipeline first")
       task = runner.load(stage_dir, segmentation.SegmentationTask)
-    return task.with_post_hoc(stage_dir, "best"), runner.restore(task, stage_dir, "best")
+    return task.with_post_hoc(stage_dir, "best", predict), runner.restore(task, stage_dir, "best")
 
 
 def _has_checkpoint(workdir: str) -> bool:
