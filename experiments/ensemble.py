@@ -1,4 +1,5 @@
-r"""An ensemble of finished classifier runs: their saved class probabilities on one split, averaged.
+r"""An ensemble of finished classifier runs: their saved class probabilities on one split, averaged
+(or stacked by a learned combiner, --combine=logistic).
 
   python -m experiments.ensemble --workdir=runs/ensemble --split=test \
       --members=lenet:runs/lenet,crops:runs/lenet_crops,abcd:runs/abcd,tta:runs/resnet@validation_tta
@@ -15,6 +16,14 @@ each member's own selection was. Writes
 config.json, metrics.json (the ensemble's scores as train_classifier's, and each member's ROC AUC
 on the same images), predictions.json, provenance.json (for experiments.report) and
 figures/<split>_roc.png (every member and the ensemble, two classes).
+
+--combine=logistic learns the combination instead: a multinomial logistic regression on the
+members' log-probabilities (inference.stack_predictions), fitted on --fit_members, the same members
+(same names, same order) on the selection split, e.g. `--fit_members=a:runs/a@selection_tta,...`.
+Scored on the selection split itself (--members the same images), its probabilities are out of fold
+(5-fold stratified cross-validation inside that split; `<split>/out_of_fold`), so the selection
+split's score stays comparable with the averages'; on Validation, it is fitted on all of the
+selection split first.
 """
 import os
 import time
@@ -31,6 +40,11 @@ FLAGS = flags.FLAGS
 common.define_workdir_flag()
 flags.DEFINE_list("members", None, "name:workdir of finished classifier runs (train_classifier, abcd_classifier).")
 flags.DEFINE_string("split", "test", "Prefix of the saved predictions to average (test, train, ...).")
+flags.DEFINE_enum("combine", "mean", ["mean", "logistic"],
+                  "mean: the members' probabilities averaged; logistic: a logistic regression on their "
+                  "log-probabilities, fitted on --fit_members.")
+flags.DEFINE_list("fit_members", None, "With --combine=logistic: name:workdir[@tag] of the same members on the "
+                  "selection split, which the combiner is fitted on.")
 flags.mark_flag_as_required("members")
 
 
@@ -65,21 +79,35 @@ def merged(path: str, split: str, new: dict) -> dict:
   return {k: v for k, v in old.items() if not k.startswith(f"{split}/")} | new
 
 
+def read_members(items: list[str], flag: str) -> tuple[dict, dict]:
+  """({name: predictions}, {name: class names}) of a --members-style list."""
+  members, class_names = {}, {}
+  for item in items:
+    name, predictions, names = member_predictions(item, FLAGS.split)
+    if name in members:
+      raise config_lib.ConfigError(f"--{flag}: the name {name!r} is given twice")
+    members[name], class_names[name] = predictions, names
+  if len({tuple(n) for n in class_names.values() if n}) > 1:
+    raise config_lib.ConfigError(f"--{flag} predict different classes: {class_names}")
+  return members, class_names
+
+
 def main(argv):
   del argv
   started = time.perf_counter()
-  members, class_names = {}, {}
-  for item in FLAGS.members:
-    name, predictions, names = member_predictions(item, FLAGS.split)
-    if name in members:
-      raise config_lib.ConfigError(f"--members: the name {name!r} is given twice")
-    members[name], class_names[name] = predictions, names
-  if len({tuple(n) for n in class_names.values() if n}) > 1:
-    raise config_lib.ConfigError(f"--members predict different classes: {class_names}")
+  members, class_names = read_members(FLAGS.members, "members")
+  if (FLAGS.combine == "logistic") != bool(FLAGS.fit_members):
+    raise config_lib.ConfigError("--fit_members goes with --combine=logistic (the split the combiner is fitted on), "
+                                 f"and only with it: got --combine={FLAGS.combine} and --fit_members={FLAGS.fit_members}")
+  out_of_fold = None
   try:
-    ensemble, dropped = inference.average_predictions(members)
+    if FLAGS.combine == "logistic":
+      fit_members, _ = read_members(FLAGS.fit_members, "fit_members")
+      ensemble, dropped, out_of_fold = inference.stack_predictions(fit_members, members)
+    else:
+      ensemble, dropped = inference.average_predictions(members)
   except ValueError as e:
-    raise config_lib.ConfigError(f"--members: {e}") from e
+    raise config_lib.ConfigError(f"--members / --fit_members: {e}") from e
   if dropped:
     logging.warning("%d images are missing from some member and left out: %s", len(dropped), dropped[:10])
   names = next((n for n in class_names.values() if n), None)
@@ -87,11 +115,17 @@ def main(argv):
   common.run_directory(FLAGS.workdir)
   config_path = os.path.join(FLAGS.workdir, "config.json")
   recorded = io.read_json(config_path).get("config", {}) if os.path.exists(config_path) else {}
+  if recorded and recorded.get("combine", "mean") != FLAGS.combine:  # one workdir, one way of combining, on every split
+    raise config_lib.ConfigError(f"--workdir={FLAGS.workdir} holds a --combine={recorded.get('combine', 'mean')} "
+                                 f"ensemble, not --combine={FLAGS.combine}: give this one another workdir")
   by_split = recorded.get("members_by_split", {}) | {FLAGS.split: FLAGS.members}
   io.write_json(config_path, {"task": "ensemble", "config": {"members": FLAGS.members, "split": FLAGS.split,
-                                                             "members_by_split": by_split}})
+                                                             "members_by_split": by_split, "combine": FLAGS.combine,
+                                                             "fit_members": FLAGS.fit_members}})
   out = {f"{FLAGS.split}/{k}": v for k, v in metrics.classification_scores(labels, probs, names).items()}
   out[f"{FLAGS.split}/left_out"] = len(dropped)
+  if out_of_fold is not None:
+    out[f"{FLAGS.split}/out_of_fold"] = out_of_fold
   kept = set(ensemble["ids"])
   curves = {}
   for name, p in members.items():

@@ -508,3 +508,43 @@ def test_report_row_of_several_seeds_gives_mean_range_and_summed_wall_time(tmp_p
   assert three[-1].rstrip(" |") == "—" and three[5] == "aaa, bbb"
   missing = run("experiments.report", f"--out={page}", f"--runs=x:{a}+{tmp_path / 'nowhere'}", check=False)
   assert missing.returncode != 0 and "nowhere" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_ensemble_learned_stack_fits_on_selection_and_scores_it_out_of_fold(tmp_path):
+  """--combine=logistic: fitted on --fit_members (the selection split), scored there out of fold and on
+  test after a fit on all of it; a workdir keeps one way of combining; the flags' misuse is named."""
+  rng = np.random.default_rng(0)
+  names = ["nevus", "melanoma", "keratosis"]
+
+  def saved(labels, informative):
+    logits = informative * np.eye(3)[labels] + rng.normal(0, 1.0 if informative else 3.0, (len(labels), 3))
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    return {"ids": [f"im{i}" for i in range(len(labels))], "labels": labels.tolist(), "probs": p.tolist()}
+
+  selection, test = rng.integers(0, 3, 120), rng.integers(0, 3, 90)
+  members = {}
+  for name, informative in (("good", 1.5), ("noise", 0.0)):
+    workdir = tmp_path / name
+    workdir.mkdir()
+    json.dump({"test/_predictions": saved(test, informative)}, open(workdir / "predictions.json", "w"))
+    json.dump({"test/class_names": names}, open(workdir / "metrics.json", "w"))
+    json.dump({"selection/_predictions": saved(selection, informative)},
+              open(workdir / "eval_selection_predictions.json", "w"))
+    json.dump({"selection/class_names": names}, open(workdir / "eval_selection.json", "w"))
+    members[name] = workdir
+  on_selection = ",".join(f"{n}:{w}@selection" for n, w in members.items())
+  stack = tmp_path / "stack"
+  run("experiments.ensemble", f"--workdir={stack}", "--split=selection", "--combine=logistic",
+      f"--members={on_selection}", f"--fit_members={on_selection}")
+  run("experiments.ensemble", f"--workdir={stack}", "--split=test", "--combine=logistic",
+      f"--members={','.join(f'{n}:{w}' for n, w in members.items())}", f"--fit_members={on_selection}")
+  scores = json.load(open(stack / "metrics.json"))
+  assert scores["selection/out_of_fold"] is True and scores["test/out_of_fold"] is False
+  assert scores["test/roc_auc"] > scores["test/member_roc_auc/noise"] + 0.1
+  assert json.load(open(stack / "config.json"))["config"]["combine"] == "logistic"
+  mixed = run("experiments.ensemble", f"--workdir={stack}", "--split=test", f"--members=good:{members['good']}",
+              check=False)
+  assert mixed.returncode != 0 and "--combine=logistic ensemble" in mixed.stderr and "Traceback" not in mixed.stderr
+  alone = run("experiments.ensemble", f"--workdir={tmp_path / 'x'}", "--combine=logistic",
+              f"--members=good:{members['good']}", check=False)
+  assert alone.returncode != 0 and "--fit_members" in alone.stderr and "Traceback" not in alone.stderr

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from lesion_jax.data import ops, pipeline, selection
-from lesion_jax.eval import postprocess
+from lesion_jax.eval import metrics, postprocess
 from lesion_jax.train import losses
 
 
@@ -287,3 +287,36 @@ def test_average_predictions_joins_members_by_id():
   np.testing.assert_allclose(ensemble["probs"], [[0.8, 0.2], [0.3, 0.7]])
   with pytest.raises(ValueError, match="disagree on its label"):
     inference.average_predictions({"a": a, "b": {**b, "labels": [0, 0]}})
+
+
+def _members(rng, labels, ids, informative_scale):
+  """Three-class predictions: one member whose probabilities follow the labels, one of pure noise."""
+  onehot = np.eye(3)[labels]
+  good = np.exp(informative_scale * onehot + rng.normal(0, 1.0, onehot.shape))
+  noise = np.exp(rng.normal(0, 3.0, onehot.shape))
+  as_saved = lambda p: {"ids": ids, "labels": labels.tolist(), "probs": (p / p.sum(1, keepdims=True)).tolist()}
+  return {"good": as_saved(good), "noise": as_saved(noise)}
+
+
+def test_a_learned_stack_outweighs_a_noise_member_and_scores_its_own_split_out_of_fold():
+  """The stack learns to ignore a member of pure noise that the average cannot; on the images it was
+  fitted on, its probabilities come from folds that did not see them."""
+  from lesion_jax.eval import inference  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  fit_labels, test_labels = rng.integers(0, 3, 150), rng.integers(0, 3, 150)
+  fit = _members(rng, fit_labels, [f"s{i}" for i in range(150)], 1.5)
+  test = _members(rng, test_labels, [f"v{i}" for i in range(150)], 1.5)
+  stacked, dropped, out_of_fold = inference.stack_predictions(fit, test)
+  averaged, _ = inference.average_predictions(test)
+  assert not out_of_fold and not dropped and stacked["ids"] == test["good"]["ids"]
+  np.testing.assert_allclose(np.sum(stacked["probs"], axis=1), 1.0, atol=1e-9)
+  score = lambda p: metrics.classification_scores(np.asarray(p["labels"]), np.asarray(p["probs"]))["roc_auc"]
+  assert score(stacked) > score(averaged) + 0.05
+  own, _, own_out_of_fold = inference.stack_predictions(fit, fit)
+  assert own_out_of_fold
+  # Out of fold is not the fit on all images scored on them: that one is optimistic, this one not.
+  in_sample, _, _ = inference.stack_predictions(fit, {k: {**v, "ids": [f"o{i}" for i in range(150)]}
+                                                      for k, v in fit.items()})
+  assert score(own) < score(in_sample)
+  with pytest.raises(ValueError, match="not the scored ones"):
+    inference.stack_predictions({"good": fit["good"]}, test)

@@ -51,11 +51,11 @@ def predict_examples(predict: PredictFn, state: Any, examples: list[Any], batch_
   return out
 
 
-def average_predictions(members: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
-  """The ensemble of classifiers' saved predictions ({"ids", "labels", "probs"} per member, as in
-  predictions.json): class probabilities averaged over the members, on the ids every member has
-  (in the first member's order). Returns (predictions, the ids left out because a member lacks
-  them). Raises ValueError when members disagree on an image's label or on the class count."""
+def join_predictions(members: dict[str, dict[str, Any]]) -> tuple[list[str], np.ndarray, np.ndarray, list[str]]:
+  """Classifiers' saved predictions ({"ids", "labels", "probs"} per member, as in predictions.json)
+  joined by image id: (the ids every member has, in the first member's order; their labels (N,);
+  the members' probabilities (M, N, C), in `members`' order; the ids left out because a member
+  lacks them). Raises ValueError when members disagree on an image's label or on the class count."""
   if not members:
     raise ValueError("an ensemble needs at least one member")
   tables, widths = {}, {}
@@ -70,11 +70,49 @@ def average_predictions(members: dict[str, dict[str, Any]]) -> tuple[dict[str, A
   first = next(iter(members.values()))["ids"]
   common = [i for i in first if all(i in t for t in tables.values())]
   dropped = sorted(set().union(*[set(t) for t in tables.values()]) - set(common))
-  labels, probs = [], []
+  labels = []
   for i in common:
-    entries = [t[i] for t in tables.values()]
-    if len({label for label, _ in entries}) > 1:
-      raise ValueError(f"{i}: the members disagree on its label ({[label for label, _ in entries]}): not the same split")
-    labels.append(entries[0][0])
-    probs.append(np.mean([row for _, row in entries], axis=0))
-  return {"ids": common, "labels": labels, "probs": np.asarray(probs).tolist()}, dropped
+    found = {t[i][0] for t in tables.values()}
+    if len(found) > 1:
+      raise ValueError(f"{i}: the members disagree on its label ({sorted(found)}): not the same split")
+    labels.append(found.pop())
+  probs = np.stack([[t[i][1] for i in common] for t in tables.values()]).reshape(len(tables), len(common), -1)
+  return common, np.asarray(labels, np.int64), probs, dropped
+
+
+def average_predictions(members: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+  """The ensemble of classifiers' saved predictions (join_predictions): class probabilities averaged
+  over the members. Returns (predictions, the ids left out because a member lacks them)."""
+  ids, labels, probs, dropped = join_predictions(members)
+  return {"ids": ids, "labels": labels.tolist(), "probs": probs.mean(axis=0).tolist()}, dropped
+
+
+def stack_predictions(fit_members: dict[str, dict[str, Any]], members: dict[str, dict[str, Any]],
+                      folds: int = 5, seed: int = 0) -> tuple[dict[str, Any], list[str], bool]:
+  """A learned stack: multinomial logistic regression (scikit-learn, default L2 strength) on the
+  members' log-probabilities, fitted on `fit_members` (the same members' predictions on the
+  selection split), applied to `members`'. Where `members` are the very images it is fitted on, the
+  probabilities are out of fold (`folds`-fold stratified cross-validation), so that split's score is
+  not the fit's own. Returns (predictions, ids left out, whether out of fold)."""
+  from sklearn import linear_model, model_selection  # pylint: disable=g-import-not-at-top  (scikit-learn, only here)
+  if list(fit_members) != list(members):
+    raise ValueError(f"the fitted members {list(fit_members)} are not the scored ones {list(members)}")
+  fit_ids, fit_labels, fit_probs, _ = join_predictions(fit_members)
+  ids, labels, probs, dropped = join_predictions(members)
+  if fit_probs.shape[2] != probs.shape[2]:
+    raise ValueError(f"the fitted members predict {fit_probs.shape[2]} classes, the scored ones {probs.shape[2]}")
+  features = lambda p: np.log(np.clip(p, 1e-7, 1.0)).transpose(1, 0, 2).reshape(p.shape[1], -1)
+  model = linear_model.LogisticRegression(max_iter=5000)
+  num_classes = probs.shape[2]
+  out_of_fold = set(ids) == set(fit_ids)
+  if out_of_fold:  # scored on its own fitting images: each image's probabilities from a fit without it
+    x, y = features(probs), labels
+    cv = model_selection.StratifiedKFold(folds, shuffle=True, random_state=seed)
+    stacked = model_selection.cross_val_predict(model, x, y, cv=cv, method="predict_proba")
+    classes = np.unique(y)
+  else:
+    model.fit(features(fit_probs), fit_labels)
+    stacked, classes = model.predict_proba(features(probs)), model.classes_
+  full = np.zeros((len(ids), num_classes))
+  full[:, classes] = stacked  # a class absent from the fit keeps probability 0
+  return {"ids": ids, "labels": labels.tolist(), "probs": full.tolist()}, dropped, out_of_fold
