@@ -102,6 +102,10 @@ def main(argv):
   out_of_fold = None
   try:
     if FLAGS.combine == "logistic":
+      untagged = [item for item in FLAGS.fit_members if "@" not in item]
+      if untagged:  # an untagged member reads --split's predictions: the combiner would be fitted on the scored split
+        raise config_lib.ConfigError(f"--fit_members={','.join(untagged)}: give each as name:workdir@<tag>, the "
+                                     "tag of its selection-split predictions (e.g. @selection_tta, a baseline's @cv)")
       fit_members, _ = read_members(FLAGS.fit_members, "fit_members")
       ensemble, dropped, out_of_fold = inference.stack_predictions(fit_members, members)
     else:
@@ -119,9 +123,10 @@ def main(argv):
     raise config_lib.ConfigError(f"--workdir={FLAGS.workdir} holds a --combine={recorded.get('combine', 'mean')} "
                                  f"ensemble, not --combine={FLAGS.combine}: give this one another workdir")
   by_split = recorded.get("members_by_split", {}) | {FLAGS.split: FLAGS.members}
+  fit_by_split = recorded.get("fit_members_by_split", {}) | ({FLAGS.split: FLAGS.fit_members} if FLAGS.fit_members else {})
   io.write_json(config_path, {"task": "ensemble", "config": {"members": FLAGS.members, "split": FLAGS.split,
                                                              "members_by_split": by_split, "combine": FLAGS.combine,
-                                                             "fit_members": FLAGS.fit_members}})
+                                                             **({"fit_members_by_split": fit_by_split} if fit_by_split else {})}})
   out = {f"{FLAGS.split}/{k}": v for k, v in metrics.classification_scores(labels, probs, names).items()}
   out[f"{FLAGS.split}/left_out"] = len(dropped)
   if out_of_fold is not None:

@@ -5,6 +5,8 @@ not how good it is)."""
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -94,6 +96,18 @@ def test_predict_gives_the_calibrated_probabilities(calibrated_run):
   # An evaluation-time override keeps the temperature (what the run learnt, not a setting).
   assert task.with_overrides(image_artifacts=None).temperature == temperature
   assert tta_task.with_overrides(image_artifacts=None).calibrated_for == "tta"
+
+
+def test_evaluate_with_tta_scores_at_the_tta_temperature(calibrated_run):
+  workdir, _, _ = calibrated_run
+  record = json.load(open(os.path.join(workdir, classification.CALIBRATION_FILE)))
+  proc = subprocess.run([sys.executable, "-m", "experiments.evaluate", f"--workdir={workdir}", "--split=selection",
+                         "--tta"], capture_output=True, text=True, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  scores = json.load(open(os.path.join(workdir, "eval_selection_tta.json")))
+  assert scores["selection/temperature"] == record["predictors"]["tta"]["temperature"]
+  # On the split it was fitted on, the ECE at that temperature is the record's.
+  assert scores["selection/ece_calibrated"] == pytest.approx(record["predictors"]["tta"]["ece_calibrated"], abs=1e-6)
 
 
 def test_a_record_from_before_tta_had_its_own_temperature_calibrates_plain_predictions_only(calibrated_run, tmp_path):

@@ -516,19 +516,19 @@ def test_ensemble_learned_stack_fits_on_selection_and_scores_it_out_of_fold(tmp_
   rng = np.random.default_rng(0)
   names = ["nevus", "melanoma", "keratosis"]
 
-  def saved(labels, informative):
+  def saved(labels, informative, split):
     logits = informative * np.eye(3)[labels] + rng.normal(0, 1.0 if informative else 3.0, (len(labels), 3))
     p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
-    return {"ids": [f"im{i}" for i in range(len(labels))], "labels": labels.tolist(), "probs": p.tolist()}
+    return {"ids": [f"{split}{i}" for i in range(len(labels))], "labels": labels.tolist(), "probs": p.tolist()}
 
   selection, test = rng.integers(0, 3, 120), rng.integers(0, 3, 90)
   members = {}
   for name, informative in (("good", 1.5), ("noise", 0.0)):
     workdir = tmp_path / name
     workdir.mkdir()
-    json.dump({"test/_predictions": saved(test, informative)}, open(workdir / "predictions.json", "w"))
+    json.dump({"test/_predictions": saved(test, informative, "test")}, open(workdir / "predictions.json", "w"))
     json.dump({"test/class_names": names}, open(workdir / "metrics.json", "w"))
-    json.dump({"selection/_predictions": saved(selection, informative)},
+    json.dump({"selection/_predictions": saved(selection, informative, "selection")},
               open(workdir / "eval_selection_predictions.json", "w"))
     json.dump({"selection/class_names": names}, open(workdir / "eval_selection.json", "w"))
     members[name] = workdir
@@ -540,7 +540,9 @@ def test_ensemble_learned_stack_fits_on_selection_and_scores_it_out_of_fold(tmp_
       f"--members={','.join(f'{n}:{w}' for n, w in members.items())}", f"--fit_members={on_selection}")
   scores = json.load(open(stack / "metrics.json"))
   assert scores["selection/out_of_fold"] is True and scores["test/out_of_fold"] is False
-  assert scores["test/roc_auc"] > scores["test/member_roc_auc/noise"] + 0.1
+  mean = tmp_path / "mean"  # the average of the same members, which the noise member drags down
+  run("experiments.ensemble", f"--workdir={mean}", "--split=test", f"--members={','.join(f'{n}:{w}' for n, w in members.items())}")
+  assert scores["test/roc_auc"] > json.load(open(mean / "metrics.json"))["test/roc_auc"] + 0.02
   assert json.load(open(stack / "config.json"))["config"]["combine"] == "logistic"
   mixed = run("experiments.ensemble", f"--workdir={stack}", "--split=test", f"--members=good:{members['good']}",
               check=False)
@@ -548,3 +550,6 @@ def test_ensemble_learned_stack_fits_on_selection_and_scores_it_out_of_fold(tmp_
   alone = run("experiments.ensemble", f"--workdir={tmp_path / 'x'}", "--combine=logistic",
               f"--members=good:{members['good']}", check=False)
   assert alone.returncode != 0 and "--fit_members" in alone.stderr and "Traceback" not in alone.stderr
+  untagged = run("experiments.ensemble", f"--workdir={tmp_path / 'y'}", "--combine=logistic",
+                 f"--members=good:{members['good']}", f"--fit_members=good:{members['good']}", check=False)
+  assert untagged.returncode != 0 and "name:workdir@<tag>" in untagged.stderr and "Traceback" not in untagged.stderr

@@ -320,3 +320,7 @@ def test_a_learned_stack_outweighs_a_noise_member_and_scores_its_own_split_out_o
   assert score(own) < score(in_sample)
   with pytest.raises(ValueError, match="not the scored ones"):
     inference.stack_predictions({"good": fit["good"]}, test)
+  # Scored images that are partly the fitting ones would be scored partly in-sample: refused.
+  part = {k: {key: v[key][:100] for key in ("ids", "labels", "probs")} for k, v in fit.items()}
+  with pytest.raises(ValueError, match="also fitted on"):
+    inference.stack_predictions(fit, part)

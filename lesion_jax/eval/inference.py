@@ -70,6 +70,8 @@ def join_predictions(members: dict[str, dict[str, Any]]) -> tuple[list[str], np.
   first = next(iter(members.values()))["ids"]
   common = [i for i in first if all(i in t for t in tables.values())]
   dropped = sorted(set().union(*[set(t) for t in tables.values()]) - set(common))
+  if not common:
+    raise ValueError(f"no image is common to all members ({', '.join(members)}): not the same split")
   labels = []
   for i in common:
     found = {t[i][0] for t in tables.values()}
@@ -91,9 +93,11 @@ def stack_predictions(fit_members: dict[str, dict[str, Any]], members: dict[str,
                       folds: int = 5, seed: int = 0) -> tuple[dict[str, Any], list[str], bool]:
   """A learned stack: multinomial logistic regression (scikit-learn, default L2 strength) on the
   members' log-probabilities, fitted on `fit_members` (the same members' predictions on the
-  selection split), applied to `members`'. Where `members` are the very images it is fitted on, the
-  probabilities are out of fold (`folds`-fold stratified cross-validation), so that split's score is
-  not the fit's own. Returns (predictions, ids left out, whether out of fold)."""
+  selection split), applied to `members`'. Where `members` are `fit_members` themselves (the same
+  images and probabilities), the probabilities are out of fold (`folds`-fold stratified
+  cross-validation), so that split's score is not the fit's own; members that share only some
+  images with the fit, or the same images with other probabilities, are refused (their score would
+  be partly in-sample). Returns (predictions, ids left out, whether out of fold)."""
   from sklearn import linear_model, model_selection  # pylint: disable=g-import-not-at-top  (scikit-learn, only here)
   if list(fit_members) != list(members):
     raise ValueError(f"the fitted members {list(fit_members)} are not the scored ones {list(members)}")
@@ -104,9 +108,14 @@ def stack_predictions(fit_members: dict[str, dict[str, Any]], members: dict[str,
   features = lambda p: np.log(np.clip(p, 1e-7, 1.0)).transpose(1, 0, 2).reshape(p.shape[1], -1)
   model = linear_model.LogisticRegression(max_iter=5000)
   num_classes = probs.shape[2]
-  out_of_fold = set(ids) == set(fit_ids)
+  shared = set(ids) & set(fit_ids)
+  out_of_fold = bool(shared)
+  if shared and (shared != set(ids) or shared != set(fit_ids) or ids != fit_ids or not np.array_equal(probs, fit_probs)):
+    raise ValueError(f"{len(shared)} scored images are also fitted on, but the scored members are not the fitted "
+                     "ones (other images or other probabilities): score the fitting split with --members equal to "
+                     "--fit_members (out of fold), or another split that shares no image with it")
   if out_of_fold:  # scored on its own fitting images: each image's probabilities from a fit without it
-    x, y = features(probs), labels
+    x, y = features(fit_probs), fit_labels
     cv = model_selection.StratifiedKFold(folds, shuffle=True, random_state=seed)
     stacked = model_selection.cross_val_predict(model, x, y, cv=cv, method="predict_proba")
     classes = np.unique(y)

@@ -86,10 +86,11 @@ class ClassifierConfig:
                                       "images (made by the task's prepare; set for evaluation only).")
   crop: LesionCropConfig = LesionCropConfig()
   purify: PurifyConfig = PurifyConfig()
-  calibrate: bool = field(False, "After training, fit one softmax temperature on the selection split (`run.val_split`, "
-                          "e.g. `run.holdout`'s part; never the reported split) by its NLL, kept in calibration.json: "
-                          "the final splits report ece_calibrated beside ece and a reliability diagram, and predict "
-                          "gives the calibrated probabilities.")
+  calibrate: bool = field(False, "After training, fit softmax temperatures on the selection split (`run.val_split`, "
+                          "e.g. `run.holdout`'s part; never the reported split) by their NLL, one for the plain and "
+                          "one for the TTA predictions, kept in calibration.json: the final splits report "
+                          "ece_calibrated beside ece and a reliability diagram, and evaluate and predict (with or "
+                          "without --tta) give the calibrated probabilities.")
 
 
 CALIBRATION_FILE = calibration.CALIBRATION_FILE
@@ -481,6 +482,11 @@ class ClassificationTask(base.Task):
     "purified" photo (occlusions detected and filled). `state` may be a tuple (fold models)."""
     if predict not in self.predict_fns():
       raise base.PredictionUnsupported(f"a classifier has no {predict!r} prediction")
+    if self.temperature is not None and predict != self.calibrated_for:
+      # A temperature is fitted for one predict function (with_post_hoc's `predict`): the plain
+      # predictions' would over-soften TTA's averaged probabilities.
+      raise ValueError(f"this classifier's temperature was fitted for {self.calibrated_for!r} predictions, "
+                       f"not {predict!r}: load it with with_post_hoc(..., predict={predict!r})")
     records: list[dict[str, Any]] = [{} for _ in images]
     inputs = list(images)
     if self.source == "crops":
@@ -499,11 +505,6 @@ class ClassificationTask(base.Task):
       inputs = [r["purified"] for r in records]
     else:
       self._source_run  # pylint: disable=pointless-statement  (refuses records it cannot replay)
-    if self.temperature is not None and predict != self.calibrated_for:
-      # A temperature is fitted for one predict function (with_post_hoc's `predict`): the plain
-      # predictions' would over-soften TTA's averaged probabilities.
-      raise ValueError(f"this classifier's temperature was fitted for {self.calibrated_for!r} predictions, "
-                       f"not {predict!r}: load it with with_post_hoc(..., predict={predict!r})")
     for record, p in zip(records, self.classify_images(state, inputs, predict=predict)):
       record["probabilities"] = self.calibrated(np.asarray(p)[None])[0]
     return records
