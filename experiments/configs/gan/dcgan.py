@@ -3,7 +3,11 @@ check included) ready for a classifier's `generated`.
 
   python -m experiments.train --config=experiments/configs/gan/dcgan.py --workdir=runs/gan
 
-Wall time: about 20 minutes on a 2-core CPU. Measured: docs/results/pipeline3_purification_generation.md.
+Wall time on a 2-core CPU (measured 2026-12-07, 100 rounds): 7 img/s at this size (64 px, 64 features), so the
+2000 rounds take about 2.5 hours; the earlier "about 20 minutes" was wrong. At CPU size (--config.input.image_size=32
+--config.model.generator_features=32 --config.model.discriminator_features=32 --config.run.num_steps=1000), as
+pipeline 3's Task 3 row ran it on the 1600 Training images of isic2017/part3_512: 5.4 minutes.
+Measured: docs/results/pipeline3_purification_generation.md.
 """
 from lesion_jax.data import pipeline
 from lesion_jax.pipelines.gan import task
