@@ -110,7 +110,7 @@ def stack_predictions(fit_members: dict[str, dict[str, Any]], members: dict[str,
   num_classes = probs.shape[2]
   shared = set(ids) & set(fit_ids)
   out_of_fold = bool(shared)
-  if shared and (shared != set(ids) or shared != set(fit_ids) or ids != fit_ids or not np.array_equal(probs, fit_probs)):
+  if shared and (ids != fit_ids or not np.array_equal(probs, fit_probs)):  # equal id lists: equal image sets
     raise ValueError(f"{len(shared)} scored images are also fitted on, but the scored members are not the fitted "
                      "ones (other images or other probabilities): score the fitting split with --members equal to "
                      "--fit_members (out of fold), or another split that shares no image with it")
